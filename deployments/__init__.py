@@ -1,0 +1,1 @@
+"""Deployment helpers: serving the retrain flow with a nightly schedule."""

@@ -1,0 +1,181 @@
+"""Feature table: one row per target bar, a ``timestamp`` column and one column per feature.
+
+Every feature at bar t uses bars <= t only (tested by truncation invariance). Indicators run per contiguous
+segment (a gap longer than ``gap_tolerance_hours`` starts a new one) and the first ``warmup_bars`` of every
+segment are dropped, so no value comes from a window that spans a long gap. The cross-asset block joins each
+reference symbol's own features on the target's timestamps; a reference bar that is missing leaves the row out
+rather than being filled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import polars as pl
+
+from features import CODE_VERSION
+from features.indicators import atr, ema, log_return, macd_line, rsi, zscore
+from features.ingest import Candles, Market, segment_ids
+from features.spec import FeatureSpec
+
+SEG = "segment"
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    frame: pl.DataFrame  # timestamp + feature columns, no nulls
+    names: list[str]
+    fingerprint: str
+    target: str
+    cross: tuple[str, ...]
+    rows_dropped: dict[str, int]
+
+
+def _own_exprs(spec: FeatureSpec) -> list[list[pl.Expr]]:
+    """Single-symbol features as stages of expressions (later stages read earlier columns)."""
+    c, h, lo, v = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
+
+    def w(e: pl.Expr) -> pl.Expr:
+        return e.over(SEG)
+
+    stage1: list[pl.Expr] = [w(atr(h, lo, c, spec.atr_window)).alias("_atr")]
+    for m in spec.macd:
+        stage1.append(w(macd_line(c, m.fast, m.slow)).alias(f"_macd_{m.tag}"))
+    for n in spec.return_windows:
+        stage1.append(w(log_return(c, n)).alias(f"ret_{n}"))
+    for n in spec.rsi_windows:
+        stage1.append(w(rsi(c, n)).alias(f"rsi_{n}"))
+    for n in spec.hl_windows:
+        stage1.append((c / w(h.rolling_max(n)) - 1.0).alias(f"dist_high_{n}"))
+        stage1.append((c / w(lo.rolling_min(n)) - 1.0).alias(f"dist_low_{n}"))
+    logv = (v + 1.0).log()
+    for n in spec.volume_z_windows:
+        stage1.append(w(zscore(logv, n)).alias(f"volz_{n}"))
+    rng = h - lo
+    stage1.append((rng / c).alias("range_pct"))
+    stage1.append(pl.when(rng > 0).then((c - lo) / rng).otherwise(0.5).alias("close_in_range"))
+    if spec.calendar:
+        hour = pl.col("timestamp").dt.hour().cast(pl.Float64)
+        dow = pl.col("timestamp").dt.weekday().cast(pl.Float64) - 1.0
+        stage1 += [
+            (hour * (2 * math.pi / 24)).sin().alias("hour_sin"),
+            (hour * (2 * math.pi / 24)).cos().alias("hour_cos"),
+            (dow * (2 * math.pi / 7)).sin().alias("dow_sin"),
+            (dow * (2 * math.pi / 7)).cos().alias("dow_cos"),
+        ]
+
+    stage2: list[pl.Expr] = [(pl.col("_atr") / c).alias("atr_pct")]
+    for n in spec.vol_windows:
+        stage2.append(w(pl.col("ret_1").rolling_std(n)).alias(f"rvol_{n}"))
+    for m in spec.macd:
+        line = pl.col(f"_macd_{m.tag}")
+        stage2.append(w(ema(line, m.signal)).alias(f"_sig_{m.tag}"))
+
+    stage3: list[pl.Expr] = []
+    for m in spec.macd:
+        line, sig = pl.col(f"_macd_{m.tag}"), pl.col(f"_sig_{m.tag}")
+        hist = line - sig
+        stage3 += [
+            (line / c).alias(f"macd_{m.tag}_line"),
+            (sig / c).alias(f"macd_{m.tag}_signal"),
+            (hist / c).alias(f"macd_{m.tag}_hist"),
+            pl.when(pl.col("_atr") > 0).then(hist / pl.col("_atr")).otherwise(0.0).alias(f"macd_{m.tag}_hist_atr"),
+        ]
+    return [stage1, stage2, stage3]
+
+
+def own_features(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: int) -> pl.DataFrame:
+    """Features of one symbol from its own candles. Returns timestamp + features + ``segment`` + ``_bar``
+    (bar index inside the segment, for the warm-up cut). Rows are not dropped here."""
+    lf = candles.lazy().with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
+    for stage in _own_exprs(spec):
+        lf = lf.with_columns(stage)
+    lf = lf.with_columns(pl.int_range(pl.len()).over(SEG).alias("_bar"))
+    df = lf.collect()
+    keep = [c for c in df.columns if not c.startswith("_") and c not in ("open", "high", "low", "close", "volume")]
+    return df.select(*keep, "_bar")
+
+
+def feature_names(df: pl.DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in ("timestamp", SEG) and not c.startswith("_")]
+
+
+def cross_features(
+    target: pl.DataFrame, ref: Candles, spec: FeatureSpec, gap_tolerance_hours: int
+) -> pl.DataFrame:
+    """The reference symbol's own features (prefixed ``SYM__``) on the target's timestamps, plus rolling
+    correlation and beta of 1-bar returns and relative strength against the target. ``target`` is the
+    target's own-feature frame (timestamp, segment, ret_*)."""
+    p = f"{ref.symbol}__"
+    rf = own_features(ref.frame, spec, gap_tolerance_hours)
+    ref_ok = (pl.col("_bar") >= spec.warmup_bars).alias(f"_ok_{ref.symbol}")
+    rf = rf.select(
+        "timestamp",
+        ref_ok,
+        *[pl.col(n).alias(p + n) for n in feature_names(rf) if not n.endswith(("_sin", "_cos"))],
+    )
+    # the reference's raw closes, to compute its returns for windows the spec may not list
+    closes = ref.frame.select("timestamp", pl.col("close").alias(f"{p}_close"))
+    df = (
+        target.select("timestamp", SEG, "ret_1", "_close")
+        .join(rf, on="timestamp", how="left")
+        .join(closes, on="timestamp", how="left")
+    )
+    rr, tr = pl.col(f"{p}ret_1"), pl.col("ret_1")
+    exprs: list[pl.Expr] = []
+    for n in spec.corr_windows:
+        exprs.append(pl.rolling_corr(tr, rr, window_size=n).over(SEG).alias(f"{p}corr_{n}"))
+    for n in spec.beta_windows:
+        cov = pl.rolling_cov(tr, rr, window_size=n).over(SEG)
+        var = rr.rolling_var(n).over(SEG)
+        exprs.append(pl.when(var > 0).then(cov / var).otherwise(0.0).alias(f"{p}beta_{n}"))
+    for n in spec.rs_windows:
+        ref_ret = log_return(pl.col(f"{p}_close"), n).over(SEG)
+        tgt_ret = log_return(pl.col("_close"), n).over(SEG)
+        exprs.append((ref_ret - tgt_ret).alias(f"{p}rs_{n}"))
+    df = df.with_columns(exprs)
+    return df.drop("ret_1", SEG, f"{p}_close", "_close")
+
+
+def build_features(
+    market: Market, spec: FeatureSpec | None = None, gap_tolerance_hours: int = 1
+) -> FeatureTable:
+    """Build the feature table for ``market.target`` with the cross-asset block for ``market.cross``."""
+    spec = spec or FeatureSpec()
+    tgt = market.target.frame
+    own = own_features(tgt, spec, gap_tolerance_hours).with_columns(_close=tgt["close"])
+    frame = own
+    ok = pl.col("_bar") >= spec.warmup_bars
+    for ref in market.cross:
+        block = cross_features(own, ref, spec, gap_tolerance_hours)
+        frame = frame.join(block, on="timestamp", how="left")
+        ok = ok & pl.col(f"_ok_{ref.symbol}").fill_null(False)
+    n_all = frame.height
+    warm = frame.filter(ok)
+    names = feature_names(warm)
+    complete = warm.drop_nulls(subset=names).filter(
+        pl.all_horizontal([pl.col(n).is_finite() for n in names])
+    )
+    table = complete.select("timestamp", *names)
+    rows_dropped = {
+        "warmup_or_reference_missing": n_all - warm.height,
+        "incomplete": warm.height - complete.height,
+    }
+    return FeatureTable(
+        frame=table,
+        names=names,
+        fingerprint=feature_fingerprint(market, spec, gap_tolerance_hours),
+        target=market.target.symbol,
+        cross=tuple(r.symbol for r in market.cross),
+        rows_dropped=rows_dropped,
+    )
+
+
+def feature_fingerprint(market: Market, spec: FeatureSpec, gap_tolerance_hours: int) -> str:
+    h = hashlib.sha256()
+    h.update(market.fingerprint().encode())
+    h.update(spec.model_dump_json().encode())
+    h.update(f"gap_tolerance_hours={gap_tolerance_hours};{CODE_VERSION}".encode())
+    return h.hexdigest()

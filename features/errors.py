@@ -1,0 +1,23 @@
+"""Errors a user can cause. The CLI maps them to exit code 2 with a one-line message."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file and the row or column at fault."""
+
+    def __init__(self, path: object, problem: str, *, row: int | None = None, column: str | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.row = row
+        self.column = column
+        where = self.path
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column '{column}'"
+        super().__init__(f"{where}: {problem}")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. The message names the key."""

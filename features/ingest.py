@@ -1,0 +1,426 @@
+"""Read and validate hourly OHLCV candles (DESIGN.md §3, "Input data").
+
+One file per symbol in a folder: ``SYMBOL_1h.csv|.parquet`` or ``SYMBOL.csv|.parquet`` (file names matched
+case-insensitively). Accepted shapes, all normalised to ``timestamp`` (UTC) + ``open, high, low, close, volume``:
+
+- a header with a time column named ``timestamp|date|datetime|time|open_time`` (any case), ISO text with or
+  without an offset (``+00:00``, ``+0000``, ``Z``) or epoch seconds/milliseconds/microseconds;
+- Binance's header-less kline CSV (open time in epoch ms or us, then OHLCV, then columns we ignore);
+- oldest-first or newest-first; extra columns ignored; parquet with the same columns.
+
+Every problem raises :class:`DataError` naming the file and the row (1-based data row, as a spreadsheet
+would count it below the header) or column. Nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from features.errors import DataError
+
+TIME_COLUMNS = ("timestamp", "date", "datetime", "time", "open_time")
+PRICE_COLUMNS = ("open", "high", "low", "close")
+VALUE_COLUMNS = (*PRICE_COLUMNS, "volume")
+SUFFIXES = (".csv", ".parquet")
+HOUR_US = 3_600_000_000
+
+# Binance kline CSV: open_time, open, high, low, close, volume, close_time, quote_volume, trades, ...
+_BINANCE_KLINE = ("open_time", "open", "high", "low", "close", "volume")
+
+_OFFSET_RE = r"([+-]\d{2}:?\d{2})$"
+_NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M")
+_OFFSET_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z", "%Y-%m-%d %H:%M%#z")
+
+
+@dataclass(frozen=True)
+class GapReport:
+    """Missing hours in one symbol's series. ``gaps`` lists (last bar before the gap, missing hours)."""
+
+    n_gaps: int
+    longest_hours: int
+    missing_hours: int
+    gaps: list[tuple[datetime, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "n_gaps": self.n_gaps,
+            "longest_hours": self.longest_hours,
+            "missing_hours": self.missing_hours,
+            "gaps": [{"after": t.isoformat(), "missing_hours": h} for t, h in self.gaps],
+        }
+
+
+@dataclass(frozen=True)
+class Candles:
+    """One symbol's validated candles: ``frame`` has timestamp (UTC, ascending) and float OHLCV."""
+
+    symbol: str
+    path: Path
+    sha256: str
+    frame: pl.DataFrame
+
+    @property
+    def gaps(self) -> GapReport:
+        return gap_report(self.frame)
+
+
+# --------------------------------------------------------------------------------------------- locating files
+
+
+def symbol_files(data_dir: Path) -> dict[str, Path]:
+    """Map SYMBOL -> file for every candle file in ``data_dir``. Two files for one symbol is an error."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "data folder does not exist or is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(data_dir.iterdir()):
+        name = path.name
+        low = name.lower()
+        if not path.is_file() or not low.endswith(SUFFIXES):
+            continue
+        stem = name[: name.rindex(".")]
+        if stem.lower().endswith("_1h"):
+            stem = stem[:-3]
+        symbol = stem.upper()
+        if symbol in found:
+            raise DataError(path, f"two files for symbol {symbol}: {found[symbol].name} and {name}; keep one")
+        found[symbol] = path
+    return found
+
+
+def find_symbol_file(data_dir: Path, symbol: str) -> Path:
+    files = symbol_files(data_dir)
+    key = symbol.upper()
+    if key not in files:
+        have = ", ".join(sorted(files)) or "none"
+        raise DataError(
+            data_dir,
+            f"no file for symbol {key} (looked for {key}_1h.csv|.parquet or {key}.csv|.parquet; symbols found: {have})",
+        )
+    return files[key]
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _read_raw(path: Path) -> pl.DataFrame:
+    """Read the file with every column as text (CSV) or as stored (parquet)."""
+    if path.stat().st_size == 0:
+        raise DataError(path, "file is empty")
+    if path.suffix.lower() == ".parquet":
+        try:
+            df = pl.read_parquet(path)
+        except Exception as exc:  # pyarrow/polars raise several types for corrupt files
+            raise DataError(path, f"cannot read parquet: {exc}") from None
+        return df
+    with open(path, "rb") as fh:
+        first = fh.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+    if not first:
+        raise DataError(path, "file is empty (first line is blank)")
+    first_field = first.split(",")[0].strip().strip('"')
+    headerless = bool(re.fullmatch(r"\d{9,}", first_field))
+    try:
+        df = pl.read_csv(
+            path,
+            has_header=not headerless,
+            infer_schema=False,
+            truncate_ragged_lines=False,
+        )
+    except Exception as exc:
+        raise DataError(path, f"cannot parse CSV: {exc}") from None
+    if headerless:
+        if df.width < len(_BINANCE_KLINE):
+            raise DataError(
+                path,
+                f"header-less file has {df.width} columns; a Binance kline CSV has at least 6 "
+                "(open_time, open, high, low, close, volume)",
+            )
+        df = df.rename({old: new for old, new in zip(df.columns, _BINANCE_KLINE)}).select(_BINANCE_KLINE)
+        return df
+    return df
+
+
+def _pick_columns(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    by_lower: dict[str, str] = {}
+    for name in df.columns:
+        key = name.strip().lstrip("\ufeff").lower()
+        by_lower.setdefault(key, name)
+    time_col = next((by_lower[c] for c in TIME_COLUMNS if c in by_lower), None)
+    if time_col is None:
+        raise DataError(
+            path,
+            f"missing time column (one of {', '.join(TIME_COLUMNS)}); found columns: {', '.join(df.columns)}",
+        )
+    missing = [c for c in VALUE_COLUMNS if c not in by_lower]
+    if missing:
+        raise DataError(
+            path,
+            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}; "
+            f"found columns: {', '.join(df.columns)}",
+            column=missing[0],
+        )
+    return df.select(
+        pl.col(time_col).alias("_time"),
+        *[pl.col(by_lower[c]).alias(c) for c in VALUE_COLUMNS],
+    )
+
+
+def _epoch_to_us(values: pl.Expr) -> pl.Expr:
+    """Epoch seconds / ms / us / ns -> microseconds, decided per value by magnitude."""
+    a = values.abs()
+    return (
+        pl.when(a < 1e11)
+        .then(values * 1_000_000)
+        .when(a < 1e14)
+        .then(values * 1_000)
+        .when(a < 1e17)
+        .then(values)
+        .otherwise(values // 1_000)
+    )
+
+
+def _parse_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    col = df["_time"]
+    dtype = col.dtype
+    if dtype == pl.Datetime:
+        if dtype.time_zone is None:  # naive timestamps are UTC by contract
+            ts = col.dt.replace_time_zone("UTC")
+        else:
+            ts = col.dt.convert_time_zone("UTC")
+        ts = ts.dt.cast_time_unit("us")
+    elif dtype.is_numeric():
+        ts = (
+            pl.select(_epoch_to_us(col.cast(pl.Int64)).cast(pl.Datetime("us", "UTC")))
+            .to_series()
+        )
+    else:
+        text = col.cast(pl.String).str.strip_chars()
+        numeric = text.str.contains(r"^\d{9,}(\.0+)?$")
+        if numeric.all():
+            as_int = text.str.replace(r"\.0+$", "").cast(pl.Int64)
+            ts = pl.select(_epoch_to_us(as_int).cast(pl.Datetime("us", "UTC"))).to_series()
+        else:
+            norm = text.str.replace("T", " ", literal=True).str.replace(r"[zZ]$", "+00:00")
+            has_offset = norm.str.contains(_OFFSET_RE)
+            parsed = [
+                norm.str.to_datetime(fmt, strict=False, time_zone="UTC", time_unit="us")
+                for fmt in (*_OFFSET_FORMATS, *_NAIVE_FORMATS)
+            ]
+            n_off = len(_OFFSET_FORMATS)
+            offset_parse = pl.select(pl.coalesce(parsed[:n_off])).to_series()
+            naive_parse = pl.select(pl.coalesce(parsed[n_off:])).to_series()
+            ts = pl.select(
+                pl.when(pl.lit(has_offset)).then(pl.lit(offset_parse)).otherwise(pl.lit(naive_parse))
+            ).to_series()
+    bad = ts.is_null()
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(path, f"cannot parse time {str(col[i])!r}", row=_row_no(df, i), column="time")
+    return df.with_columns(timestamp=ts).drop("_time")
+
+
+def _row_no(df: pl.DataFrame, i: int) -> int:
+    """1-based data row number of frame row ``i`` (rows keep their original number after sorting)."""
+    return int(df["_row"][i]) if "_row" in df.columns else i + 1
+
+
+def _parse_values(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    out = []
+    for c in VALUE_COLUMNS:
+        s = df[c]
+        if s.dtype == pl.String:
+            num = s.str.strip_chars().cast(pl.Float64, strict=False)
+        elif s.dtype.is_numeric():
+            num = s.cast(pl.Float64)
+        else:
+            raise DataError(path, f"column has type {s.dtype}, expected numbers", column=c)
+        finite = num.is_not_null() & num.is_finite()
+        if not finite.all():
+            i = int((~finite).arg_true()[0])
+            raise DataError(
+                path, f"not a finite number ({str(s[i])!r})", row=_row_no(df, i), column=c
+            )
+        out.append(num.alias(c))
+    return df.with_columns(out)
+
+
+def _first_bad(df: pl.DataFrame, mask: pl.Series) -> int | None:
+    return int(mask.arg_true()[0]) if mask.any() else None
+
+
+def _check_values(df: pl.DataFrame, path: Path) -> None:
+    for c in PRICE_COLUMNS:
+        i = _first_bad(df, df[c] <= 0)
+        if i is not None:
+            raise DataError(path, f"price must be > 0, got {df[c][i]}", row=_row_no(df, i), column=c)
+    hi_ok = df["high"] >= pl.select(pl.max_horizontal(df["open"], df["close"])).to_series()
+    i = _first_bad(df, ~hi_ok)
+    if i is not None:
+        raise DataError(
+            path,
+            f"high {df['high'][i]} is below max(open, close) = {max(df['open'][i], df['close'][i])}",
+            row=_row_no(df, i),
+            column="high",
+        )
+    lo_ok = df["low"] <= pl.select(pl.min_horizontal(df["open"], df["close"])).to_series()
+    i = _first_bad(df, ~lo_ok)
+    if i is not None:
+        raise DataError(
+            path,
+            f"low {df['low'][i]} is above min(open, close) = {min(df['open'][i], df['close'][i])}",
+            row=_row_no(df, i),
+            column="low",
+        )
+    i = _first_bad(df, df["volume"] < 0)
+    if i is not None:
+        raise DataError(path, f"volume must be >= 0, got {df['volume'][i]}", row=_row_no(df, i), column="volume")
+
+
+def _check_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    us = df["timestamp"].dt.epoch("us")
+    i = _first_bad(df, (us % HOUR_US) != 0)
+    if i is not None:
+        raise DataError(
+            path,
+            f"time {df['timestamp'][i].isoformat()} is not on the hour (hourly candles expected)",
+            row=_row_no(df, i),
+            column="time",
+        )
+    if df.height > 1:
+        d = us.diff().drop_nulls()
+        if not ((d >= 0).all() or (d <= 0).all()):
+            bad = (d < 0) if (d > 0).sum() >= (d < 0).sum() else (d > 0)
+            i = int(bad.arg_true()[0]) + 1
+            raise DataError(
+                path,
+                "timestamps are neither oldest-first nor newest-first "
+                f"(order breaks at {df['timestamp'][i].isoformat()})",
+                row=_row_no(df, i),
+                column="time",
+            )
+    df = df.sort("timestamp")
+    dup = df["timestamp"].is_duplicated()
+    if dup.any():
+        i = int(dup.arg_true()[0])
+        t = df["timestamp"][i]
+        rows = df.filter(pl.col("timestamp") == t)["_row"].to_list()
+        raise DataError(
+            path, f"duplicate timestamp {t.isoformat()} (rows {', '.join(map(str, rows))})", row=rows[0], column="time"
+        )
+    return df
+
+
+def read_candles(path: Path | str, symbol: str | None = None) -> Candles:
+    """Read, normalise and validate one symbol's file. Raises DataError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file does not exist")
+    raw = _read_raw(path)
+    if raw.height == 0:
+        raise DataError(path, "file has a header but no data rows")
+    df = _pick_columns(raw, path).with_row_index("_row", offset=1)
+    df = _parse_time(df, path)
+    df = _parse_values(df, path)
+    _check_values(df, path)
+    df = _check_time(df, path)
+    frame = df.select("timestamp", *VALUE_COLUMNS)
+    if symbol is None:
+        stem = path.name[: path.name.rindex(".")]
+        symbol = (stem[:-3] if stem.lower().endswith("_1h") else stem).upper()
+    return Candles(symbol=symbol.upper(), path=path, sha256=file_sha256(path), frame=frame)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- gaps
+
+
+def gap_report(frame: pl.DataFrame) -> GapReport:
+    us = frame["timestamp"].dt.epoch("us")
+    missing = (us.diff() // HOUR_US - 1).fill_null(0)
+    idx = (missing > 0).arg_true()
+    gaps = [(frame["timestamp"][int(i) - 1], int(missing[int(i)])) for i in idx]
+    return GapReport(
+        n_gaps=len(gaps),
+        longest_hours=max((h for _, h in gaps), default=0),
+        missing_hours=int(missing.sum()),
+        gaps=gaps,
+    )
+
+
+def segment_ids(timestamps: pl.Series, gap_tolerance_hours: int) -> pl.Series:
+    """Number the contiguous stretches of a series: a new segment starts after more than
+    ``gap_tolerance_hours`` missing hours. Windows (features) and label look-ahead never cross segments."""
+    us = timestamps.dt.epoch("us")
+    missing = (us.diff() // HOUR_US - 1).fill_null(0)
+    return (missing > gap_tolerance_hours).cast(pl.Int32).cum_sum().alias("segment")
+
+
+# --------------------------------------------------------------------------------------------- market
+
+
+@dataclass(frozen=True)
+class Market:
+    """The target's candles plus the reference (cross-asset) symbols' candles, all validated."""
+
+    target: Candles
+    cross: tuple[Candles, ...]
+
+    @property
+    def symbols(self) -> list[str]:
+        return [self.target.symbol, *(c.symbol for c in self.cross)]
+
+    def fingerprint(self) -> str:
+        """Content hash of every input file used, in a stable order."""
+        h = hashlib.sha256()
+        for c in (self.target, *self.cross):
+            h.update(f"{c.symbol}:{c.sha256};".encode())
+        return h.hexdigest()
+
+    def gap_reports(self) -> dict[str, dict]:
+        return {c.symbol: c.gaps.to_dict() for c in (self.target, *self.cross)}
+
+
+def load_market(data_dir: Path | str, target: str, cross: list[str] | tuple[str, ...] = ()) -> Market:
+    """Load and validate the target and reference symbols. Symbols that do not overlap in time are an error."""
+    data_dir = Path(data_dir)
+    target = target.upper()
+    cross = [c.upper() for c in cross]
+    if target in cross:
+        raise DataError(data_dir, f"cross symbols must differ from the target ({target})")
+    tc = read_candles(find_symbol_file(data_dir, target), target)
+    refs = []
+    for sym in cross:
+        rc = read_candles(find_symbol_file(data_dir, sym), sym)
+        t0 = max(tc.frame["timestamp"][0], rc.frame["timestamp"][0])
+        t1 = min(tc.frame["timestamp"][-1], rc.frame["timestamp"][-1])
+        if t0 > t1:
+            raise DataError(
+                rc.path,
+                f"{sym} ({_span(rc)}) does not overlap the target {target} ({_span(tc)}) in time",
+            )
+        refs.append(rc)
+    return Market(target=tc, cross=tuple(refs))
+
+
+def _span(c: Candles) -> str:
+    return f"{c.frame['timestamp'][0]:%Y-%m-%d %H:%M} to {c.frame['timestamp'][-1]:%Y-%m-%d %H:%M} UTC"
+
+
+def default_cross(data_dir: Path | str, target: str) -> list[str]:
+    """DESIGN.md §3: cross defaults to BTCUSDT when present (and not the target)."""
+    files = symbol_files(Path(data_dir))
+    return ["BTCUSDT"] if "BTCUSDT" in files and target.upper() != "BTCUSDT" else []
+

@@ -1,0 +1,155 @@
+"""Deterministic synthetic hourly markets with a weak, learnable planted signal.
+
+Each symbol's 1-bar log return is
+
+    r_i(t) = sigma_i(t) * [ beta_i * f(t) + sqrt(1 - beta_i^2) * e_i(t) ] + mu_i(t)
+
+- volatility clustering: log sigma follows an AR(1) (stochastic volatility), shared in part across symbols;
+- fat tails: f and e are Student-t (4 degrees of freedom) scaled to unit variance;
+- a common factor f across symbols (crypto's "BTC beta");
+- the planted signal (every symbol except the reference): ``mu_i(t) = signal * k * sigma_i(t) *
+  (z_ref(t-1) + x_i(t))`` where z_ref is the reference's MACD(12,26) line over its own volatility
+  (a cross-asset lead only the cross features see) and x_i a persistent latent drift (half-life ~1 day) that the
+  symbol's own momentum features can pick up. ``signal=0`` gives a driftless random walk: the null market.
+
+Everything comes from one ``numpy.random.Generator(PCG64(seed))``; the same arguments give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.signal import lfilter
+
+DEFAULT_SYMBOLS = ("ETHUSDT", "BTCUSDT", "SOLUSDT")
+DEFAULT_START = datetime(2022, 1, 1, tzinfo=timezone.utc)
+# Drift scale per unit of `signal`, chosen so a correct pipeline reaches a holdout AUC of about 0.55-0.65
+# on the 5-24 h horizons at signal=1 (measured in tests/test_synth.py and bench/).
+SIGNAL_SCALE = 0.07
+LEAD_WEIGHT = 1.0
+LEAD_NORM = 1.1
+
+
+class SynthSpec(BaseModel):
+    """The generated market used when no data folder is given (``make run``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[str] = Field(default=list(DEFAULT_SYMBOLS), min_length=1)
+    hours: int = Field(default=12_000, ge=2_000, description="bars per symbol")
+    seed: int = 7
+    signal: float = Field(default=1.0, ge=0.0, description="planted-signal strength; 0 = driftless random walk")
+    gaps: int = Field(default=2, ge=0, description="exchange-outage gaps punched into every symbol")
+
+
+def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
+    """Unit-variance AR(1) via a linear filter (vectorised)."""
+    eps = rng.standard_normal(n) * np.sqrt(1.0 - phi * phi)
+    x = lfilter([1.0], [1.0, -phi], eps)
+    x[: min(n, 1)] = eps[: min(n, 1)] / np.sqrt(1.0 - phi * phi)
+    return x
+
+
+def _student_t(rng: np.random.Generator, n: int, df: float = 4.0) -> np.ndarray:
+    return rng.standard_t(df, n) / np.sqrt(df / (df - 2.0))
+
+
+def _ema(x: np.ndarray, span: int) -> np.ndarray:
+    a = 2.0 / (span + 1.0)
+    y, _ = lfilter([a], [1.0, -(1.0 - a)], x[1:], zi=[(1.0 - a) * x[0]])
+    return np.concatenate([[x[0]], y])
+
+
+def _macd_lead(logp: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """The reference's MACD(12, 26) line over its own volatility: a slow, persistent oscillator (about unit std)."""
+    line = _ema(logp, 12) - _ema(logp, 26)
+    return np.clip(line / (sigma * LEAD_NORM), -3.0, 3.0)
+
+
+def synth_market(
+    symbols: list[str] | tuple[str, ...] = DEFAULT_SYMBOLS,
+    hours: int = 20_000,
+    seed: int = 7,
+    signal: float = 1.0,
+    reference: str | None = None,
+    gaps: int = 0,
+    start: datetime = DEFAULT_START,
+) -> dict[str, pl.DataFrame]:
+    """Return SYMBOL -> candles (timestamp UTC, open, high, low, close, volume)."""
+    symbols = [s.upper() for s in symbols]
+    if not symbols or len(set(symbols)) != len(symbols):
+        raise ValueError("symbols must be a non-empty list without repeats")
+    if hours < 100:
+        raise ValueError("hours must be >= 100")
+    if signal < 0:
+        raise ValueError("signal must be >= 0")
+    reference = (reference or ("BTCUSDT" if "BTCUSDT" in symbols else symbols[0])).upper()
+    if reference not in symbols:
+        raise ValueError(f"reference {reference} is not among the symbols")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    n = hours
+    common_vol = _ar1(rng, n, 0.995)
+    factor = _student_t(rng, n)
+    order = [reference] + [s for s in symbols if s != reference]
+    out: dict[str, pl.DataFrame] = {}
+    z_ref = None
+    ts = pl.datetime_range(start, start + timedelta(hours=n - 1), "1h", eager=True, time_unit="us", time_zone="UTC")
+    for i, sym in enumerate(order):
+        base_vol = 0.006 * (1.0 + 0.25 * i)
+        log_sigma = 0.35 * (0.7 * common_vol + 0.3 * _ar1(rng, n, 0.99))
+        sigma = base_vol * np.exp(log_sigma - 0.5 * 0.35**2)
+        beta = 0.7
+        idio = _student_t(rng, n)
+        r = sigma * (beta * factor + np.sqrt(max(0.0, 1.0 - beta * beta)) * idio)
+        if sym != reference:
+            latent = _ar1(rng, n, 0.99)
+            lead = np.concatenate([[0.0], z_ref[:-1]])
+            r = r + signal * SIGNAL_SCALE * sigma * (LEAD_WEIGHT * lead + latent)
+        logp = np.log(100.0 * (1 + i)) + np.cumsum(r)
+        if sym == reference:
+            z_ref = _macd_lead(logp, sigma)
+        close = np.exp(logp)
+        open_ = np.exp(np.concatenate([[logp[0] - r[0]], logp[:-1]]) + 0.05 * sigma * rng.standard_normal(n))
+        wick_hi = np.abs(rng.standard_normal(n)) * 0.5 * sigma
+        wick_lo = np.abs(rng.standard_normal(n)) * 0.5 * sigma
+        high = np.maximum(open_, close) * np.exp(wick_hi)
+        low = np.minimum(open_, close) * np.exp(-wick_lo)
+        volume = 1000.0 * (1 + i) * np.exp(0.4 * rng.standard_normal(n) + 0.3 * np.abs(r) / sigma)
+        out[sym] = pl.DataFrame(
+            {"timestamp": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
+        )
+    if gaps:
+        keep = np.ones(n, dtype=bool)
+        for _ in range(gaps):
+            length = int(rng.integers(1, 6))
+            at = int(rng.integers(n // 10, n - n // 10))
+            keep[at : at + length] = False
+        mask = pl.Series(keep)
+        out = {s: df.filter(mask) for s, df in out.items()}
+    return {s: out[s] for s in symbols}
+
+
+def write_market(market: dict[str, pl.DataFrame], out_dir: Path | str, fmt: str = "csv") -> list[Path]:
+    """Write one ``SYMBOL_1h.csv`` (or .parquet) per symbol, each atomically (temp file + fsync + rename)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sym, df in market.items():
+        dest = out_dir / f"{sym}_1h.{fmt}"
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        if fmt == "csv":
+            df.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")).write_csv(tmp)
+        elif fmt == "parquet":
+            df.write_parquet(tmp)
+        else:
+            raise ValueError("fmt must be csv or parquet")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+        paths.append(dest)
+    return paths

@@ -1,0 +1,1 @@
+"""Prefect flows composing tasks/, the pipeline config, and the ``macd-ml`` CLI."""

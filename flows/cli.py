@@ -1,0 +1,150 @@
+"""``macd-ml``: the command line (DESIGN.md §3).
+
+Exit codes: 0 success; 2 bad input or config (one line naming the file, row or key); 3 the health gate refused
+promotion; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from features.errors import ConfigError, DataError
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATE = 0, 1, 2, 3
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip().upper() for t in text.split(",") if t.strip()]
+
+
+# --------------------------------------------------------------------------------------------- subcommands
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from features.synth import synth_market, write_market
+
+    try:
+        market = synth_market(args.symbols, args.hours, args.seed, args.signal, gaps=args.gaps)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    paths = write_market(market, args.out, args.format)
+    for p in paths:
+        print(p)
+    return EXIT_OK
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from features.build import build_features
+    from features.ingest import default_cross, load_market
+    from tasks.store import write_json, write_parquet
+
+    cross = args.cross if args.cross is not None else default_cross(args.data, args.target)
+    config = _config(args, data_dir=args.data, target=args.target, cross=cross)
+    market = load_market(args.data, config.target, config.cross or [])
+    table = build_features(market, config.features, config.gap_tolerance_hours)
+    out = Path(args.out)
+    ref = write_parquet(out, table.frame)
+    write_json(
+        out.with_suffix(".json"),
+        {"names": table.names, "fingerprint": table.fingerprint, "n_rows": table.frame.height,
+         "target": table.target, "cross": list(table.cross), "sha256": ref.sha256,
+         "rows_dropped": table.rows_dropped, "gaps": market.gap_reports()},
+    )
+    print(f"{out}: {table.frame.height} rows x {len(table.names)} features, fingerprint {table.fingerprint[:12]}")
+    return EXIT_OK
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    config = _config(
+        args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross,
+        force=True if args.force else None,
+    )
+    if config.data_dir:
+        # Validate before Prefect starts, so bad input fails fast and writes nothing.
+        from features.ingest import default_cross, load_market
+
+        load_market(config.data_dir, config.target,
+                    config.cross if config.cross is not None else default_cross(config.data_dir, config.target))
+    from flows.retrain import retrain
+
+    path = retrain(config)
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts)")
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace, **fields):
+    from flows.config import load_config
+
+    return load_config(getattr(args, "config", None), getattr(args, "set", None) or [], **fields)
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="pipeline config, JSON or TOML (see flows/config.py)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one config key, dotted (e.g. folds.n_folds=3, horizons=[5,12]); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="macd-ml", description="Nightly retraining pipeline for the MACD bot's ML gate.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("retrain", help="run the retrain flow (Prefect) and publish a run folder",
+                       description="Run the whole retrain flow on a data folder (or the built-in synthetic market).")
+    p.add_argument("--data", metavar="DIR", help="folder with SYMBOL_1h.csv|parquet files (default: synthetic market)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
+    p.add_argument("--target", metavar="SYMBOL", help="symbol to predict (default ETHUSDT)")
+    p.add_argument("--cross", metavar="A,B", type=_csv, help="reference symbols (default BTCUSDT when present)")
+    p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("features", help="build the feature table only (no Prefect)",
+                       description="Validate the data and write the feature table (parquet) plus FILE.json with names and fingerprint.")
+    p.add_argument("--data", metavar="DIR", required=True)
+    p.add_argument("--out", metavar="FILE", required=True, help="parquet file to write")
+    p.add_argument("--target", metavar="SYMBOL", default="ETHUSDT")
+    p.add_argument("--cross", metavar="A,B", type=_csv, help="reference symbols (default BTCUSDT when present)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("synth", help="write a deterministic synthetic market",
+                       description="Write SYMBOL_1h.csv files with volatility clustering, fat tails, a common factor and a planted signal.")
+    p.add_argument("--out", metavar="DIR", required=True)
+    p.add_argument("--symbols", type=_csv, default=["ETHUSDT", "BTCUSDT", "SOLUSDT"], metavar="A,B,C")
+    p.add_argument("--hours", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--signal", type=float, default=1.0, help="planted-signal strength; 0 = driftless random walk")
+    p.add_argument("--gaps", type=int, default=2, help="outage gaps punched into every symbol")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The local ephemeral server must not try to phone home from a machine without internet.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ConfigError) as exc:
+        print(f"macd-ml: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # anything else: one line plus where to look
+        print(f"macd-ml: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("MACD_ML_DEBUG"):
+            raise
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The pipeline's one configuration object: what a user sets, validated once.
+
+The Prefect UI renders :class:`RetrainConfig` as the run form; the CLI builds the same object from
+``--config FILE`` (JSON or TOML) and ``--set key=value`` overrides (dotted keys, values parsed as JSON when
+possible). Every error names the key at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from features.errors import ConfigError
+from features.spec import FeatureSpec
+from features.splits import FoldSpec
+from features.synth import SynthSpec
+
+
+class RetrainConfig(BaseModel):
+    """Nightly retraining run: data, target, horizons, folds and feature set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str | None = Field(
+        default=None,
+        description="folder with one candle file per symbol; empty = generate the synthetic market below",
+    )
+    out_dir: str = Field(default="out", description="where runs/, cache/ and current live")
+    target: str = Field(default="ETHUSDT", description="symbol the ensemble predicts")
+    cross: list[str] | None = Field(
+        default=None, description="reference symbols for the cross-asset block; empty = BTCUSDT when present"
+    )
+    horizons: list[int] = Field(default=[5, 12, 24], description="label horizons in hours")
+    dead_zone_bps: float = Field(default=0.0, ge=0.0, description="moves smaller than this are left unlabelled")
+    gap_tolerance_hours: int = Field(
+        default=1, ge=0, description="missing hours bridged; a longer gap restarts every window and label"
+    )
+    features: FeatureSpec = Field(default_factory=FeatureSpec)
+    folds: FoldSpec = Field(default_factory=FoldSpec)
+    synthetic: SynthSpec = Field(default_factory=SynthSpec)
+    result_storage: str | None = Field(
+        default=None,
+        description="Prefect storage block slug for task results (e.g. 's3-bucket/results'); empty = OUT/cache/results",
+    )
+    force: bool = Field(default=False, description="recompute every stage, ignoring the cache")
+
+    @field_validator("target")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("target must not be empty")
+        return v.strip().upper()
+
+    @field_validator("cross")
+    @classmethod
+    def _upper_list(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [s.strip().upper() for s in v if s.strip()]
+
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, v: list[int]) -> list[int]:
+        if not v or any(h <= 0 for h in v):
+            raise ValueError("horizons must be a non-empty list of positive hours")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _cross_not_target(self) -> "RetrainConfig":
+        if self.cross and self.target in self.cross:
+            raise ValueError(f"cross must not contain the target {self.target}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text and not text.startswith(("[", "{")):
+            return [_parse_value(t) for t in text.split(",")]
+        return text
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> RetrainConfig:
+    """Config file (JSON or TOML) < keyword fields (CLI flags) < ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+        try:
+            data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a table/object")
+    for k, v in fields.items():
+        if v is not None:
+            data[k] = v
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        _set_dotted(data, k.strip(), _parse_value(v.strip()))
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> RetrainConfig:
+    try:
+        return RetrainConfig.model_validate(data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        key = ".".join(str(x) for x in e["loc"]) or "config"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"config key '{key}': {e['msg']}{more}") from None

@@ -1,0 +1,120 @@
+"""The nightly retraining flow.
+
+    ingest+validate ─► features ─► labels ─► purged walk-forward folds ─► publish run folder
+
+Every stage after ingest is a cached task keyed on the content of its inputs, its config slice and the code
+version, so an unchanged re-run reloads everything and a changed parameter recomputes only what depends on it.
+Tasks pass references (paths + sha256), never frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.filesystems import LocalFileSystem
+from prefect.runtime import flow_run
+
+from features.labels import label_name
+from flows.config import RetrainConfig
+from tasks.data import (
+    MarketRef,
+    TableRef,
+    features_task,
+    folds_task,
+    ingest_task,
+    labels_task,
+    load_folds,
+    load_labels,
+    synthetic_market_task,
+)
+from tasks.publish import publish_run_task
+from tasks.store import ArtifactRef, new_run_id, run_dir
+
+
+def _run_id() -> str:
+    """Stable across retries of the same flow run (so a resumed run finishes its own folder)."""
+    fid = flow_run.get_id()
+    when = flow_run.get_scheduled_start_time()
+    if fid and when:
+        return f"{when:%Y%m%dT%H%M%SZ}-{fid[:8]}"
+    return new_run_id()
+
+
+def _result_storage(config: RetrainConfig, out: Path) -> str:
+    """Where task results (small JSON references) persist: a block slug from the config, or a local-file-system
+    block under ``OUT/cache/results`` (Prefect needs storage blocks saved server-side, so we save it)."""
+    if config.result_storage:
+        return config.result_storage
+    path = out / "cache" / "results"
+    name = "macd-ml-results-" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    LocalFileSystem(basepath=str(path)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+def _cache_options(config: RetrainConfig, out: Path) -> dict:
+    return {"result_storage": _result_storage(config, out), "refresh_cache": config.force or None}
+
+
+def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref: ArtifactRef, config: RetrainConfig):
+    folds = load_folds(folds_ref)
+    y = load_labels(labels)
+    balance = {}
+    for h in config.horizons:
+        col = y[label_name(h)]
+        balance[str(h)] = {"defined": int(col.drop_nulls().len()), "up_share": round(float(col.mean() or 0.0), 4)}
+    n_oof = sum(len(f.test) for f in folds.folds)
+    return {
+        "target": market.target,
+        "cross": market.cross,
+        "horizons": config.horizons,
+        "n_features": len(feats.names),
+        "n_rows": feats.n_rows,
+        "n_oof": n_oof,
+        "n_test": len(folds.holdout),
+        "labels": balance,
+        "input": {"rows": market.rows, "span": market.span, "gaps": market.gaps},
+        "folds": [
+            {"fold": f.index, "fit": len(f.fit), "early_stop": len(f.early_stop), "test": len(f.test),
+             "test_first": f.test.first, "test_last": f.test.last}
+            for f in folds.folds
+        ],
+        "holdout": {"rows": len(folds.holdout), "first": folds.holdout.first, "last": folds.holdout.last},
+    }
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(config: RetrainConfig = RetrainConfig()) -> str:
+    """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market) and publish the run
+    folder ``OUT/runs/RUN_ID``. Returns the run folder's path."""
+    log = get_run_logger()
+    out = Path(config.out_dir).resolve()
+    run_id = _run_id()
+    cached = _cache_options(config, out)
+
+    data_dir = config.data_dir or synthetic_market_task(config.synthetic, str(out))
+    market = ingest_task(str(data_dir), config.target, config.cross)
+
+    feats = features_task.with_options(**cached)(market, config.features, config.gap_tolerance_hours, str(out))
+    labels = labels_task.with_options(**cached)(
+        market, feats, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, str(out)
+    )
+    folds = folds_task.with_options(**cached)(feats, config.horizons, config.folds, str(out))
+
+    summary = _summary(market, feats, labels, folds, config)
+    metrics = {"run_id": run_id, **summary, "models": {}, "meta": {}}
+    publish_run_task.with_options(**cached)(
+        str(out),
+        run_id,
+        {
+            "features.parquet": feats.data,
+            "features.json": feats.meta,
+            "labels.parquet": labels,
+            "folds.json": folds,
+        },
+        {"config.json": config.model_dump(mode="json"), "metrics.json": metrics},
+    )
+    path = run_dir(out, run_id)
+    log.info("run folder: %s", path)
+    return str(path)

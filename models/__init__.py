@@ -1,0 +1,1 @@
+"""Pure model code (no prefect): base learners, meta-learner, ONNX export."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over features/ and models/ that add caching, retries, artifact I/O and logging."""
