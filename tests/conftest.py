@@ -1,0 +1,38 @@
+"""Shared fixtures: a session-wide Prefect test server, real-data location, small synthetic markets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "binance_spot_1h"
+
+
+def real_data_or_skip() -> Path:
+    if not (REAL_DATA / "ETHUSDT_1h.csv").is_file():
+        pytest.skip(f"real candles not found at {REAL_DATA} (they live in ../shared/data next to the repo)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One ephemeral Prefect API (SQLite) for the whole session; start-up costs several seconds."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_market_dir(tmp_path_factory) -> Path:
+    """A small deterministic synthetic market on disk (3 symbols, planted signal, 2 gaps)."""
+    from features.synth import synth_market, write_market
+
+    d = tmp_path_factory.mktemp("small-market")
+    write_market(synth_market(hours=4_000, seed=11, gaps=2), d)
+    return d

@@ -1,0 +1,127 @@
+"""The retrain flow end to end on Prefect's local test server: run folder contract and caching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.config import RetrainConfig
+from tasks.store import verify_run
+from tests.flowutil import run_flow, task_states
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+DATA_STAGES = ("features", "labels", "folds")
+
+
+def _config(data_dir, out_dir, **kw) -> RetrainConfig:
+    base = dict(data_dir=str(data_dir), out_dir=str(out_dir), folds={"n_folds": 3})
+    base.update(kw)
+    return RetrainConfig.model_validate(base)
+
+
+def test_run_folder_contract(small_market_dir, tmp_path):
+    path, fr = run_flow(_config(small_market_dir, tmp_path / "out"))
+    run = Path(path)
+    assert run.parent == (tmp_path / "out" / "runs").resolve()
+    manifest = verify_run(run)  # every listed artifact exists and matches its sha256
+    listed = {a["path"] for a in manifest["artifacts"]}
+    assert {"features.parquet", "features.json", "labels.parquet", "folds.json", "metrics.json", "config.json"} <= listed
+    on_disk = {p.name for p in run.iterdir()} - {"manifest.json"}
+    assert on_disk == listed, "every file in the run folder is in the manifest, and no temp files remain"
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run_id"] == run.name
+    assert metrics["target"] == "ETHUSDT" and metrics["cross"] == ["BTCUSDT"]
+    assert metrics["horizons"] == [5, 12, 24]
+    assert metrics["n_oof"] > 1000 and metrics["n_test"] > 300
+    assert metrics["input"]["gaps"]["ETHUSDT"]["n_gaps"] == 2
+
+    feats = pl.read_parquet(run / "features.parquet")
+    meta = json.loads((run / "features.json").read_text())
+    assert feats.columns == ["timestamp", *meta["names"]]
+    assert str(feats["timestamp"].dtype) == "Datetime(time_unit='us', time_zone='UTC')"
+    labels = pl.read_parquet(run / "labels.parquet")
+    assert labels["timestamp"].equals(feats["timestamp"])
+    states = task_states(fr)
+    assert all(states[s] == "Completed" for s in DATA_STAGES), states
+
+
+def test_unchanged_rerun_is_cached_and_changes_recompute_only_dependants(small_market_dir, tmp_path):
+    out = tmp_path / "out"
+    p1, _ = run_flow(_config(small_market_dir, out))
+    p2, fr2 = run_flow(_config(small_market_dir, out))
+    assert p1 != p2, "each run gets its own immutable folder"
+    s2 = task_states(fr2)
+    assert all(s2[s] == "Cached" for s in DATA_STAGES), s2
+    # the cached run's folder is complete and identical in content
+    m1 = {a["path"]: a["sha256"] for a in verify_run(p1)["artifacts"]}
+    m2 = {a["path"]: a["sha256"] for a in verify_run(p2)["artifacts"]}
+    for k in ("features.parquet", "labels.parquet", "folds.json"):
+        assert m1[k] == m2[k]
+
+    # a new horizon changes labels and folds, not features
+    _, fr3 = run_flow(_config(small_market_dir, out, horizons=[5, 12, 24, 36]))
+    s3 = task_states(fr3)
+    assert s3["features"] == "Cached" and s3["labels"] == "Completed" and s3["folds"] == "Completed", s3
+
+    # a feature-spec change recomputes features and everything downstream
+    _, fr4 = run_flow(_config(small_market_dir, out, features={"rsi_windows": [14]}))
+    s4 = task_states(fr4)
+    assert all(s4[s] == "Completed" for s in DATA_STAGES), s4
+
+    # force ignores the cache
+    _, fr5 = run_flow(_config(small_market_dir, out, force=True))
+    assert all(task_states(fr5)[s] == "Completed" for s in DATA_STAGES)
+
+
+def test_new_candles_invalidate_the_cache(small_market_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in small_market_dir.iterdir():
+        if f.suffix == ".csv":
+            lines = f.read_text().splitlines()
+            (data / f.name).write_text("\n".join(lines[:-24]) + "\n")  # one day fewer
+    out = tmp_path / "out"
+    run_flow(_config(data, out))
+    for f in small_market_dir.iterdir():
+        if f.suffix == ".csv":
+            (data / f.name).write_text(f.read_text())  # the day arrives
+    _, fr = run_flow(_config(data, out))
+    assert all(task_states(fr)[s] == "Completed" for s in DATA_STAGES)
+
+
+def test_default_synthetic_market(tmp_path):
+    cfg = RetrainConfig.model_validate(
+        {"out_dir": str(tmp_path / "out"), "synthetic": {"hours": 3_000}, "folds": {"n_folds": 3}}
+    )
+    path, fr = run_flow(cfg)
+    metrics = json.loads((Path(path) / "metrics.json").read_text())
+    assert metrics["target"] == "ETHUSDT" and metrics["cross"] == ["BTCUSDT"]
+    assert task_states(fr)["synthetic-market"] == "Completed"
+
+
+def test_cli_retrain_with_overrides(small_market_dir, tmp_path, capsys):
+    from flows.cli import main
+
+    code = main([
+        "retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"),
+        "--set", "folds.n_folds=3", "--set", "horizons=[5,12]",
+    ])
+    assert code == 0
+    run = next((tmp_path / "o" / "runs").iterdir())
+    assert json.loads((run / "metrics.json").read_text())["horizons"] == [5, 12]
+    assert json.loads((run / "config.json").read_text())["folds"]["n_folds"] == 3
+
+
+def test_cli_bad_config_key_exits_2(small_market_dir, tmp_path, capsys):
+    from flows.cli import main
+
+    code = main(["retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"), "--set", "folds.n_fold=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "folds.n_fold" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
