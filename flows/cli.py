@@ -77,6 +77,15 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deployments.nightly import serve
+
+    config = _config(args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross)
+    print(f"serving the nightly retrain ({args.cron} UTC); Ctrl-C to stop")
+    serve(config, args.cron)
+    return EXIT_OK
+
+
 def _config(args: argparse.Namespace, **fields):
     from flows.config import load_config
 
@@ -105,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
     _add_config_args(p)
     p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("serve", help="serve the nightly deployment from this process (UI runs + schedule)",
+                       description="Register the 'retrain/nightly' deployment with the Prefect API (PREFECT_API_URL) "
+                                   "and execute its scheduled and UI-triggered runs until interrupted.")
+    p.add_argument("--data", metavar="DIR", help="candle folder the runs use by default")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
+    p.add_argument("--target", metavar="SYMBOL")
+    p.add_argument("--cross", metavar="A,B", type=_csv)
+    p.add_argument("--cron", default="30 0 * * *", help="schedule, cron syntax, UTC (default 00:30 daily)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("features", help="build the feature table only (no Prefect)",
                        description="Validate the data and write the feature table (parquet) plus FILE.json with names and fingerprint.")

@@ -1,0 +1,58 @@
+"""The nightly deployment: schedule, UI form, prefect.yaml consistency, CLI help for every subcommand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.nightly import DEFAULT_CRON, build
+from flows.cli import build_parser, main
+from flows.config import RetrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_deployment_schedule_and_parameters():
+    cfg = RetrainConfig(data_dir="/data/candles", out_dir="/srv/out")
+    dep = build(cfg)
+    assert dep.name == "nightly"
+    assert [s.schedule.cron for s in dep.schedules] == [DEFAULT_CRON]
+    assert dep.parameters["config"]["data_dir"] == "/data/candles"
+    assert dep.concurrency_limit == 1
+
+
+def test_ui_form_is_the_pydantic_config():
+    from flows.retrain import retrain
+
+    schema = retrain.parameters.model_dump()
+    assert list(schema["properties"]) == ["config"]
+    defs = schema["definitions"]
+    form = defs["RetrainConfig"]["properties"]
+    for key in ("data_dir", "target", "cross", "horizons", "folds", "features", "force"):
+        assert key in form, key
+    assert "FoldSpec" in defs and "FeatureSpec" in defs
+
+
+def test_prefect_yaml_matches_the_flow():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (dep,) = spec["deployments"]
+    module, func = dep["entrypoint"].split(":")
+    assert (ROOT / module).is_file() and func == "retrain"
+    assert dep["schedules"][0]["cron"] == DEFAULT_CRON
+    assert any("set_working_directory" in next(iter(step)) for step in spec["pull"])
+
+
+@pytest.mark.parametrize("cmd", ["retrain", "features", "synth", "serve"])
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    assert cmd in capsys.readouterr().out
+
+
+def test_parser_lists_subcommands():
+    text = build_parser().format_help()
+    for cmd in ("retrain", "features", "synth", "serve"):
+        assert cmd in text
