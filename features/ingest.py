@@ -14,6 +14,7 @@ would count it below the header) or column. Nothing here writes anything.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ def _read_raw(path: Path) -> pl.DataFrame:
         try:
             df = pl.read_parquet(path)
         except Exception as exc:  # pyarrow/polars raise several types for corrupt files
-            raise DataError(path, f"cannot read parquet: {exc}") from None
+            raise DataError(path, f"cannot read parquet: {_first_line(exc)}") from None
         return df
     with open(path, "rb") as fh:
         first = fh.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
@@ -133,7 +134,10 @@ def _read_raw(path: Path) -> pl.DataFrame:
             truncate_ragged_lines=False,
         )
     except Exception as exc:
-        raise DataError(path, f"cannot parse CSV: {exc}") from None
+        row, problem = _locate_csv_problem(path, headerless)
+        if row is not None:
+            raise DataError(path, f"cannot parse CSV: {problem}", row=row) from None
+        raise DataError(path, f"cannot parse CSV: {_first_line(exc)}") from None
     if headerless:
         if df.width < len(_BINANCE_KLINE):
             raise DataError(
@@ -144,6 +148,30 @@ def _read_raw(path: Path) -> pl.DataFrame:
         df = df.rename({old: new for old, new in zip(df.columns, _BINANCE_KLINE)}).select(_BINANCE_KLINE)
         return df
     return df
+
+
+def _first_line(exc: Exception) -> str:
+    """Library errors can span many lines of advice; the CLI promises one line."""
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+
+
+def _locate_csv_problem(path: Path, headerless: bool) -> tuple[int | None, str]:
+    """After the CSV reader failed: the 1-based data row with a wrong field count or broken quoting."""
+    row = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh, strict=True)
+            width = None if headerless else len(next(reader, []))
+            for row, fields in enumerate(reader, start=1):
+                if width is None:
+                    width = len(fields)
+                elif fields and len(fields) != width:
+                    return row, f"{len(fields)} fields where the {'first row' if headerless else 'header'} has {width}"
+    except csv.Error as exc:
+        return row + 1, f"broken quoting ({exc})"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    return None, ""
 
 
 def _pick_columns(df: pl.DataFrame, path: Path) -> pl.DataFrame:
@@ -196,14 +224,16 @@ def _parse_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
         ts = ts.dt.cast_time_unit("us")
     elif dtype.is_numeric():
         ts = (
-            pl.select(_epoch_to_us(col.cast(pl.Int64)).cast(pl.Datetime("us", "UTC")))
+            pl.select(_epoch_to_us(col.cast(pl.Int64, strict=False)).cast(pl.Datetime("us", "UTC")))
             .to_series()
         )
     else:
         text = col.cast(pl.String).str.strip_chars()
-        numeric = text.str.contains(r"^\d{9,}(\.0+)?$")
-        if numeric.all():
-            as_int = text.str.replace(r"\.0+$", "").cast(pl.Int64)
+        # Epoch numbers or date text, judged by the first value; a row of the other kind becomes null below.
+        digits = text.str.extract(r"^(\d{9,})(?:\.0+)?$", 1)
+        first = digits.filter(text.is_not_null()).head(1)
+        if first.len() and first[0] is not None:
+            as_int = digits.cast(pl.Int64, strict=False)
             ts = pl.select(_epoch_to_us(as_int).cast(pl.Datetime("us", "UTC"))).to_series()
         else:
             norm = text.str.replace("T", " ", literal=True).str.replace(r"[zZ]$", "+00:00")

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.signal import lfilter
 
 DEFAULT_SYMBOLS = ("ETHUSDT", "BTCUSDT", "SOLUSDT")
 DEFAULT_START = datetime(2022, 1, 1, tzinfo=timezone.utc)
@@ -49,6 +48,7 @@ class SynthSpec(BaseModel):
 
 def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     """Unit-variance AR(1) via a linear filter (vectorised)."""
+    from scipy.signal import lfilter  # imported here: scipy costs ~1 s, and the CLI imports this module
     eps = rng.standard_normal(n) * np.sqrt(1.0 - phi * phi)
     x = lfilter([1.0], [1.0, -phi], eps)
     x[: min(n, 1)] = eps[: min(n, 1)] / np.sqrt(1.0 - phi * phi)
@@ -60,6 +60,8 @@ def _student_t(rng: np.random.Generator, n: int, df: float = 4.0) -> np.ndarray:
 
 
 def _ema(x: np.ndarray, span: int) -> np.ndarray:
+    from scipy.signal import lfilter
+
     a = 2.0 / (span + 1.0)
     y, _ = lfilter([a], [1.0, -(1.0 - a)], x[1:], zi=[(1.0 - a) * x[0]])
     return np.concatenate([[x[0]], y])
