@@ -18,6 +18,7 @@ from features.errors import ConfigError
 from features.spec import FeatureSpec
 from features.splits import FoldSpec
 from features.synth import SynthSpec
+from models.registry import ModelsConfig
 
 
 class RetrainConfig(BaseModel):
@@ -41,6 +42,7 @@ class RetrainConfig(BaseModel):
     )
     features: FeatureSpec = Field(default_factory=FeatureSpec)
     folds: FoldSpec = Field(default_factory=FoldSpec)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     synthetic: SynthSpec = Field(default_factory=SynthSpec)
     result_storage: str | None = Field(
         default=None,

@@ -1,6 +1,8 @@
 """The nightly retraining flow.
 
-    ingest+validate ─► features ─► labels ─► purged walk-forward folds ─► publish run folder
+    ingest+validate ─► features ─► labels ─► purged walk-forward folds
+        ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout
+        ─► OOF and holdout tables ─► publish run folder
 
 Every stage after ingest is a cached task keyed on the content of its inputs, its config slice and the code
 version, so an unchanged re-run reloads everything and a changed parameter recomputes only what depends on it.
@@ -13,6 +15,7 @@ import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.filesystems import LocalFileSystem
 from prefect.runtime import flow_run
 
@@ -29,7 +32,12 @@ from tasks.data import (
     load_labels,
     synthetic_market_task,
 )
+from models.device import cuda_available, parallel_tasks
+from models.evaluate import model_metrics
+from models.registry import SEQUENCE_MODELS
 from tasks.publish import publish_run_task
+from tasks.store import read_parquet
+from tasks.train import assemble_task, fit_fold_task, refit_task
 from tasks.store import ArtifactRef, new_run_id, run_dir
 
 
@@ -84,7 +92,46 @@ def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref:
     }
 
 
-@flow(name="retrain", log_prints=True)
+def _ensure_gpu_limit() -> None:
+    """With a GPU, let one `gpu`-tagged task run at a time (a tag concurrency limit on the Prefect API)."""
+    if not cuda_available():
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag("gpu")
+        except Exception:
+            client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+
+
+def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: ArtifactRef, out: str, cached: dict):
+    """Submit every (model, fold) task and every refit at once; the task runner bounds the parallelism."""
+    m = config.models
+    fold_futures, refit_futures = [], []
+    for name in m.enabled:
+        opts = {**cached, "tags": ["gpu"] if name in SEQUENCE_MODELS else ["cpu"]}
+        common = dict(params=m.params_for(name), feature_set=m.feature_set(name), features=feats, labels=labels,
+                      folds=folds, horizons=config.horizons, gap_tolerance_hours=config.gap_tolerance_hours,
+                      collapse_std=m.collapse_std, out_dir=out)
+        for k in range(config.folds.n_folds):
+            fold_futures.append(fit_fold_task.with_options(**opts).submit(name, fold=k, **common))
+        refit_futures.append(refit_task.with_options(**opts).submit(name, **common))
+    return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
+
+
+def _training_summary(fold_outputs, refits) -> dict:
+    out: dict[str, dict] = {}
+    for fo in fold_outputs:
+        out.setdefault(fo.model, {"folds": {}})["folds"][str(fo.fold)] = fo.summary
+    for r in refits:
+        out.setdefault(r.model, {"folds": {}})["refit"] = r.summary
+        out[r.model]["collapsed"] = any(r.summary["collapsed"].values()) or any(
+            any(f["collapsed"].values()) for f in out[r.model]["folds"].values())
+    return out
+
+
+@flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=parallel_tasks()))
 def retrain(config: RetrainConfig = RetrainConfig()) -> str:
     """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market) and publish the run
     folder ``OUT/runs/RUN_ID``. Returns the run folder's path."""
@@ -102,18 +149,27 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> str:
     )
     folds = folds_task.with_options(**cached)(feats, config.horizons, config.folds, str(out))
 
+    _ensure_gpu_limit()
+    fold_outputs, refits = _train(config, feats, labels, folds, str(out), cached)
+    tables = assemble_task.with_options(**cached)(fold_outputs, refits, labels, config.horizons, str(out))
+
     summary = _summary(market, feats, labels, folds, config)
-    metrics = {"run_id": run_id, **summary, "models": {}, "meta": {}}
+    scores = model_metrics(read_parquet(tables["oof.parquet"]), read_parquet(tables["holdout_predictions.parquet"]),
+                           config.models.enabled, config.horizons)
+    metrics = {"run_id": run_id, **summary, "models": scores, "meta": {},
+               "training": _training_summary(fold_outputs, refits)}
+    artifacts = {
+        "features.parquet": feats.data,
+        "features.json": feats.meta,
+        "labels.parquet": labels,
+        "folds.json": folds,
+        **tables,
+    }
+    for r in refits:
+        for fname, ref in r.files.items():
+            artifacts[f"models/{r.model}/{fname}"] = ref
     publish_run_task.with_options(**cached)(
-        str(out),
-        run_id,
-        {
-            "features.parquet": feats.data,
-            "features.json": feats.meta,
-            "labels.parquet": labels,
-            "folds.json": folds,
-        },
-        {"config.json": config.model_dump(mode="json"), "metrics.json": metrics},
+        str(out), run_id, artifacts, {"config.json": config.model_dump(mode="json"), "metrics.json": metrics}
     )
     path = run_dir(out, run_id)
     log.info("run folder: %s", path)

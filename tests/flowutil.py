@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -15,12 +17,20 @@ def run_flow(config):
     return path, state.state_details.flow_run_id
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    """Task name (without the run suffix) -> final state name, e.g. {'features': 'Cached'}."""
+def _task_runs(flow_run_id):
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    out: dict[str, str] = {}
-    for r in runs:
-        name = r.name.rsplit("-", 1)[0]
-        out[name] = r.state.name if r.state else "?"
-    return out
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _name(run) -> str:
+    """Task run name without Prefect's random suffix ('features-626' -> 'features'; 'lgb-fold0' stays)."""
+    return re.sub(r"-[0-9a-f]{3}$", "", run.name)
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> final state name, e.g. {'features': 'Cached', 'xgb-fold0': 'Completed'}."""
+    return {_name(r): (r.state.name if r.state else "?") for r in _task_runs(flow_run_id)}
+
+
+def task_tags(flow_run_id) -> dict[str, set[str]]:
+    return {_name(r): set(r.tags) for r in _task_runs(flow_run_id)}

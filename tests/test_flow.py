@@ -18,7 +18,8 @@ DATA_STAGES = ("features", "labels", "folds")
 
 
 def _config(data_dir, out_dir, **kw) -> RetrainConfig:
-    base = dict(data_dir=str(data_dir), out_dir=str(out_dir), folds={"n_folds": 3})
+    # one fast model: these tests are about the data stages, the run folder and caching
+    base = dict(data_dir=str(data_dir), out_dir=str(out_dir), folds={"n_folds": 3}, models={"enabled": ["lgb"]})
     base.update(kw)
     return RetrainConfig.model_validate(base)
 
@@ -96,7 +97,8 @@ def test_new_candles_invalidate_the_cache(small_market_dir, tmp_path):
 
 def test_default_synthetic_market(tmp_path):
     cfg = RetrainConfig.model_validate(
-        {"out_dir": str(tmp_path / "out"), "synthetic": {"hours": 3_000}, "folds": {"n_folds": 3}}
+        {"out_dir": str(tmp_path / "out"), "synthetic": {"hours": 3_000}, "folds": {"n_folds": 3},
+         "models": {"enabled": ["lgb"]}}
     )
     path, fr = run_flow(cfg)
     metrics = json.loads((Path(path) / "metrics.json").read_text())
@@ -109,7 +111,7 @@ def test_cli_retrain_with_overrides(small_market_dir, tmp_path, capsys):
 
     code = main([
         "retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"),
-        "--set", "folds.n_folds=3", "--set", "horizons=[5,12]",
+        "--set", "folds.n_folds=3", "--set", "horizons=[5,12]", "--set", 'models.enabled=["lgb"]',
     ])
     assert code == 0
     run = next((tmp_path / "o" / "runs").iterdir())

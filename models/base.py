@@ -1,0 +1,153 @@
+"""The small model interface every base learner implements (in the spirit of Qlib's ``Model.fit/predict``).
+
+A model is configured by a pydantic params object, fitted on one training span with its inner early-stopping
+slice, predicts one probability per horizon, saves to a folder without pickle, loads back, and describes itself.
+
+Data reach models as a :class:`Dataset`: the whole feature matrix plus the rows to use. Tabular models read only
+their rows; sequence models also read the rows before them (features only, never labels) to build windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+# Bumped whenever a change alters what a model learns or predicts; part of every training task's cache key.
+MODELS_VERSION = "models-1"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Feature matrix X (n_rows x n_features, float32), labels Y (n_rows x n_horizons, float32 with NaN where
+    undefined), and ``segment_start[i]`` = first row of row i's contiguous stretch (sequence windows stop there)."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    feature_names: list[str]
+    horizons: list[int]
+    segment_start: np.ndarray
+    timestamps: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.X.shape[0] != self.Y.shape[0] or self.Y.shape[1] != len(self.horizons):
+            raise ValueError("X, Y and horizons disagree in shape")
+        if self.X.shape[1] != len(self.feature_names):
+            raise ValueError("X columns and feature_names disagree")
+
+    @property
+    def n_rows(self) -> int:
+        return self.X.shape[0]
+
+    def columns(self, names: list[str]) -> np.ndarray:
+        idx = [self.feature_names.index(n) for n in names]
+        return self.X[:, idx]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which rows of a Dataset a call uses: indices into it, ascending."""
+
+    idx: np.ndarray
+
+    @classmethod
+    def span(cls, start: int, stop: int) -> "Rows":
+        return cls(np.arange(start, stop, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+@dataclass
+class FitInfo:
+    """What a fit produced, for describe() and the report."""
+
+    best_iteration: dict[str, int] = field(default_factory=dict)  # per horizon (trees) or epochs
+    device: str = "cpu"
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Model(ABC):
+    """Base learner. Subclasses set ``name`` and ``Params`` and implement the five methods."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(self, params: BaseModel, feature_names: list[str], horizons: list[int]):
+        self.params = params
+        self.feature_names = list(feature_names)
+        self.horizons = list(horizons)
+        self.info = FitInfo()
+
+    @abstractmethod
+    def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "Model":
+        """Train on ``fit_rows``; stop early / choose the best epoch on ``early_stop_rows``."""
+
+    @abstractmethod
+    def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
+        """Probabilities, shape (len(rows), len(horizons))."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> list[Path]:
+        """Write the model to ``folder`` without pickle; return the files written."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path) -> "Model":
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "params": self.params.model_dump(mode="json"),
+            "n_features": len(self.feature_names),
+            "feature_names": self.feature_names,
+            "horizons": self.horizons,
+            "device": self.info.device,
+            "best_iteration": self.info.best_iteration,
+            "fit_seconds": round(self.info.seconds, 3),
+            **self.info.extra,
+        }
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def labelled(data: Dataset, rows: Rows, h_index: int) -> np.ndarray:
+    """The subset of ``rows`` whose label at horizon ``h_index`` is defined."""
+    y = data.Y[rows.idx, h_index]
+    return rows.idx[~np.isnan(y)]
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Small JSON writes inside model folders (the run-folder store copies these later)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def segment_starts(timestamps_us: np.ndarray, gap_tolerance_hours: int) -> np.ndarray:
+    """For each row, the index of the first row of its contiguous stretch of the feature table."""
+    n = len(timestamps_us)
+    starts = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return starts
+    step = np.diff(timestamps_us) // 3_600_000_000
+    new = np.concatenate([[True], step > 1 + gap_tolerance_hours])
+    first = np.where(new, np.arange(n), 0)
+    return np.maximum.accumulate(first)

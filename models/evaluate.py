@@ -1,0 +1,49 @@
+"""Scoring predictions: per model and horizon, AUC on the OOF rows and on the holdout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from features.labels import label_name
+from models.train import auc
+
+
+def prediction_columns(model: str, horizons: list[int]) -> list[str]:
+    return [f"{model}_h{h}" for h in horizons]
+
+
+def auc_se(n: int, h: int) -> float:
+    """Standard error of an AUC over n rows of h-bar overlapping labels (DESIGN.md §4): sqrt(h / (3 n))."""
+    return math.sqrt(h / (3 * n)) if n > 0 else float("inf")
+
+
+def score_table(table: pl.DataFrame, model: str, horizons: list[int]) -> dict[str, dict]:
+    out = {}
+    for h, col in zip(horizons, prediction_columns(model, horizons)):
+        if col not in table.columns:
+            continue
+        y = table[label_name(h)].cast(pl.Float64).to_numpy()
+        p = table[col].cast(pl.Float64).to_numpy()
+        ok = ~np.isnan(y) & ~np.isnan(p)
+        out[str(h)] = {"auc": auc(y[ok], p[ok]), "n": int(ok.sum())}
+    return out
+
+
+def model_metrics(oof: pl.DataFrame, holdout: pl.DataFrame, models: list[str], horizons: list[int]) -> dict:
+    """``models.{name}.{h}.{oof_auc, test_auc, n_oof, n_test}`` as DESIGN.md §3 asks."""
+    result: dict[str, dict] = {}
+    for m in models:
+        o, t = score_table(oof, m, horizons), score_table(holdout, m, horizons)
+        result[m] = {
+            str(h): {
+                "oof_auc": o.get(str(h), {}).get("auc"),
+                "test_auc": t.get(str(h), {}).get("auc"),
+                "n_oof": o.get(str(h), {}).get("n", 0),
+                "n_test": t.get(str(h), {}).get("n", 0),
+            }
+            for h in horizons
+        }
+    return result

@@ -1,0 +1,216 @@
+"""Gradient-boosted trees: LightGBM (``lgb``, own features), cross-asset LightGBM (``lgb_cross``, own + cross
+features) and XGBoost (``xgb``). One booster per horizon, early-stopped on the inner slice.
+
+Saved as the libraries' own formats: LightGBM text, XGBoost JSON, plus ``{name}_meta.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import lightgbm as lgb
+import numpy as np
+import xgboost as xgb
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.base import Dataset, Model, Rows, labelled, read_json, write_json_atomic
+from models.device import cpu_threads, cuda_available
+
+
+class LGBParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(default=0.03, gt=0, le=1)
+    num_leaves: int = Field(default=15, ge=2)
+    min_data_in_leaf: int = Field(default=100, ge=1)
+    feature_fraction: float = Field(default=0.7, gt=0, le=1)
+    bagging_fraction: float = Field(default=0.8, gt=0, le=1)
+    lambda_l2: float = Field(default=1.0, ge=0)
+    max_rounds: int = Field(default=600, ge=1)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    seed: int = 0
+
+
+class XGBParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(default=0.03, gt=0, le=1)
+    max_depth: int = Field(default=4, ge=1)
+    min_child_weight: float = Field(default=20.0, ge=0)
+    subsample: float = Field(default=0.8, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.7, gt=0, le=1)
+    reg_lambda: float = Field(default=1.0, ge=0)
+    max_rounds: int = Field(default=600, ge=1)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    seed: int = 0
+
+
+def own_features(names: list[str]) -> list[str]:
+    """The target's own features (the cross block's columns are prefixed ``SYMBOL__``)."""
+    return [n for n in names if "__" not in n]
+
+
+class LGBModel(Model):
+    name: ClassVar[str] = "lgb"
+    Params: ClassVar[type[BaseModel]] = LGBParams
+
+    def __init__(self, params: LGBParams, feature_names: list[str], horizons: list[int]):
+        super().__init__(params, feature_names, horizons)
+        self.boosters: dict[int, lgb.Booster] = {}
+
+    def _lgb_params(self) -> dict:
+        p = self.params
+        return {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "learning_rate": p.learning_rate,
+            "num_leaves": p.num_leaves,
+            "min_data_in_leaf": p.min_data_in_leaf,
+            "feature_fraction": p.feature_fraction,
+            "bagging_fraction": p.bagging_fraction,
+            "bagging_freq": 1,
+            "lambda_l2": p.lambda_l2,
+            "seed": p.seed,
+            "deterministic": True,
+            "num_threads": cpu_threads(),
+            "verbosity": -1,
+        }
+
+    def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "LGBModel":
+        t0 = time.perf_counter()
+        X = data.columns(self.feature_names)
+        for j, h in enumerate(self.horizons):
+            tr, es = labelled(data, fit_rows, j), labelled(data, early_stop_rows, j)
+            dtrain = lgb.Dataset(X[tr], data.Y[tr, j], feature_name=self.feature_names, free_raw_data=True)
+            dval = lgb.Dataset(X[es], data.Y[es, j], reference=dtrain)
+            booster = lgb.train(
+                self._lgb_params(), dtrain, num_boost_round=self.params.max_rounds, valid_sets=[dval],
+                callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)],
+            )
+            best = booster.best_iteration or booster.current_iteration()
+            # keep only the trees up to the best iteration, so save/load/predict agree exactly
+            self.boosters[h] = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+            self.info.best_iteration[str(h)] = int(best)
+        self.info.device = "cpu"
+        self.info.seconds = time.perf_counter() - t0
+        return self
+
+    def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
+        X = data.columns(self.feature_names)[rows.idx]
+        return np.column_stack([self.boosters[h].predict(X) for h in self.horizons]).astype(np.float64)
+
+    def feature_importance(self) -> dict[str, dict[str, float]]:
+        """Gain importance per horizon (for the report)."""
+        return {
+            str(h): dict(zip(self.feature_names, b.feature_importance("gain").astype(float).tolist()))
+            for h, b in self.boosters.items()
+        }
+
+    def save(self, folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for h, b in self.boosters.items():
+            p = folder / f"{self.name}_h{h}.txt"
+            b.save_model(str(p))
+            files.append(p)
+        files.append(write_json_atomic(folder / f"{self.name}_meta.json", self.describe()))
+        return files
+
+    @classmethod
+    def load(cls, folder: Path) -> "LGBModel":
+        meta = read_json(folder / f"{cls.name}_meta.json")
+        m = cls(cls.Params.model_validate(meta["params"]), meta["feature_names"], meta["horizons"])
+        for h in m.horizons:
+            m.boosters[h] = lgb.Booster(model_file=str(folder / f"{cls.name}_h{h}.txt"))
+        m.info.best_iteration = meta["best_iteration"]
+        m.info.device = meta["device"]
+        return m
+
+
+class LGBCrossModel(LGBModel):
+    """Same learner, its own feature set: the target's features plus the cross-asset block."""
+
+    name: ClassVar[str] = "lgb_cross"
+
+
+class XGBModel(Model):
+    name: ClassVar[str] = "xgb"
+    Params: ClassVar[type[BaseModel]] = XGBParams
+
+    def __init__(self, params: XGBParams, feature_names: list[str], horizons: list[int]):
+        super().__init__(params, feature_names, horizons)
+        self.boosters: dict[int, xgb.Booster] = {}
+
+    def _xgb_params(self, device: str) -> dict:
+        p = self.params
+        return {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "device": device,
+            "learning_rate": p.learning_rate,
+            "max_depth": p.max_depth,
+            "min_child_weight": p.min_child_weight,
+            "subsample": p.subsample,
+            "colsample_bytree": p.colsample_bytree,
+            "reg_lambda": p.reg_lambda,
+            "seed": p.seed,
+            "nthread": cpu_threads(),
+        }
+
+    def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "XGBModel":
+        t0 = time.perf_counter()
+        device = "cuda" if cuda_available() else "cpu"
+        X = data.columns(self.feature_names)
+        for j, h in enumerate(self.horizons):
+            tr, es = labelled(data, fit_rows, j), labelled(data, early_stop_rows, j)
+            dtrain = xgb.DMatrix(X[tr], label=data.Y[tr, j], feature_names=self.feature_names)
+            dval = xgb.DMatrix(X[es], label=data.Y[es, j], feature_names=self.feature_names)
+            booster = xgb.train(
+                self._xgb_params(device), dtrain, num_boost_round=self.params.max_rounds,
+                evals=[(dval, "early_stop")], early_stopping_rounds=self.params.early_stopping_rounds,
+                verbose_eval=False,
+            )
+            best = int(booster.best_iteration) + 1
+            # keep only the trees up to the best iteration, so save/load/predict agree exactly
+            self.boosters[h] = booster[:best]
+            self.boosters[h].set_param({"device": "cpu"})
+            self.info.best_iteration[str(h)] = best
+        self.info.device = device
+        self.info.seconds = time.perf_counter() - t0
+        return self
+
+    def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
+        X = data.columns(self.feature_names)[rows.idx]
+        d = xgb.DMatrix(X, feature_names=self.feature_names)
+        return np.column_stack([self.boosters[h].predict(d) for h in self.horizons]).astype(np.float64)
+
+    def feature_importance(self) -> dict[str, dict[str, float]]:
+        return {
+            str(h): {k: float(v) for k, v in b.get_score(importance_type="gain").items()}
+            for h, b in self.boosters.items()
+        }
+
+    def save(self, folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for h, b in self.boosters.items():
+            p = folder / f"{self.name}_h{h}.json"
+            b.save_model(str(p))
+            files.append(p)
+        files.append(write_json_atomic(folder / f"{self.name}_meta.json", self.describe()))
+        return files
+
+    @classmethod
+    def load(cls, folder: Path) -> "XGBModel":
+        meta = read_json(folder / f"{cls.name}_meta.json")
+        m = cls(cls.Params.model_validate(meta["params"]), meta["feature_names"], meta["horizons"])
+        for h in m.horizons:
+            b = xgb.Booster()
+            b.load_model(str(folder / f"{cls.name}_h{h}.json"))
+            m.boosters[h] = b
+        m.info.best_iteration = meta["best_iteration"]
+        m.info.device = meta["device"]
+        return m

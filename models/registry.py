@@ -1,0 +1,75 @@
+"""The five base learners by their stable short names, their parameter models, and their feature sets."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.base import Model
+from models.gbdt import LGBCrossModel, LGBModel, LGBParams, XGBModel, XGBParams, own_features
+from models.lstm import LSTMModel
+from models.sequence import SequenceParams
+from models.tft import TFTModel, TFTParams
+
+MODEL_CLASSES: dict[str, type[Model]] = {
+    "lgb": LGBModel,
+    "xgb": XGBModel,
+    "lgb_cross": LGBCrossModel,
+    "lstm": LSTMModel,
+    "tft": TFTModel,
+}
+SEQUENCE_MODELS = ("lstm", "tft")
+
+FeatureSet = Literal["own", "all"]
+
+
+class ModelsConfig(BaseModel):
+    """Which models train, with which parameters and feature sets ('own' = the target's features only,
+    'all' = plus the cross-asset block)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: list[str] = Field(default=list(MODEL_CLASSES), description="models to train")
+    lgb: LGBParams = Field(default_factory=LGBParams)
+    xgb: XGBParams = Field(default_factory=XGBParams)
+    lgb_cross: LGBParams = Field(default_factory=LGBParams)
+    lstm: SequenceParams = Field(default_factory=SequenceParams)
+    tft: TFTParams = Field(default_factory=TFTParams)
+    feature_sets: dict[str, FeatureSet] = Field(
+        default_factory=lambda: {"lgb": "own", "xgb": "own", "lgb_cross": "all", "lstm": "all", "tft": "all"}
+    )
+    collapse_std: float = Field(
+        default=1e-3, ge=0, description="a model whose inner-slice predictions vary less than this is collapsed"
+    )
+
+    @field_validator("enabled")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in MODEL_CLASSES]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known: {list(MODEL_CLASSES)}")
+        if not v:
+            raise ValueError("enable at least one model")
+        return list(dict.fromkeys(v))
+
+    def params_for(self, name: str) -> BaseModel:
+        return getattr(self, name)
+
+    def feature_set(self, name: str) -> FeatureSet:
+        return self.feature_sets.get(name, "own" if name in ("lgb", "xgb") else "all")
+
+
+def select_features(names: list[str], feature_set: FeatureSet) -> list[str]:
+    return own_features(names) if feature_set == "own" else list(names)
+
+
+def make_model(name: str, params: BaseModel, feature_names: list[str], horizons: list[int]) -> Model:
+    cls = MODEL_CLASSES[name]
+    return cls(cls.Params.model_validate(params.model_dump()), feature_names, horizons)
+
+
+def load_model(name: str, folder) -> Model:
+    return MODEL_CLASSES[name].load(folder)
+
+

@@ -1,0 +1,259 @@
+"""What the sequence models (LSTM, TFT) share: windows, train-only normalisation, the training loop, the
+safetensors + ``{name}_meta.json`` format.
+
+- A row's window is the last ``window`` feature rows up to and including it, never crossing the start of its
+  contiguous stretch (``Dataset.segment_start``); shorter windows are left-padded with their first row.
+  Windows read features of earlier rows only, never labels.
+- Normalisation (mean/std per feature) is fitted on the fitting rows only and stored in the meta file.
+- Training: AdamW, gradient clipping, masked BCE (or focal) over all horizons, early stopping on the inner
+  slice's loss with patience and best-epoch restore; the head with the best inner-slice AUC is recorded.
+- CUDA with bf16 autocast and pinned memory when a GPU answers; CPU otherwise. Seeds fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from models.base import Dataset, Model, Rows, read_json, write_json_atomic
+from models.device import configure_torch_threads, torch_device
+
+
+class SequenceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    window: int = Field(default=48, ge=2, description="bars per input window")
+    hidden: int = Field(default=32, ge=2)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_size: int = Field(default=256, ge=8)
+    max_epochs: int = Field(default=20, ge=1)
+    patience: int = Field(default=4, ge=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    loss: Literal["bce", "focal"] = "bce"
+    focal_gamma: float = Field(default=2.0, ge=0)
+    augment_noise: float = Field(default=0.0, ge=0, description="Gaussian noise std on normalised inputs (0 = off)")
+    augment_time_warp: float = Field(default=0.0, ge=0, lt=0.5, description="max time-warp stretch (0 = off)")
+    max_train_rows: int | None = Field(default=None, ge=100, description="use only the latest N fitting rows")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def window_index(rows: np.ndarray, segment_start: np.ndarray, window: int) -> np.ndarray:
+    """(len(rows), window) row indices: the window ending at each row, clamped at its segment start."""
+    offsets = np.arange(-(window - 1), 1, dtype=np.int64)
+    idx = rows[:, None] + offsets[None, :]
+    return np.maximum(idx, segment_start[rows][:, None])
+
+
+def fit_normaliser(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = X[rows].mean(axis=0, dtype=np.float64)
+    std = X[rows].std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-12, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalise(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return np.clip((X - mean) / std, -8.0, 8.0).astype(np.float32)
+
+
+def _time_warp(x: torch.Tensor, max_stretch: float, gen: torch.Generator) -> torch.Tensor:
+    """Resample each window on a randomly stretched time axis that still ends at the current bar."""
+    b, length, _ = x.shape
+    s = 1.0 + (torch.rand(b, 1, generator=gen, device="cpu") * 2 - 1) * max_stretch
+    pos = torch.arange(length, dtype=torch.float32)[None, :]
+    src = (length - 1) - (length - 1 - pos) * s  # last position stays at length-1
+    src = src.clamp(0, length - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=length - 1)
+    w = (src - lo.float()).unsqueeze(-1).to(x.device)
+    lo, hi = lo.to(x.device), hi.to(x.device)
+    gather = lambda i: torch.gather(x, 1, i.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # noqa: E731
+    return gather(lo) * (1 - w) + gather(hi) * w
+
+
+def masked_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, gamma: float) -> torch.Tensor:
+    mask = ~torch.isnan(y)
+    target = torch.nan_to_num(y, nan=0.0)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if kind == "focal":
+        p = torch.sigmoid(logits)
+        pt = torch.where(target > 0.5, p, 1 - p)
+        bce = bce * (1 - pt).pow(gamma)
+    return (bce * mask).sum() / mask.sum().clamp(min=1)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class SequenceModel(Model):
+    """Base for torch sequence classifiers; subclasses provide ``build_net``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[SequenceParams]] = SequenceParams
+
+    def __init__(self, params: SequenceParams, feature_names: list[str], horizons: list[int]):
+        super().__init__(params, feature_names, horizons)
+        self.net: nn.Module | None = None
+        self.mean = np.zeros(len(feature_names), np.float32)
+        self.std = np.ones(len(feature_names), np.float32)
+        self.best_head: int | None = None
+        self.epochs_run = 0
+
+    def build_net(self) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- training
+
+    def _batches(self, Xn: np.ndarray, rows: np.ndarray, seg: np.ndarray, order: np.ndarray):
+        bs = self.params.batch_size
+        for k in range(0, len(order), bs):
+            r = rows[order[k : k + bs]]
+            yield r, torch.from_numpy(Xn[window_index(r, seg, self.params.window)])
+
+    def _forward(self, xb: torch.Tensor, device: str) -> torch.Tensor:
+        if device == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.net(xb).float()
+        return self.net(xb)
+
+    def _predict_logits(self, Xn: np.ndarray, rows: np.ndarray, seg: np.ndarray, device: str) -> np.ndarray:
+        self.net.eval()
+        out = []
+        with torch.no_grad():
+            for _, xb in self._batches(Xn, rows, seg, np.arange(len(rows))):
+                xb = xb.to(device, non_blocking=True)
+                out.append(self._forward(xb, device).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.horizons)), np.float32)
+
+    def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "SequenceModel":
+        p: SequenceParams = self.params
+        t0 = time.perf_counter()
+        configure_torch_threads()
+        device = torch_device(p.device)
+        torch.manual_seed(p.seed)
+        np_rng = np.random.default_rng(p.seed)
+        gen = torch.Generator().manual_seed(p.seed)
+
+        X = data.columns(self.feature_names)
+        fit_idx = fit_rows.idx
+        if p.max_train_rows and len(fit_idx) > p.max_train_rows:
+            fit_idx = fit_idx[-p.max_train_rows :]
+        # rows with at least one defined label
+        fit_idx = fit_idx[~np.isnan(data.Y[fit_idx]).all(axis=1)]
+        es_idx = early_stop_rows.idx[~np.isnan(data.Y[early_stop_rows.idx]).all(axis=1)]
+        self.mean, self.std = fit_normaliser(X, fit_idx)
+        Xn = normalise(X, self.mean, self.std)
+        seg = data.segment_start
+        Y = torch.from_numpy(data.Y.astype(np.float32))
+
+        self.net = self.build_net().to(device)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        best_loss, best_state, best_epoch, bad = float("inf"), None, 0, 0
+        history = []
+        for epoch in range(1, p.max_epochs + 1):
+            self.net.train()
+            order = np_rng.permutation(len(fit_idx))
+            total, count = 0.0, 0
+            for r, xb in self._batches(Xn, fit_idx, seg, order):
+                if p.augment_time_warp > 0:
+                    xb = _time_warp(xb, p.augment_time_warp, gen)
+                if p.augment_noise > 0:
+                    xb = xb + torch.randn(xb.shape, generator=gen) * p.augment_noise
+                if device == "cuda":
+                    xb = xb.pin_memory().to(device, non_blocking=True)
+                yb = Y[r].to(device)
+                loss = masked_loss(self._forward(xb, device), yb, p.loss, p.focal_gamma)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), p.grad_clip)
+                opt.step()
+                total += loss.item() * len(r)
+                count += len(r)
+            es_logits = self._predict_logits(Xn, es_idx, seg, device)
+            es_loss = float(masked_loss(torch.from_numpy(es_logits), Y[es_idx], "bce", 0.0))
+            history.append({"epoch": epoch, "train_loss": total / max(count, 1), "early_stop_loss": es_loss})
+            if es_loss < best_loss - 1e-6:
+                best_loss, best_epoch, bad = es_loss, epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= p.patience:
+                    break
+        self.epochs_run = len(history)
+        self.net.load_state_dict(best_state)  # best-epoch restore
+        self.net.to("cpu").eval()
+        es_prob = 1 / (1 + np.exp(-self._predict_logits(Xn, es_idx, seg, "cpu")))
+        head_auc = {}
+        for j, h in enumerate(self.horizons):
+            y = data.Y[es_idx, j]
+            ok = ~np.isnan(y)
+            both = ok.sum() > 1 and 0 < y[ok].mean() < 1
+            head_auc[str(h)] = float(roc_auc_score(y[ok], es_prob[ok, j])) if both else 0.5
+        self.best_head = int(max(self.horizons, key=lambda h: head_auc[str(h)]))
+        self.info.best_iteration = {str(h): best_epoch for h in self.horizons}
+        self.info.device = device
+        self.info.seconds = time.perf_counter() - t0
+        self.info.extra = {
+            "epochs_run": self.epochs_run,
+            "best_epoch": best_epoch,
+            "early_stop_loss": best_loss,
+            "head_auc_early_stop": head_auc,
+            "best_head": self.best_head,
+            "history": history,
+            "precision": "bf16-autocast" if device == "cuda" else "fp32",
+        }
+        return self
+
+    def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
+        Xn = normalise(data.columns(self.feature_names), self.mean, self.std)
+        logits = self._predict_logits(Xn, rows.idx, data.segment_start, "cpu")
+        return (1 / (1 + np.exp(-logits.astype(np.float64))))
+
+    # -- persistence
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(
+            {
+                "window": self.params.window,
+                "normalisation": {"mean": self.mean.tolist(), "std": self.std.tolist(), "fitted_on": "fit rows only"},
+                "best_head": self.best_head,
+                "epochs": self.epochs_run,
+            }
+        )
+        return d
+
+    def save(self, folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / f"{self.name}.safetensors"
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(weights))
+        meta = write_json_atomic(folder / f"{self.name}_meta.json", self.describe())
+        return [weights, meta]
+
+    @classmethod
+    def load(cls, folder: Path) -> "SequenceModel":
+        meta = read_json(folder / f"{cls.name}_meta.json")
+        m = cls(cls.Params.model_validate(meta["params"]), meta["feature_names"], meta["horizons"])
+        m.mean = np.asarray(meta["normalisation"]["mean"], np.float32)
+        m.std = np.asarray(meta["normalisation"]["std"], np.float32)
+        m.best_head = meta["best_head"]
+        m.epochs_run = meta["epochs"]
+        m.info.best_iteration = meta["best_iteration"]
+        m.info.device = meta["device"]
+        m.net = m.build_net()
+        m.net.load_state_dict(load_file(str(folder / f"{cls.name}.safetensors")))
+        m.net.eval()
+        return m

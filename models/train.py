@@ -1,0 +1,81 @@
+"""Training one model on one fold, honestly: fit on the fold's fitting rows, early-stop on its inner slice,
+predict its test span (out-of-fold), and check the model did not collapse to a constant.
+
+Pure functions (no Prefect); tasks/train.py wraps them with caching and artifact I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import roc_auc_score
+
+from features.labels import label_name
+from features.splits import Fold
+from models.base import Dataset, Model, Rows, segment_starts
+
+log = logging.getLogger(__name__)
+
+
+def build_dataset(features: pl.DataFrame, labels: pl.DataFrame, names: list[str], horizons: list[int],
+                  gap_tolerance_hours: int) -> Dataset:
+    """Feature matrix + labels aligned row for row (labels.parquet has the feature table's rows)."""
+    if features.height != labels.height or not features["timestamp"].equals(labels["timestamp"]):
+        raise ValueError("labels are not aligned with the feature table")
+    ts = features["timestamp"].dt.epoch("us").to_numpy()
+    Y = labels.select([pl.col(label_name(h)).cast(pl.Float32) for h in horizons]).to_numpy()
+    return Dataset(
+        X=features.select(names).to_numpy().astype(np.float32),
+        Y=np.asarray(Y, dtype=np.float32),
+        feature_names=list(names),
+        horizons=list(horizons),
+        segment_start=segment_starts(ts, gap_tolerance_hours),
+        timestamps=ts,
+    )
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """ROC AUC over rows with a defined label; None if only one class is present."""
+    ok = ~np.isnan(y)
+    y, p = y[ok], p[ok]
+    if len(y) < 2 or y.min() == y.max():
+        return None
+    return float(roc_auc_score(y, p))
+
+
+@dataclass
+class FoldResult:
+    model: Model
+    rows: np.ndarray  # the test rows predicted (indices into the Dataset)
+    predictions: np.ndarray  # (len(rows), n_horizons)
+    early_stop_std: dict[str, float]
+    collapsed: dict[str, bool]
+
+
+def collapse_check(model: Model, data: Dataset, rows: Rows, threshold: float) -> tuple[dict, dict]:
+    """Std of the model's predictions on the inner slice, per horizon; below ``threshold`` = collapsed."""
+    p = model.predict(data, rows)
+    std = {str(h): float(np.std(p[:, j])) for j, h in enumerate(model.horizons)}
+    collapsed = {h: s < threshold for h, s in std.items()}
+    if any(collapsed.values()):
+        log.warning(
+            "%s collapsed (prediction std on the inner slice %s < %g): it will be left out of the stack",
+            model.name, {h: round(s, 6) for h, s in std.items()}, threshold,
+        )
+    return std, collapsed
+
+
+def train_fold(model: Model, data: Dataset, fold: Fold, test_rows: Rows | None = None,
+               collapse_std: float = 1e-3) -> FoldResult:
+    """Fit on ``fold.fit``, early-stop on ``fold.early_stop``, predict ``fold.test`` (or ``test_rows``)."""
+    fit = Rows.span(fold.fit.start, fold.fit.stop)
+    es = Rows.span(fold.early_stop.start, fold.early_stop.stop)
+    test = test_rows or Rows.span(fold.test.start, fold.test.stop)
+    model.fit(data, fit, es)
+    std, collapsed = collapse_check(model, data, es, collapse_std)
+    model.info.extra = {**model.info.extra, "early_stop_std": std, "collapsed": collapsed}
+    return FoldResult(model=model, rows=test.idx, predictions=model.predict(data, test),
+                      early_stop_std=std, collapsed=collapsed)

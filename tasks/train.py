@@ -1,0 +1,140 @@
+"""Training tasks: one task per (model, fold) producing out-of-fold predictions, one full refit per model
+scoring the holdout, and the assembly of the OOF and holdout tables.
+
+Cache key of a training task = feature table sha256 + labels sha256 + folds sha256 + fold index + that model's
+parameters and feature set + the models' code version: changing one model's parameters retrains only that
+model. Sequence models carry the ``gpu`` tag (bounded by a concurrency limit where a GPU exists).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from features.labels import label_name
+from models.base import MODELS_VERSION, Rows
+from models.evaluate import prediction_columns
+from models.registry import load_model, make_model, select_features
+from models.train import build_dataset, train_fold
+from tasks.data import CACHED, TableRef, load_folds
+from tasks.policy import content_key
+from tasks.store import ArtifactRef, cache_dir, read_parquet, ref_for, write_json, write_parquet
+
+TRAIN_CODE = f"{MODELS_VERSION}"
+
+
+class FoldOutput(BaseModel):
+    model: str
+    fold: int
+    predictions: ArtifactRef  # parquet: row, timestamp, p_<h> per horizon
+    summary: dict
+
+
+class RefitOutput(BaseModel):
+    model: str
+    files: dict[str, ArtifactRef]  # file name -> model file in the cache
+    holdout: ArtifactRef
+    summary: dict
+
+
+def _dataset(features: TableRef, labels: ArtifactRef, feature_set: str, horizons: list[int], gap_tol: int):
+    frame = read_parquet(features.data)
+    names = select_features(features.names, feature_set)
+    return frame, build_dataset(frame, read_parquet(labels), names, horizons, gap_tol)
+
+
+def _summary(model, fold_result) -> dict:
+    d = model.describe()
+    keep = ("device", "best_iteration", "fit_seconds", "best_head", "epochs", "n_features", "precision")
+    out = {k: d[k] for k in keep if k in d}
+    out["collapsed"] = fold_result.collapsed
+    out["early_stop_std"] = fold_result.early_stop_std
+    return out
+
+
+def _prediction_frame(frame: pl.DataFrame, rows: np.ndarray, preds: np.ndarray, horizons: list[int]) -> pl.DataFrame:
+    cols = {"row": rows.astype(np.int64), "timestamp": frame["timestamp"].gather(rows)}
+    for j, h in enumerate(horizons):
+        cols[f"p_{h}"] = preds[:, j]
+    return pl.DataFrame(cols)
+
+
+@task(name="fit-fold", task_run_name="{model_name}-fold{fold}", cache_key_fn=content_key("fit-fold", TRAIN_CODE), **CACHED)
+def fit_fold_task(
+    model_name: str, params: BaseModel, feature_set: str, features: TableRef, labels: ArtifactRef,
+    folds: ArtifactRef, fold: int, horizons: list[int], gap_tolerance_hours: int, collapse_std: float, out_dir: str,
+) -> FoldOutput:
+    """Fit one model on one walk-forward fold and persist its out-of-fold predictions."""
+    frame, data = _dataset(features, labels, feature_set, horizons, gap_tolerance_hours)
+    f = load_folds(folds).folds[fold]
+    model = make_model(model_name, params, data.feature_names, horizons)
+    result = train_fold(model, data, f, collapse_std=collapse_std)
+    key = content_key("fit-fold", TRAIN_CODE)(None, dict(m=model_name, p=params, s=feature_set, f=features,
+                                                          l=labels, k=folds, i=fold, h=horizons))
+    preds = write_parquet(cache_dir(out_dir, "oof", key) / f"{model_name}_fold{fold}.parquet",
+                          _prediction_frame(frame, result.rows, result.predictions, horizons))
+    summary = _summary(model, result)
+    get_run_logger().info("%s fold %d: %.1fs on %s, best %s", model_name, fold, summary["fit_seconds"],
+                          summary["device"], summary["best_iteration"])
+    return FoldOutput(model=model_name, fold=fold, predictions=preds, summary=summary)
+
+
+@task(name="refit", task_run_name="{model_name}-refit", cache_key_fn=content_key("refit", TRAIN_CODE), **CACHED)
+def refit_task(
+    model_name: str, params: BaseModel, feature_set: str, features: TableRef, labels: ArtifactRef,
+    folds: ArtifactRef, horizons: list[int], gap_tolerance_hours: int, collapse_std: float, out_dir: str,
+) -> RefitOutput:
+    """Fit on every development row (inner slice at its end), save the model, score the holdout."""
+    frame, data = _dataset(features, labels, feature_set, horizons, gap_tolerance_hours)
+    folds_obj = load_folds(folds)
+    model = make_model(model_name, params, data.feature_names, horizons)
+    result = train_fold(model, data, folds_obj.refit, collapse_std=collapse_std)
+    key = content_key("refit", TRAIN_CODE)(None, dict(m=model_name, p=params, s=feature_set, f=features,
+                                                       l=labels, k=folds, h=horizons))
+    folder = cache_dir(out_dir, "models", key) / model_name
+    written = model.save(folder)
+    # the saved files must reproduce the predictions exactly: reload and compare before publishing
+    again = load_model(model_name, folder).predict(data, Rows(result.rows))
+    if not np.allclose(again, result.predictions, rtol=0, atol=1e-6):
+        raise RuntimeError(f"{model_name}: reloaded model does not reproduce its predictions")
+    files = {p.name: ref_for(p) for p in written}
+    importance = getattr(model, "feature_importance", None)
+    if importance is not None:
+        files[f"{model_name}_importance.json"] = write_json(folder / f"{model_name}_importance.json", importance())
+    holdout = write_parquet(folder.parent / f"{model_name}_holdout.parquet",
+                            _prediction_frame(frame, result.rows, result.predictions, horizons))
+    return RefitOutput(model=model_name, files=files, holdout=holdout, summary=_summary(model, result))
+
+
+@task(name="assemble-predictions", cache_key_fn=content_key("assemble", TRAIN_CODE), **CACHED)
+def assemble_task(
+    fold_outputs: list[FoldOutput], refits: list[RefitOutput], labels: ArtifactRef, horizons: list[int],
+    out_dir: str,
+) -> dict[str, ArtifactRef]:
+    """One OOF table (a row per test timestamp, a column per model x horizon, plus labels) and one holdout
+    table of the same shape."""
+    y = read_parquet(labels).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    ycols = [label_name(h) for h in horizons]
+
+    def wide(parts: dict[str, list[pl.DataFrame]]) -> pl.DataFrame:
+        table = None
+        for name, frames in parts.items():
+            df = pl.concat(frames).sort("row")
+            df = df.rename({f"p_{h}": c for h, c in zip(horizons, prediction_columns(name, horizons))})
+            table = df if table is None else table.join(df.drop("timestamp"), on="row", how="full", coalesce=True)
+        return table.join(y.select("row", *ycols), on="row", how="left").sort("row")
+
+    oof_parts: dict[str, list[pl.DataFrame]] = {}
+    for fo in fold_outputs:
+        oof_parts.setdefault(fo.model, []).append(read_parquet(fo.predictions))
+    hold_parts = {r.model: [read_parquet(r.holdout)] for r in refits}
+    oof, hold = wide(oof_parts), wide(hold_parts)
+    if oof["row"].is_duplicated().any():
+        raise RuntimeError("a row was predicted by two folds")
+    key = content_key("assemble", TRAIN_CODE)(None, dict(f=fold_outputs, r=refits, l=labels, h=horizons))
+    d = cache_dir(out_dir, "predictions", key)
+    return {"oof.parquet": write_parquet(d / "oof.parquet", oof),
+            "holdout_predictions.parquet": write_parquet(d / "holdout_predictions.parquet", hold)}
+

@@ -1,0 +1,147 @@
+"""Base learners: save/load without pickle, collapse guard, train-only normalisation, windows, devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from models.base import Rows
+from models.registry import MODEL_CLASSES, make_model, select_features
+from models.sequence import fit_normaliser, window_index
+from models.train import auc, train_fold
+from tests.modelutil import HORIZONS, constant_like, fast_config, synthetic_dataset
+
+ALL = list(MODEL_CLASSES)
+
+
+def _fit(name: str, data, fold, cfg=None):
+    cfg = cfg or fast_config()
+    names = select_features(data.feature_names, cfg.feature_set(name))
+    model = make_model(name, cfg.params_for(name), names, HORIZONS)
+    return model, train_fold(model, data, fold, collapse_std=cfg.collapse_std)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    table, data, folds = synthetic_dataset()
+    return data, folds, {name: _fit(name, data, folds.folds[-1]) for name in ALL}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_save_load_identical_and_no_pickle(fitted, name, tmp_path):
+    data, folds, models = fitted
+    model, result = models[name]
+    files = model.save(tmp_path)
+    assert files and all(Path(f).parent == tmp_path for f in files)
+    for f in tmp_path.iterdir():
+        assert f.suffix in {".txt", ".json", ".safetensors"}, f"unexpected model file {f.name}"
+        head = f.read_bytes()[:2]
+        assert head[:1] != b"\x80", f"{f.name} looks like a pickle stream"
+        if f.suffix == ".safetensors":
+            load_file(str(f))  # loads without pickle
+    again = MODEL_CLASSES[name].load(tmp_path)
+    rows = Rows.span(folds.holdout.start, folds.holdout.stop)
+    np.testing.assert_array_equal(again.predict(data, rows), model.predict(data, rows))
+    assert (tmp_path / f"{name}_meta.json").is_file()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_learns_planted_signal_and_does_not_collapse(fitted, name):
+    data, folds, models = fitted
+    model, result = models[name]
+    assert not any(result.collapsed.values()), result.early_stop_std
+    assert min(result.early_stop_std.values()) > 1e-3
+    j = HORIZONS.index(12)
+    a = auc(data.Y[result.rows, j], result.predictions[:, j])
+    assert a is not None and a > 0.53, f"{name}: fold AUC {a:.3f} at h=12"
+    d = model.describe()
+    assert d["device"] == "cpu" and d["horizons"] == HORIZONS and d["feature_names"] == model.feature_names
+    assert all(int(v) >= 1 for v in d["best_iteration"].values())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_constant_features_trigger_collapse_guard(fitted, name, caplog):
+    data, folds, _ = fitted
+    flat = constant_like(data)
+    with caplog.at_level("WARNING"):
+        _, result = _fit(name, flat, folds.folds[0])
+    assert all(result.collapsed.values()), result.early_stop_std
+    assert "collapsed" in caplog.text
+
+
+def test_cross_model_uses_its_own_feature_set(fitted):
+    data, _, models = fitted
+    lgb, cross = models["lgb"][0], models["lgb_cross"][0]
+    assert not any("__" in n for n in lgb.feature_names)
+    assert any(n.startswith("BTCUSDT__") for n in cross.feature_names)
+    assert set(lgb.feature_names) < set(cross.feature_names)
+
+
+def test_sequence_meta_records_normalisation_heads_epochs(fitted, tmp_path):
+    import json
+
+    data, folds, models = fitted
+    model, _ = models["lstm"]
+    model.save(tmp_path)
+    meta = json.loads((tmp_path / "lstm_meta.json").read_text())
+    assert meta["feature_names"] == model.feature_names
+    assert len(meta["normalisation"]["mean"]) == len(model.feature_names)
+    assert meta["horizons"] == HORIZONS and meta["best_head"] in HORIZONS
+    assert meta["epochs"] >= 1 and meta["window"] == 48
+    # the normalisation is fitted on the fold's fitting rows only
+    f = folds.folds[-1]
+    X = data.columns(model.feature_names)
+    fit_rows = np.arange(f.fit.start, f.fit.stop)
+    fit_rows = fit_rows[~np.isnan(data.Y[fit_rows]).all(axis=1)][-5_000:]
+    mean, std = fit_normaliser(X, fit_rows)
+    np.testing.assert_allclose(meta["normalisation"]["mean"], mean, rtol=1e-6)
+
+
+def test_normaliser_ignores_rows_it_is_not_given():
+    X = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    m1, s1 = fit_normaliser(X, np.arange(50))
+    X2 = X.copy()
+    X2[50:] *= 1000.0  # the "future" changes wildly
+    m2, s2 = fit_normaliser(X2, np.arange(50))
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(s1, s2)
+
+
+def test_windows_never_cross_a_segment_start():
+    seg = np.array([0, 0, 0, 0, 4, 4, 4, 4, 4, 4], dtype=np.int64)
+    idx = window_index(np.array([3, 5, 9]), seg, 4)
+    assert idx.tolist() == [[0, 1, 2, 3], [4, 4, 4, 5], [6, 7, 8, 9]]
+
+
+def test_window_reads_past_rows_only(fitted):
+    """Changing a later row never changes an earlier row's sequence prediction."""
+    data, folds, models = fitted
+    model, _ = models["lstm"]
+    rows = Rows(np.arange(folds.holdout.start, folds.holdout.start + 50))
+    before = model.predict(data, rows)
+    from models.base import Dataset
+
+    X = data.X.copy()
+    X[folds.holdout.start + 50 :] = 99.0
+    after = model.predict(Dataset(X, data.Y, data.feature_names, data.horizons, data.segment_start), rows)
+    np.testing.assert_array_equal(before, after)
+
+
+def test_augmentation_runs_and_is_off_by_default(fitted):
+    data, folds, _ = fitted
+    cfg = fast_config()
+    assert cfg.lstm.augment_noise == 0 and cfg.lstm.augment_time_warp == 0
+    aug = fast_config(lstm={"max_epochs": 1, "max_train_rows": 2_000, "augment_noise": 0.1, "augment_time_warp": 0.2})
+    model, result = _fit("lstm", data, folds.folds[0], aug)
+    assert np.isfinite(result.predictions).all()
+
+
+def test_focal_loss_option(fitted):
+    data, folds, _ = fitted
+    cfg = fast_config(lstm={"max_epochs": 2, "max_train_rows": 3_000, "loss": "focal"})
+    model, result = _fit("lstm", data, folds.folds[0], cfg)
+    assert model.describe()["params"]["loss"] == "focal"
+    assert np.isfinite(result.predictions).all()

@@ -1,0 +1,122 @@
+"""The fold stage inside the retrain flow: OOF predictions, refits, per-model caching, and the null market."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from features.synth import synth_market, write_market
+from flows.config import RetrainConfig
+from models.evaluate import auc_se
+from models.registry import MODEL_CLASSES
+from tests.flowutil import run_flow, task_states, task_tags
+from tests.modelutil import FAST_MODELS
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _market(tmp_path_factory, name, **kw) -> Path:
+    d = tmp_path_factory.mktemp(name)
+    write_market(synth_market(**kw), d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def signal_dir(tmp_path_factory) -> Path:
+    return _market(tmp_path_factory, "signal", hours=12_000, seed=2, signal=2.0, gaps=2)
+
+
+@pytest.fixture(scope="module")
+def trained(signal_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained-out")
+    cfg = RetrainConfig.model_validate(
+        {"data_dir": str(signal_dir), "out_dir": str(out), "folds": {"n_folds": 3}, "models": FAST_MODELS}
+    )
+    path, fr = run_flow(cfg)
+    return cfg, Path(path), fr
+
+
+def test_every_model_learns_the_planted_signal(trained):
+    cfg, run, _ = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["models"]) == set(MODEL_CLASSES)
+    for name, per_h in metrics["models"].items():
+        assert per_h["12"]["oof_auc"] >= 0.55, (name, per_h["12"])
+        assert per_h["12"]["test_auc"] is not None
+        assert not metrics["training"][name]["collapsed"], name
+
+
+def test_oof_and_holdout_tables(trained):
+    cfg, run, _ = trained
+    oof = pl.read_parquet(run / "oof.parquet")
+    hold = pl.read_parquet(run / "holdout_predictions.parquet")
+    folds = json.loads((run / "folds.json").read_text())
+    n_test = sum(f["test"]["stop"] - f["test"]["start"] for f in folds["folds"])
+    assert oof.height == n_test and oof["timestamp"].is_unique().all()
+    assert hold.height == folds["holdout"]["stop"] - folds["holdout"]["start"]
+    for name in MODEL_CLASSES:
+        for h in (5, 12, 24):
+            col = f"{name}_h{h}"
+            assert oof[col].null_count() == 0 and hold[col].null_count() == 0
+            assert oof[col].is_between(0, 1).all()
+    # OOF rows are exactly the folds' test spans: never a holdout row
+    assert oof["timestamp"].max() < hold["timestamp"].min()
+
+
+def test_model_files_published(trained):
+    _, run, _ = trained
+    manifest = {a["path"] for a in json.loads((run / "manifest.json").read_text())["artifacts"]}
+    for name in ("lgb", "lgb_cross"):
+        assert {f"models/{name}/{name}_h{h}.txt" for h in (5, 12, 24)} <= manifest
+    assert {f"models/xgb/xgb_h{h}.json" for h in (5, 12, 24)} <= manifest
+    for name in ("lstm", "tft"):
+        assert {f"models/{name}/{name}.safetensors", f"models/{name}/{name}_meta.json"} <= manifest
+
+
+def test_fold_tasks_are_tagged_and_named(trained):
+    _, _, fr = trained
+    states, tags = task_states(fr), task_tags(fr)
+    for name in MODEL_CLASSES:
+        for run in [f"{name}-fold{k}" for k in range(3)] + [f"{name}-refit"]:
+            assert states[run] == "Completed", run
+            assert ("gpu" in tags[run]) == (name in ("lstm", "tft")), (run, tags[run])
+
+
+def test_changing_xgb_params_retrains_only_xgb(trained):
+    cfg, _, _ = trained
+    changed = cfg.model_copy(deep=True)
+    changed.models.xgb.max_depth = 3
+    _, fr = run_flow(changed)
+    states = task_states(fr)
+    for name in MODEL_CLASSES:
+        expected = "Completed" if name == "xgb" else "Cached"
+        for k in range(3):
+            assert states[f"{name}-fold{k}"] == expected, (name, k, states)
+    assert states["features"] == states["labels"] == states["folds"] == "Cached"
+
+
+def test_null_market_every_auc_within_band(tmp_path_factory):
+    """A driftless random walk: every OOF and holdout AUC within 0.5 ± 3·SE, SE = sqrt(h / (3 n)).
+
+    40,000 bars with a 30% holdout keep every band at or below ±0.06 (±0.025 for OOF at h=5); a band of ±0.04
+    at h=12 on the holdout alone would need ~150,000 bars, too slow for CI with the sequence models."""
+    data = _market(tmp_path_factory, "null", hours=40_000, seed=5, signal=0.0, gaps=0)
+    out = tmp_path_factory.mktemp("null-out")
+    horizons = [5, 12]
+    fast = {k: {**v, "max_epochs": 3} for k, v in FAST_MODELS.items()}
+    cfg = RetrainConfig.model_validate({"data_dir": str(data), "out_dir": str(out), "horizons": horizons,
+                                        "folds": {"n_folds": 3, "holdout_fraction": 0.3}, "models": fast})
+    path, _ = run_flow(cfg)
+    metrics = json.loads((Path(path) / "metrics.json").read_text())
+    for name, per_h in metrics["models"].items():
+        for h in horizons:
+            m = per_h[str(h)]
+            for kind, n in (("oof_auc", m["n_oof"]), ("test_auc", m["n_test"])):
+                band = 3 * auc_se(n, h)
+                assert band <= 0.06, f"data too short for a narrow band ({band:.3f})"
+                assert abs(m[kind] - 0.5) <= band, f"{name} h={h} {kind}={m[kind]:.3f} outside 0.5±{band:.3f} (n={n})"
+    assert math.isclose(auc_se(300, 3), math.sqrt(3 / 900))
