@@ -33,10 +33,11 @@ from tasks.data import (
     synthetic_market_task,
 )
 from models.device import cuda_available, parallel_tasks
-from models.evaluate import model_metrics
+from models.evaluate import auc_se, cross_gain, importance_share, model_metrics
+from models.report import render_report
 from models.registry import SEQUENCE_MODELS
 from tasks.publish import publish_run_task
-from tasks.store import read_parquet
+from tasks.store import read_json, read_parquet
 from tasks.train import assemble_task, fit_fold_task, refit_task
 from tasks.store import ArtifactRef, new_run_id, run_dir
 
@@ -157,7 +158,14 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> str:
     scores = model_metrics(read_parquet(tables["oof.parquet"]), read_parquet(tables["holdout_predictions.parquet"]),
                            config.models.enabled, config.horizons)
     metrics = {"run_id": run_id, **summary, "models": scores, "meta": {},
-               "training": _training_summary(fold_outputs, refits)}
+               "training": _training_summary(fold_outputs, refits),
+               "auc_se": {str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)}
+                          for h in config.horizons}}
+    gain = cross_gain(scores, config.horizons)
+    if gain is not None:
+        cross_refit = next(r for r in refits if r.model == "lgb_cross")
+        imp = read_json(cross_refit.files["lgb_cross_importance.json"])
+        metrics["cross_features"] = {"auc_gain": gain, "importance": importance_share(imp)}
     artifacts = {
         "features.parquet": feats.data,
         "features.json": feats.meta,
@@ -169,7 +177,8 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> str:
         for fname, ref in r.files.items():
             artifacts[f"models/{r.model}/{fname}"] = ref
     publish_run_task.with_options(**cached)(
-        str(out), run_id, artifacts, {"config.json": config.model_dump(mode="json"), "metrics.json": metrics}
+        str(out), run_id, artifacts, {"config.json": config.model_dump(mode="json"), "metrics.json": metrics},
+        {"report.md": render_report(metrics)},
     )
     path = run_dir(out, run_id)
     log.info("run folder: %s", path)

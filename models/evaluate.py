@@ -47,3 +47,29 @@ def model_metrics(oof: pl.DataFrame, holdout: pl.DataFrame, models: list[str], h
             for h in horizons
         }
     return result
+
+
+def cross_gain(scores: dict, horizons: list[int], base: str = "lgb", cross: str = "lgb_cross") -> dict | None:
+    """What the cross-asset block adds: AUC of the cross-asset LightGBM minus the plain one, per horizon."""
+    if base not in scores or cross not in scores:
+        return None
+    out = {}
+    for h in map(str, horizons):
+        b, c = scores[base][h], scores[cross][h]
+        out[h] = {
+            k: (None if b[k] is None or c[k] is None else round(c[k] - b[k], 4)) for k in ("oof_auc", "test_auc")
+        }
+    return out
+
+
+def importance_share(importance: dict[str, dict[str, float]], marker: str = "__", top: int = 10) -> dict:
+    """Share of total gain that features containing ``marker`` (the cross block) carry, and the top ones."""
+    total: dict[str, float] = {}
+    for per_h in importance.values():
+        for name, g in per_h.items():
+            total[name] = total.get(name, 0.0) + g
+    s = sum(total.values()) or 1.0
+    cross = {k: v for k, v in total.items() if marker in k}
+    ranked = sorted(cross.items(), key=lambda kv: -kv[1])[:top]
+    return {"cross_gain_share": round(sum(cross.values()) / s, 4),
+            "top_cross_features": [{"feature": k, "gain_share": round(v / s, 4)} for k, v in ranked]}

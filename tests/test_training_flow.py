@@ -120,3 +120,19 @@ def test_null_market_every_auc_within_band(tmp_path_factory):
                 assert band <= 0.06, f"data too short for a narrow band ({band:.3f})"
                 assert abs(m[kind] - 0.5) <= band, f"{name} h={h} {kind}={m[kind]:.3f} outside 0.5±{band:.3f} (n={n})"
     assert math.isclose(auc_se(300, 3), math.sqrt(3 / 900))
+
+
+def test_report_shows_what_cross_features_add(trained):
+    _, run, _ = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    gain = metrics["cross_features"]["auc_gain"]
+    for h in ("5", "12", "24"):
+        expected = metrics["models"]["lgb_cross"][h]["oof_auc"] - metrics["models"]["lgb"][h]["oof_auc"]
+        assert gain[h]["oof_auc"] == pytest.approx(expected, abs=1e-4)
+    imp = metrics["cross_features"]["importance"]
+    assert 0 < imp["cross_gain_share"] < 1
+    assert all(t["feature"].startswith("BTCUSDT__") for t in imp["top_cross_features"])
+    report = (run / "report.md").read_text()
+    assert "What the cross-asset features add" in report
+    for name in MODEL_CLASSES:
+        assert f"| {name} |" in report
