@@ -19,6 +19,7 @@ from features.spec import FeatureSpec
 from features.splits import FoldSpec
 from features.synth import SynthSpec
 from models.registry import ModelsConfig
+from models.stacking import StackSpec
 
 
 class RetrainConfig(BaseModel):
@@ -43,6 +44,7 @@ class RetrainConfig(BaseModel):
     features: FeatureSpec = Field(default_factory=FeatureSpec)
     folds: FoldSpec = Field(default_factory=FoldSpec)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    stacking: StackSpec = Field(default_factory=StackSpec)
     synthetic: SynthSpec = Field(default_factory=SynthSpec)
     result_storage: str | None = Field(
         default=None,

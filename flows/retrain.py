@@ -2,7 +2,8 @@
 
     ingest+validate ─► features ─► labels ─► purged walk-forward folds
         ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout
-        ─► OOF and holdout tables ─► publish run folder
+        ─► OOF and holdout tables ─► meta-stacking (OOF only; meta vs mean vs best single, chosen on an inner
+        walk-forward) ─► holdout evaluation, diversity, report ─► publish run folder
 
 Every stage after ingest is a cached task keyed on the content of its inputs, its config slice and the code
 version, so an unchanged re-run reloads everything and a changed parameter recomputes only what depends on it.
@@ -34,10 +35,11 @@ from tasks.data import (
 )
 from models.device import cuda_available, parallel_tasks
 from models.evaluate import auc_se, cross_gain, importance_share, model_metrics
-from models.report import render_report
 from models.registry import SEQUENCE_MODELS
 from tasks.publish import publish_run_task
-from tasks.store import read_json, read_parquet
+from tasks.store import read_json, read_parquet, read_text
+from tasks.report import publish_ui_artifacts, report_task
+from tasks.stack import stack_task
 from tasks.train import assemble_task, fit_fold_task, refit_task
 from tasks.store import ArtifactRef, new_run_id, run_dir
 
@@ -121,6 +123,26 @@ def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: A
     return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
 
 
+def _metrics(run_id, config, market, feats, labels, folds, tables, training, refits, stack) -> dict:
+    """metrics.json (DESIGN.md §3): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
+    n_oof, n_test, plus what the report needs."""
+    summary = _summary(market, feats, labels, folds, config)
+    scores = model_metrics(read_parquet(tables["oof.parquet"]), read_parquet(tables["holdout_predictions.parquet"]),
+                           config.models.enabled, config.horizons)
+    metrics = {
+        "run_id": run_id, **summary, "models": scores, "meta": stack["meta"], "diversity": stack["diversity"],
+        "training": training,
+        "auc_se": {str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)}
+                   for h in config.horizons},
+    }
+    gain = cross_gain(scores, config.horizons)
+    if gain is not None:
+        cross_refit = next(r for r in refits if r.model == "lgb_cross")
+        imp = read_json(cross_refit.files["lgb_cross_importance.json"])
+        metrics["cross_features"] = {"auc_gain": gain, "importance": importance_share(imp)}
+    return metrics
+
+
 def _training_summary(fold_outputs, refits) -> dict:
     out: dict[str, dict] = {}
     for fo in fold_outputs:
@@ -154,32 +176,32 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> str:
     fold_outputs, refits = _train(config, feats, labels, folds, str(out), cached)
     tables = assemble_task.with_options(**cached)(fold_outputs, refits, labels, config.horizons, str(out))
 
-    summary = _summary(market, feats, labels, folds, config)
-    scores = model_metrics(read_parquet(tables["oof.parquet"]), read_parquet(tables["holdout_predictions.parquet"]),
-                           config.models.enabled, config.horizons)
-    metrics = {"run_id": run_id, **summary, "models": scores, "meta": {},
-               "training": _training_summary(fold_outputs, refits),
-               "auc_se": {str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)}
-                          for h in config.horizons}}
-    gain = cross_gain(scores, config.horizons)
-    if gain is not None:
-        cross_refit = next(r for r in refits if r.model == "lgb_cross")
-        imp = read_json(cross_refit.files["lgb_cross_importance.json"])
-        metrics["cross_features"] = {"auc_gain": gain, "importance": importance_share(imp)}
+    training = _training_summary(fold_outputs, refits)
+    stack = stack_task.with_options(**cached)(
+        tables, config.models.enabled, config.horizons, config.stacking, load_folds(folds).embargo_hours,
+        {m: t["collapsed"] for m, t in training.items()}, str(out),
+    )
+    metrics = _metrics(run_id, config, market, feats, labels, folds, tables, training, refits, stack)
+    importance = {r.model: r.files[f"{r.model}_importance.json"] for r in refits
+                  if f"{r.model}_importance.json" in r.files}
+    report = report_task.with_options(**cached)(metrics, tables, stack["files"], importance, str(out))
+
     artifacts = {
         "features.parquet": feats.data,
         "features.json": feats.meta,
         "labels.parquet": labels,
         "folds.json": folds,
         **tables,
+        **stack["files"],
+        **report,
     }
     for r in refits:
         for fname, ref in r.files.items():
             artifacts[f"models/{r.model}/{fname}"] = ref
     publish_run_task.with_options(**cached)(
         str(out), run_id, artifacts, {"config.json": config.model_dump(mode="json"), "metrics.json": metrics},
-        {"report.md": render_report(metrics)},
     )
+    publish_ui_artifacts(metrics, read_text(report["report.md"]))
     path = run_dir(out, run_id)
     log.info("run folder: %s", path)
     return str(path)

@@ -7,7 +7,7 @@ def _f(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def render_report(metrics: dict) -> str:
+def render_report(metrics: dict, plots: list[str] | None = None) -> str:
     h = [str(x) for x in metrics["horizons"]]
     lines = [
         f"# Run {metrics['run_id']}",
@@ -42,6 +42,41 @@ def render_report(metrics: dict) -> str:
         if imp:
             lines += ["", f"Cross features carry {imp['cross_gain_share']:.1%} of `lgb_cross`'s total gain. Top:", ""]
             lines += [f"- `{t['feature']}` ({t['gain_share']:.1%})" for t in imp["top_cross_features"]]
+    meta = metrics.get("meta") or {}
+    if meta:
+        lines += ["", "## What ships", "",
+                  "Chosen per horizon on the inner walk-forward over OOF rows only (meta-learner vs equal-weight "
+                  "mean vs best single model); the holdout only reports. The gap is validation minus holdout AUC.", "",
+                  "| horizon | ships | inner-CV AUC | holdout AUC | gap | 3·SE of gap | in-sample OOF AUC |",
+                  "|---|---|---|---|---|---|---|"]
+        for x in h:
+            m = meta[x]
+            lines.append(f"| {x} | {m['shipped']} | {_f(m['val_auc'])} | {_f(m['test_auc'])} | {_f(m['gap_abs'])} "
+                         f"| {_f(3 * m['gap_combined_se'])} | {_f(m['oof_auc'])} |")
+        lines += ["", "| horizon | candidate | inner-CV AUC | holdout AUC |", "|---|---|---|---|"]
+        for x in h:
+            for label, c in meta[x]["candidates"].items():
+                lines.append(f"| {x} | {label} | {_f(c['val_auc'])} | {_f(c['test_auc'])} |")
+        weights = {x: meta[x]["weights"] for x in h if meta[x].get("weights")}
+        if weights:
+            lines += ["", "Meta-learner weights (on standardised logits):", ""]
+            for x, w in weights.items():
+                lines.append(f"- h={x}: " + ", ".join(f"{k} {v:.3f}" for k, v in w.items()))
+    div = metrics.get("diversity") or {}
+    if div:
+        lines += ["", "## Diversity", ""]
+        for x in h:
+            d = div.get(x)
+            if not d:
+                continue
+            pairs = ", ".join(f"{p['a']}/{p['b']} ({p['corr']:.2f})" for p in d["redundant_pairs"]) or "none"
+            collapsed = ", ".join(d["collapsed"]) or "none"
+            dropped = meta.get(x, {}).get("dropped") or {}
+            lines.append(f"- h={x}: redundant pairs (corr > threshold): {pairs}; collapsed: {collapsed}; "
+                         f"left out: {', '.join(f'{k} ({v})' for k, v in dropped.items()) or 'none'}")
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in plots]
     lines += ["", "## Data", ""]
     for sym, g in metrics.get("input", {}).get("gaps", {}).items():
         lines.append(f"- {sym}: {metrics['input']['rows'][sym]} bars, {g['n_gaps']} gaps "

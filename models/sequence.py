@@ -12,6 +12,7 @@ safetensors + ``{name}_meta.json`` format.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -98,6 +99,12 @@ def masked_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, gamma: float) 
 # --------------------------------------------------------------------------------------------- model
 
 
+# torch's RNG (weight init, dropout) is process-global: two fits interleaving in threads would draw from it in
+# an order that changes run to run. One sequence fit at a time per process keeps a seed's result reproducible
+# (and a GPU has one `gpu`-tagged task at a time anyway).
+_FIT_LOCK = threading.Lock()
+
+
 class SequenceModel(Model):
     """Base for torch sequence classifiers; subclasses provide ``build_net``."""
 
@@ -139,6 +146,10 @@ class SequenceModel(Model):
         return np.concatenate(out) if out else np.zeros((0, len(self.horizons)), np.float32)
 
     def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "SequenceModel":
+        with _FIT_LOCK:
+            return self._fit(data, fit_rows, early_stop_rows)
+
+    def _fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "SequenceModel":
         p: SequenceParams = self.params
         t0 = time.perf_counter()
         configure_torch_threads()

@@ -31,7 +31,7 @@ def test_run_folder_contract(small_market_dir, tmp_path):
     manifest = verify_run(run)  # every listed artifact exists and matches its sha256
     listed = {a["path"] for a in manifest["artifacts"]}
     assert {"features.parquet", "features.json", "labels.parquet", "folds.json", "metrics.json", "config.json"} <= listed
-    on_disk = {p.name for p in run.iterdir()} - {"manifest.json"}
+    on_disk = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()} - {"manifest.json"}
     assert on_disk == listed, "every file in the run folder is in the manifest, and no temp files remain"
 
     metrics = json.loads((run / "metrics.json").read_text())

@@ -145,3 +145,22 @@ def test_focal_loss_option(fitted):
     model, result = _fit("lstm", data, folds.folds[0], cfg)
     assert model.describe()["params"]["loss"] == "focal"
     assert np.isfinite(result.predictions).all()
+
+
+def test_sequence_fits_are_reproducible_under_threads(fitted):
+    """Fold tasks run in threads; a seed must still give the same model whatever runs beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, folds, _ = fitted
+    cfg = fast_config(lstm={"max_epochs": 1, "max_train_rows": 1_500}, tft={"max_epochs": 1, "max_train_rows": 1_500})
+    rows = Rows.span(folds.holdout.start, folds.holdout.start + 200)
+
+    def fit_predict(name):
+        model, _ = _fit(name, data, folds.folds[0], cfg)
+        return model.predict(data, rows)
+
+    serial = fit_predict("lstm")
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(fit_predict, ["lstm", "tft", "lstm"]))
+    np.testing.assert_array_equal(results[0], serial)
+    np.testing.assert_array_equal(results[2], serial)

@@ -112,6 +112,12 @@ def test_null_market_every_auc_within_band(tmp_path_factory):
                                         "folds": {"n_folds": 3, "holdout_fraction": 0.3}, "models": fast})
     path, _ = run_flow(cfg)
     metrics = json.loads((Path(path) / "metrics.json").read_text())
+    for h, m in metrics["meta"].items():
+        h_ = int(h)
+        for kind, n in (("oof_auc", metrics["n_oof"]), ("val_auc", m["n_val"]), ("test_auc", m["n_test"])):
+            band = 3 * auc_se(n, h_)
+            assert abs(m[kind] - 0.5) <= band, f"meta h={h} {kind}={m[kind]:.3f} outside 0.5±{band:.3f}"
+        assert abs(m["gap_abs"]) <= 3 * m["gap_combined_se"], (h, m["gap_abs"], m["gap_combined_se"])
     for name, per_h in metrics["models"].items():
         for h in horizons:
             m = per_h[str(h)]
@@ -136,3 +142,47 @@ def test_report_shows_what_cross_features_add(trained):
     assert "What the cross-asset features add" in report
     for name in MODEL_CLASSES:
         assert f"| {name} |" in report
+
+
+def test_meta_trains_on_oof_rows_only_separated_from_holdout(trained):
+    cfg, run, _ = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    embargo = json.loads((run / "folds.json").read_text())["embargo_hours"]
+    from datetime import datetime, timedelta
+
+    for h, m in metrics["meta"].items():
+        last, first = datetime.fromisoformat(m["train_last"]), datetime.fromisoformat(m["holdout_first"])
+        assert last + timedelta(hours=embargo) < first, (h, last, first)
+        assert m["n_train"] <= metrics["n_oof"]
+    oof = pl.read_parquet(run / "oof.parquet")
+    hold = pl.read_parquet(run / "holdout_predictions.parquet")
+    assert set(oof["timestamp"].to_list()).isdisjoint(hold["timestamp"].to_list())
+
+
+def test_shipped_is_not_worse_than_best_single(trained):
+    """On the planted-signal market what ships does not lose to the best single model (chosen on the inner CV)
+    on the holdout by more than 0.005."""
+    _, run, _ = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    for h, m in metrics["meta"].items():
+        best = next(v for k, v in m["candidates"].items() if k.startswith("best:"))
+        assert m["test_auc"] >= best["test_auc"] - 0.005, (h, m["shipped"], m["test_auc"], best)
+        assert {"oof_auc", "val_auc", "test_auc", "gap_abs", "gap_rel"} <= set(m)
+
+
+def test_report_and_plots(trained):
+    import matplotlib.image as mpimg
+
+    _, run, _ = trained
+    report = (run / "report.md").read_text()
+    for section in ("What ships", "Diversity", "Plots", "Base models"):
+        assert section in report
+    expected = [f"{kind}_h{h}.png" for kind in ("roc", "calibration", "correlation") for h in (5, 12, 24)]
+    expected.append("importance.png")
+    for name in expected:
+        img = mpimg.imread(run / "plots" / name)
+        assert img.shape[0] >= 500 and img.shape[1] >= 700, (name, img.shape)
+        assert img[..., :3].std() > 0.05, f"{name} looks blank"
+        assert f"plots/{name}" in report
+    manifest = {a["path"] for a in json.loads((run / "manifest.json").read_text())["artifacts"]}
+    assert {f"plots/{n}" for n in expected} <= manifest and "report.md" in manifest and "meta.json" in manifest

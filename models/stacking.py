@@ -1,0 +1,275 @@
+"""Regularised meta-stacking that cannot see the holdout, and an honest choice of what ships.
+
+Per horizon:
+
+1. Diversity: correlation of the base models' OOF predictions, each model's prediction std, pairs above a
+   threshold flagged redundant, collapsed models flagged. Collapsed models are left out (switch), and of a
+   redundant pair the one with the lower inner-CV AUC can be dropped (switch).
+2. Inner walk-forward over the OOF rows only (time-ordered blocks, expanding, training rows purged so that
+   ``t + embargo < block start``) scores three candidates on the same rows:
+   - ``meta``: L2-regularised logistic regression on the models' standardised logits, optionally with
+     non-negative weights, its regularisation C chosen on these inner folds;
+   - ``mean``: the equal-weight mean of the models' probabilities (nothing fitted);
+   - ``best:<model>``: the single model with the best inner-CV AUC.
+   The meta ships only if it beats the mean there; a single model only if it beats both.
+3. The shipped predictor is refitted on every OOF row. The holdout is a separate argument of
+   :func:`evaluate_holdout`, never of the fitting code; it only reports.
+
+Why hand-written logistic regression: scikit-learn's LogisticRegression has no non-negativity constraint;
+this is 20 lines of L-BFGS-B (scipy) on the same objective (0.5·|w|² + C·Σ logloss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.optimize import minimize
+
+from features.labels import label_name
+from models.evaluate import prediction_columns
+from models.train import auc
+
+EPS = 1e-4
+
+
+class StackSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    c_grid: list[float] = Field(default=[1e-3, 1e-2, 1e-1, 1.0], description="inverse L2 strengths tried")
+    nonneg: bool = Field(default=True, description="non-negative weights on the models' logits")
+    inner_folds: int = Field(default=4, ge=2, le=20, description="inner walk-forward blocks over the OOF rows")
+    min_train_fraction: float = Field(default=0.4, gt=0, lt=0.9, description="OOF rows before the first inner block")
+    drop_collapsed: bool = Field(default=True, description="leave collapsed models out of the stack")
+    drop_redundant: bool = Field(default=False, description="drop the weaker model of each redundant pair")
+    redundancy_threshold: float = Field(default=0.9, gt=0, le=1, description="OOF correlation that marks a pair redundant")
+
+
+# --------------------------------------------------------------------------------------------- predictors
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float, nonneg: bool) -> tuple[np.ndarray, float]:
+    """argmin 0.5·|w|² + C·Σ logloss(y, σ(Zw + b)), w >= 0 if ``nonneg``. Returns (w, b)."""
+    n, m = Z.shape
+
+    def f(theta):
+        w, b = theta[:m], theta[m]
+        z = Z @ w + b
+        # logloss = log(1 + e^z) - y z, computed stably
+        loss = np.logaddexp(0.0, z) - y * z
+        g = _sigmoid(z) - y
+        value = 0.5 * w @ w + C * loss.sum()
+        grad = np.concatenate([w + C * (Z.T @ g), [C * g.sum()]])
+        return value, grad
+
+    bounds = [(0.0, None) if nonneg else (None, None)] * m + [(None, None)]
+    res = minimize(f, np.zeros(m + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+    return res.x[:m], float(res.x[m])
+
+
+@dataclass
+class Predictor:
+    """What ships for one horizon: ``kind`` is 'meta', 'mean' or 'best'. Serialises to JSON coefficients."""
+
+    kind: Literal["meta", "mean", "best"]
+    models: list[str]
+    weights: list[float] = field(default_factory=list)  # meta: on standardised logits
+    intercept: float = 0.0
+    mean: list[float] = field(default_factory=list)  # standardisation of the logits (fitted on OOF rows)
+    std: list[float] = field(default_factory=list)
+    C: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"best:{self.models[0]}" if self.kind == "best" else self.kind
+
+    def predict(self, P: np.ndarray) -> np.ndarray:
+        """P: (n, len(models)) base-model probabilities in ``models`` order."""
+        if self.kind == "mean":
+            return P.mean(axis=1)
+        if self.kind == "best":
+            return P[:, 0]
+        Z = (logit(P) - np.asarray(self.mean)) / np.asarray(self.std)
+        return _sigmoid(Z @ np.asarray(self.weights) + self.intercept)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "models": self.models, "weights": self.weights, "intercept": self.intercept,
+                "logit_mean": self.mean, "logit_std": self.std, "C": self.C}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Predictor":
+        return cls(kind=d["kind"], models=d["models"], weights=d["weights"], intercept=d["intercept"],
+                   mean=d["logit_mean"], std=d["logit_std"], C=d["C"])
+
+
+def fit_meta(P: np.ndarray, y: np.ndarray, models: list[str], C: float, nonneg: bool) -> Predictor:
+    L = logit(P)
+    mean, std = L.mean(axis=0), L.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    w, b = fit_logistic((L - mean) / std, y, C, nonneg)
+    return Predictor("meta", list(models), w.tolist(), b, mean.tolist(), std.tolist(), C)
+
+
+# --------------------------------------------------------------------------------------------- inner CV
+
+
+def inner_blocks(ts_us: np.ndarray, n_blocks: int, min_train_fraction: float, embargo_hours: int):
+    """Yield (train_idx, test_idx) over time-sorted rows: expanding, purged by ``t + embargo < test start``."""
+    n = len(ts_us)
+    start = int(n * min_train_fraction)
+    size = (n - start) // n_blocks
+    if size < 20:
+        raise ValueError(f"{n} OOF rows are too few for {n_blocks} inner folds")
+    gap = embargo_hours * 3_600_000_000
+    for k in range(n_blocks):
+        a = start + k * size
+        b = n if k == n_blocks - 1 else a + size
+        train = np.flatnonzero(ts_us[:a] + gap < ts_us[a])
+        yield train, np.arange(a, b)
+
+
+@dataclass
+class HorizonStack:
+    horizon: int
+    shipped: Predictor
+    candidates: dict[str, dict]  # label -> {"val_auc", "C"?}
+    c_scores: dict[str, float | None]
+    diversity: dict
+    dropped: dict[str, str]  # model -> reason
+    val_auc: float | None
+    oof_auc: float | None  # the shipped predictor refitted on all OOF rows, scored in-sample
+    train_first: str | None = None
+    train_last: str | None = None
+    n_train: int = 0
+    n_val: int = 0
+
+
+def diversity(P: np.ndarray, models: list[str], threshold: float, collapsed: dict[str, bool]) -> dict:
+    if P.shape[1] > 1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.corrcoef(P, rowvar=False)
+    else:
+        corr = np.ones((1, 1))
+    pairs = [
+        {"a": models[i], "b": models[j], "corr": float(corr[i, j])}
+        for i in range(len(models)) for j in range(i + 1, len(models))
+        if np.isfinite(corr[i, j]) and corr[i, j] > threshold
+    ]
+    return {
+        "models": list(models),
+        "matrix": [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in corr],
+        "std": {m: float(P[:, i].std()) for i, m in enumerate(models)},
+        "redundant_pairs": pairs,
+        "collapsed": [m for m in models if collapsed.get(m)],
+    }
+
+
+def stack_horizon(oof: pl.DataFrame, models: list[str], h: int, spec: StackSpec, embargo_hours: int,
+                  collapsed: dict[str, bool] | None = None) -> HorizonStack:
+    """Choose and fit what ships for horizon ``h`` from OOF rows only."""
+    collapsed = collapsed or {}
+    y_col = label_name(h)
+    rows = oof.filter(pl.col(y_col).is_not_null()).sort("timestamp")
+    cols = prediction_columns_for(models, h)
+    P_all = rows.select(cols).to_numpy().astype(np.float64)
+    y = rows[y_col].cast(pl.Float64).to_numpy()
+    ts = rows["timestamp"].dt.epoch("us").to_numpy()
+    div = diversity(P_all, models, spec.redundancy_threshold, collapsed)
+
+    # inner walk-forward: every candidate scored on the same pooled inner test rows
+    blocks = list(inner_blocks(ts, spec.inner_folds, spec.min_train_fraction, embargo_hours))
+    test_idx = np.concatenate([t for _, t in blocks])
+    single_val = {m: auc(y[test_idx], P_all[test_idx, i]) for i, m in enumerate(models)}
+
+    dropped: dict[str, str] = {}
+    if spec.drop_collapsed:
+        dropped.update({m: "collapsed" for m in models if collapsed.get(m)})
+    if spec.drop_redundant:
+        for pair in div["redundant_pairs"]:
+            a, b = pair["a"], pair["b"]
+            if a in dropped or b in dropped:
+                continue
+            weaker = a if (single_val[a] or 0) < (single_val[b] or 0) else b
+            dropped[weaker] = f"redundant with {b if weaker == a else a} (corr {pair['corr']:.3f})"
+    kept = [m for m in models if m not in dropped]
+    if not kept:
+        raise ValueError(f"h={h}: every model was dropped ({dropped}); nothing to ship")
+    P = P_all[:, [models.index(m) for m in kept]]
+
+    c_scores: dict[str, float | None] = {}
+    meta_pred: dict[float, np.ndarray] = {}
+    for C in spec.c_grid:
+        pred = np.empty(len(test_idx))
+        pos = 0
+        for train, test in blocks:
+            fitted = fit_meta(P[train], y[train], kept, C, spec.nonneg)
+            pred[pos : pos + len(test)] = fitted.predict(P[test])
+            pos += len(test)
+        meta_pred[C] = pred
+        c_scores[str(C)] = auc(y[test_idx], pred)
+    best_c = max(spec.c_grid, key=lambda c: c_scores[str(c)] or 0.0)
+    mean_val = auc(y[test_idx], P[test_idx].mean(axis=1))
+    best_model = max(kept, key=lambda m: single_val[m] or 0.0)
+    candidates = {
+        "meta": {"val_auc": c_scores[str(best_c)], "C": best_c},
+        "mean": {"val_auc": mean_val},
+        f"best:{best_model}": {"val_auc": single_val[best_model]},
+    }
+    meta_v, mean_v, single_v = (candidates["meta"]["val_auc"] or 0.0, mean_val or 0.0, single_val[best_model] or 0.0)
+    if meta_v > mean_v and meta_v >= single_v:
+        shipped = fit_meta(P, y, kept, best_c, spec.nonneg)
+    elif single_v > mean_v:
+        shipped = Predictor("best", [best_model])
+    else:
+        shipped = Predictor("mean", kept)
+    shipped_val = candidates[shipped.label]["val_auc"]
+    in_sample = shipped.predict(rows.select(prediction_columns_for(shipped.models, h)).to_numpy().astype(np.float64))
+    return HorizonStack(
+        horizon=h, shipped=shipped, candidates=candidates, c_scores=c_scores, diversity=div, dropped=dropped,
+        val_auc=shipped_val, oof_auc=auc(y, in_sample),
+        train_first=rows["timestamp"][0].isoformat() if rows.height else None,
+        train_last=rows["timestamp"][-1].isoformat() if rows.height else None, n_train=rows.height,
+        n_val=len(test_idx),
+    )
+
+
+def prediction_columns_for(models: list[str], h: int) -> list[str]:
+    return [prediction_columns(m, [h])[0] for m in models]
+
+
+# --------------------------------------------------------------------------------------------- holdout
+
+
+def candidate_predictor(stack: HorizonStack, label: str, oof: pl.DataFrame, spec: StackSpec) -> Predictor:
+    """Rebuild any candidate (fitted on OOF rows only) so the holdout can report all three."""
+    if label == stack.shipped.label:
+        return stack.shipped
+    kept = [m for m in stack.diversity["models"] if m not in stack.dropped]
+    if label == "mean":
+        return Predictor("mean", kept)
+    if label.startswith("best:"):
+        return Predictor("best", [label.split(":", 1)[1]])
+    rows = oof.filter(pl.col(label_name(stack.horizon)).is_not_null())
+    P = rows.select(prediction_columns_for(kept, stack.horizon)).to_numpy().astype(np.float64)
+    y = rows[label_name(stack.horizon)].cast(pl.Float64).to_numpy()
+    return fit_meta(P, y, kept, stack.candidates["meta"]["C"], spec.nonneg)
+
+
+def evaluate_holdout(predictor: Predictor, holdout: pl.DataFrame, h: int) -> tuple[float | None, np.ndarray]:
+    """Score a predictor on the holdout (reporting only). Returns (AUC, probabilities for every holdout row)."""
+    P = holdout.select(prediction_columns_for(predictor.models, h)).to_numpy().astype(np.float64)
+    p = predictor.predict(P)
+    y = holdout[label_name(h)].cast(pl.Float64).to_numpy()
+    return auc(y, p), p

@@ -1,0 +1,69 @@
+"""Report task: PNG plots + report.md into the cache (published with the run), and the same content on the
+Prefect UI as a markdown artifact and table artifacts on the flow run."""
+
+from __future__ import annotations
+
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from models.plots import render_plots
+from models.report import render_report
+from tasks.data import CACHED
+from tasks.policy import content_key
+from tasks.store import ArtifactRef, cache_dir, read_json, read_parquet, ref_for, write_bytes
+
+REPORT_CODE = "report-1"
+
+
+@task(name="report", cache_key_fn=content_key("report", REPORT_CODE), **CACHED)
+def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict[str, ArtifactRef],
+                importance: dict[str, ArtifactRef], out_dir: str) -> dict[str, ArtifactRef]:
+    horizons = metrics["horizons"]
+    models = list(metrics["models"])
+    key = content_key("report", REPORT_CODE)(None, dict(m=metrics, t=tables, s=stack_files, i=importance))
+    folder = cache_dir(out_dir, "report", key)
+    shipped = read_parquet(stack_files["shipped_holdout.parquet"])
+    meta = metrics.get("meta", {})
+    weights = {h: m["weights"] for h, m in meta.items() if m.get("weights")}
+    plots = render_plots(
+        folder / "plots",
+        horizons=horizons,
+        oof=read_parquet(tables["oof.parquet"]),
+        holdout=read_parquet(tables["holdout_predictions.parquet"]),
+        models=models,
+        shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
+        shipped_name={h: m["shipped"] for h, m in meta.items()},
+        correlations=metrics.get("diversity"),
+        importance={name: read_json(ref) for name, ref in importance.items()},
+        meta_weights=weights or None,
+    )
+    refs = {f"plots/{p.name}": ref_for(p) for p in plots.values()}
+    text = render_report(metrics, [f"plots/{p.name}" for p in plots.values()])
+    refs["report.md"] = write_bytes(folder / "report.md", text.encode())
+    return refs
+
+
+def publish_ui_artifacts(metrics: dict, report_md: str) -> None:
+    """Markdown report + metrics tables on the flow run page of the Prefect UI."""
+    key = "macd-ml-" + metrics["target"].lower()
+    create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics['run_id']}")
+    rows = []
+    for name, per_h in metrics["models"].items():
+        for h, m in per_h.items():
+            rows.append({"model": name, "horizon": h, "oof_auc": _r(m["oof_auc"]), "test_auc": _r(m["test_auc"])})
+    for h, m in metrics.get("meta", {}).items():
+        rows.append({"model": f"shipped ({m['shipped']})", "horizon": h, "oof_auc": _r(m["val_auc"]),
+                     "test_auc": _r(m["test_auc"])})
+    create_table_artifact(rows, key=f"{key}-auc", description="AUC per model and horizon (shipped: inner-CV AUC)")
+    gaps = [{"horizon": h, "shipped": m["shipped"], "val_auc": _r(m["val_auc"]), "test_auc": _r(m["test_auc"]),
+             "gap_abs": _r(m["gap_abs"]), "gap_3se": _r(3 * m["gap_combined_se"])}
+            for h, m in metrics.get("meta", {}).items()]
+    if gaps:
+        create_table_artifact(gaps, key=f"{key}-overfit-gap", description="Validation -> test gap of what ships")
+
+
+def _r(x):
+    return None if x is None else round(float(x), 4)
+
+
