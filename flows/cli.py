@@ -69,12 +69,48 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
         load_market(config.data_dir, config.target,
                     config.cross if config.cross is not None else default_cross(config.data_dir, config.target))
-    from flows.retrain import retrain
+    from tasks.store import new_run_id
 
-    path = retrain(config)
+    return _run(config, new_run_id())
+
+
+def _run(config, run_id: str) -> int:
+    from flows.retrain import retrain
+    from tasks.publish import record_run
+
+    record_run(Path(config.out_dir).resolve(), run_id, config.model_dump(mode="json", exclude={"force"}))
+    try:
+        path = retrain(config, run_id=run_id)
+    except (DataError, ConfigError):
+        raise
+    except Exception as exc:
+        print(f"macd-ml: run {run_id} failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        print(f"macd-ml: finished stages are cached; after fixing the cause, finish it with: "
+              f"macd-ml resume {run_id} --out {config.out_dir}", file=sys.stderr)
+        return EXIT_ERROR
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts)")
     return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from flows.config import validate_config
+    from tasks.publish import run_record_path
+    from tasks.store import MANIFEST, run_dir
+
+    out = args.out or "out"
+    if (run_dir(out, args.run_id) / MANIFEST).is_file():
+        print(f"run {args.run_id} is already complete: {run_dir(out, args.run_id)}")
+        return EXIT_OK
+    record = run_record_path(out, args.run_id)
+    if not record.is_file():
+        raise ConfigError(f"{record}: no record of run {args.run_id} under {out} (is --out right?)")
+    config = validate_config(json.loads(record.read_text())["config"])
+    return _run(config, args.run_id)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -114,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
     _add_config_args(p)
     p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("resume", help="finish a failed run: only what failed (and what depends on it) runs again",
+                       description="Re-run a failed run under its own id. Every task that finished comes back Cached.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--out", metavar="DIR", help="output folder of that run (default: out)")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("serve", help="serve the nightly deployment from this process (UI runs + schedule)",
                        description="Register the 'retrain/nightly' deployment with the Prefect API (PREFECT_API_URL) "

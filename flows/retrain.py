@@ -36,7 +36,7 @@ from tasks.data import (
 from models.device import cuda_available, parallel_tasks
 from models.evaluate import auc_se, cross_gain, importance_share, model_metrics
 from models.registry import SEQUENCE_MODELS
-from tasks.publish import publish_run_task
+from tasks.publish import promote_task, publish_run_task
 from tasks.store import read_json, read_parquet, read_text
 from tasks.report import publish_ui_artifacts, report_task
 from tasks.stack import stack_task
@@ -123,14 +123,14 @@ def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: A
     return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
 
 
-def _metrics(run_id, config, market, feats, labels, folds, tables, training, refits, stack) -> dict:
+def _metrics(config, market, feats, labels, folds, tables, training, refits, stack) -> dict:
     """metrics.json (DESIGN.md §3): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
     n_oof, n_test, plus what the report needs."""
     summary = _summary(market, feats, labels, folds, config)
     scores = model_metrics(read_parquet(tables["oof.parquet"]), read_parquet(tables["holdout_predictions.parquet"]),
                            config.models.enabled, config.horizons)
     metrics = {
-        "run_id": run_id, **summary, "models": scores, "meta": stack["meta"], "diversity": stack["diversity"],
+        **summary, "models": scores, "meta": stack["meta"], "diversity": stack["diversity"],
         "training": training,
         "auc_se": {str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)}
                    for h in config.horizons},
@@ -155,16 +155,21 @@ def _training_summary(fold_outputs, refits) -> dict:
 
 
 @flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=parallel_tasks()))
-def retrain(config: RetrainConfig = RetrainConfig()) -> str:
-    """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market) and publish the run
-    folder ``OUT/runs/RUN_ID``. Returns the run folder's path."""
+def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) -> str:
+    """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market), publish the run
+    folder ``OUT/runs/RUN_ID`` and promote it to ``OUT/current``. Returns the run folder's path.
+
+    ``run_id`` resumes a failed run under its own id (``macd-ml resume``): every task that finished comes
+    back Cached and only what failed, and what depends on it, runs again. An unchanged re-run publishes
+    nothing new: it returns the earlier run folder with identical content."""
     log = get_run_logger()
     out = Path(config.out_dir).resolve()
-    run_id = _run_id()
+    run_id = run_id or _run_id()
     cached = _cache_options(config, out)
+    log.info("run id %s (resume with: macd-ml resume %s --out %s)", run_id, run_id, out)
 
-    data_dir = config.data_dir or synthetic_market_task(config.synthetic, str(out))
-    market = ingest_task(str(data_dir), config.target, config.cross)
+    data_dir = config.data_dir or synthetic_market_task.with_options(**cached)(config.synthetic, str(out))
+    market = ingest_task.with_options(**cached)(str(data_dir), config.target, config.cross)
 
     feats = features_task.with_options(**cached)(market, config.features, config.gap_tolerance_hours, str(out))
     labels = labels_task.with_options(**cached)(
@@ -181,7 +186,7 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> str:
         tables, config.models.enabled, config.horizons, config.stacking, load_folds(folds).embargo_hours,
         {m: t["collapsed"] for m, t in training.items()}, str(out),
     )
-    metrics = _metrics(run_id, config, market, feats, labels, folds, tables, training, refits, stack)
+    metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack)
     importance = {r.model: r.files[f"{r.model}_importance.json"] for r in refits
                   if f"{r.model}_importance.json" in r.files}
     report = report_task.with_options(**cached)(metrics, tables, stack["files"], importance, str(out))
@@ -198,10 +203,12 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> str:
     for r in refits:
         for fname, ref in r.files.items():
             artifacts[f"models/{r.model}/{fname}"] = ref
-    publish_run_task.with_options(**cached)(
-        str(out), run_id, artifacts, {"config.json": config.model_dump(mode="json"), "metrics.json": metrics},
+    manifest = publish_run_task.with_options(**cached)(
+        str(out), run_id, artifacts,
+        {"config.json": config.model_dump(mode="json", exclude={"force"}), "metrics.json": metrics},
     )
-    publish_ui_artifacts(metrics, read_text(report["report.md"]))
-    path = run_dir(out, run_id)
+    promoted = promote_task.with_options(**cached)(str(out), manifest)
+    publish_ui_artifacts({"run_id": promoted, **metrics}, read_text(report["report.md"]))
+    path = run_dir(out, promoted)
     log.info("run folder: %s", path)
     return str(path)

@@ -10,7 +10,8 @@ def _f(x) -> str:
 def render_report(metrics: dict, plots: list[str] | None = None) -> str:
     h = [str(x) for x in metrics["horizons"]]
     lines = [
-        f"# Run {metrics['run_id']}",
+        f"# {metrics['target']} ensemble: {metrics['input']['span'][metrics['target']][0][:16]} to "
+        f"{metrics['input']['span'][metrics['target']][1][:16]} UTC",
         "",
         f"Target **{metrics['target']}**, cross {', '.join(metrics['cross']) or 'none'}, horizons {', '.join(h)} h; "
         f"{metrics['n_rows']} feature rows, {metrics['n_oof']} out-of-fold rows, {metrics['n_test']} holdout rows.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 from features import CODE_VERSION
 from features.build import build_features
 from features.errors import DataError
-from features.ingest import Market, default_cross, load_market
+from features.ingest import Market, default_cross, file_sha256, find_symbol_file, load_market
 from features.labels import label_name, make_labels
 from features.spec import FeatureSpec
 from features.splits import FoldSpec, Folds, check_folds, make_folds
@@ -97,8 +98,7 @@ def resolve_cross(data_dir: str, target: str, cross: list[str] | None) -> list[s
 # --------------------------------------------------------------------------------------------- tasks
 
 
-@task(name="synthetic-market", retries=WRITE_RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_on_oserror)
+@task(name="synthetic-market", cache_key_fn=content_key("synthetic"), **CACHED)
 def synthetic_market_task(spec: SynthSpec, out_dir: str) -> str:
     """Generate (or reuse) the deterministic synthetic market for ``spec``; return its folder.
 
@@ -115,9 +115,22 @@ def synthetic_market_task(spec: SynthSpec, out_dir: str) -> str:
     return str(folder)
 
 
-@task(name="ingest")
+def _ingest_key(context, parameters: dict) -> str:
+    """Keyed on the bytes of the files ingest would read, so new candles always invalidate it."""
+    try:
+        data_dir, target = parameters["data_dir"], parameters["target"]
+        cross = resolve_cross(data_dir, target, parameters["cross"])
+        files = [find_symbol_file(data_dir, s) for s in [target, *cross]]
+        digest = {str(f.name): file_sha256(f) for f in files}
+    except Exception:  # let the task itself run and report the problem
+        return f"ingest-uncached-{uuid.uuid4().hex}"
+    return content_key("ingest")(context, {"dir": str(Path(data_dir).resolve()), "target": target,
+                                           "cross": cross, "files": digest})
+
+
+@task(name="ingest", cache_key_fn=_ingest_key, **CACHED)
 def ingest_task(data_dir: str, target: str, cross: list[str] | None) -> MarketRef:
-    """Read and validate every input file; nothing is written. Never cached: new candles must be seen."""
+    """Read and validate every input file; nothing is written. Cached on the files' content."""
     cross = resolve_cross(data_dir, target, cross)
     market = load_market(data_dir, target, cross)
     ref = market_ref(market, data_dir)

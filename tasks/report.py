@@ -47,7 +47,7 @@ def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict
 def publish_ui_artifacts(metrics: dict, report_md: str) -> None:
     """Markdown report + metrics tables on the flow run page of the Prefect UI."""
     key = "macd-ml-" + metrics["target"].lower()
-    create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics['run_id']}")
+    create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics.get('run_id', '')}")
     rows = []
     for name, per_h in metrics["models"].items():
         for h, m in per_h.items():

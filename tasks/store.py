@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 import pwd
+import random
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -119,9 +121,38 @@ def _write_error(dest: Path, exc: OSError) -> ArtifactWriteError:
     return err
 
 
-def atomic_write(dest: Path | str, writer: Callable[[Path], None]) -> ArtifactRef:
-    """Write ``dest`` atomically: ``writer(tmp)`` fills a temp file beside it, then fsync + os.replace."""
+WRITE_ATTEMPTS = 3
+# Called as hook(dest, attempt, error) after a failed attempt, before the back-off sleep (fault-injection tests
+# use it to lift a real permission block between attempts).
+RETRY_HOOKS: list[Callable[[Path, int, OSError], None]] = []
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential back-off with jitter; ``MACD_ML_WRITE_RETRY_BASE`` seconds (default 0.5) for the first."""
+    base = float(os.environ.get("MACD_ML_WRITE_RETRY_BASE", "0.5"))
+    return base * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+
+
+def atomic_write(dest: Path | str, writer: Callable[[Path], None], attempts: int = WRITE_ATTEMPTS) -> ArtifactRef:
+    """Write ``dest`` atomically: ``writer(tmp)`` fills a temp file beside it, then fsync + os.replace.
+
+    An OSError is retried here (``attempts`` in all, exponential back-off with jitter) so that a task whose
+    result is already computed - a trained model - does not recompute it for a transient write failure. The
+    last failure raises ArtifactWriteError (an OSError: Prefect's task retries then apply)."""
     dest = Path(dest)
+    for attempt in range(1, attempts + 1):
+        try:
+            return _atomic_write_once(dest, writer)
+        except ArtifactWriteError as err:
+            if attempt == attempts:
+                raise
+            for hook in list(RETRY_HOOKS):
+                hook(dest, attempt, err)
+            time.sleep(_backoff(attempt))
+    raise AssertionError("unreachable")
+
+
+def _atomic_write_once(dest: Path, writer: Callable[[Path], None]) -> ArtifactRef:
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +220,10 @@ def read_json(ref_or_path: ArtifactRef | Path | str) -> Any:
     return json.loads(p.read_text())
 
 
+def read_text(ref: ArtifactRef) -> str:
+    return verify(ref).read_text()
+
+
 def read_parquet(ref: ArtifactRef) -> pl.DataFrame:
     return pl.read_parquet(verify(ref))
 
@@ -239,3 +274,46 @@ def verify_run(run_path: Path | str) -> dict:
     for e in manifest["artifacts"]:
         verify(ArtifactRef(path=str(run_path / e["path"]), sha256=e["sha256"], bytes=e["bytes"]))
     return manifest
+
+
+# --------------------------------------------------------------------------------------------- promotion
+
+CURRENT = "current"
+
+
+def promote(out_dir: Path | str, run_id: str) -> Path:
+    """Point ``OUT/current`` at ``runs/RUN_ID`` atomically, one promotion at a time.
+
+    Under an exclusive lock on ``OUT/.promote.lock`` the run is verified against its manifest, a new symlink
+    is created beside ``current`` and renamed over it (``rename`` is atomic), so a reader always sees the old
+    run or the new one. Earlier runs are never touched."""
+    import fcntl
+
+    out = Path(out_dir)
+    run = run_dir(out, run_id)
+    verify_run(run)  # complete and intact, or IntegrityError
+    lock_path = out / ".promote.lock"
+    try:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise _write_error(lock_path, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        link = out / CURRENT
+        tmp = out / f".{CURRENT}.{uuid.uuid4().hex[:8]}"
+        try:
+            os.symlink(Path("runs") / run_id, tmp)
+            os.replace(tmp, link)
+            _fsync_dir(out)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise _write_error(link, exc) from exc
+        return link
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def current_run(out_dir: Path | str) -> str | None:
+    link = Path(out_dir) / CURRENT
+    return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None
