@@ -27,6 +27,8 @@ test: $(STAMP)
 ## benchmarks (print figures; never gate CI)
 bench: $(STAMP)
 	$(PY) bench/bench_features.py
+	$(PY) bench/bench_models.py
+	$(PY) bench/bench_resume.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -104,6 +104,8 @@ class Model(ABC):
         ...
 
     def describe(self) -> dict[str, Any]:
+        """Everything that defines the fitted model (saved beside it, so no wall-clock times here: the same
+        data and parameters must give byte-identical model files)."""
         return {
             "name": self.name,
             "params": self.params.model_dump(mode="json"),
@@ -112,7 +114,6 @@ class Model(ABC):
             "horizons": self.horizons,
             "device": self.info.device,
             "best_iteration": self.info.best_iteration,
-            "fit_seconds": round(self.info.seconds, 3),
             **self.info.extra,
         }
 

@@ -4,6 +4,9 @@ Prefect UI as a markdown artifact and table artifacts on the flow run."""
 from __future__ import annotations
 
 
+import tempfile
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -11,7 +14,7 @@ from models.plots import render_plots
 from models.report import render_report
 from tasks.data import CACHED
 from tasks.policy import content_key
-from tasks.store import ArtifactRef, cache_dir, read_json, read_parquet, ref_for, write_bytes
+from tasks.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
 
 REPORT_CODE = "report-1"
 
@@ -26,20 +29,22 @@ def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict
     shipped = read_parquet(stack_files["shipped_holdout.parquet"])
     meta = metrics.get("meta", {})
     weights = {h: m["weights"] for h, m in meta.items() if m.get("weights")}
-    plots = render_plots(
-        folder / "plots",
-        horizons=horizons,
-        oof=read_parquet(tables["oof.parquet"]),
-        holdout=read_parquet(tables["holdout_predictions.parquet"]),
-        models=models,
-        shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
-        shipped_name={h: m["shipped"] for h, m in meta.items()},
-        correlations=metrics.get("diversity"),
-        importance={name: read_json(ref) for name, ref in importance.items()},
-        meta_weights=weights or None,
-    )
-    refs = {f"plots/{p.name}": ref_for(p) for p in plots.values()}
-    text = render_report(metrics, [f"plots/{p.name}" for p in plots.values()])
+    with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
+        rendered = render_plots(
+            Path(scratch),
+            horizons=horizons,
+            oof=read_parquet(tables["oof.parquet"]),
+            holdout=read_parquet(tables["holdout_predictions.parquet"]),
+            models=models,
+            shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
+            shipped_name={h: m["shipped"] for h, m in meta.items()},
+            correlations=metrics.get("diversity"),
+            importance={name: read_json(ref) for name, ref in importance.items()},
+            meta_weights=weights or None,
+        )
+        # every artifact goes through the store (atomic, retried, clear errors), plots included
+        refs = {f"plots/{name}": write_bytes(folder / "plots" / name, p.read_bytes()) for name, p in rendered.items()}
+    text = render_report(metrics, list(refs))
     refs["report.md"] = write_bytes(folder / "report.md", text.encode())
     return refs
 

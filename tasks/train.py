@@ -8,6 +8,9 @@ model. Sequence models carry the ``gpu`` tag (bounded by a concurrency limit whe
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 from prefect import get_run_logger, task
@@ -20,7 +23,7 @@ from models.registry import load_model, make_model, select_features
 from models.train import build_dataset, train_fold
 from tasks.data import CACHED, TableRef, load_folds
 from tasks.policy import content_key
-from tasks.store import ArtifactRef, cache_dir, read_parquet, ref_for, write_json, write_parquet
+from tasks.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json, write_parquet
 
 TRAIN_CODE = f"{MODELS_VERSION}"
 
@@ -47,8 +50,9 @@ def _dataset(features: TableRef, labels: ArtifactRef, feature_set: str, horizons
 
 def _summary(model, fold_result) -> dict:
     d = model.describe()
-    keep = ("device", "best_iteration", "fit_seconds", "best_head", "epochs", "n_features", "precision")
+    keep = ("device", "best_iteration", "best_head", "epochs", "n_features", "precision")
     out = {k: d[k] for k in keep if k in d}
+    out["fit_seconds"] = round(model.info.seconds, 3)
     out["collapsed"] = fold_result.collapsed
     out["early_stop_std"] = fold_result.early_stop_std
     return out
@@ -94,12 +98,14 @@ def refit_task(
     key = content_key("refit", TRAIN_CODE)(None, dict(m=model_name, p=params, s=feature_set, f=features,
                                                        l=labels, k=folds, h=horizons))
     folder = cache_dir(out_dir, "models", key) / model_name
-    written = model.save(folder)
-    # the saved files must reproduce the predictions exactly: reload and compare before publishing
-    again = load_model(model_name, folder).predict(data, Rows(result.rows))
-    if not np.allclose(again, result.predictions, rtol=0, atol=1e-6):
-        raise RuntimeError(f"{model_name}: reloaded model does not reproduce its predictions")
-    files = {p.name: ref_for(p) for p in written}
+    with tempfile.TemporaryDirectory(prefix=f"macd-ml-{model_name}-") as scratch:
+        # the libraries write their own formats into a scratch folder; the store then writes each file
+        # atomically (and retries it), so a failed write never leaves a partial model or costs a retrain
+        staged = model.save(Path(scratch))
+        again = load_model(model_name, Path(scratch)).predict(data, Rows(result.rows))
+        if not np.allclose(again, result.predictions, rtol=0, atol=1e-6):
+            raise RuntimeError(f"{model_name}: reloaded model does not reproduce its predictions")
+        files = {p.name: write_bytes(folder / p.name, p.read_bytes()) for p in staged}
     importance = getattr(model, "feature_importance", None)
     if importance is not None:
         files[f"{model_name}_importance.json"] = write_json(folder / f"{model_name}_importance.json", importance())

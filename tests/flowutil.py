@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+from contextlib import redirect_stderr, redirect_stdout
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -34,3 +36,27 @@ def task_states(flow_run_id) -> dict[str, str]:
 
 def task_tags(flow_run_id) -> dict[str, set[str]]:
     return {_name(r): set(r.tags) for r in _task_runs(flow_run_id)}
+
+
+def latest_flow_run_id():
+    """The most recently started flow run on the current API."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return run.id
+
+
+# Prefect's console log handler keeps the stream it first saw; pytest's capsys/capfd close theirs after each
+# test, which later sends Prefect's logging into a recursion. These buffers live as long as the session.
+_OUT, _ERR = io.StringIO(), io.StringIO()
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """Run ``macd-ml ARGS`` in-process; return (exit code, its stdout, its stderr)."""
+    from flows.cli import main
+
+    o, e = _OUT.tell(), _ERR.tell()
+    with redirect_stdout(_OUT), redirect_stderr(_ERR):
+        code = main(args)
+    return code, _OUT.getvalue()[o:], _ERR.getvalue()[e:]

@@ -27,7 +27,8 @@ def test_ui_form_is_the_pydantic_config():
     from flows.retrain import retrain
 
     schema = retrain.parameters.model_dump()
-    assert list(schema["properties"]) == ["config"]
+    assert list(schema["properties"]) == ["config", "run_id"]  # run_id: empty, or a failed run to finish
+    assert schema.get("required", []) == []
     defs = schema["definitions"]
     form = defs["RetrainConfig"]["properties"]
     for key in ("data_dir", "target", "cross", "horizons", "folds", "features", "force"):

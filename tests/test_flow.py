@@ -10,7 +10,7 @@ import pytest
 
 from flows.config import RetrainConfig
 from tasks.store import verify_run
-from tests.flowutil import run_flow, task_states
+from tests.flowutil import run_cli, run_flow, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -104,10 +104,8 @@ def test_default_synthetic_market(tmp_path):
     assert task_states(fr)["synthetic-market"] == "Completed"
 
 
-def test_cli_retrain_with_overrides(small_market_dir, tmp_path, capsys):
-    from flows.cli import main
-
-    code = main([
+def test_cli_retrain_with_overrides(small_market_dir, tmp_path):
+    code, _, _ = run_cli([
         "retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"),
         "--set", "folds.n_folds=3", "--set", "horizons=[5,12]", "--set", 'models.enabled=["lgb"]',
     ])
@@ -117,11 +115,10 @@ def test_cli_retrain_with_overrides(small_market_dir, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["folds"]["n_folds"] == 3
 
 
-def test_cli_bad_config_key_exits_2(small_market_dir, tmp_path, capsys):
-    from flows.cli import main
-
-    code = main(["retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"), "--set", "folds.n_fold=3"])
-    err = capsys.readouterr().err.strip()
+def test_cli_bad_config_key_exits_2(small_market_dir, tmp_path):
+    code, _, err = run_cli(["retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"),
+                            "--set", "folds.n_fold=3"])
+    err = err.strip()
     assert code == 2
     assert "folds.n_fold" in err and "\n" not in err
     assert not (tmp_path / "o").exists()

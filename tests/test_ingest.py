@@ -550,7 +550,7 @@ def no_prefect(monkeypatch, tmp_path):
     validation would reach it (and the test would see exit code 0 or 1, not 2)."""
     calls = []
 
-    def retrain(config):
+    def retrain(config, run_id=None):
         calls.append(config)
         run = tmp_path / "fake-run"
         run.mkdir()

@@ -1,0 +1,301 @@
+"""Fault injection with the real mechanisms: immutable folders (EPERM even for root), a full tmpfs (ENOSPC),
+SIGKILL in the middle of the fold stage, a tampered byte, and two runs at once."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from features.synth import synth_market, write_market
+from tasks import store
+from tasks.store import ArtifactWriteError, IntegrityError, promote, verify_run, write_bytes
+from tests.flowutil import latest_flow_run_id, run_cli as _cli, task_states
+
+ROOT = Path(__file__).resolve().parents[1]
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _can(cmd: list[str]) -> bool:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _chattr_works(tmp: Path) -> bool:
+    d = tmp / "chattr-probe"
+    d.mkdir()
+    ok = IS_ROOT and shutil.which("chattr") and _can(["chattr", "+i", str(d)])
+    if ok:
+        _can(["chattr", "-i", str(d)])
+    return bool(ok)
+
+
+@contextmanager
+def immutable(path: Path):
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+@contextmanager
+def tiny_fs(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------------------------- store level
+
+
+def test_permission_denied_twice_then_written(tmp_path):
+    if not _chattr_works(tmp_path):
+        pytest.skip("needs root and chattr on this file system for a real permission failure")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    failures: list[ArtifactWriteError] = []
+
+    def lift_after_second(dest, attempt, err):
+        failures.append(err)
+        if attempt == 2:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+    subprocess.run(["chattr", "+i", str(folder)], check=True)
+    store.RETRY_HOOKS.append(lift_after_second)
+    try:
+        ref = write_bytes(folder / "lgb_h5.txt", b"tree 0\n")
+    finally:
+        store.RETRY_HOOKS.remove(lift_after_second)
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+    assert len(failures) == 2
+    assert all(f.errno in (errno.EPERM, errno.EACCES) for f in failures)
+    msg = str(failures[0])
+    assert str(folder / "lgb_h5.txt") in msg and "owned by root" in msg and "write access" in msg
+    assert (folder / "lgb_h5.txt").read_bytes() == b"tree 0\n" and ref.bytes == 7
+    assert sorted(p.name for p in folder.iterdir()) == ["lgb_h5.txt"], "no temp file left behind"
+
+
+def test_disk_full_mid_write_leaves_old_file_and_no_partial(tmp_path):
+    if not IS_ROOT or not _can(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(_probe(tmp_path))]):
+        pytest.skip("needs root and tmpfs mounts for a real ENOSPC")
+    subprocess.run(["umount", "-l", str(tmp_path / "probe")], check=False)
+    with tiny_fs(tmp_path / "tiny", "64k") as fs:
+        write_bytes(fs / "meta.json", b'{"old": true}')
+        with pytest.raises(ArtifactWriteError) as exc:
+            write_bytes(fs / "meta.json", os.urandom(200_000))
+        assert exc.value.errno == errno.ENOSPC and "disk is full" in str(exc.value)
+        assert (fs / "meta.json").read_bytes() == b'{"old": true}'
+        assert _temp_files(fs) == []
+
+
+def _probe(tmp_path: Path) -> Path:
+    p = tmp_path / "probe"
+    p.mkdir(exist_ok=True)
+    return p
+
+
+def test_tampered_run_artifact_is_refused(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    refs = {"models/lgb/lgb_h5.txt": write_bytes(run / "models/lgb/lgb_h5.txt", b"tree 0 leaf 0.1\n")}
+    store.write_manifest(run, refs)
+    verify_run(run)
+    p = run / "models/lgb/lgb_h5.txt"
+    data = bytearray(p.read_bytes())
+    data[5] ^= 0x20
+    p.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        verify_run(run)
+    with pytest.raises(IntegrityError):
+        promote(tmp_path, "r1")
+    assert not (tmp_path / "current").exists()
+
+
+def test_promotions_happen_one_at_a_time(tmp_path):
+    ids = [f"r{i}" for i in range(8)]
+    for r in ids:
+        store.write_manifest(tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})})
+    errors = []
+
+    def go(r):
+        try:
+            promote(tmp_path, r)
+        except Exception as e:  # pragma: no cover - the assertion below reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(r,)) for r in ids * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.current_run(tmp_path) in ids
+    verify_run(tmp_path / "current")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".current")] == []
+
+
+# --------------------------------------------------------------------------------------------- flow level
+
+FAST = ["--set", "folds.n_folds=3", "--set", 'models.enabled=["lgb","xgb"]']
+
+
+@pytest.fixture(scope="module")
+def market_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fault-market")
+    write_market(synth_market(hours=4_000, seed=21, gaps=1), d)
+    return d
+
+
+def _artifacts(run: Path) -> dict[str, str]:
+    return {a["path"]: a["sha256"] for a in verify_run(run)["artifacts"]}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_write_that_keeps_failing_then_resume_runs_only_what_failed(market_dir, tmp_path):
+    if not _chattr_works(tmp_path):
+        pytest.skip("needs root and chattr for a real permission failure")
+    out = tmp_path / "out"
+    blocked = out / "cache" / "report"
+    blocked.mkdir(parents=True)
+    with immutable(blocked):
+        code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST])
+    assert code == 1
+    assert "cannot write" in err and str(blocked) in err and "resume" in err, err
+    run_id = re.search(r"run (\S+) failed", err).group(1)
+    assert not (out / "runs" / run_id / "manifest.json").exists()
+    assert store.current_run(out) is None, "a failed run is never promoted"
+
+    code, stdout, err = _cli(["resume", run_id, "--out", str(out)])
+    assert code == 0, err
+    states = task_states(latest_flow_run_id())
+    reran = {k for k, v in states.items() if v != "Cached"}
+    assert reran == {"report", "publish-run", "promote"}, states
+    assert store.current_run(out) == run_id
+
+    # the same artifacts as an uninterrupted run
+    clean = tmp_path / "clean"
+    code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(clean), *FAST])
+    assert code == 0, err
+    a, b = _artifacts(out / "runs" / run_id), _artifacts(next((clean / "runs").iterdir()))
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ <= {"metrics.json", "config.json"}, differ  # run_id / out_dir only
+    ma = json.loads((out / "runs" / run_id / "metrics.json").read_text())
+    mb = json.loads(next((clean / "runs").iterdir()).joinpath("metrics.json").read_text())
+    for m in (ma, mb):
+        m.pop("run_id")
+        m.pop("training")  # wall-clock fit times
+    assert ma == mb
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_path):
+    if not IS_ROOT or not _can(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(_probe(tmp_path))]):
+        pytest.skip("needs root and tmpfs mounts for a real ENOSPC")
+    subprocess.run(["umount", "-l", str(tmp_path / "probe")], check=False)
+    with tiny_fs(tmp_path / "fs", "48m") as out:
+        code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST])
+        assert code == 0, err
+        first = store.current_run(out)
+        before = _artifacts(out / "runs" / first)
+        # fill the disk to within ~64 KB, then run with one changed parameter
+        free = shutil.disk_usage(out).free
+        (out / "filler").write_bytes(b"\0" * max(0, free - 64_000))
+        code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST,
+                             "--set", "models.lgb.num_leaves=7"])
+        assert code == 1 and "disk is full" in err, err
+        assert store.current_run(out) == first
+        assert _artifacts(out / "runs" / first) == before
+        assert _temp_files(out) == [], "no partial artifact left behind"
+        for run in (out / "runs").iterdir():
+            if run.name != first:
+                assert not (run / "manifest.json").exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_tampered_cache_artifact_is_refused_on_load(market_dir, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST])
+    assert code == 0, err
+    (feat,) = (out / "cache" / "features").glob("*/features.parquet")
+    data = bytearray(feat.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    feat.write_bytes(bytes(data))
+    code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST,
+                         "--set", "models.lgb.num_leaves=7"])
+    assert code == 1 and "sha256 mismatch" in err and "features.parquet" in err, err
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)  # its own ephemeral server, like a user's shell
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = _spawn(["retrain", "--data", str(market_dir), "--out", str(out), "--set", "folds.n_folds=3",
+                   "--set", 'models.enabled=["lgb","xgb","lstm"]', "--set", "models.lstm.max_epochs=6"])
+    deadline = time.time() + 240
+    done: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        done = list((out / "cache" / "oof").glob("*/*.parquet")) if (out / "cache" / "oof").exists() else []
+        if len(done) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed:\n" + proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    finished = {p.stem for p in done}  # e.g. "lgb_fold0"
+    assert finished
+    (record,) = (out / "cache" / "run-configs").glob("*.json")
+    run_id = record.stem
+    assert not (out / "runs" / run_id / "manifest.json").exists()
+
+    code, _, err = _cli(["resume", run_id, "--out", str(out)])
+    assert code == 0, err
+    states = task_states(latest_flow_run_id())
+    for stem in finished:
+        model, fold = stem.rsplit("_fold", 1)
+        assert states[f"{model}-fold{fold}"] == "Cached", (stem, states)
+    assert any(v == "Completed" for k, v in states.items() if "-fold" in k), "unfinished folds ran"
+    verify_run(out / "runs" / run_id)
+    assert store.current_run(out) == run_id
+
+
+def test_two_runs_at_once_write_separate_folders(market_dir, tmp_path):
+    out = tmp_path / "out"
+    procs = [
+        _spawn(["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", f"models.lgb.seed={s}",
+                "--set", f"models.xgb.seed={s}"])
+        for s in (1, 2)
+    ]
+    logs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 2
+    for r in runs:
+        verify_run(r)
+    assert store.current_run(out) in {r.name for r in runs}
+    assert _temp_files(out) == []
