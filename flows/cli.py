@@ -113,6 +113,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run(config, args.run_id)
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from flows.stages import run_stack
+
+    meta = run_stack(Path(args.run), Path(args.out), args.set)
+    for h, m in meta.items():
+        print(f"h={h}: ships {m['shipped']}, inner-CV AUC {m['val_auc']:.3f}, holdout AUC {m['test_auc']:.3f}")
+    print(f"written to {args.out}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.stages import run_report
+
+    print(run_report(Path(args.run), Path(args.out)))
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.nightly import serve
 
@@ -156,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--out", metavar="DIR", help="output folder of that run (default: out)")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("stack", help="re-run stacking alone against a published run folder",
+                       description="Re-choose and refit what ships from a run's OOF rows; writes meta.json, "
+                                   "stack.json and shipped_holdout.parquet to --out (runs are immutable).")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", required=True)
+    p.add_argument("--set", action="append", metavar="stacking.KEY=VALUE", help="override a stacking setting")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("report", help="re-render the report of a published run folder",
+                       description="Re-render report.md and the plots of a run into --out.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", required=True)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="serve the nightly deployment from this process (UI runs + schedule)",
                        description="Register the 'retrain/nightly' deployment with the Prefect API (PREFECT_API_URL) "

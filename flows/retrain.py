@@ -3,7 +3,7 @@
     ingest+validate ─► features ─► labels ─► purged walk-forward folds
         ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout
         ─► OOF and holdout tables ─► meta-stacking (OOF only; meta vs mean vs best single, chosen on an inner
-        walk-forward) ─► holdout evaluation, diversity, report ─► publish run folder
+        walk-forward) ─► holdout evaluation, diversity, report ─► publish run folder ─► promote OUT/current
 
 Every stage after ingest is a cached task keyed on the content of its inputs, its config slice and the code
 version, so an unchanged re-run reloads everything and a changed parameter recomputes only what depends on it.
@@ -16,12 +16,15 @@ import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.filesystems import LocalFileSystem
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from features.labels import label_name
 from flows.config import RetrainConfig
+from models.device import cuda_available, parallel_tasks
+from models.evaluate import auc_se, cross_gain, importance_share, model_metrics
+from models.registry import SEQUENCE_MODELS
 from tasks.data import (
     MarketRef,
     TableRef,
@@ -33,15 +36,11 @@ from tasks.data import (
     load_labels,
     synthetic_market_task,
 )
-from models.device import cuda_available, parallel_tasks
-from models.evaluate import auc_se, cross_gain, importance_share, model_metrics
-from models.registry import SEQUENCE_MODELS
 from tasks.publish import promote_task, publish_run_task
-from tasks.store import read_json, read_parquet, read_text
 from tasks.report import publish_ui_artifacts, report_task
 from tasks.stack import stack_task
+from tasks.store import ArtifactRef, new_run_id, read_json, read_parquet, read_text, run_dir
 from tasks.train import assemble_task, fit_fold_task, refit_task
-from tasks.store import ArtifactRef, new_run_id, run_dir
 
 
 def _run_id() -> str:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize
 
 from features.labels import label_name
-from models.evaluate import prediction_columns
+from models.evaluate import auc_se, prediction_columns
 from models.train import auc
 
 EPS = 1e-4
@@ -273,3 +273,49 @@ def evaluate_holdout(predictor: Predictor, holdout: pl.DataFrame, h: int) -> tup
     p = predictor.predict(P)
     y = holdout[label_name(h)].cast(pl.Float64).to_numpy()
     return auc(y, p), p
+
+
+def meta_document(horizons: list[int], predictors: dict) -> dict:
+    return {"horizons": horizons, "predictors": predictors,
+            "input": "base-model probabilities; meta uses standardised logits"}
+
+
+def stack_all(oof: pl.DataFrame, holdout: pl.DataFrame, models: list[str], horizons: list[int], spec: StackSpec,
+              embargo_hours: int, collapsed: dict[str, bool]):
+    """Every horizon: choose and fit on OOF rows, then report on the holdout. Returns (metrics per horizon,
+    diversity per horizon, shipped predictors as JSON, shipped holdout probabilities)."""
+    meta_json, metrics, div = {}, {}, {}
+    shipped_cols = {"timestamp": holdout["timestamp"]}
+    for h in horizons:
+        # the fitting code is handed the OOF rows only; the holdout appears below, for reporting
+        st = stack_horizon(oof, models, h, spec, embargo_hours, collapsed)
+        test = {}
+        for label in st.candidates:
+            test[label] = evaluate_holdout(candidate_predictor(st, label, oof, spec), holdout, h)[0]
+        test_auc, p = evaluate_holdout(st.shipped, holdout, h)
+        shipped_cols[f"shipped_h{h}"] = p
+        n_test = int(holdout[f"y_{h}"].drop_nulls().len())
+        se = float(np.hypot(auc_se(st.n_val, h), auc_se(n_test, h)))
+        gap = None if st.val_auc is None or test_auc is None else st.val_auc - test_auc
+        metrics[str(h)] = {
+            "shipped": st.shipped.label,
+            "oof_auc": st.oof_auc,
+            "val_auc": st.val_auc,
+            "test_auc": test_auc,
+            "gap_abs": gap,
+            "gap_rel": None if gap is None or not st.val_auc else gap / st.val_auc,
+            "gap_combined_se": se,
+            "candidates": {k: {**v, "test_auc": test[k]} for k, v in st.candidates.items()},
+            "c_scores": st.c_scores,
+            "weights": dict(zip(st.shipped.models, st.shipped.weights)) if st.shipped.kind == "meta" else None,
+            "models": st.shipped.models,
+            "dropped": st.dropped,
+            "n_train": st.n_train,
+            "n_val": st.n_val,
+            "n_test": n_test,
+            "train_last": st.train_last,
+            "holdout_first": holdout["timestamp"][0].isoformat(),
+        }
+        div[str(h)] = st.diversity
+        meta_json[str(h)] = st.shipped.to_json()
+    return metrics, div, meta_json, pl.DataFrame(shipped_cols)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import polars as pl
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -19,27 +20,23 @@ from tasks.store import ArtifactRef, cache_dir, read_json, read_parquet, write_b
 REPORT_CODE = "report-1"
 
 
-@task(name="report", cache_key_fn=content_key("report", REPORT_CODE), **CACHED)
-def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict[str, ArtifactRef],
-                importance: dict[str, ArtifactRef], out_dir: str) -> dict[str, ArtifactRef]:
+def write_report(folder: Path, metrics: dict, oof: pl.DataFrame, holdout: pl.DataFrame, shipped: pl.DataFrame,
+                 importance: dict[str, dict]) -> dict[str, ArtifactRef]:
+    """Render the plots and report.md into ``folder`` through the store; returns relative path -> ref."""
     horizons = metrics["horizons"]
-    models = list(metrics["models"])
-    key = content_key("report", REPORT_CODE)(None, dict(m=metrics, t=tables, s=stack_files, i=importance))
-    folder = cache_dir(out_dir, "report", key)
-    shipped = read_parquet(stack_files["shipped_holdout.parquet"])
     meta = metrics.get("meta", {})
     weights = {h: m["weights"] for h, m in meta.items() if m.get("weights")}
     with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
         rendered = render_plots(
             Path(scratch),
             horizons=horizons,
-            oof=read_parquet(tables["oof.parquet"]),
-            holdout=read_parquet(tables["holdout_predictions.parquet"]),
-            models=models,
+            oof=oof,
+            holdout=holdout,
+            models=list(metrics["models"]),
             shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
             shipped_name={h: m["shipped"] for h, m in meta.items()},
             correlations=metrics.get("diversity"),
-            importance={name: read_json(ref) for name, ref in importance.items()},
+            importance=importance,
             meta_weights=weights or None,
         )
         # every artifact goes through the store (atomic, retried, clear errors), plots included
@@ -47,6 +44,17 @@ def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict
     text = render_report(metrics, list(refs))
     refs["report.md"] = write_bytes(folder / "report.md", text.encode())
     return refs
+
+
+@task(name="report", cache_key_fn=content_key("report", REPORT_CODE), **CACHED)
+def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict[str, ArtifactRef],
+                importance: dict[str, ArtifactRef], out_dir: str) -> dict[str, ArtifactRef]:
+    key = content_key("report", REPORT_CODE)(None, dict(m=metrics, t=tables, s=stack_files, i=importance))
+    return write_report(
+        cache_dir(out_dir, "report", key), metrics, read_parquet(tables["oof.parquet"]),
+        read_parquet(tables["holdout_predictions.parquet"]), read_parquet(stack_files["shipped_holdout.parquet"]),
+        {name: read_json(ref) for name, ref in importance.items()},
+    )
 
 
 def publish_ui_artifacts(metrics: dict, report_md: str) -> None:

@@ -164,3 +164,23 @@ def test_sequence_fits_are_reproducible_under_threads(fitted):
         results = list(pool.map(fit_predict, ["lstm", "tft", "lstm"]))
     np.testing.assert_array_equal(results[0], serial)
     np.testing.assert_array_equal(results[2], serial)
+
+
+@pytest.mark.parametrize("name", ["lstm", "tft"])
+def test_sequence_nets_export_to_onnx(fitted, name):
+    """The TFT is written in plain torch so it exports: both nets run in onnxruntime with the same logits."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+
+    data, folds, models = fitted
+    model, _ = models[name]
+    net = model.net.eval()
+    x = torch.randn(16, model.params.window, len(model.feature_names))
+    buf = io.BytesIO()
+    torch.onnx.export(net, (x,), buf, dynamo=False, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, net(x).detach().numpy(), atol=1e-5)

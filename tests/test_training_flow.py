@@ -186,3 +186,22 @@ def test_report_and_plots(trained):
         assert f"plots/{name}" in report
     manifest = {a["path"] for a in json.loads((run / "manifest.json").read_text())["artifacts"]}
     assert {f"plots/{n}" for n in expected} <= manifest and "report.md" in manifest and "meta.json" in manifest
+
+
+def test_stages_run_alone_against_a_run_folder(trained, tmp_path):
+    from flows.stages import run_report, run_stack
+    from tests.flowutil import run_cli
+
+    _, run, _ = trained
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    run_stack(run, tmp_path / "stack")
+    assert json.loads((tmp_path / "stack" / "meta.json").read_text()) == json.loads((run / "meta.json").read_text())
+    changed = run_stack(run, tmp_path / "stack2", ["stacking.c_grid=[0.001]"])
+    assert all(m["candidates"]["meta"]["C"] == 0.001 for m in changed.values())
+    report = run_report(run, tmp_path / "report")
+    # same content (metrics.json stores keys sorted, so some table rows may come in another order)
+    assert sorted(report.read_text().splitlines()) == sorted((run / "report.md").read_text().splitlines())
+    assert {p.name for p in (tmp_path / "report" / "plots").iterdir()} == {p.name for p in (run / "plots").iterdir()}
+    code, _, err = run_cli(["stack", str(run), "--out", str(run / "restack")])
+    assert code == 2 and "immutable" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before, "the run folder is untouched"
