@@ -45,7 +45,7 @@ def test_prefect_yaml_matches_the_flow():
     assert any("set_working_directory" in next(iter(step)) for step in spec["pull"])
 
 
-@pytest.mark.parametrize("cmd", ["retrain", "features", "synth", "serve"])
+@pytest.mark.parametrize("cmd", ["retrain", "features", "synth", "serve", "resume", "stack", "report"])
 def test_every_subcommand_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])
@@ -55,5 +55,5 @@ def test_every_subcommand_has_help(cmd, capsys):
 
 def test_parser_lists_subcommands():
     text = build_parser().format_help()
-    for cmd in ("retrain", "features", "synth", "serve"):
+    for cmd in ("retrain", "features", "synth", "serve", "resume", "stack", "report"):
         assert cmd in text
