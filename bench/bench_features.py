@@ -37,11 +37,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from features.build import SEG, _own_exprs, build_features, cross_features, feature_names, own_features  # noqa: E402
-from features.ingest import Candles, Market, load_market, segment_ids, symbol_files  # noqa: E402
-from features.spec import FeatureSpec  # noqa: E402
-from features.synth import synth_market, write_market  # noqa: E402
-from pandas_features import build_features_pd, compare, market_to_pandas  # noqa: E402
+from pandas_features import build_features_pd, compare, market_to_pandas
+
+from features.build import (
+    SEG,
+    _own_exprs,
+    build_features,
+    cross_features,
+    feature_names,
+    own_features,
+)
+from features.ingest import Candles, Market, load_market, segment_ids, symbol_files
+from features.spec import FeatureSpec
+from features.synth import synth_market, write_market
 
 REAL_DIR = REPO / ".." / "shared" / "data" / "binance_spot_1h"
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT")
@@ -192,7 +200,7 @@ def breakdown(args, spec: FeatureSpec) -> None:
         dt, block = timed(cross_features, own, ref, spec, 1)
         add("cross_features (incl. the reference's own_features)", dt)
 
-        def tail():
+        def tail(own=own, block=block):
             frame = own.join(block, on="timestamp", how="left")
             ok = (pl.col("_bar") >= spec.warmup_bars) & pl.col(f"_ok_{ref.symbol}").fill_null(False)
             warm = frame.filter(ok)

@@ -120,8 +120,8 @@ def cross_features(
     closes = ref.frame.select("timestamp", pl.col("close").alias(f"{p}_close"))
     df = (
         target.select("timestamp", SEG, "ret_1", "_close")
-        .join(rf, on="timestamp", how="left")
-        .join(closes, on="timestamp", how="left")
+        .join(rf, on="timestamp", how="left", maintain_order="left")
+        .join(closes, on="timestamp", how="left", maintain_order="left")
     )
     rr, tr = pl.col(f"{p}ret_1"), pl.col("ret_1")
     exprs: list[pl.Expr] = []
@@ -130,7 +130,8 @@ def cross_features(
     for n in spec.beta_windows:
         cov = pl.rolling_cov(tr, rr, window_size=n).over(SEG)
         var = rr.rolling_var(n).over(SEG)
-        exprs.append(pl.when(var > 0).then(cov / var).otherwise(0.0).alias(f"{p}beta_{n}"))
+        # flat reference -> beta 0; a missing window stays missing (the row is then dropped, never zero-filled)
+        exprs.append(pl.when(var == 0).then(0.0).otherwise(cov / var).alias(f"{p}beta_{n}"))
     for n in spec.rs_windows:
         ref_ret = log_return(pl.col(f"{p}_close"), n).over(SEG)
         tgt_ret = log_return(pl.col("_close"), n).over(SEG)
@@ -150,7 +151,7 @@ def build_features(
     ok = pl.col("_bar") >= spec.warmup_bars
     for ref in market.cross:
         block = cross_features(own, ref, spec, gap_tolerance_hours)
-        frame = frame.join(block, on="timestamp", how="left")
+        frame = frame.join(block, on="timestamp", how="left", maintain_order="left")
         ok = ok & pl.col(f"_ok_{ref.symbol}").fill_null(False)
     n_all = frame.height
     warm = frame.filter(ok)

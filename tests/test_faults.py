@@ -245,18 +245,24 @@ def test_tampered_cache_artifact_is_refused_on_load(market_dir, tmp_path):
     assert code == 1 and "sha256 mismatch" in err and "features.parquet" in err, err
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)  # its own ephemeral server, like a user's shell
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    """The CLI in its own process and session, like a user's shell (its own ephemeral Prefect server).
+    Output goes to a file, never a pipe: an orphaned server child would hold a pipe open and hang a reader."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           # its own Prefect home, so its SQLite database is nobody else's (no lock contention)
+           "PREFECT_HOME": str(log.with_suffix(".prefect-home"))}
+    env.pop("PREFECT_API_URL", None)
+    with open(log, "w") as fh:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.mark.usefixtures("prefect_server")
 def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp_path):
     out = tmp_path / "out"
+    log = tmp_path / "killed.log"
     proc = _spawn(["retrain", "--data", str(market_dir), "--out", str(out), "--set", "folds.n_folds=3",
-                   "--set", 'models.enabled=["lgb","xgb","lstm"]', "--set", "models.lstm.max_epochs=6"])
+                   "--set", 'models.enabled=["lgb","xgb","lstm"]', "--set", "models.lstm.max_epochs=6"], log)
     deadline = time.time() + 240
     done: list[Path] = []
     while time.time() < deadline and proc.poll() is None:
@@ -264,7 +270,7 @@ def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp
         if len(done) >= 3:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed:\n" + proc.stdout.read()
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + log.read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     finished = {p.stem for p in done}  # e.g. "lgb_fold0"
@@ -288,11 +294,11 @@ def test_two_runs_at_once_write_separate_folders(market_dir, tmp_path):
     out = tmp_path / "out"
     procs = [
         _spawn(["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", f"models.lgb.seed={s}",
-                "--set", f"models.xgb.seed={s}"])
+                "--set", f"models.xgb.seed={s}"], tmp_path / f"run{s}.log")
         for s in (1, 2)
     ]
-    logs = [p.communicate(timeout=400)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
+    codes = [p.wait(timeout=400) for p in procs]
+    assert codes == [0, 0], [(tmp_path / f"run{s}.log").read_text()[-3000:] for s in (1, 2)]
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 2
     for r in runs:
