@@ -52,13 +52,48 @@ def own_features(names: list[str]) -> list[str]:
     return [n for n in names if "__" not in n]
 
 
-class LGBModel(Model):
+class BoosterPerHorizon(Model):
+    """One booster per horizon, saved as ``{name}_h{h}.{suffix}`` in the library's own format + meta JSON."""
+
+    suffix: ClassVar[str]
+
+    def __init__(self, params: BaseModel, feature_names: list[str], horizons: list[int]):
+        super().__init__(params, feature_names, horizons)
+        self.boosters: dict = {}
+
+    @staticmethod
+    def _load_booster(path: Path):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for h, b in self.boosters.items():
+            p = folder / f"{self.name}_h{h}.{self.suffix}"
+            b.save_model(str(p))
+            files.append(p)
+        files.append(write_json_atomic(folder / f"{self.name}_meta.json", self.describe()))
+        return files
+
+    @classmethod
+    def load(cls, folder: Path) -> "BoosterPerHorizon":
+        meta = read_json(folder / f"{cls.name}_meta.json")
+        m = cls(cls.Params.model_validate(meta["params"]), meta["feature_names"], meta["horizons"])
+        for h in m.horizons:
+            m.boosters[h] = cls._load_booster(folder / f"{cls.name}_h{h}.{cls.suffix}")
+        m.info.best_iteration = meta["best_iteration"]
+        m.info.device = meta["device"]
+        return m
+
+
+class LGBModel(BoosterPerHorizon):
     name: ClassVar[str] = "lgb"
     Params: ClassVar[type[BaseModel]] = LGBParams
+    suffix: ClassVar[str] = "txt"
 
-    def __init__(self, params: LGBParams, feature_names: list[str], horizons: list[int]):
-        super().__init__(params, feature_names, horizons)
-        self.boosters: dict[int, lgb.Booster] = {}
+    @staticmethod
+    def _load_booster(path: Path) -> lgb.Booster:
+        return lgb.Booster(model_file=str(path))
 
     def _lgb_params(self) -> dict:
         p = self.params
@@ -108,25 +143,6 @@ class LGBModel(Model):
             for h, b in self.boosters.items()
         }
 
-    def save(self, folder: Path) -> list[Path]:
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for h, b in self.boosters.items():
-            p = folder / f"{self.name}_h{h}.txt"
-            b.save_model(str(p))
-            files.append(p)
-        files.append(write_json_atomic(folder / f"{self.name}_meta.json", self.describe()))
-        return files
-
-    @classmethod
-    def load(cls, folder: Path) -> "LGBModel":
-        meta = read_json(folder / f"{cls.name}_meta.json")
-        m = cls(cls.Params.model_validate(meta["params"]), meta["feature_names"], meta["horizons"])
-        for h in m.horizons:
-            m.boosters[h] = lgb.Booster(model_file=str(folder / f"{cls.name}_h{h}.txt"))
-        m.info.best_iteration = meta["best_iteration"]
-        m.info.device = meta["device"]
-        return m
 
 
 class LGBCrossModel(LGBModel):
@@ -135,13 +151,16 @@ class LGBCrossModel(LGBModel):
     name: ClassVar[str] = "lgb_cross"
 
 
-class XGBModel(Model):
+class XGBModel(BoosterPerHorizon):
     name: ClassVar[str] = "xgb"
     Params: ClassVar[type[BaseModel]] = XGBParams
+    suffix: ClassVar[str] = "json"
 
-    def __init__(self, params: XGBParams, feature_names: list[str], horizons: list[int]):
-        super().__init__(params, feature_names, horizons)
-        self.boosters: dict[int, xgb.Booster] = {}
+    @staticmethod
+    def _load_booster(path: Path) -> xgb.Booster:
+        b = xgb.Booster()
+        b.load_model(str(path))
+        return b
 
     def _xgb_params(self, device: str) -> dict:
         p = self.params
@@ -192,25 +211,3 @@ class XGBModel(Model):
             str(h): {k: float(v) for k, v in b.get_score(importance_type="gain").items()}
             for h, b in self.boosters.items()
         }
-
-    def save(self, folder: Path) -> list[Path]:
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for h, b in self.boosters.items():
-            p = folder / f"{self.name}_h{h}.json"
-            b.save_model(str(p))
-            files.append(p)
-        files.append(write_json_atomic(folder / f"{self.name}_meta.json", self.describe()))
-        return files
-
-    @classmethod
-    def load(cls, folder: Path) -> "XGBModel":
-        meta = read_json(folder / f"{cls.name}_meta.json")
-        m = cls(cls.Params.model_validate(meta["params"]), meta["feature_names"], meta["horizons"])
-        for h in m.horizons:
-            b = xgb.Booster()
-            b.load_model(str(folder / f"{cls.name}_h{h}.json"))
-            m.boosters[h] = b
-        m.info.best_iteration = meta["best_iteration"]
-        m.info.device = meta["device"]
-        return m

@@ -9,7 +9,7 @@ from prefect.serializers import JSONSerializer
 
 from tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, content_key, retry_on_oserror
 from tasks.store import (
-    MANIFEST, ArtifactRef, copy_file, promote, ref_for, run_dir, verify_run, write_bytes, write_json, write_manifest,
+    MANIFEST, ArtifactRef, copy_file, promote, ref_for, run_dir, verify_run, write_json, write_manifest,
 )
 
 
@@ -33,11 +33,10 @@ def _publish_key(context, parameters: dict) -> str:
     retry_condition_fn=retry_on_oserror,
 )
 def publish_run_task(
-    out_dir: str, run_id: str, artifacts: dict[str, ArtifactRef], documents: dict[str, dict],
-    texts: dict[str, str] | None = None,
+    out_dir: str, run_id: str, artifacts: dict[str, ArtifactRef], documents: dict[str, dict]
 ) -> ArtifactRef:
-    """Copy ``artifacts`` (relative path -> cached artifact), write ``documents`` (relative path -> JSON) and
-    ``texts`` (relative path -> text) into the run folder, then ``manifest.json``. Files already there from an interrupted attempt are
+    """Copy ``artifacts`` (relative path -> cached artifact), write ``documents`` (relative path -> JSON) into the run
+    folder, then ``manifest.json``. Files already there from an interrupted attempt are
     overwritten atomically; a folder that already has a manifest is never touched."""
     run = run_dir(out_dir, run_id)
     if (run / MANIFEST).exists():
@@ -50,8 +49,6 @@ def publish_run_task(
         written[rel] = copy_file(ref, run / rel)
     for rel, doc in documents.items():
         written[rel] = write_json(run / rel, doc)
-    for rel, text in (texts or {}).items():
-        written[rel] = write_bytes(run / rel, text.encode())
     manifest = write_manifest(run, written)
     get_run_logger().info("run %s published: %d artifacts in %s", run_id, len(written), run)
     return manifest
