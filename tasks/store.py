@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import grp
 import hashlib
+import io
 import json
 import os
 import pwd
@@ -203,7 +204,11 @@ def write_json(dest: Path | str, obj: Any) -> ArtifactRef:
 
 
 def write_parquet(dest: Path | str, df: pl.DataFrame) -> ArtifactRef:
-    return atomic_write(dest, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
+    """Serialise in memory, then write the bytes: polars reports a full disk as a ComputeError, not an
+    OSError, so letting it write the file would bypass the retries and the clear message."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    return write_bytes(dest, buf.getvalue())
 
 
 def copy_file(src: ArtifactRef, dest: Path | str) -> ArtifactRef:
