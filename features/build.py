@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import polars as pl
 
 from features import CODE_VERSION
+from features.errors import DataError
 from features.indicators import atr, ema, log_return, macd_line, rsi, zscore
-from features.ingest import Candles, Market, segment_ids
+from features.ingest import FLOAT32_MAX, Candles, Market, segment_ids
 from features.spec import FeatureSpec
 
 SEG = "segment"
@@ -156,9 +157,10 @@ def build_features(
     n_all = frame.height
     warm = frame.filter(ok)
     names = feature_names(warm)
-    complete = warm.drop_nulls(subset=names).filter(
-        pl.all_horizontal([pl.col(n).is_finite() for n in names])
-    )
+    # undefined values (a window not yet full, 0/0 on a flat stretch) drop the row; an infinite value or one that
+    # overflows the models' float32 is an error in the data, never silently dropped or fed to a model
+    complete = warm.drop_nulls(subset=names).filter(~pl.any_horizontal([pl.col(n).is_nan() for n in names]))
+    check_model_range(complete, names, market.target.path)
     table = complete.select("timestamp", *names)
     rows_dropped = {
         "warmup_or_reference_missing": n_all - warm.height,
@@ -172,6 +174,19 @@ def build_features(
         cross=tuple(r.symbol for r in market.cross),
         rows_dropped=rows_dropped,
     )
+
+
+def check_model_range(frame: pl.DataFrame, names: list[str], source: object) -> None:
+    """Raise DataError naming the first feature and timestamp whose value is infinite or beyond float32."""
+    bad = [pl.col(n).is_infinite() | (pl.col(n).abs() > FLOAT32_MAX) for n in names]
+    flags = frame.select(pl.any_horizontal(bad).alias("_bad"))["_bad"]
+    if not flags.any():
+        return
+    i = int(flags.arg_true()[0])
+    row = frame.row(i, named=True)
+    name = next(n for n in names if not (abs(row[n]) <= FLOAT32_MAX))
+    raise DataError(source, f"feature '{name}' is {row[name]!r} at {row['timestamp'].isoformat()}: not a finite "
+                            "float32; check the candles around that time")
 
 
 def feature_fingerprint(market: Market, spec: FeatureSpec, gap_tolerance_hours: int) -> str:

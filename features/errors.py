@@ -21,3 +21,8 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A bad configuration value. The message names the key."""
+
+
+class NothingToShip(RuntimeError):
+    """Training finished but nothing may ship (every model of a horizon collapsed to a constant). Rerunning the
+    same run cannot help; more data or other model parameters can. The CLI exits 3, like a refused health gate."""

@@ -30,6 +30,8 @@ PRICE_COLUMNS = ("open", "high", "low", "close")
 VALUE_COLUMNS = (*PRICE_COLUMNS, "volume")
 SUFFIXES = (".csv", ".parquet")
 HOUR_US = 3_600_000_000
+# the models train in float32: a larger value becomes inf there (a price of 1e308 passed float64 checks)
+FLOAT32_MAX = 3.4028234663852886e38
 
 # Binance kline CSV: open_time, open, high, low, close, volume, close_time, quote_volume, trades, ...
 _BINANCE_KLINE = ("open_time", "open", "high", "low", "close", "volume")
@@ -80,7 +82,11 @@ def symbol_files(data_dir: Path) -> dict[str, Path]:
     if not data_dir.is_dir():
         raise DataError(data_dir, "data folder does not exist or is not a folder")
     found: dict[str, Path] = {}
-    for path in sorted(data_dir.iterdir()):
+    try:
+        entries = sorted(data_dir.iterdir())
+    except OSError as exc:
+        raise DataError(data_dir, f"cannot list the data folder ({exc.strerror or exc})") from None
+    for path in entries:
         name = path.name
         low = name.lower()
         if not path.is_file() or not low.endswith(SUFFIXES):
@@ -112,7 +118,13 @@ def find_symbol_file(data_dir: Path, symbol: str) -> Path:
 
 def _read_raw(path: Path) -> pl.DataFrame:
     """Read the file with every column as text (CSV) or as stored (parquet)."""
-    if path.stat().st_size == 0:
+    try:
+        with open(path, "rb"):
+            pass
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    if size == 0:
         raise DataError(path, "file is empty")
     if path.suffix.lower() == ".parquet":
         try:
@@ -134,6 +146,9 @@ def _read_raw(path: Path) -> pl.DataFrame:
             truncate_ragged_lines=False,
         )
     except Exception as exc:
+        bad_row = _first_non_utf8_row(path, headerless)
+        if bad_row is not None:
+            raise DataError(path, "not utf-8 text (a byte that is not valid utf-8)", row=bad_row) from None
         row, problem = _locate_csv_problem(path, headerless)
         if row is not None:
             raise DataError(path, f"cannot parse CSV: {problem}", row=row) from None
@@ -153,6 +168,17 @@ def _read_raw(path: Path) -> pl.DataFrame:
 def _first_line(exc: Exception) -> str:
     """Library errors can span many lines of advice; the CLI promises one line."""
     return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+
+
+def _first_non_utf8_row(path: Path, headerless: bool) -> int | None:
+    """1-based data row (as counted below the header) holding the first byte that is not UTF-8, if any."""
+    with open(path, "rb") as fh:
+        for i, line in enumerate(fh):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return i + 1 if headerless else max(i, 1)
+    return None
 
 
 def _locate_csv_problem(path: Path, headerless: bool) -> tuple[int | None, str]:
@@ -276,6 +302,11 @@ def _parse_values(df: pl.DataFrame, path: Path) -> pl.DataFrame:
             raise DataError(
                 path, f"not a finite number ({str(s[i])!r})", row=_row_no(df, i), column=c
             )
+        big = num.abs() > FLOAT32_MAX
+        if big.any():
+            i = int(big.arg_true()[0])
+            raise DataError(path, f"{str(s[i])!r} is too large for the models' float32 (max {FLOAT32_MAX:.3g})",
+                            row=_row_no(df, i), column=c)
         out.append(num.alias(c))
     return df.with_columns(out)
 

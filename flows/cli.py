@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from features.errors import ConfigError, DataError
+from features.errors import ConfigError, DataError, NothingToShip
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATE = 0, 1, 2, 3
 
@@ -63,33 +63,46 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross,
         force=True if args.force else None,
     )
-    if config.data_dir:
-        # Validate before Prefect starts, so bad input fails fast and writes nothing.
-        from features.ingest import default_cross, load_market
-
-        load_market(config.data_dir, config.target,
-                    config.cross if config.cross is not None else default_cross(config.data_dir, config.target))
     from tasks.store import new_run_id
 
     return _run(config, new_run_id())
 
 
 def _run(config, run_id: str) -> int:
-    from flows.retrain import retrain
-    from tasks.publish import record_run
+    """Check everything knowable first (exit 2, nothing written, no server started), then run the flow on the
+    API named by PREFECT_API_URL or on a temporary local one that dies with this process."""
+    from contextlib import nullcontext
 
-    record_run(Path(config.out_dir).resolve(), run_id, config.model_dump(mode="json", exclude={"force"}))
-    try:
-        path = retrain(config, run_id=run_id)
-    except (DataError, ConfigError):
-        raise
-    except Exception as exc:
-        print(f"macd-ml: run {run_id} failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
-        print(f"macd-ml: finished stages are cached; after fixing the cause, finish it with: "
-              f"macd-ml resume {run_id} --out {config.out_dir}", file=sys.stderr)
-        return EXIT_ERROR
+    from flows.local_api import api_configured, local_api
+    from flows.preflight import preflight
+    from tasks.signing import check_key_outside, signing_key
+
+    check_key_outside(config.out_dir)
+    signing_key()
+    preflight(config)
+    with nullcontext() if api_configured() else local_api():
+        from flows.retrain import retrain
+        from tasks.publish import run_record_path
+
+        try:
+            path = retrain(config, run_id=run_id)
+        except (DataError, ConfigError):
+            raise
+        except NothingToShip as exc:
+            print(f"macd-ml: run {run_id} refused: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_GATE
+        except Exception as exc:
+            print(f"macd-ml: run {run_id} failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+            if run_record_path(Path(config.out_dir).resolve(), run_id).is_file():
+                print(f"macd-ml: finished stages are cached; after fixing the cause, finish it with: "
+                      f"macd-ml resume {run_id} --out {config.out_dir}", file=sys.stderr)
+            else:
+                print("macd-ml: finished stages are cached; after fixing the cause, run the same retrain command "
+                      "again", file=sys.stderr)
+            return EXIT_ERROR
     manifest = json.loads((Path(path) / "manifest.json").read_text())
-    print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts)")
+    note = "" if Path(path).name == run_id else f"; same artifacts as run {Path(path).name}, published earlier"
+    print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts{note})")
     return EXIT_OK
 
 
@@ -99,18 +112,28 @@ def _one_line(exc: BaseException) -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from flows.config import validate_config
-    from tasks.publish import run_record_path
-    from tasks.store import MANIFEST, run_dir
+    from tasks.publish import read_run_record, run_record_path
+    from tasks.store import IntegrityError, run_dir, validate_run_id, verify_run
 
+    run_id = validate_run_id(args.run_id)
     out = args.out or "out"
-    if (run_dir(out, args.run_id) / MANIFEST).is_file():
-        print(f"run {args.run_id} is already complete: {run_dir(out, args.run_id)}")
-        return EXIT_OK
-    record = run_record_path(out, args.run_id)
+    folder = run_dir(out, run_id)
+    if folder.exists():
+        try:
+            verify_run(folder)
+            print(f"run {run_id} is already complete: {folder}")
+            return EXIT_OK
+        except IntegrityError as exc:
+            print(f"macd-ml: {_one_line(exc)}; rebuilding run {run_id}", file=sys.stderr)
+    record = run_record_path(out, run_id)
     if not record.is_file():
-        raise ConfigError(f"{record}: no record of run {args.run_id} under {out} (is --out right?)")
-    config = validate_config(json.loads(record.read_text())["config"])
-    return _run(config, args.run_id)
+        raise ConfigError(f"{record}: no record of run {run_id} under {out} (is --out right? A run whose record "
+                          "could not be written is finished by running the same retrain command again)")
+    try:
+        config = validate_config(read_run_record(out, run_id))
+    except IntegrityError as exc:
+        raise ConfigError(str(exc)) from None
+    return _run(config, run_id)
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -230,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError) as exc:
         print(f"macd-ml: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except NothingToShip as exc:
+        print(f"macd-ml: refused: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_GATE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # anything else: one line plus where to look
-        print(f"macd-ml: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"macd-ml: failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         if os.environ.get("MACD_ML_DEBUG"):
             raise
         return EXIT_ERROR

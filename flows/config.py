@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -48,9 +48,16 @@ class RetrainConfig(BaseModel):
     synthetic: SynthSpec = Field(default_factory=SynthSpec)
     result_storage: str | None = Field(
         default=None,
-        description="Prefect storage block slug for task results (e.g. 's3-bucket/results'); empty = OUT/cache/results",
+        description="folder or fsspec URL (e.g. 's3://bucket/macd-ml-results') where task results persist, signed "
+        "with the key in MACD_ML_KEY_FILE; empty = OUT/cache/results",
     )
     force: bool = Field(default=False, description="recompute every stage, ignoring the cache")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        _reject_booleans(cls, data)  # the UI's form and the CLI both pass through here
+        return data
 
     @field_validator("target")
     @classmethod
@@ -107,9 +114,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_bytes().decode("utf-8")
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{p}: not UTF-8 text (invalid byte at line {line})") from None
         try:
             data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
@@ -127,7 +137,47 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate_config(data)
 
 
+def _reject_booleans(model: type[BaseModel], data: Any, path: str = "") -> None:
+    """pydantic (lax mode) reads ``true`` as 1 for an int field: ``horizons=[true]`` would mean 1 hour.
+    A boolean is accepted only where the field is a boolean."""
+    if not isinstance(data, dict):
+        return
+    for name, field in model.model_fields.items():
+        if name not in data:
+            continue
+        key = f"{path}{name}"
+        ann = field.annotation
+        value = data[name]
+        sub = _model_in(ann)
+        if sub is not None:
+            _reject_booleans(sub, value, key + ".")
+            if isinstance(value, list):
+                for v in value:
+                    _reject_booleans(sub, v, key + ".")
+            continue
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in values) and not _allows_bool(ann):
+            raise ConfigError(f"config key '{key}': expected a number, got a boolean ({value!r})")
+
+
+def _allows_bool(ann: Any) -> bool:
+    if ann is bool or ann is Any:
+        return True
+    return any(_allows_bool(a) for a in get_args(ann))
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in get_args(ann):
+        found = _model_in(a)
+        if found is not None:
+            return found
+    return None
+
+
 def validate_config(data: dict[str, Any]) -> RetrainConfig:
+    _reject_booleans(RetrainConfig, data)
     try:
         return RetrainConfig.model_validate(data)
     except ValidationError as exc:

@@ -12,15 +12,14 @@ Tasks pass references (paths + sha256), never frames.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.filesystems import LocalFileSystem
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from features.labels import label_name
+from flows import logs
 from flows.config import RetrainConfig
 from models.device import cuda_available, parallel_tasks
 from models.evaluate import auc_se, cross_gain, importance_share, model_metrics
@@ -36,10 +35,15 @@ from tasks.data import (
     load_labels,
     synthetic_market_task,
 )
-from tasks.publish import promote_task, publish_run_task
+from flows.preflight import preflight
+from tasks.publish import promote_task, publish_run_task, record_run
 from tasks.report import publish_ui_artifacts, report_task
+from tasks.results import SafeJSONSerializer, result_storage_block
+from tasks.signing import check_key_outside
 from tasks.stack import stack_task
-from tasks.store import ArtifactRef, new_run_id, read_json, read_parquet, read_text, run_dir
+from tasks.store import (
+    ArtifactRef, clean_stale_temp, new_run_id, read_json, read_parquet, read_text, validate_run_id,
+)
 from tasks.train import assemble_task, fit_fold_task, refit_task
 
 
@@ -52,19 +56,10 @@ def _run_id() -> str:
     return new_run_id()
 
 
-def _result_storage(config: RetrainConfig, out: Path) -> str:
-    """Where task results (small JSON references) persist: a block slug from the config, or a local-file-system
-    block under ``OUT/cache/results`` (Prefect needs storage blocks saved server-side, so we save it)."""
-    if config.result_storage:
-        return config.result_storage
-    path = out / "cache" / "results"
-    name = "macd-ml-results-" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    LocalFileSystem(basepath=str(path)).save(name, overwrite=True)
-    return f"local-file-system/{name}"
-
-
 def _cache_options(config: RetrainConfig, out: Path) -> dict:
-    return {"result_storage": _result_storage(config, out), "refresh_cache": config.force or None}
+    """Task results (small JSON references) persist, signed, under ``OUT/cache/results`` or ``result_storage``."""
+    location = config.result_storage or str(out / "cache" / "results")
+    return {"result_storage": result_storage_block(location), "refresh_cache": config.force or None}
 
 
 def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref: ArtifactRef, config: RetrainConfig):
@@ -142,6 +137,16 @@ def _metrics(config, market, feats, labels, folds, tables, training, refits, sta
     return metrics
 
 
+def _timings(fold_outputs, refits) -> dict:
+    """Wall-clock fit seconds per task: published beside metrics.json, never part of a cache key."""
+    out: dict[str, dict] = {}
+    for fo in fold_outputs:
+        out.setdefault(fo.model, {"folds": {}})["folds"][str(fo.fold)] = fo.seconds
+    for r in refits:
+        out.setdefault(r.model, {"folds": {}})["refit"] = r.seconds
+    return {"fit_seconds": out}
+
+
 def _training_summary(fold_outputs, refits) -> dict:
     out: dict[str, dict] = {}
     for fo in fold_outputs:
@@ -153,19 +158,25 @@ def _training_summary(fold_outputs, refits) -> dict:
     return out
 
 
-@flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=parallel_tasks()))
+@flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=parallel_tasks()),
+      result_serializer=SafeJSONSerializer(), persist_result=False)
 def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) -> str:
     """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market), publish the run
     folder ``OUT/runs/RUN_ID`` and promote it to ``OUT/current``. Returns the run folder's path.
 
     ``run_id`` resumes a failed run under its own id (``macd-ml resume``): every task that finished comes
     back Cached and only what failed, and what depends on it, runs again. An unchanged re-run publishes
-    nothing new: it returns the earlier run folder with identical content."""
+    nothing new: it returns the earlier run folder with identical content (verified first)."""
+    logs.install()
     log = get_run_logger()
     out = Path(config.out_dir).resolve()
-    run_id = run_id or _run_id()
+    run_id = validate_run_id(run_id) if run_id else _run_id()
+    check_key_outside(out)
+    preflight(config)  # everything knowable from the config and the data's shape, before the first write
+    for p in clean_stale_temp(out):
+        log.info("removed %s, left by a writer that was killed", p)
+    _record(log, out, run_id, config)
     cached = _cache_options(config, out)
-    log.info("run id %s (resume with: macd-ml resume %s --out %s)", run_id, run_id, out)
 
     data_dir = config.data_dir or synthetic_market_task.with_options(**cached)(config.synthetic, str(out))
     market = ingest_task.with_options(**cached)(str(data_dir), config.target, config.cross)
@@ -202,12 +213,28 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
     for r in refits:
         for fname, ref in r.files.items():
             artifacts[f"models/{r.model}/{fname}"] = ref
-    manifest = publish_run_task.with_options(**cached)(
+    # publication is content-addressed: --force recomputes the stages, and identical results publish no duplicate
+    run = publish_run_task.with_options(result_storage=cached["result_storage"])(
         str(out), run_id, artifacts,
         {"config.json": config.model_dump(mode="json", exclude={"force"}), "metrics.json": metrics},
+        timings=_timings(fold_outputs, refits),
     )
-    promoted = promote_task.with_options(**cached)(str(out), manifest)
-    publish_ui_artifacts({"run_id": promoted, **metrics}, read_text(report["report.md"]))
-    path = run_dir(out, promoted)
-    log.info("run folder: %s", path)
-    return str(path)
+    promote_task(str(out), run)
+    if run.run_id != run_id:
+        log.info("run %s produced exactly the artifacts of run %s, published earlier; nothing new was written",
+                 run_id, run.run_id)
+    publish_ui_artifacts({"run_id": run.run_id, **metrics}, read_text(report["report.md"]))
+    log.info("run folder: %s", run.path)
+    return run.path
+
+
+def _record(log, out: Path, run_id: str, config: RetrainConfig) -> None:
+    """Write the run's config so `macd-ml resume RUN_ID` can finish it, then say how to resume; if the record
+    cannot be written, say the command that does work for this run instead."""
+    try:
+        record_run(out, run_id, config.model_copy(update={"out_dir": str(out)}).model_dump(mode="json", exclude={"force"}))
+    except OSError as exc:
+        log.warning("could not record run %s for `macd-ml resume` (%s); to finish it after a failure use: "
+                    "prefect flow-run retry %s", run_id, exc, flow_run.get_id())
+        return
+    log.info("run id %s (resume with: macd-ml resume %s --out %s)", run_id, run_id, out)

@@ -69,6 +69,17 @@ def make_model(name: str, params: BaseModel, feature_names: list[str], horizons:
     return cls(cls.Params.model_validate(params.model_dump()), feature_names, horizons)
 
 
+def min_fit_rows(name: str, params: BaseModel) -> tuple[int, str]:
+    """Fewest labelled fitting rows with which a model can learn more than a constant, and why."""
+    if name in ("lgb", "lgb_cross"):
+        return 2 * params.min_data_in_leaf, f"two leaves of models.{name}.min_data_in_leaf={params.min_data_in_leaf}"
+    if name == "xgb":
+        # a leaf needs a hessian sum >= min_child_weight; p(1-p) <= 1/4, so >= 4 * min_child_weight rows a leaf
+        need = max(2, int(8 * params.min_child_weight))
+        return need, f"two leaves of models.xgb.min_child_weight={params.min_child_weight} (4 rows per unit of weight)"
+    return max(100, 2 * params.window), "a few batches of windows"
+
+
 def load_model(name: str, folder) -> Model:
     return MODEL_CLASSES[name].load(folder)
 

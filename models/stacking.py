@@ -29,11 +29,13 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize
 
+from features.errors import NothingToShip
 from features.labels import label_name
 from models.evaluate import auc_se, prediction_columns
 from models.train import auc
 
 EPS = 1e-4
+MIN_INNER_BLOCK = 20
 
 
 class StackSpec(BaseModel):
@@ -125,12 +127,16 @@ def fit_meta(P: np.ndarray, y: np.ndarray, models: list[str], C: float, nonneg: 
 # --------------------------------------------------------------------------------------------- inner CV
 
 
+def inner_block_size(n_rows: int, n_blocks: int, min_train_fraction: float) -> int:
+    return (n_rows - int(n_rows * min_train_fraction)) // n_blocks
+
+
 def inner_blocks(ts_us: np.ndarray, n_blocks: int, min_train_fraction: float, embargo_hours: int):
     """Yield (train_idx, test_idx) over time-sorted rows: expanding, purged by ``t + embargo < test start``."""
     n = len(ts_us)
     start = int(n * min_train_fraction)
-    size = (n - start) // n_blocks
-    if size < 20:
+    size = inner_block_size(n, n_blocks, min_train_fraction)
+    if size < MIN_INNER_BLOCK:
         raise ValueError(f"{n} OOF rows are too few for {n_blocks} inner folds")
     gap = embargo_hours * 3_600_000_000
     for k in range(n_blocks):
@@ -205,7 +211,9 @@ def stack_horizon(oof: pl.DataFrame, models: list[str], h: int, spec: StackSpec,
             dropped[weaker] = f"redundant with {b if weaker == a else a} (corr {pair['corr']:.3f})"
     kept = [m for m in models if m not in dropped]
     if not kept:
-        raise ValueError(f"h={h}: every model was dropped ({dropped}); nothing to ship")
+        raise NothingToShip(
+            f"h={h}: every model was left out of the stack ({', '.join(f'{m}: {r}' for m, r in dropped.items())}); "
+            "nothing can ship. More data or other model parameters can help; rerunning cannot")
     P = P_all[:, [models.index(m) for m in kept]]
 
     c_scores: dict[str, float | None] = {}

@@ -13,8 +13,7 @@ import uuid
 from pathlib import Path
 
 import polars as pl
-from prefect import get_run_logger, task
-from prefect.serializers import JSONSerializer
+from prefect import get_run_logger
 from pydantic import BaseModel
 
 from features import CODE_VERSION
@@ -25,19 +24,11 @@ from features.labels import label_name, make_labels
 from features.spec import FeatureSpec
 from features.splits import FoldSpec, Folds, check_folds, make_folds
 from features.synth import SynthSpec, synth_market, write_market
-from tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, content_key, retry_on_oserror
+from tasks.policy import content_key
+from tasks.results import cached_task, result_type
 from tasks.store import ArtifactRef, cache_dir, read_json, read_parquet, ref_for, write_bytes, write_json, write_parquet
 
-CACHED = dict(
-    persist_result=True,
-    result_serializer=JSONSerializer(),
-    retries=WRITE_RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_on_oserror,
-)
-
-
+@result_type
 class MarketRef(BaseModel):
     """Validated inputs: which files, their hashes, and what ingest found (gaps, rows, span)."""
 
@@ -54,6 +45,7 @@ class MarketRef(BaseModel):
         return {"market": self.fingerprint, "target": self.target, "cross": self.cross}
 
 
+@result_type
 class TableRef(BaseModel):
     """The feature table on disk plus what travels with it: names and fingerprint."""
 
@@ -98,7 +90,7 @@ def resolve_cross(data_dir: str, target: str, cross: list[str] | None) -> list[s
 # --------------------------------------------------------------------------------------------- tasks
 
 
-@task(name="synthetic-market", cache_key_fn=content_key("synthetic"), **CACHED)
+@cached_task(name="synthetic-market", cache_key_fn=content_key("synthetic"))
 def synthetic_market_task(spec: SynthSpec, out_dir: str) -> str:
     """Generate (or reuse) the deterministic synthetic market for ``spec``; return its folder.
 
@@ -128,7 +120,7 @@ def _ingest_key(context, parameters: dict) -> str:
                                            "cross": cross, "files": digest})
 
 
-@task(name="ingest", cache_key_fn=_ingest_key, **CACHED)
+@cached_task(name="ingest", cache_key_fn=_ingest_key)
 def ingest_task(data_dir: str, target: str, cross: list[str] | None) -> MarketRef:
     """Read and validate every input file; nothing is written. Cached on the files' content."""
     cross = resolve_cross(data_dir, target, cross)
@@ -142,7 +134,7 @@ def ingest_task(data_dir: str, target: str, cross: list[str] | None) -> MarketRe
     return ref
 
 
-@task(name="features", cache_key_fn=content_key("features"), **CACHED)
+@cached_task(name="features", cache_key_fn=content_key("features"))
 def features_task(market: MarketRef, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: str) -> TableRef:
     table = build_features(reload_market(market), spec, gap_tolerance_hours)
     folder = cache_dir(out_dir, "features", table.fingerprint)
@@ -165,7 +157,7 @@ def features_task(market: MarketRef, spec: FeatureSpec, gap_tolerance_hours: int
     return TableRef(data=data, meta=meta, names=table.names, fingerprint=table.fingerprint, n_rows=table.frame.height)
 
 
-@task(name="labels", cache_key_fn=content_key("labels"), **CACHED)
+@cached_task(name="labels", cache_key_fn=content_key("labels"))
 def labels_task(
     market: MarketRef, features: TableRef, horizons: list[int], dead_zone_bps: float, gap_tolerance_hours: int,
     out_dir: str,
@@ -184,7 +176,7 @@ def labels_task(
     return ref
 
 
-@task(name="folds", cache_key_fn=content_key("folds"), **CACHED)
+@cached_task(name="folds", cache_key_fn=content_key("folds"))
 def folds_task(features: TableRef, horizons: list[int], spec: FoldSpec, out_dir: str) -> ArtifactRef:
     ts = read_parquet(features.data)["timestamp"]
     folds = make_folds(ts, horizons, spec)

@@ -1,76 +1,100 @@
-"""Publishing a run: copy cached artifacts into ``OUT/runs/RUN_ID/``, write documents, manifest last."""
+"""Publishing a run: copy cached artifacts into ``OUT/runs/RUN_ID/`` (built in a staging folder, signed manifest
+last, renamed into place), promote it, and remember each run's config so ``macd-ml resume`` can finish it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.serializers import JSONSerializer
+from prefect.cache_policies import NO_CACHE
 
 from tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, content_key, retry_on_oserror
+from tasks.results import cached_task
+from tasks.signing import sign, verify_signature
 from tasks.store import (
-    MANIFEST, ArtifactRef, copy_file, promote, ref_for, run_dir, verify_run, write_json, write_manifest,
+    ArtifactRef, IntegrityError, RunRef, copy_file, promote, publish_run, read_manifest, validate_run_id,
+    write_json,
 )
-
-
-class RunAlreadyComplete(RuntimeError):
-    """A run folder with a manifest is immutable."""
 
 
 def _publish_key(context, parameters: dict) -> str:
-    """Same content -> same key, whatever the run id: an unchanged re-run reuses the earlier run folder."""
-    return content_key("publish")(context, {k: v for k, v in parameters.items() if k != "run_id"})
+    """Content only: not the run id (an unchanged re-run reuses the earlier, identical run folder) and not the
+    wall-clock timings (a forced recompute of the same content publishes no duplicate)."""
+    keyed = {k: v for k, v in parameters.items() if k not in ("run_id", "timings")}
+    return content_key("publish")(context, keyed)
 
 
-@task(
-    name="publish-run",
-    cache_key_fn=_publish_key,
-    persist_result=True,
-    result_serializer=JSONSerializer(),
-    retries=WRITE_RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_on_oserror,
-)
+@cached_task(name="publish-run", cache_key_fn=_publish_key)
 def publish_run_task(
-    out_dir: str, run_id: str, artifacts: dict[str, ArtifactRef], documents: dict[str, dict]
-) -> ArtifactRef:
-    """Copy ``artifacts`` (relative path -> cached artifact), write ``documents`` (relative path -> JSON) into the run
-    folder, then ``manifest.json``. Files already there from an interrupted attempt are
-    overwritten atomically; a folder that already has a manifest is never touched."""
-    run = run_dir(out_dir, run_id)
-    if (run / MANIFEST).exists():
-        verify_run(run)
-        return ref_for(run / MANIFEST)
-    written: dict[str, ArtifactRef] = {}
+    out_dir: str, run_id: str, artifacts: dict[str, ArtifactRef], documents: dict[str, dict],
+    timings: dict | None = None,
+) -> RunRef:
+    """Copy ``artifacts`` (relative path -> cached artifact) and write ``documents`` (relative path -> JSON) into
+    the run folder, manifest last. The folder appears under its final name only when complete; a folder that
+    already holds this run id complete is returned untouched (runs are immutable).
+
+    The cache record of this task is a :class:`~tasks.store.RunRef`: before it is reused, the run folder it names
+    is verified, so a damaged or deleted run is published again instead of being served."""
     if "metrics.json" in documents:
         documents = {**documents, "metrics.json": {"run_id": run_id, **documents["metrics.json"]}}
-    for rel, ref in artifacts.items():
-        written[rel] = copy_file(ref, run / rel)
-    for rel, doc in documents.items():
-        written[rel] = write_json(run / rel, doc)
-    manifest = write_manifest(run, written)
-    get_run_logger().info("run %s published: %d artifacts in %s", run_id, len(written), run)
-    return manifest
+    if timings is not None:
+        documents = {**documents, "timings.json": timings}
+
+    def fill(folder: Path) -> dict[str, ArtifactRef]:
+        written = {rel: copy_file(ref, folder / rel) for rel, ref in artifacts.items()}
+        written.update({rel: write_json(folder / rel, doc) for rel, doc in documents.items()})
+        return written
+
+    ref = publish_run(out_dir, run_id, fill)
+    get_run_logger().info("run %s published: %d artifacts in %s", ref.run_id, len(read_manifest(ref.path)["artifacts"]),
+                          ref.path)
+    return ref
+
+
+@task(name="promote", cache_policy=NO_CACHE, persist_result=False, retries=WRITE_RETRIES,
+      retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_on_oserror)
+def promote_task(out_dir: str, run: RunRef) -> str:
+    """Move ``OUT/current`` to the published run (verified again, under a lock). Never cached: after every
+    successful run ``current`` points at the run it returned, even when an earlier run was promoted since."""
+    promote(out_dir, run.run_id)
+    get_run_logger().info("promoted %s to %s/current", run.run_id, out_dir)
+    return run.run_id
+
+
+# --------------------------------------------------------------------------------------------- run records
+
+_RECORD_PURPOSE = "run-record"
 
 
 def run_record_path(out_dir: str | Path, run_id: str) -> Path:
-    return Path(out_dir) / "cache" / "run-configs" / f"{run_id}.json"
+    return Path(out_dir) / "cache" / "run-configs" / f"{validate_run_id(run_id)}.json"
 
 
 def record_run(out_dir: str | Path, run_id: str, config: dict) -> ArtifactRef:
-    """Remember a run's validated config outside the (immutable) run folder, so ``macd-ml resume RUN_ID``
-    can finish it later under the same id. (Runs started from the UI resume with Prefect's Retry.)"""
-    return write_json(run_record_path(out_dir, run_id), {"run_id": run_id, "config": config})
+    """Remember a run's validated config (signed) outside the immutable run folder, so ``macd-ml resume RUN_ID``
+    can finish any run the flow started: from the CLI, the UI or a schedule."""
+    body = {"run_id": run_id, "config": config}
+    return write_json(run_record_path(out_dir, run_id), {**body, "signature": _record_signature(run_id, body)})
 
 
-@task(name="promote", cache_key_fn=content_key("promote"), persist_result=True, result_serializer=JSONSerializer(),
-      retries=WRITE_RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=RETRY_JITTER,
-      retry_condition_fn=retry_on_oserror)
-def promote_task(out_dir: str, manifest: ArtifactRef) -> str:
-    """Move ``OUT/current`` to the published run, atomically and under a lock. Reached only when every stage
-    finished and metrics.json is written (the health gate plugs in here). Returns the run id."""
-    run = Path(manifest.path).parent
-    promote(out_dir, run.name)
-    get_run_logger().info("promoted %s to %s/current", run.name, out_dir)
-    return run.name
+def _record_signature(run_id: str, body: dict) -> str:
+    import json
+
+    return sign(_RECORD_PURPOSE, run_id, json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def read_run_record(out_dir: str | Path, run_id: str) -> dict:
+    """The config a run was started with; IntegrityError if the record was changed on disk."""
+    import json
+
+    path = run_record_path(out_dir, run_id)
+    try:
+        doc = json.loads(path.read_text())
+        body = {"run_id": doc["run_id"], "config": doc["config"]}
+        ok = doc["run_id"] == run_id and verify_signature(_RECORD_PURPOSE, run_id, json.dumps(
+            body, sort_keys=True, separators=(",", ":")).encode(), doc.get("signature", ""))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{path}: unreadable run record ({exc})") from None
+    if not ok:
+        raise IntegrityError(f"{path}: run record signature missing or wrong; refusing to resume from it")
+    return doc["config"]

@@ -8,13 +8,12 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from models.plots import render_plots
 from models.report import render_report
-from tasks.data import CACHED
 from tasks.policy import content_key
+from tasks.results import cached_task
 from tasks.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
 
 REPORT_CODE = "report-1"
@@ -46,7 +45,7 @@ def write_report(folder: Path, metrics: dict, oof: pl.DataFrame, holdout: pl.Dat
     return refs
 
 
-@task(name="report", cache_key_fn=content_key("report", REPORT_CODE), **CACHED)
+@cached_task(name="report", cache_key_fn=content_key("report", REPORT_CODE))
 def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict[str, ArtifactRef],
                 importance: dict[str, ArtifactRef], out_dir: str) -> dict[str, ArtifactRef]:
     key = content_key("report", REPORT_CODE)(None, dict(m=metrics, t=tables, s=stack_files, i=importance))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from models.stacking import StackSpec, meta_document, stack_all
-from tasks.data import CACHED
 from tasks.policy import content_key
+from tasks.results import cached_task
 from tasks.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
 
 STACK_CODE = "stack-1"
 
 
-@task(name="stack", cache_key_fn=content_key("stack", STACK_CODE), **CACHED)
+@cached_task(name="stack", cache_key_fn=content_key("stack", STACK_CODE))
 def stack_task(
     tables: dict[str, ArtifactRef], models: list[str], horizons: list[int], spec: StackSpec, embargo_hours: int,
     collapsed: dict[str, bool], out_dir: str,

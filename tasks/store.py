@@ -22,6 +22,7 @@ import json
 import os
 import pwd
 import random
+import re
 import shutil
 import stat
 import time
@@ -45,6 +46,10 @@ class ArtifactRef(BaseModel):
     path: str
     sha256: str
     bytes: int
+
+    def verify_integrity(self) -> None:
+        """Called on every reference in a cached task result before the cache is trusted."""
+        verify(self)
 
 
 class IntegrityError(RuntimeError):
@@ -107,8 +112,11 @@ def _describe(path: Path) -> str:
 
 def _write_error(dest: Path, exc: OSError) -> ArtifactWriteError:
     whoami = pwd.getpwuid(os.geteuid()).pw_name if hasattr(os, "geteuid") else "this user"
-    if exc.errno in (errno.EACCES, errno.EPERM):
+    if exc.errno == errno.EACCES:
         fix = f"give {whoami} write access to that folder (chown/chmod), or point --out somewhere writable"
+    elif exc.errno == errno.EPERM:
+        fix = ("not permitted whatever the permissions: the file or folder is probably immutable or append-only "
+               "(check with lsattr, clear with chattr -i / chattr -a), or the file system forbids the operation")
     elif exc.errno == errno.EROFS:
         fix = "the file system is read-only; point --out at a writable folder"
     elif exc.errno == errno.ENOSPC:
@@ -154,7 +162,7 @@ def atomic_write(dest: Path | str, writer: Callable[[Path], None], attempts: int
 
 
 def _atomic_write_once(dest: Path, writer: Callable[[Path], None]) -> ArtifactRef:
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = dest.with_name(temp_name(dest.name))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         writer(tmp)
@@ -163,15 +171,38 @@ def _atomic_write_once(dest: Path, writer: Callable[[Path], None]) -> ArtifactRe
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
+        _failpoint(dest)
     except OSError as exc:
         _unlink_quietly(tmp)
         if isinstance(exc, ArtifactWriteError):
             raise
-        raise _write_error(dest, exc) from exc
+        raise _write_error(dest, exc) from None
     except BaseException:
         _unlink_quietly(tmp)
         raise
     return ref_for(dest)
+
+
+FAILPOINT_ENV = "MACD_ML_FAILPOINT"
+_failpoint_count = 0
+
+
+def _failpoint(dest: Path) -> None:
+    """Fault injection for tests (like etcd's failpoints): ``MACD_ML_FAILPOINT=kill-after-writes:GLOB:N``
+    SIGKILLs this process right after its N-th completed write to a path matching GLOB, to test what a killed
+    writer leaves behind. Unset (always, outside tests) it costs one environment lookup."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if not spec:
+        return
+    import fnmatch
+    import signal
+
+    global _failpoint_count
+    kind, pattern, n = spec.split(":", 2)
+    if kind == "kill-after-writes" and fnmatch.fnmatch(str(dest), pattern):
+        _failpoint_count += 1
+        if _failpoint_count >= int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _unlink_quietly(p: Path) -> None:
@@ -243,7 +274,59 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
+# --------------------------------------------------------------------------------------------- temp files
+
+
+def temp_name(name: str) -> str:
+    """``.NAME.PID.RANDOM.tmp``: the writer's pid lets a later run remove what a killed writer left behind
+    without touching the temp files of a run that is still going."""
+    return f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+_STAGING_RE = re.compile(r"^\.staging-.+-(\d+)-[0-9a-f]{8}$")
+LEGACY_TEMP_AGE_S = 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temp(out_dir: Path | str) -> list[Path]:
+    """Remove temp files and half-built run folders whose writer is gone (killed mid-write). Returns them."""
+    out = Path(out_dir)
+    removed: list[Path] = []
+    if not out.is_dir():
+        return removed
+    now = time.time()
+    for p in out.rglob(".*"):
+        m = _TEMP_RE.match(p.name) or _STAGING_RE.match(p.name)
+        try:
+            if m:
+                stale = not _pid_alive(int(m.group(1)))
+            elif p.name.endswith(".tmp") and p.is_file():  # an older writer's name without a pid
+                stale = now - p.stat().st_mtime > LEGACY_TEMP_AGE_S
+            else:
+                continue
+            if stale:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                removed.append(p)
+        except OSError:
+            continue  # not ours to fix now; the next run tries again
+    return removed
+
+
 # --------------------------------------------------------------------------------------------- layout
+
+RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
 def new_run_id(suffix: str | None = None) -> str:
@@ -251,34 +334,177 @@ def new_run_id(suffix: str | None = None) -> str:
     return f"{stamp}-{(suffix or uuid.uuid4().hex)[:8]}"
 
 
+def validate_run_id(run_id: str) -> str:
+    """Run ids name folders under ``OUT/runs``: only the project's own format (``20250101T003000Z-1a2b3c4d``)
+    is accepted, so a run id can never point outside that folder."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+        from features.errors import ConfigError
+
+        raise ConfigError(f"run id {run_id!r} is not a macd-ml run id (expected YYYYMMDDTHHMMSSZ-xxxxxxxx)")
+    return run_id
+
+
 def cache_dir(out_dir: Path | str, stage: str, key: str) -> Path:
     return Path(out_dir) / "cache" / stage / key[:32]
 
 
 def run_dir(out_dir: Path | str, run_id: str) -> Path:
-    return Path(out_dir) / "runs" / run_id
+    return Path(out_dir) / "runs" / validate_run_id(run_id)
 
 
-def write_manifest(run_path: Path, artifacts: dict[str, ArtifactRef], extra: dict | None = None) -> ArtifactRef:
-    """Write ``manifest.json`` last: every artifact with relative path, bytes and sha256."""
-    entries = []
-    for rel, ref in sorted(artifacts.items()):
-        p = run_path / rel
-        if Path(ref.path).resolve() != p.resolve():
-            raise ValueError(f"manifest entry {rel} points outside the run folder: {ref.path}")
-        entries.append({"path": rel, "bytes": ref.bytes, "sha256": ref.sha256})
-    body = {"run_id": run_path.name, "written_at": datetime.now(timezone.utc).isoformat(), "artifacts": entries}
+# --------------------------------------------------------------------------------------------- manifests
+
+_MANIFEST_PURPOSE = "run-manifest"
+
+
+def _manifest_body(manifest: dict) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def manifest_document(run_id: str, artifacts: dict[str, ArtifactRef], extra: dict | None = None) -> dict:
+    """Every artifact with relative path, bytes and sha256, signed (HMAC, key outside OUT)."""
+    from tasks import signing
+
+    entries = [{"path": rel, "bytes": ref.bytes, "sha256": ref.sha256} for rel, ref in sorted(artifacts.items())]
+    body = {"run_id": run_id, "written_at": datetime.now(timezone.utc).isoformat(), "artifacts": entries}
     body.update(extra or {})
-    return write_json(run_path / MANIFEST, body)
+    body["signature"] = signing.sign(_MANIFEST_PURPOSE, run_id, _manifest_body(body))
+    return body
 
 
-def verify_run(run_path: Path | str) -> dict:
-    """Check every artifact listed in a run's manifest; return the manifest."""
-    run_path = Path(run_path)
-    manifest = json.loads((run_path / MANIFEST).read_text())
-    for e in manifest["artifacts"]:
-        verify(ArtifactRef(path=str(run_path / e["path"]), sha256=e["sha256"], bytes=e["bytes"]))
+def write_manifest(run_path: Path, artifacts: dict[str, ArtifactRef], extra: dict | None = None,
+                   run_id: str | None = None) -> ArtifactRef:
+    """Write ``manifest.json`` last. ``run_id`` defaults to the folder's name (a staging folder passes it)."""
+    for rel, ref in artifacts.items():
+        if Path(ref.path).resolve() != (run_path / rel).resolve():
+            raise ValueError(f"manifest entry {rel} points outside the run folder: {ref.path}")
+        _check_relative(rel)
+    return write_json(run_path / MANIFEST, manifest_document(run_id or run_path.name, artifacts, extra))
+
+
+def _check_relative(rel: str) -> None:
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise IntegrityError(f"manifest entry {rel!r} is not a plain relative path")
+
+
+def read_manifest(run_path: Path | str) -> dict:
+    path = Path(run_path) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: missing; a run folder without a manifest is not a complete run") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{path}: unreadable or not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
+        raise IntegrityError(f"{path}: not a run manifest (no artifact list)")
     return manifest
+
+
+def verify_run(run_path: Path | str, signed: bool = True) -> dict:
+    """Check a run folder against its manifest: every listed artifact exists with its sha256, and (``signed``)
+    the manifest carries this installation's signature for this run id, so a manifest rewritten together with
+    the files it lists is refused too. Returns the manifest; raises IntegrityError naming what is wrong.
+
+    ``signed=False`` is for reading a run folder made elsewhere (a copy from another machine) as input."""
+    from tasks import signing
+
+    run_path = Path(run_path)
+    manifest = read_manifest(run_path)
+    run_id = manifest.get("run_id", "")
+    if signed:
+        if run_id != run_path.resolve().name:
+            raise IntegrityError(f"{run_path / MANIFEST}: written for run {run_id!r}, found in folder {run_path.name!r}")
+        sig = manifest.get("signature")
+        if not isinstance(sig, str) or not signing.verify_signature(_MANIFEST_PURPOSE, run_id, _manifest_body(manifest), sig):
+            raise IntegrityError(f"{run_path / MANIFEST}: signature missing or wrong (the manifest was changed, or the "
+                                 "run was made with another signing key)")
+    for e in manifest["artifacts"]:
+        try:
+            _check_relative(e["path"])
+            ref = ArtifactRef(path=str(run_path / e["path"]), sha256=e["sha256"], bytes=e["bytes"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{run_path / MANIFEST}: malformed entry {e!r} ({exc})") from None
+        verify(ref)
+    return manifest
+
+
+class RunRef(BaseModel):
+    """A published run folder: what the publish task returns (and what its cache record must still match)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    path: str
+    manifest_sha256: str
+
+    def verify_integrity(self) -> None:
+        verify(ArtifactRef(path=str(Path(self.path) / MANIFEST), sha256=self.manifest_sha256, bytes=0))
+        verify_run(self.path)
+
+
+def publish_run(out_dir: Path | str, run_id: str, fill: Callable[[Path], dict[str, ArtifactRef]]) -> RunRef:
+    """Build ``OUT/runs/RUN_ID`` so that a half-written folder can never be mistaken for a run.
+
+    ``fill(folder)`` writes every artifact into a staging sibling (``runs/.staging-RUN_ID-PID-xxxx``) and returns
+    relative path -> ref; the signed manifest is written last and the folder is renamed into place in one step.
+    A complete, intact folder already at that id is returned as it is (runs are immutable); a damaged one is
+    moved to ``runs/.quarantine/`` (kept for inspection, never served) and the run is built again."""
+    final = run_dir(out_dir, run_id)
+    runs = final.parent
+    if final.exists():
+        try:
+            verify_run(final)
+            return run_ref(final)
+        except IntegrityError as exc:
+            _quarantine(final, str(exc))
+    staging = runs / f".staging-{run_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        try:
+            staging.mkdir(parents=True)
+        except OSError as exc:
+            raise _write_error(staging, exc) from None
+        artifacts = fill(staging)
+        write_manifest(staging, artifacts, run_id=run_id)
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            if final.exists():  # another process published the same run id first
+                verify_run(final)
+                return run_ref(final)
+            raise _write_error(final, exc) from None
+        _fsync_dir(runs)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return run_ref(final)
+
+
+def load_run_model(run_path: Path | str, name: str):
+    """Load one model of a run folder, after verifying the whole run against its signed manifest."""
+    from models.registry import load_model
+
+    run_path = Path(run_path)
+    verify_run(run_path)
+    return load_model(name, run_path / "models" / name)
+
+
+def run_ref(run_path: Path) -> RunRef:
+    return RunRef(run_id=run_path.name, path=str(run_path.resolve()), manifest_sha256=sha256_file(run_path / MANIFEST))
+
+
+def _quarantine(folder: Path, why: str) -> Path:
+    dest = folder.parent / ".quarantine" / f"{folder.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:4]}"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(folder, dest)
+    except OSError as exc:
+        raise _write_error(folder, exc) from None
+    import logging
+
+    logging.getLogger("prefect.macd_ml.store").warning("%s is damaged (%s); moved to %s and rebuilt", folder, why, dest)
+    return dest
 
 
 # --------------------------------------------------------------------------------------------- promotion
@@ -289,9 +515,9 @@ CURRENT = "current"
 def promote(out_dir: Path | str, run_id: str) -> Path:
     """Point ``OUT/current`` at ``runs/RUN_ID`` atomically, one promotion at a time.
 
-    Under an exclusive lock on ``OUT/.promote.lock`` the run is verified against its manifest, a new symlink
-    is created beside ``current`` and renamed over it (``rename`` is atomic), so a reader always sees the old
-    run or the new one. Earlier runs are never touched."""
+    Under an exclusive lock on ``OUT/.promote.lock`` the run is verified against its signed manifest, a new
+    symlink is created beside ``current`` and renamed over it (``rename`` is atomic), so a reader always sees
+    the old run or the new one. Earlier runs are never touched."""
     import fcntl
 
     out = Path(out_dir)
@@ -301,18 +527,18 @@ def promote(out_dir: Path | str, run_id: str) -> Path:
     try:
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
     except OSError as exc:
-        raise _write_error(lock_path, exc) from exc
+        raise _write_error(lock_path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         link = out / CURRENT
-        tmp = out / f".{CURRENT}.{uuid.uuid4().hex[:8]}"
+        tmp = out / temp_name(CURRENT)
         try:
             os.symlink(Path("runs") / run_id, tmp)
             os.replace(tmp, link)
             _fsync_dir(out)
         except OSError as exc:
             _unlink_quietly(tmp)
-            raise _write_error(link, exc) from exc
+            raise _write_error(link, exc) from None
         return link
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

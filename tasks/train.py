@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from pydantic import BaseModel
 
 from features.labels import label_name
@@ -21,25 +21,37 @@ from models.base import MODELS_VERSION, Rows
 from models.evaluate import prediction_columns
 from models.registry import load_model, make_model, select_features
 from models.train import build_dataset, train_fold
-from tasks.data import CACHED, TableRef, load_folds
+from tasks.data import TableRef, load_folds
 from tasks.policy import content_key
+from tasks.results import cached_task, result_type
 from tasks.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json, write_parquet
 
 TRAIN_CODE = f"{MODELS_VERSION}"
 
 
+@result_type
 class FoldOutput(BaseModel):
     model: str
     fold: int
     predictions: ArtifactRef  # parquet: row, timestamp, p_<h> per horizon
-    summary: dict
+    summary: dict  # deterministic: what the fit chose (best iteration, device, collapse check)
+    seconds: float = 0.0  # wall-clock fit time: reported, never part of a cache key
+
+    def cache_token(self) -> dict:
+        return {"model": self.model, "fold": self.fold, "predictions": self.predictions.sha256, "summary": self.summary}
 
 
+@result_type
 class RefitOutput(BaseModel):
     model: str
     files: dict[str, ArtifactRef]  # file name -> model file in the cache
     holdout: ArtifactRef
     summary: dict
+    seconds: float = 0.0
+
+    def cache_token(self) -> dict:
+        return {"model": self.model, "files": {k: v.sha256 for k, v in sorted(self.files.items())},
+                "holdout": self.holdout.sha256, "summary": self.summary}
 
 
 def _dataset(features: TableRef, labels: ArtifactRef, feature_set: str, horizons: list[int], gap_tol: int):
@@ -52,7 +64,6 @@ def _summary(model, fold_result) -> dict:
     d = model.describe()
     keep = ("device", "best_iteration", "best_head", "epochs", "n_features", "precision")
     out = {k: d[k] for k in keep if k in d}
-    out["fit_seconds"] = round(model.info.seconds, 3)
     out["collapsed"] = fold_result.collapsed
     out["early_stop_std"] = fold_result.early_stop_std
     return out
@@ -65,7 +76,7 @@ def _prediction_frame(frame: pl.DataFrame, rows: np.ndarray, preds: np.ndarray, 
     return pl.DataFrame(cols)
 
 
-@task(name="fit-fold", task_run_name="{model_name}-fold{fold}", cache_key_fn=content_key("fit-fold", TRAIN_CODE), **CACHED)
+@cached_task(name="fit-fold", task_run_name="{model_name}-fold{fold}", cache_key_fn=content_key("fit-fold", TRAIN_CODE))
 def fit_fold_task(
     model_name: str, params: BaseModel, feature_set: str, features: TableRef, labels: ArtifactRef,
     folds: ArtifactRef, fold: int, horizons: list[int], gap_tolerance_hours: int, collapse_std: float, out_dir: str,
@@ -80,12 +91,13 @@ def fit_fold_task(
     preds = write_parquet(cache_dir(out_dir, "oof", key) / f"{model_name}_fold{fold}.parquet",
                           _prediction_frame(frame, result.rows, result.predictions, horizons))
     summary = _summary(model, result)
-    get_run_logger().info("%s fold %d: %.1fs on %s, best %s", model_name, fold, summary["fit_seconds"],
+    get_run_logger().info("%s fold %d: %.1fs on %s, best %s", model_name, fold, model.info.seconds,
                           summary["device"], summary["best_iteration"])
-    return FoldOutput(model=model_name, fold=fold, predictions=preds, summary=summary)
+    return FoldOutput(model=model_name, fold=fold, predictions=preds, summary=summary,
+                      seconds=round(model.info.seconds, 3))
 
 
-@task(name="refit", task_run_name="{model_name}-refit", cache_key_fn=content_key("refit", TRAIN_CODE), **CACHED)
+@cached_task(name="refit", task_run_name="{model_name}-refit", cache_key_fn=content_key("refit", TRAIN_CODE))
 def refit_task(
     model_name: str, params: BaseModel, feature_set: str, features: TableRef, labels: ArtifactRef,
     folds: ArtifactRef, horizons: list[int], gap_tolerance_hours: int, collapse_std: float, out_dir: str,
@@ -111,10 +123,11 @@ def refit_task(
         files[f"{model_name}_importance.json"] = write_json(folder / f"{model_name}_importance.json", importance())
     holdout = write_parquet(folder.parent / f"{model_name}_holdout.parquet",
                             _prediction_frame(frame, result.rows, result.predictions, horizons))
-    return RefitOutput(model=model_name, files=files, holdout=holdout, summary=_summary(model, result))
+    return RefitOutput(model=model_name, files=files, holdout=holdout, summary=_summary(model, result),
+                       seconds=round(model.info.seconds, 3))
 
 
-@task(name="assemble-predictions", cache_key_fn=content_key("assemble", TRAIN_CODE), **CACHED)
+@cached_task(name="assemble-predictions", cache_key_fn=content_key("assemble", TRAIN_CODE))
 def assemble_task(
     fold_outputs: list[FoldOutput], refits: list[RefitOutput], labels: ArtifactRef, horizons: list[int],
     out_dir: str,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MACD_ML_WRITE_RETRY_BASE", "0.01")  # fast back-off in tests
+# the signing key of cache records and manifests: one per test session, outside every output folder
+os.environ.setdefault("MACD_ML_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="macd-ml-key-"), "signing.key"))
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "binance_spot_1h"

@@ -60,3 +60,14 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
     with redirect_stdout(_OUT), redirect_stderr(_ERR):
         code = main(args)
     return code, _OUT.getvalue()[o:], _ERR.getvalue()[e:]
+
+
+def flow_logs(flow_run_id) -> list[str]:
+    """Every log message the API holds for a flow run (its tasks' included), oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [entry.message for entry in sorted(logs, key=lambda e: e.timestamp)]

@@ -514,7 +514,7 @@ BAD = {
                                  row=31, column="time"),
     "ragged-row":            Bad(edit(lambda r: r[9].extend(["x", "y"])), ETH, ("9 fields", "header has 7"), row=9),
     "unterminated-quote":    Bad(raw_line(4, lambda b: b'"' + b), ETH, ("quoting",), row=4),
-    "not-utf8":              Bad(raw_line(3, lambda b: b.replace(b"ETHUSDT", b"ETH\xffUSDT")), ETH, ("utf-8",)),
+    "not-utf8":              Bad(raw_line(3, lambda b: b.replace(b"ETHUSDT", b"ETH\xffUSDT")), ETH, ("utf-8",), 3),
     "kline-too-few-columns": Bad(kline_lines(lambda r: None, width=5), ETH, ("header-less file has 5 columns",)),
     "corrupt-parquet":       Bad(replace_eth(lambda df, d: (d / "ETHUSDT_1h.parquet").write_bytes(b"PAR1 garbage")),
                                  "ETHUSDT_1h.parquet", ("cannot read parquet",)),
@@ -558,6 +558,13 @@ def no_prefect(monkeypatch, tmp_path):
         return str(run)
 
     monkeypatch.setitem(sys.modules, "flows.retrain", types.SimpleNamespace(retrain=retrain))
+    # the data here are 200 h: too few to train on, but these tests are about reading them. Preflight keeps its
+    # first step, ingest + validation of every file, and skips the size checks; no server is started.
+    import flows.local_api
+    import flows.preflight
+
+    monkeypatch.setattr(flows.preflight, "preflight", flows.preflight._market)
+    monkeypatch.setattr(flows.local_api, "api_configured", lambda: True)
     return calls
 
 

@@ -61,7 +61,7 @@ def test_tampered_artifact_is_refused(tmp_path):
 
 
 def test_manifest_lists_everything_and_detects_change(tmp_path):
-    run = tmp_path / "runs" / "r1"
+    run = tmp_path / "runs" / "20250101T000000Z-00000001"
     refs = {"a.json": write_json(run / "a.json", {"x": 1}), "b/c.bin": write_bytes(run / "b" / "c.bin", b"c")}
     write_manifest(run, refs)
     m = verify_run(run)

@@ -1,0 +1,109 @@
+"""Everything knowable from the config and the data's shape, checked before the first write (DESIGN.md §5).
+
+The CLI calls :func:`preflight` before it starts a Prefect server and the flow calls it again first thing (runs
+from the UI or a schedule never pass through the CLI), so bad input ends with one line naming the file, row or
+key, exit code 2, and nothing written. It runs the same pure code the pipeline runs (ingest, features, labels,
+folds) on the data in memory, then checks what the later stages will need:
+
+- at least one feature row, and every horizon labelled with both classes in the development rows;
+- the walk-forward folds can be built (``make_folds`` raises with the key to change);
+- every enabled model has enough fitting rows in the smallest fold to learn anything (a LightGBM with
+  ``min_data_in_leaf`` 100 on 150 rows can only predict a constant);
+- the stacker's inner walk-forward fits in the out-of-fold rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from features.build import build_features
+from features.errors import ConfigError
+from features.ingest import Candles, Market, default_cross, load_market
+from features.labels import label_name, make_labels
+from features.splits import Folds, make_folds
+from features.synth import synth_market
+from flows.config import RetrainConfig
+from models.registry import min_fit_rows
+from models.stacking import MIN_INNER_BLOCK, inner_block_size
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What preflight learned (the CLI prints nothing of it; tests read it)."""
+
+    bars: int
+    feature_rows: int
+    folds: Folds
+    n_oof: int
+
+
+def _market(config: RetrainConfig) -> Market:
+    if config.data_dir:
+        cross = config.cross if config.cross is not None else default_cross(config.data_dir, config.target)
+        return load_market(config.data_dir, config.target, cross)
+    spec = config.synthetic
+    frames = synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps)
+    if config.target not in frames:
+        raise ConfigError(f"config key 'target': {config.target} is not among synthetic.symbols {spec.symbols}")
+    cross = config.cross if config.cross is not None else (["BTCUSDT"] if "BTCUSDT" in frames and config.target != "BTCUSDT" else [])
+    missing = [c for c in cross if c not in frames]
+    if missing:
+        raise ConfigError(f"config key 'cross': {missing} not among synthetic.symbols {spec.symbols}")
+
+    def candles(sym: str) -> Candles:
+        return Candles(symbol=sym, path=Path(f"<synthetic {sym}>"), sha256="synthetic", frame=frames[sym])
+
+    return Market(target=candles(config.target), cross=tuple(candles(c) for c in cross))
+
+
+def preflight(config: RetrainConfig) -> Shape:
+    market = _market(config)
+    bars = market.target.frame.height
+    table = build_features(market, config.features, config.gap_tolerance_hours)
+    n = table.frame.height
+    if n == 0:
+        raise ConfigError(
+            f"{market.target.symbol}: {bars} bars leave no feature rows after the warm-up of "
+            f"features.warmup_bars={config.features.warmup_bars} bars per contiguous stretch; supply more data"
+        )
+    labels = make_labels(market.target.frame, config.horizons, dead_zone_bps=config.dead_zone_bps,
+                         gap_tolerance_hours=config.gap_tolerance_hours)
+    y = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    for h in config.horizons:
+        if y[label_name(h)].drop_nulls().len() == 0:
+            raise ConfigError(f"config key 'horizons': h={h} h is longer than any contiguous stretch of the "
+                              f"{bars} bars of data, so no row has a label; use a shorter horizon or more data")
+    folds = make_folds(table.frame["timestamp"], config.horizons, config.folds)
+    dev = y.slice(0, folds.holdout.start)
+    for h in config.horizons:
+        col = dev[label_name(h)].drop_nulls()
+        if col.len() == 0 or col.n_unique() < 2:
+            raise ConfigError(
+                f"config key 'horizons': h={h} h leaves {col.len()} labelled development rows "
+                f"{'of one class only ' if col.len() else ''}in {bars} bars of data; use a shorter horizon or more data"
+            )
+    _check_models(config, folds, y)
+    n_oof = sum(len(f.test) for f in folds.folds)
+    size = inner_block_size(n_oof, config.stacking.inner_folds, config.stacking.min_train_fraction)
+    if size < MIN_INNER_BLOCK:
+        raise ConfigError(
+            f"config key 'stacking.inner_folds': {n_oof} out-of-fold rows give inner blocks of {size} rows "
+            f"(at least {MIN_INNER_BLOCK} needed); lower stacking.inner_folds or supply more data"
+        )
+    return Shape(bars=bars, feature_rows=n, folds=folds, n_oof=n_oof)
+
+
+def _check_models(config: RetrainConfig, folds: Folds, y: pl.DataFrame) -> None:
+    smallest = min([*folds.folds, folds.refit], key=lambda f: len(f.fit))
+    fit = y.slice(smallest.fit.start, len(smallest.fit))
+    labelled = min(int(fit[label_name(h)].drop_nulls().len()) for h in config.horizons)
+    for name in config.models.enabled:
+        need, why = min_fit_rows(name, config.models.params_for(name))
+        if labelled < need:
+            raise ConfigError(
+                f"config key 'models.{name}': fold {smallest.index} has {labelled} labelled fitting rows, "
+                f"{name} needs at least {need} ({why}); supply more data, lower folds.n_folds or change that parameter"
+            )

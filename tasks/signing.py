@@ -1,0 +1,100 @@
+"""Integrity a writable output folder alone cannot forge (DESIGN.md §5, "Trust nothing read from disk").
+
+Cache records and run manifests live under ``OUT``; anyone who can write there could plant a record that
+Prefect would decode, or rewrite a manifest together with the files it lists. Both are signed with an
+HMAC-SHA256 keyed by a secret that lives *outside* ``OUT``:
+
+- ``MACD_ML_KEY_FILE`` if set, else ``$XDG_CONFIG_HOME/macd-ml/signing.key`` (``~/.config/macd-ml/...``);
+- created on first use with 32 random bytes and mode 0600 (``O_CREAT | O_EXCL``, so two processes starting
+  at once agree on one key); a key file readable by group/others or owned by someone else is refused;
+- a key inside the output folder is refused too (it would protect nothing).
+
+Losing the key costs nothing but time: every record becomes a cache miss and is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+import threading
+from pathlib import Path
+
+from features.errors import ConfigError
+
+KEY_ENV = "MACD_ML_KEY_FILE"
+_KEY_BYTES = 32
+_lock = threading.Lock()
+_cache: dict[str, bytes] = {}
+
+
+def key_path() -> Path:
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return (base / "macd-ml" / "signing.key").resolve()
+
+
+def _create(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # someone else created it first: use theirs
+    try:
+        os.write(fd, secrets.token_hex(_KEY_BYTES).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def signing_key() -> bytes:
+    """The secret, created on first use. Raises ConfigError (exit 2) if it exists but is unsafe or unreadable."""
+    path = key_path()
+    with _lock:
+        if str(path) in _cache:
+            return _cache[str(path)]
+        try:
+            if not path.exists():
+                _create(path)
+            st = path.stat()
+            if st.st_mode & 0o077:
+                raise ConfigError(
+                    f"{path}: signing key is readable by others (mode {stat.filemode(st.st_mode)}); "
+                    f"run 'chmod 600 {path}' or delete it to have a new one made"
+                )
+            if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+                raise ConfigError(f"{path}: signing key belongs to uid {st.st_uid}, not to this user; "
+                                  f"point {KEY_ENV} at a key of your own")
+            raw = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read or create the signing key ({exc.strerror or exc}); "
+                              f"set {KEY_ENV} to a writable location outside the output folder") from None
+        if len(raw) < 32:
+            raise ConfigError(f"{path}: signing key is too short ({len(raw)} bytes); delete it to have a new one made")
+        _cache[str(path)] = raw
+        return raw
+
+
+def check_key_outside(out_dir: Path | str) -> None:
+    """A key stored under the folder it protects protects nothing."""
+    out = Path(out_dir).resolve()
+    path = key_path()
+    if out == path or out in path.parents:
+        raise ConfigError(f"{path}: the signing key must live outside the output folder {out} (set {KEY_ENV})")
+
+
+def sign(purpose: str, name: str, content: bytes) -> str:
+    """HMAC-SHA256 over purpose, name and content: a record signed for one key/path does not verify for another."""
+    mac = hmac.new(signing_key(), digestmod=hashlib.sha256)
+    for part in (purpose.encode(), name.encode(), content):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.hexdigest()
+
+
+def verify_signature(purpose: str, name: str, content: bytes, signature: str) -> bool:
+    return hmac.compare_digest(sign(purpose, name, content), signature)
