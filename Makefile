@@ -7,7 +7,8 @@ OUT     ?= out
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test bench install clean
+.PHONY: run test test-fast lint bench install clean
+PKGS    := artifacts features models tasks flows deployments
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +21,21 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/macd-ml retrain --out $(OUT)
 
-## run the test suite
+## run the test suite (all of it; CI runs this after `make lint`)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
+
+## the inner loop: everything but the end-to-end runs marked slow (under a minute)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+## ruff (lint + format check) and mypy on the package, as installed (macd_ml.*)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	rm -rf .typecheck && mkdir -p .typecheck/macd_ml
+	for d in $(PKGS); do ln -s ../../$$d .typecheck/macd_ml/$$d; done
+	MYPYPATH=.typecheck $(VENV)/bin/mypy --namespace-packages --explicit-package-bases -p macd_ml
 
 ## benchmarks (print figures; never gate CI)
 bench: $(STAMP)
@@ -31,4 +44,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_resume.py
 
 clean:
-	rm -rf $(OUT) .pytest_cache
+	rm -rf $(OUT) .pytest_cache .typecheck .mypy_cache

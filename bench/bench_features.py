@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pandas_features import build_features_pd, compare, market_to_pandas
 
-from features.build import (
+from macd_ml.features.build import (
     SEG,
     _own_exprs,
     build_features,
@@ -47,9 +47,10 @@ from features.build import (
     feature_names,
     own_features,
 )
-from features.ingest import Candles, Market, load_market, segment_ids, symbol_files
-from features.spec import FeatureSpec
-from features.synth import synth_market, write_market
+from macd_ml.features.ingest import Candles, Market, load_market, symbol_files
+from macd_ml.features.segments import segment_ids
+from macd_ml.features.spec import FeatureSpec
+from macd_ml.features.synth import synth_market, write_market
 
 REAL_DIR = REPO / ".." / "shared" / "data" / "binance_spot_1h"
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT")
@@ -79,14 +80,24 @@ def synth_candles(frames: dict[str, pl.DataFrame]) -> dict[str, Candles]:
 
 
 class Row:
-    def __init__(self, case: str, bars: int, rows_out: int, n_feat: int, load: list[float] | None,
-                 t_pl: list[float], t_pd: list[float], check: str):
+    def __init__(
+        self,
+        case: str,
+        bars: int,
+        rows_out: int,
+        n_feat: int,
+        load: list[float] | None,
+        t_pl: list[float],
+        t_pd: list[float],
+        check: str,
+    ):
         self.case, self.bars, self.rows_out, self.n_feat = case, bars, rows_out, n_feat
         self.load, self.t_pl, self.t_pd, self.check = load, t_pl, t_pd, check
 
 
-def bench_case(case: str, market: Market, spec: FeatureSpec, reps: int, load: list[float] | None,
-               args, check_first: bool = True) -> Row:
+def bench_case(
+    case: str, market: Market, spec: FeatureSpec, reps: int, load: list[float] | None, args, check_first: bool = True
+) -> Row:
     """Equivalence check (also the warm-up), then ``reps`` interleaved polars/pandas repetitions."""
     t_pd_in, cross_pd = market_to_pandas(market)
     _, a = timed(build_features, market, spec)
@@ -100,8 +111,10 @@ def bench_case(case: str, market: Market, spec: FeatureSpec, reps: int, load: li
         + (f"\n    {cmp.message}" if cmp.message else "")
     )
     if not cmp.ok and not args.ignore_mismatch:
-        print("pandas and polars outputs differ; not timing a baseline that computes something else "
-              "(--ignore-mismatch to time anyway)")
+        print(
+            "pandas and polars outputs differ; not timing a baseline that computes something else "
+            "(--ignore-mismatch to time anyway)"
+        )
         sys.exit(1)
     n_rows, n_feat = a.frame.height, len(a.names)
     del a, b
@@ -109,7 +122,7 @@ def bench_case(case: str, market: Market, spec: FeatureSpec, reps: int, load: li
     t_pd: list[float] = []
     for i in range(reps):
         # alternate which goes first, so neither always runs right after the other's garbage
-        order = (("pl", "pd") if i % 2 == 0 else ("pd", "pl"))
+        order = ("pl", "pd") if i % 2 == 0 else ("pd", "pl")
         for who in order:
             if who == "pl":
                 dt, _ = timed(build_features, market, spec)
@@ -163,8 +176,16 @@ def synth_part(args, spec: FeatureSpec) -> list[Row]:
     rows = []
     for label, cross in (("target only", ()), ("+ 1 cross", ("BTCUSDT",))):
         market = Market(c["ETHUSDT"], tuple(c[x] for x in cross))
-        rows.append(bench_case(f"synth {hours // 1000}k {label}", market, spec, args.synth_reps,
-                               load[len(cross)] if load else None, args))
+        rows.append(
+            bench_case(
+                f"synth {hours // 1000}k {label}",
+                market,
+                spec,
+                args.synth_reps,
+                load[len(cross)] if load else None,
+                args,
+            )
+        )
     return rows
 
 
@@ -227,9 +248,11 @@ def print_table(rows: list[Row]) -> None:
             f"| {med(r.t_pd) / med(r.t_pl):.2f}x | {r.check} |"
         )
     print()
-    print("polars / pandas: median [min-max] of the repetitions; pandas/polars is the ratio of the medians, "
-          "measured in the same run; load+validate = load_market (read + validate the target and the cross "
-          "file, CSV), median; check = equivalence verdict and max scaled relative difference.")
+    print(
+        "polars / pandas: median [min-max] of the repetitions; pandas/polars is the ratio of the medians, "
+        "measured in the same run; load+validate = load_market (read + validate the target and the cross "
+        "file, CSV), median; check = equivalence verdict and max scaled relative difference."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,8 +286,10 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows)
     if args.breakdown:
         breakdown(args, spec)
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} (the benchmark itself adds up to "
-          f"{pl.thread_pool_size()}; more means something else was running)")
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.2f} (the benchmark itself adds up to "
+        f"{pl.thread_pool_size()}; more means something else was running)"
+    )
 
 
 if __name__ == "__main__":

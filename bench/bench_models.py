@@ -21,15 +21,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.build import build_features  # noqa: E402
-from features.ingest import load_market  # noqa: E402
-from features.labels import make_labels  # noqa: E402
-from features.splits import FoldSpec, make_folds  # noqa: E402
-from models.base import Rows  # noqa: E402
-from models.device import cpu_threads, torch_device  # noqa: E402
-from models.evaluate import auc_se  # noqa: E402
-from models.registry import MODEL_CLASSES, ModelsConfig, make_model, select_features  # noqa: E402
-from models.train import auc, build_dataset, train_fold  # noqa: E402
+from macd_ml.features.build import build_features  # noqa: E402
+from macd_ml.features.ingest import load_market  # noqa: E402
+from macd_ml.features.labels import make_labels  # noqa: E402
+from macd_ml.features.splits import FoldSpec, make_folds  # noqa: E402
+from macd_ml.models.base import Rows  # noqa: E402
+from macd_ml.models.device import cpu_threads, torch_device  # noqa: E402
+from macd_ml.models.evaluate import auc_se  # noqa: E402
+from macd_ml.models.registry import MODEL_CLASSES, ModelsConfig, make_model, select_features  # noqa: E402
+from macd_ml.models.train import auc, build_dataset, train_fold  # noqa: E402
 
 HORIZONS = [5, 12, 24]
 
@@ -53,8 +53,10 @@ def main() -> int:
     data = build_dataset(table.frame, labels, table.names, HORIZONS, 1)
     folds = make_folds(table.frame["timestamp"], HORIZONS, FoldSpec(n_folds=args.folds))
     cfg = ModelsConfig()
-    print(f"rows {data.n_rows}, features {len(table.names)}, folds {args.folds}, device {torch_device()}, "
-          f"threads per task {cpu_threads()}")
+    print(
+        f"rows {data.n_rows}, features {len(table.names)}, folds {args.folds}, device {torch_device()}, "
+        f"threads per task {cpu_threads()}"
+    )
 
     report: dict[str, dict] = {}
     for name in args.models.split(","):
@@ -87,8 +89,13 @@ def main() -> int:
         }
         print(f"{name}: folds {report[name]['fold_seconds']} s, refit {refit_time:.1f} s", flush=True)
 
-    print("\n| model | median s / fold | OOF stage s | refit s | " + " | ".join(
-        f"OOF AUC h={h}" for h in HORIZONS) + " | " + " | ".join(f"holdout AUC h={h}" for h in HORIZONS) + " |")
+    print(
+        "\n| model | median s / fold | OOF stage s | refit s | "
+        + " | ".join(f"OOF AUC h={h}" for h in HORIZONS)
+        + " | "
+        + " | ".join(f"holdout AUC h={h}" for h in HORIZONS)
+        + " |"
+    )
     print("|---" * (4 + 2 * len(HORIZONS)) + "|")
     for name, r in report.items():
         o = " | ".join(f"{r['oof_auc'][h]:.3f}" for h in HORIZONS)
@@ -98,8 +105,10 @@ def main() -> int:
     print(f"\ntotal OOF stage (sequential): {total:.0f} s")
     any_r = next(iter(report.values()))
     for h in HORIZONS:
-        print(f"3·SE at h={h}: OOF ±{3 * auc_se(any_r['n_oof'], h):.3f} (n={any_r['n_oof']}), "
-              f"holdout ±{3 * auc_se(any_r['n_test'], h):.3f} (n={any_r['n_test']})")
+        print(
+            f"3·SE at h={h}: OOF ±{3 * auc_se(any_r['n_oof'], h):.3f} (n={any_r['n_oof']}), "
+            f"holdout ±{3 * auc_se(any_r['n_test'], h):.3f} (n={any_r['n_test']})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return 0

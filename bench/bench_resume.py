@@ -36,9 +36,9 @@ def main() -> int:
         return 0
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.config import RetrainConfig
-    from flows.retrain import retrain
-    from tasks.store import new_run_id
+    from macd_ml.artifacts.store import new_run_id
+    from macd_ml.flows.config import RetrainConfig
+    from macd_ml.flows.retrain import retrain
     from tests.flowutil import task_states
 
     out = Path(tempfile.mkdtemp(prefix="macd-bench-resume-"))
@@ -80,8 +80,10 @@ def main() -> int:
     if resume is not None:
         reran = sorted(k for k, v in states4.items() if v != "Cached")
         print(f"| resume after a failed publish (ran: {', '.join(reran)}) | {resume:.1f} | {resume / cold:.3f} |")
-        print(f"\npublish task's own time {publish_own:.1f} s; resume overhead {resume - publish_own:.1f} s "
-              f"(target <= 15 s); unchanged re-run {100 * unchanged / cold:.1f} % of cold (target <= 5 %)")
+        print(
+            f"\npublish task's own time {publish_own:.1f} s; resume overhead {resume - publish_own:.1f} s "
+            f"(target <= 15 s); unchanged re-run {100 * unchanged / cold:.1f} % of cold (target <= 5 %)"
+        )
     return 0
 
 

@@ -3,7 +3,8 @@
 Same feature names, same column order, same definitions, same rows:
 
 - segments: a new one starts after more than ``gap_tolerance_hours`` missing hours; every indicator runs per
-  segment (``groupby(segment)``, or an exactly equivalent mask, see below) -- EWMs with ``adjust=False`` (Wilder smoothing = ``alpha=1/n``), shifts,
+  segment (``groupby(segment)``, or an exactly equivalent mask, see below) -- EWMs with ``adjust=False``
+  (Wilder smoothing = ``alpha=1/n``), shifts,
   diffs, rolling windows with ``min_periods = window``;
 - the cross-asset block: the reference's own features (prefixed ``SYM__``, no calendar), joined on the target's
   timestamps, plus rolling correlation / beta of 1-bar returns and relative strength, windowed over the
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from features.spec import FeatureSpec
+from macd_ml.features.spec import FeatureSpec
 
 # --------------------------------------------------------------------------------------------- per-segment ops
 
@@ -146,8 +147,12 @@ def cross_features(
     rf = own_features(ref, spec, gap_tolerance_hours)
     keep = [k for k in _names(rf) if not k.endswith(("_sin", "_cos"))]
     rf = pd.concat(
-        [rf["timestamp"], (rf["_bar"] >= spec.warmup_bars).rename(f"_ok_{symbol}"),
-         rf[keep].add_prefix(p), ref["close"].rename(f"{p}_close")],
+        [
+            rf["timestamp"],
+            (rf["_bar"] >= spec.warmup_bars).rename(f"_ok_{symbol}"),
+            rf[keep].add_prefix(p),
+            ref["close"].rename(f"{p}_close"),
+        ],
         axis=1,
     )
     df = own[["timestamp", "segment", "ret_1"]].merge(rf, on="timestamp", how="left")
@@ -246,14 +251,22 @@ def compare(pl_table, pd_table: PandasFeatureTable, rtol: float = 1e-9) -> Compa
     tb = b_df["timestamp"].dt.as_unit("us").astype("int64").to_numpy()
     same_ts = ta.shape == tb.shape and bool((ta == tb).all())
     res = Comparison(
-        ok=False, rows=(a_df.height, len(b_df)), same_columns=same_cols, same_timestamps=same_ts,
-        max_abs=math.nan, max_rel=math.nan, max_rel_scaled=math.nan, worst=[],
+        ok=False,
+        rows=(a_df.height, len(b_df)),
+        same_columns=same_cols,
+        same_timestamps=same_ts,
+        max_abs=math.nan,
+        max_rel=math.nan,
+        max_rel_scaled=math.nan,
+        worst=[],
         rows_dropped=(pl_table.rows_dropped, pd_table.rows_dropped),
     )
     if not same_cols:
         only_a = [k for k in a_df.columns if k not in b_df.columns]
         only_b = [k for k in b_df.columns if k not in a_df.columns]
-        res.message = f"columns differ: only polars {only_a}, only pandas {only_b}, order equal: {not only_a and not only_b}"
+        res.message = (
+            f"columns differ: only polars {only_a}, only pandas {only_b}, order equal: {not only_a and not only_b}"
+        )
         return res
     names = [k for k in a_df.columns if k != "timestamp"]
     if not same_ts:
@@ -292,8 +305,10 @@ def compare(pl_table, pd_table: PandasFeatureTable, rtol: float = 1e-9) -> Compa
 
 def check_equivalence(market, spec: FeatureSpec | None = None, gap_tolerance_hours: int = 1) -> Comparison:
     """Build the table with polars (``features.build``) and with pandas for ``market`` and compare them."""
-    from features.build import build_features
+    from macd_ml.features.build import build_features
 
     spec = spec or FeatureSpec()
     t, cross = market_to_pandas(market)
-    return compare(build_features(market, spec, gap_tolerance_hours), build_features_pd(t, cross, spec, gap_tolerance_hours))
+    return compare(
+        build_features(market, spec, gap_tolerance_hours), build_features_pd(t, cross, spec, gap_tolerance_hours)
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.config import RetrainConfig
+from macd_ml.flows.config import RetrainConfig
 
 DEPLOYMENT_NAME = "nightly"
 DEFAULT_CRON = "30 0 * * *"  # 00:30 UTC, after the day's last hourly candle has closed
@@ -26,13 +26,13 @@ def deployment_parameters(config: RetrainConfig) -> dict[str, Any]:
 
 def build(config: RetrainConfig, cron: str = DEFAULT_CRON):
     """The RunnerDeployment object (schedule, form defaults, one run at a time)."""
-    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.schedules import Cron
 
-    from flows.retrain import retrain
+    from macd_ml.flows.retrain import retrain
 
     return retrain.to_deployment(
         name=DEPLOYMENT_NAME,
-        schedule=CronSchedule(cron=cron, timezone=TIMEZONE),
+        schedules=[Cron(cron, timezone=TIMEZONE)],
         parameters=deployment_parameters(config),
         concurrency_limit=1,
         description="Nightly retrain of the MACD gate ensemble on fresh candles.",

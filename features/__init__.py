@@ -2,6 +2,3 @@
 
 Nothing here imports prefect, tasks/ or flows/ (DESIGN.md §2).
 """
-
-# Bumped whenever a change alters what features/labels/folds compute; part of every fingerprint and cache key.
-CODE_VERSION = "features-2"

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from features import CODE_VERSION
-from features.errors import DataError
-from features.indicators import atr, ema, log_return, macd_line, rsi, zscore
-from features.ingest import FLOAT32_MAX, Candles, Market, segment_ids
-from features.spec import FeatureSpec
+from macd_ml.artifacts.codehash import code_version
+from macd_ml.features.errors import DataError
+from macd_ml.features.indicators import atr, ema, log_return, macd_line, rsi, zscore
+from macd_ml.features.ingest import FLOAT32_MAX, Candles, Market
+from macd_ml.features.segments import segment_ids
+from macd_ml.features.spec import FeatureSpec
 
 SEG = "segment"
 
@@ -103,9 +104,7 @@ def feature_names(df: pl.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in ("timestamp", SEG) and not c.startswith("_")]
 
 
-def cross_features(
-    target: pl.DataFrame, ref: Candles, spec: FeatureSpec, gap_tolerance_hours: int
-) -> pl.DataFrame:
+def cross_features(target: pl.DataFrame, ref: Candles, spec: FeatureSpec, gap_tolerance_hours: int) -> pl.DataFrame:
     """The reference symbol's own features (prefixed ``SYM__``) on the target's timestamps, plus rolling
     correlation and beta of 1-bar returns and relative strength against the target. ``target`` is the
     target's own-feature frame (timestamp, segment, ret_*)."""
@@ -141,9 +140,7 @@ def cross_features(
     return df.drop("ret_1", SEG, f"{p}_close", "_close")
 
 
-def build_features(
-    market: Market, spec: FeatureSpec | None = None, gap_tolerance_hours: int = 1
-) -> FeatureTable:
+def build_features(market: Market, spec: FeatureSpec | None = None, gap_tolerance_hours: int = 1) -> FeatureTable:
     """Build the feature table for ``market.target`` with the cross-asset block for ``market.cross``."""
     spec = spec or FeatureSpec()
     tgt = market.target.frame
@@ -185,13 +182,17 @@ def check_model_range(frame: pl.DataFrame, names: list[str], source: object) -> 
     i = int(flags.arg_true()[0])
     row = frame.row(i, named=True)
     name = next(n for n in names if not (abs(row[n]) <= FLOAT32_MAX))
-    raise DataError(source, f"feature '{name}' is {row[name]!r} at {row['timestamp'].isoformat()}: not a finite "
-                            "float32; check the candles around that time")
+    raise DataError(
+        source,
+        f"feature '{name}' is {row[name]!r} at {row['timestamp'].isoformat()}: not a finite "
+        "float32; check the candles around that time",
+    )
 
 
 def feature_fingerprint(market: Market, spec: FeatureSpec, gap_tolerance_hours: int) -> str:
     h = hashlib.sha256()
     h.update(market.fingerprint().encode())
     h.update(spec.model_dump_json().encode())
-    h.update(f"gap_tolerance_hours={gap_tolerance_hours};{CODE_VERSION}".encode())
+    # the feature code itself: any edit to it (or to what it imports) gives another fingerprint
+    h.update(f"gap_tolerance_hours={gap_tolerance_hours};{code_version(__name__)}".encode())
     return h.hexdigest()

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import polars as pl
 
-from features.errors import DataError
+from macd_ml.artifacts.store import sha256_file
+from macd_ml.features.errors import DataError
+from macd_ml.features.segments import HOUR_US, missing_hours, segment_ids  # noqa: F401  (re-exported)
 
 TIME_COLUMNS = ("timestamp", "date", "datetime", "time", "open_time")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 VALUE_COLUMNS = (*PRICE_COLUMNS, "volume")
 SUFFIXES = (".csv", ".parquet")
-HOUR_US = 3_600_000_000
 # the models train in float32: a larger value becomes inf there (a price of 1e308 passed float64 checks)
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -64,7 +65,7 @@ class Candles:
     """One symbol's validated candles: ``frame`` has timestamp (UTC, ascending) and float OHLCV."""
 
     symbol: str
-    path: Path
+    path: Path | None  # None for candles given in memory (candles_from_frame)
     sha256: str
     frame: pl.DataFrame
 
@@ -200,7 +201,7 @@ def _locate_csv_problem(path: Path, headerless: bool) -> tuple[int | None, str]:
     return None, ""
 
 
-def _pick_columns(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+def _pick_columns(df: pl.DataFrame, source: Path | str) -> pl.DataFrame:
     by_lower: dict[str, str] = {}
     for name in df.columns:
         key = name.strip().lstrip("\ufeff").lower()
@@ -208,13 +209,13 @@ def _pick_columns(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     time_col = next((by_lower[c] for c in TIME_COLUMNS if c in by_lower), None)
     if time_col is None:
         raise DataError(
-            path,
+            source,
             f"missing time column (one of {', '.join(TIME_COLUMNS)}); found columns: {', '.join(df.columns)}",
         )
     missing = [c for c in VALUE_COLUMNS if c not in by_lower]
     if missing:
         raise DataError(
-            path,
+            source,
             f"missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}; "
             f"found columns: {', '.join(df.columns)}",
             column=missing[0],
@@ -225,8 +226,9 @@ def _pick_columns(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     )
 
 
-def _epoch_to_us(values: pl.Expr) -> pl.Expr:
+def _epoch_to_us(values: pl.Expr | pl.Series) -> pl.Expr:
     """Epoch seconds / ms / us / ns -> microseconds, decided per value by magnitude."""
+    values = pl.lit(values) if isinstance(values, pl.Series) else values
     a = values.abs()
     return (
         pl.when(a < 1e11)
@@ -239,20 +241,17 @@ def _epoch_to_us(values: pl.Expr) -> pl.Expr:
     )
 
 
-def _parse_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+def _parse_time(df: pl.DataFrame, source: Path | str) -> pl.DataFrame:
     col = df["_time"]
     dtype = col.dtype
-    if dtype == pl.Datetime:
+    if isinstance(dtype, pl.Datetime):
         if dtype.time_zone is None:  # naive timestamps are UTC by contract
             ts = col.dt.replace_time_zone("UTC")
         else:
             ts = col.dt.convert_time_zone("UTC")
         ts = ts.dt.cast_time_unit("us")
     elif dtype.is_numeric():
-        ts = (
-            pl.select(_epoch_to_us(col.cast(pl.Int64, strict=False)).cast(pl.Datetime("us", "UTC")))
-            .to_series()
-        )
+        ts = pl.select(_epoch_to_us(col.cast(pl.Int64, strict=False)).cast(pl.Datetime("us", "UTC"))).to_series()
     else:
         text = col.cast(pl.String).str.strip_chars()
         # Epoch numbers or date text, judged by the first value; a row of the other kind becomes null below.
@@ -277,7 +276,7 @@ def _parse_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     bad = ts.is_null()
     if bad.any():
         i = int(bad.arg_true()[0])
-        raise DataError(path, f"cannot parse time {str(col[i])!r}", row=_row_no(df, i), column="time")
+        raise DataError(source, f"cannot parse time {str(col[i])!r}", row=_row_no(df, i), column="time")
     return df.with_columns(timestamp=ts).drop("_time")
 
 
@@ -286,7 +285,7 @@ def _row_no(df: pl.DataFrame, i: int) -> int:
     return int(df["_row"][i]) if "_row" in df.columns else i + 1
 
 
-def _parse_values(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+def _parse_values(df: pl.DataFrame, source: Path | str) -> pl.DataFrame:
     out = []
     for c in VALUE_COLUMNS:
         s = df[c]
@@ -295,18 +294,20 @@ def _parse_values(df: pl.DataFrame, path: Path) -> pl.DataFrame:
         elif s.dtype.is_numeric():
             num = s.cast(pl.Float64)
         else:
-            raise DataError(path, f"column has type {s.dtype}, expected numbers", column=c)
+            raise DataError(source, f"column has type {s.dtype}, expected numbers", column=c)
         finite = num.is_not_null() & num.is_finite()
         if not finite.all():
             i = int((~finite).arg_true()[0])
-            raise DataError(
-                path, f"not a finite number ({str(s[i])!r})", row=_row_no(df, i), column=c
-            )
+            raise DataError(source, f"not a finite number ({str(s[i])!r})", row=_row_no(df, i), column=c)
         big = num.abs() > FLOAT32_MAX
         if big.any():
             i = int(big.arg_true()[0])
-            raise DataError(path, f"{str(s[i])!r} is too large for the models' float32 (max {FLOAT32_MAX:.3g})",
-                            row=_row_no(df, i), column=c)
+            raise DataError(
+                source,
+                f"{str(s[i])!r} is too large for the models' float32 (max {FLOAT32_MAX:.3g})",
+                row=_row_no(df, i),
+                column=c,
+            )
         out.append(num.alias(c))
     return df.with_columns(out)
 
@@ -315,40 +316,31 @@ def _first_bad(df: pl.DataFrame, mask: pl.Series) -> int | None:
     return int(mask.arg_true()[0]) if mask.any() else None
 
 
-def _check_values(df: pl.DataFrame, path: Path) -> None:
+def _check_values(df: pl.DataFrame, source: Path | str) -> None:
     for c in PRICE_COLUMNS:
         i = _first_bad(df, df[c] <= 0)
         if i is not None:
-            raise DataError(path, f"price must be > 0, got {df[c][i]}", row=_row_no(df, i), column=c)
-    hi_ok = df["high"] >= pl.select(pl.max_horizontal(df["open"], df["close"])).to_series()
-    i = _first_bad(df, ~hi_ok)
-    if i is not None:
-        raise DataError(
-            path,
-            f"high {df['high'][i]} is below max(open, close) = {max(df['open'][i], df['close'][i])}",
-            row=_row_no(df, i),
-            column="high",
-        )
-    lo_ok = df["low"] <= pl.select(pl.min_horizontal(df["open"], df["close"])).to_series()
-    i = _first_bad(df, ~lo_ok)
-    if i is not None:
-        raise DataError(
-            path,
-            f"low {df['low'][i]} is above min(open, close) = {min(df['open'][i], df['close'][i])}",
-            row=_row_no(df, i),
-            column="low",
-        )
+            raise DataError(source, f"price must be > 0, got {df[c][i]}", row=_row_no(df, i), column=c)
+    body_top = pl.select(pl.max_horizontal(df["open"], df["close"])).to_series()
+    body_bottom = pl.select(pl.min_horizontal(df["open"], df["close"])).to_series()
+    for col, ok, words, bound in (
+        ("high", df["high"] >= body_top, "below max(open, close)", body_top),
+        ("low", df["low"] <= body_bottom, "above min(open, close)", body_bottom),
+    ):
+        i = _first_bad(df, ~ok)
+        if i is not None:
+            raise DataError(source, f"{col} {df[col][i]} is {words} = {bound[i]}", row=_row_no(df, i), column=col)
     i = _first_bad(df, df["volume"] < 0)
     if i is not None:
-        raise DataError(path, f"volume must be >= 0, got {df['volume'][i]}", row=_row_no(df, i), column="volume")
+        raise DataError(source, f"volume must be >= 0, got {df['volume'][i]}", row=_row_no(df, i), column="volume")
 
 
-def _check_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+def _check_time(df: pl.DataFrame, source: Path | str) -> pl.DataFrame:
     us = df["timestamp"].dt.epoch("us")
     i = _first_bad(df, (us % HOUR_US) != 0)
     if i is not None:
         raise DataError(
-            path,
+            source,
             f"time {df['timestamp'][i].isoformat()} is not on the hour (hourly candles expected)",
             row=_row_no(df, i),
             column="time",
@@ -359,7 +351,7 @@ def _check_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
             bad = (d < 0) if (d > 0).sum() >= (d < 0).sum() else (d > 0)
             i = int(bad.arg_true()[0]) + 1
             raise DataError(
-                path,
+                source,
                 "timestamps are neither oldest-first nor newest-first "
                 f"(order breaks at {df['timestamp'][i].isoformat()})",
                 row=_row_no(df, i),
@@ -372,7 +364,10 @@ def _check_time(df: pl.DataFrame, path: Path) -> pl.DataFrame:
         t = df["timestamp"][i]
         rows = df.filter(pl.col("timestamp") == t)["_row"].to_list()
         raise DataError(
-            path, f"duplicate timestamp {t.isoformat()} (rows {', '.join(map(str, rows))})", row=rows[0], column="time"
+            source,
+            f"duplicate timestamp {t.isoformat()} (rows {', '.join(map(str, rows))})",
+            row=rows[0],
+            column="time",
         )
     return df
 
@@ -383,34 +378,42 @@ def read_candles(path: Path | str, symbol: str | None = None) -> Candles:
     if not path.is_file():
         raise DataError(path, "file does not exist")
     raw = _read_raw(path)
-    if raw.height == 0:
-        raise DataError(path, "file has a header but no data rows")
-    df = _pick_columns(raw, path).with_row_index("_row", offset=1)
-    df = _parse_time(df, path)
-    df = _parse_values(df, path)
-    _check_values(df, path)
-    df = _check_time(df, path)
-    frame = df.select("timestamp", *VALUE_COLUMNS)
     if symbol is None:
         stem = path.name[: path.name.rindex(".")]
-        symbol = (stem[:-3] if stem.lower().endswith("_1h") else stem).upper()
-    return Candles(symbol=symbol.upper(), path=path, sha256=file_sha256(path), frame=frame)
+        symbol = stem[:-3] if stem.lower().endswith("_1h") else stem
+    frame = validate_candles(raw, path)
+    return Candles(symbol=symbol.upper(), path=path, sha256=sha256_file(path), frame=frame)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def validate_candles(raw: pl.DataFrame, source: Path | str) -> pl.DataFrame:
+    """Normalise and validate candles already in memory (any accepted column naming, either order); return
+    ``timestamp`` (UTC, ascending) + float OHLCV. ``source`` names them in every error message."""
+    if raw.height == 0:
+        raise DataError(source, "has a header but no data rows")
+    df = _pick_columns(raw, source).with_row_index("_row", offset=1)
+    df = _parse_time(df, source)
+    df = _parse_values(df, source)
+    _check_values(df, source)
+    df = _check_time(df, source)
+    return df.select("timestamp", *VALUE_COLUMNS)
+
+
+def candles_from_frame(symbol: str, frame: pl.DataFrame, source: str | None = None) -> Candles:
+    """Candles a caller already holds (a bot's own feed, a test): validated exactly like a file's. Their
+    ``sha256`` hashes the validated content, so equal candles give equal fingerprints."""
+    label = source or f"<{symbol.upper()} candles in memory>"
+    clean = validate_candles(frame, label)
+    digest = hashlib.sha256()
+    for col in clean.iter_columns():
+        digest.update(col.to_numpy().tobytes())
+    return Candles(symbol=symbol.upper(), path=None, sha256=digest.hexdigest(), frame=clean)
 
 
 # --------------------------------------------------------------------------------------------- gaps
 
 
 def gap_report(frame: pl.DataFrame) -> GapReport:
-    us = frame["timestamp"].dt.epoch("us")
-    missing = (us.diff() // HOUR_US - 1).fill_null(0)
+    missing = missing_hours(frame["timestamp"])
     idx = (missing > 0).arg_true()
     gaps = [(frame["timestamp"][int(i) - 1], int(missing[int(i)])) for i in idx]
     return GapReport(
@@ -419,14 +422,6 @@ def gap_report(frame: pl.DataFrame) -> GapReport:
         missing_hours=int(missing.sum()),
         gaps=gaps,
     )
-
-
-def segment_ids(timestamps: pl.Series, gap_tolerance_hours: int) -> pl.Series:
-    """Number the contiguous stretches of a series: a new segment starts after more than
-    ``gap_tolerance_hours`` missing hours. Windows (features) and label look-ahead never cross segments."""
-    us = timestamps.dt.epoch("us")
-    missing = (us.diff() // HOUR_US - 1).fill_null(0)
-    return (missing > gap_tolerance_hours).cast(pl.Int32).cum_sum().alias("segment")
 
 
 # --------------------------------------------------------------------------------------------- market
@@ -484,4 +479,3 @@ def default_cross(data_dir: Path | str, target: str) -> list[str]:
     """DESIGN.md §3: cross defaults to BTCUSDT when present (and not the target)."""
     files = symbol_files(Path(data_dir))
     return ["BTCUSDT"] if "BTCUSDT" in files and target.upper() != "BTCUSDT" else []
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from features.ingest import segment_ids
+from macd_ml.features.segments import segment_ids
 
 
 def label_name(h: int) -> str:
@@ -31,9 +31,7 @@ def make_labels(
     """Return timestamp + ``y_h`` (Int8, null where undefined) + ``fwd_ret_h`` (log return) for each horizon."""
     if dead_zone_bps < 0:
         raise ValueError("dead_zone_bps must be >= 0")
-    base = candles.select("timestamp", "close").with_columns(
-        segment_ids(candles["timestamp"], gap_tolerance_hours)
-    )
+    base = candles.select("timestamp", "close").with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
     out = base
     for h in horizons:
         fut = base.select(

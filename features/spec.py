@@ -60,8 +60,14 @@ class FeatureSpec(BaseModel):
     )
 
     _sorted = field_validator(
-        "return_windows", "rsi_windows", "vol_windows", "volume_z_windows", "hl_windows",
-        "corr_windows", "beta_windows", "rs_windows",
+        "return_windows",
+        "rsi_windows",
+        "vol_windows",
+        "volume_z_windows",
+        "hl_windows",
+        "corr_windows",
+        "beta_windows",
+        "rs_windows",
     )(_positive_sorted)
 
     @model_validator(mode="after")
@@ -75,7 +81,12 @@ class FeatureSpec(BaseModel):
 
     def longest_window(self) -> int:
         groups = [
-            self.return_windows, self.vol_windows, self.volume_z_windows, self.hl_windows,
-            self.corr_windows, self.beta_windows, self.rs_windows,
+            self.return_windows,
+            self.vol_windows,
+            self.volume_z_windows,
+            self.hl_windows,
+            self.corr_windows,
+            self.beta_windows,
+            self.rs_windows,
         ]
         return max([max(g) for g in groups if g] + [1])

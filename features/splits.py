@@ -19,7 +19,8 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.errors import ConfigError
+from macd_ml.features.errors import ConfigError
+from macd_ml.features.segments import HOUR_US
 
 
 class FoldSpec(BaseModel):
@@ -117,8 +118,7 @@ def make_folds(timestamps: pl.Series, horizons: list[int], spec: FoldSpec | None
     ts_us = timestamps.dt.epoch("us").to_list()
     if any(b <= a for a, b in zip(ts_us, ts_us[1:])):
         raise ValueError("timestamps must be sorted and unique")
-    hour = 3_600_000_000
-    gap = embargo * hour
+    gap = embargo * HOUR_US
 
     h_start = n - max(1, int(round(n * spec.holdout_fraction)))
     if h_start <= 0:

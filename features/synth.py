@@ -49,6 +49,7 @@ class SynthSpec(BaseModel):
 def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     """Unit-variance AR(1) via a linear filter (vectorised)."""
     from scipy.signal import lfilter  # imported here: scipy costs ~1 s, and the CLI imports this module
+
     eps = rng.standard_normal(n) * np.sqrt(1.0 - phi * phi)
     x = lfilter([1.0], [1.0, -phi], eps)
     x[: min(n, 1)] = eps[: min(n, 1)] / np.sqrt(1.0 - phi * phi)
@@ -99,7 +100,7 @@ def synth_market(
     factor = _student_t(rng, n)
     order = [reference] + [s for s in symbols if s != reference]
     out: dict[str, pl.DataFrame] = {}
-    z_ref = None
+    z_ref = np.zeros(n)
     ts = pl.datetime_range(start, start + timedelta(hours=n - 1), "1h", eager=True, time_unit="us", time_zone="UTC")
     for i, sym in enumerate(order):
         base_vol = 0.006 * (1.0 + 0.25 * i)

@@ -14,12 +14,12 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from features.errors import ConfigError
-from features.spec import FeatureSpec
-from features.splits import FoldSpec
-from features.synth import SynthSpec
-from models.registry import ModelsConfig
-from models.stacking import StackSpec
+from macd_ml.features.errors import ConfigError
+from macd_ml.features.spec import FeatureSpec
+from macd_ml.features.splits import FoldSpec
+from macd_ml.features.synth import SynthSpec
+from macd_ml.models.registry import ModelsConfig
+from macd_ml.models.stacking import StackSpec
 
 
 class RetrainConfig(BaseModel):
@@ -84,6 +84,16 @@ class RetrainConfig(BaseModel):
             raise ValueError(f"cross must not contain the target {self.target}")
         return self
 
+    @model_validator(mode="after")
+    def _embargo_covers_horizons(self) -> "RetrainConfig":
+        emb = self.folds.embargo_hours
+        if emb is not None and emb < max(self.horizons):
+            raise ValueError(
+                f"folds.embargo_hours ({emb}) must be >= the longest horizon ({max(self.horizons)}): "
+                "a shorter embargo lets training labels overlap the test span"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------------------------- building
 
@@ -129,12 +139,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for k, v in fields.items():
         if v is not None:
             data[k] = v
-    for item in overrides or []:
+    apply_overrides(data, overrides or [])
+    return validate_config(data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], prefix: str | None = None) -> dict[str, Any]:
+    """Apply ``key=value`` items (dotted keys, values parsed as JSON, else a comma list, else text) to ``data``
+    in place. With ``prefix``, only keys under it are accepted (a stage that uses one config section)."""
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        _set_dotted(data, k.strip(), _parse_value(v.strip()))
-    return validate_config(data)
+        k, v = (t.strip() for t in item.split("=", 1))
+        if prefix and not k.startswith(prefix + "."):
+            raise ConfigError(f"--set {k}: only {prefix}.* keys apply to this stage")
+        _set_dotted(data, k, _parse_value(v))
+    return data
 
 
 def _reject_booleans(model: type[BaseModel], data: Any, path: str = "") -> None:
@@ -182,6 +201,9 @@ def validate_config(data: dict[str, Any]) -> RetrainConfig:
         return RetrainConfig.model_validate(data)
     except ValidationError as exc:
         e = exc.errors()[0]
-        key = ".".join(str(x) for x in e["loc"]) or "config"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"config key '{key}': {e['msg']}{more}") from None
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a check across keys: its message names them
+            raise ConfigError(f"config: {msg}{more}") from None
+        key = ".".join(str(x) for x in e["loc"])
+        raise ConfigError(f"config key '{key}': {msg}{more}") from None

@@ -78,8 +78,11 @@ def local_api(timeout_s: float = 120.0) -> Iterator[str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.local_api", str(os.getpid()), str(port)], env=env,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "macd_ml.flows.local_api", str(os.getpid()), str(port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     atexit.register(_stop, proc)
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + timeout_s
@@ -118,8 +121,14 @@ def main(argv: list[str]) -> None:
     import uvicorn
 
     sys.path.insert(0, str(prefect.__module_path__.parent))
-    uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
-                log_level="error", lifespan="on")
+    uvicorn.run(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

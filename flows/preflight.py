@@ -19,15 +19,15 @@ from pathlib import Path
 
 import polars as pl
 
-from features.build import build_features
-from features.errors import ConfigError
-from features.ingest import Candles, Market, default_cross, load_market
-from features.labels import label_name, make_labels
-from features.splits import Folds, make_folds
-from features.synth import synth_market
-from flows.config import RetrainConfig
-from models.registry import min_fit_rows
-from models.stacking import MIN_INNER_BLOCK, inner_block_size
+from macd_ml.features.build import build_features
+from macd_ml.features.errors import ConfigError
+from macd_ml.features.ingest import Candles, Market, default_cross, load_market
+from macd_ml.features.labels import label_name, make_labels
+from macd_ml.features.splits import Folds, make_folds
+from macd_ml.features.synth import synth_market
+from macd_ml.flows.config import RetrainConfig
+from macd_ml.models.registry import min_fit_rows
+from macd_ml.models.stacking import MIN_INNER_BLOCK, inner_block_size
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,11 @@ def _market(config: RetrainConfig) -> Market:
     frames = synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps)
     if config.target not in frames:
         raise ConfigError(f"config key 'target': {config.target} is not among synthetic.symbols {spec.symbols}")
-    cross = config.cross if config.cross is not None else (["BTCUSDT"] if "BTCUSDT" in frames and config.target != "BTCUSDT" else [])
+    cross = (
+        config.cross
+        if config.cross is not None
+        else (["BTCUSDT"] if "BTCUSDT" in frames and config.target != "BTCUSDT" else [])
+    )
     missing = [c for c in cross if c not in frames]
     if missing:
         raise ConfigError(f"config key 'cross': {missing} not among synthetic.symbols {spec.symbols}")
@@ -69,13 +73,19 @@ def preflight(config: RetrainConfig) -> Shape:
             f"{market.target.symbol}: {bars} bars leave no feature rows after the warm-up of "
             f"features.warmup_bars={config.features.warmup_bars} bars per contiguous stretch; supply more data"
         )
-    labels = make_labels(market.target.frame, config.horizons, dead_zone_bps=config.dead_zone_bps,
-                         gap_tolerance_hours=config.gap_tolerance_hours)
+    labels = make_labels(
+        market.target.frame,
+        config.horizons,
+        dead_zone_bps=config.dead_zone_bps,
+        gap_tolerance_hours=config.gap_tolerance_hours,
+    )
     y = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
     for h in config.horizons:
         if y[label_name(h)].drop_nulls().len() == 0:
-            raise ConfigError(f"config key 'horizons': h={h} h is longer than any contiguous stretch of the "
-                              f"{bars} bars of data, so no row has a label; use a shorter horizon or more data")
+            raise ConfigError(
+                f"config key 'horizons': h={h} h is longer than any contiguous stretch of the "
+                f"{bars} bars of data, so no row has a label; use a shorter horizon or more data"
+            )
     folds = make_folds(table.frame["timestamp"], config.horizons, config.folds)
     dev = y.slice(0, folds.holdout.start)
     for h in config.horizons:

@@ -14,37 +14,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from features.labels import label_name
-from flows import logs
-from flows.config import RetrainConfig
-from models.device import cuda_available, parallel_tasks
-from models.evaluate import auc_se, cross_gain, importance_share, model_metrics
-from models.registry import SEQUENCE_MODELS
-from tasks.data import (
-    MarketRef,
-    TableRef,
-    features_task,
-    folds_task,
-    ingest_task,
-    labels_task,
-    load_folds,
-    load_labels,
-    synthetic_market_task,
+from macd_ml.artifacts.signing import check_key_outside
+from macd_ml.artifacts.store import (
+    ArtifactRef,
+    clean_stale_temp,
+    new_run_id,
+    read_json,
+    read_parquet,
+    read_text,
+    validate_run_id,
 )
-from flows.preflight import preflight
-from tasks.publish import promote_task, publish_run_task, record_run
-from tasks.report import publish_ui_artifacts, report_task
-from tasks.results import SafeJSONSerializer, result_storage_block
-from tasks.signing import check_key_outside
-from tasks.stack import stack_task
-from tasks.store import (
-    ArtifactRef, clean_stale_temp, new_run_id, read_json, read_parquet, read_text, validate_run_id,
-)
-from tasks.train import assemble_task, fit_fold_task, refit_task
+from macd_ml.features.labels import label_name
+from macd_ml.flows import logs
+from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.preflight import preflight
+from macd_ml.models.device import cuda_available, parallel_tasks
+from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
+from macd_ml.models.metrics import Metrics, metrics_schema
+from macd_ml.models.registry import SEQUENCE_MODELS
+from macd_ml.tasks.features import features_task, folds_task, labels_task
+from macd_ml.tasks.ingest import ingest_task, synthetic_market_task
+from macd_ml.tasks.publish import promote_task, publish_run_task, record_run
+from macd_ml.tasks.refs import MarketRef, StackResult, TableRef, TrainingData, load_folds, load_labels
+from macd_ml.tasks.report import publish_ui_artifacts, report_task
+from macd_ml.tasks.results import SafeJSONSerializer, result_storage_block
+from macd_ml.tasks.stack import stack_task
+from macd_ml.tasks.train import assemble_task, fit_fold_task, refit_task
 
 
 def _run_id() -> str:
@@ -68,7 +68,9 @@ def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref:
     balance = {}
     for h in config.horizons:
         col = y[label_name(h)]
-        balance[str(h)] = {"defined": int(col.drop_nulls().len()), "up_share": round(float(col.mean() or 0.0), 4)}
+        defined = col.drop_nulls().cast(pl.Float64).to_numpy()
+        up_share = float(defined.mean()) if len(defined) else 0.0
+        balance[str(h)] = {"defined": len(defined), "up_share": round(up_share, 4)}
     n_oof = sum(len(f.test) for f in folds.folds)
     return {
         "target": market.target,
@@ -81,8 +83,14 @@ def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref:
         "labels": balance,
         "input": {"rows": market.rows, "span": market.span, "gaps": market.gaps},
         "folds": [
-            {"fold": f.index, "fit": len(f.fit), "early_stop": len(f.early_stop), "test": len(f.test),
-             "test_first": f.test.first, "test_last": f.test.last}
+            {
+                "fold": f.index,
+                "fit": len(f.fit),
+                "early_stop": len(f.early_stop),
+                "test": len(f.test),
+                "test_first": f.test.first,
+                "test_last": f.test.last,
+            }
             for f in folds.folds
         ],
         "holdout": {"rows": len(folds.holdout), "first": folds.holdout.first, "last": folds.holdout.last},
@@ -105,62 +113,84 @@ def _ensure_gpu_limit() -> None:
 def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: ArtifactRef, out: str, cached: dict):
     """Submit every (model, fold) task and every refit at once; the task runner bounds the parallelism."""
     m = config.models
+    inputs = TrainingData(
+        features=feats,
+        labels=labels,
+        folds=folds,
+        horizons=config.horizons,
+        gap_tolerance_hours=config.gap_tolerance_hours,
+        collapse_std=m.collapse_std,
+    )
     fold_futures, refit_futures = [], []
     for name in m.enabled:
         opts = {**cached, "tags": ["gpu"] if name in SEQUENCE_MODELS else ["cpu"]}
-        common = dict(params=m.params_for(name), feature_set=m.feature_set(name), features=feats, labels=labels,
-                      folds=folds, horizons=config.horizons, gap_tolerance_hours=config.gap_tolerance_hours,
-                      collapse_std=m.collapse_std, out_dir=out)
+        common = dict(params=m.params_for(name), feature_set=m.feature_set(name), inputs=inputs, out_dir=out)
         for k in range(config.folds.n_folds):
             fold_futures.append(fit_fold_task.with_options(**opts).submit(name, fold=k, **common))
         refit_futures.append(refit_task.with_options(**opts).submit(name, **common))
     return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
 
 
-def _metrics(config, market, feats, labels, folds, tables, training, refits, stack) -> dict:
+def _metrics(config, market, feats, labels, folds, tables, training, refits, stack: StackResult) -> Metrics:
     """metrics.json (DESIGN.md §3): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
-    n_oof, n_test, plus what the report needs."""
+    n_oof, n_test, plus what the report needs; validated against the Metrics schema."""
     summary = _summary(market, feats, labels, folds, config)
-    scores = model_metrics(read_parquet(tables["oof.parquet"]), read_parquet(tables["holdout_predictions.parquet"]),
-                           config.models.enabled, config.horizons)
-    metrics = {
-        **summary, "models": scores, "meta": stack["meta"], "diversity": stack["diversity"],
+    scores = model_metrics(
+        read_parquet(tables["oof.parquet"]),
+        read_parquet(tables["holdout_predictions.parquet"]),
+        config.models.enabled,
+        config.horizons,
+    )
+    metrics: dict = {
+        **summary,
+        "models": scores,
+        "meta": stack.meta,
+        "diversity": stack.diversity,
         "training": training,
-        "auc_se": {str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)}
-                   for h in config.horizons},
+        "auc_se": {
+            str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)} for h in config.horizons
+        },
     }
     gain = cross_gain(scores, config.horizons)
     if gain is not None:
         cross_refit = next(r for r in refits if r.model == "lgb_cross")
         imp = read_json(cross_refit.files["lgb_cross_importance.json"])
         metrics["cross_features"] = {"auc_gain": gain, "importance": importance_share(imp)}
-    return metrics
+    return Metrics.model_validate(metrics)
+
+
+def _per_model(fold_outputs, refits, field: str) -> dict[str, dict]:
+    """{model: {"folds": {fold: value}, "refit": value}} for one field of the training outputs."""
+    out: dict[str, dict] = {}
+    for fo in fold_outputs:
+        out.setdefault(fo.model, {"folds": {}})["folds"][str(fo.fold)] = getattr(fo, field)
+    for r in refits:
+        out.setdefault(r.model, {"folds": {}})["refit"] = getattr(r, field)
+    return out
 
 
 def _timings(fold_outputs, refits) -> dict:
     """Wall-clock fit seconds per task: published beside metrics.json, never part of a cache key."""
-    out: dict[str, dict] = {}
-    for fo in fold_outputs:
-        out.setdefault(fo.model, {"folds": {}})["folds"][str(fo.fold)] = fo.seconds
-    for r in refits:
-        out.setdefault(r.model, {"folds": {}})["refit"] = r.seconds
-    return {"fit_seconds": out}
+    return {"fit_seconds": _per_model(fold_outputs, refits, "seconds")}
 
 
 def _training_summary(fold_outputs, refits) -> dict:
-    out: dict[str, dict] = {}
-    for fo in fold_outputs:
-        out.setdefault(fo.model, {"folds": {}})["folds"][str(fo.fold)] = fo.summary
+    out = _per_model(fold_outputs, refits, "summary")
     for r in refits:
-        out.setdefault(r.model, {"folds": {}})["refit"] = r.summary
         out[r.model]["collapsed"] = any(r.summary["collapsed"].values()) or any(
-            any(f["collapsed"].values()) for f in out[r.model]["folds"].values())
+            any(f["collapsed"].values()) for f in out[r.model]["folds"].values()
+        )
     return out
 
 
-@flow(name="retrain", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=parallel_tasks()),
-      result_serializer=SafeJSONSerializer(), persist_result=False)
-def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) -> str:
+@flow(
+    name="retrain",
+    log_prints=False,  # tasks log through their run logger; print() stays print()
+    task_runner=ThreadPoolTaskRunner(max_workers=parallel_tasks()),  # type: ignore[arg-type]
+    result_serializer=SafeJSONSerializer(),
+    persist_result=False,
+)
+def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) -> str:  # noqa: B008 (the UI form)
     """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market), publish the run
     folder ``OUT/runs/RUN_ID`` and promote it to ``OUT/current``. Returns the run folder's path.
 
@@ -193,13 +223,19 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
 
     training = _training_summary(fold_outputs, refits)
     stack = stack_task.with_options(**cached)(
-        tables, config.models.enabled, config.horizons, config.stacking, load_folds(folds).embargo_hours,
-        {m: t["collapsed"] for m, t in training.items()}, str(out),
+        tables,
+        config.models.enabled,
+        config.horizons,
+        config.stacking,
+        load_folds(folds).embargo_hours,
+        {m: t["collapsed"] for m, t in training.items()},
+        str(out),
     )
     metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack)
-    importance = {r.model: r.files[f"{r.model}_importance.json"] for r in refits
-                  if f"{r.model}_importance.json" in r.files}
-    report = report_task.with_options(**cached)(metrics, tables, stack["files"], importance, str(out))
+    importance = {
+        r.model: r.files[f"{r.model}_importance.json"] for r in refits if f"{r.model}_importance.json" in r.files
+    }
+    report = report_task.with_options(**cached)(metrics, tables, stack.files, importance, str(out))
 
     artifacts = {
         "features.parquet": feats.data,
@@ -207,7 +243,7 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
         "labels.parquet": labels,
         "folds.json": folds,
         **tables,
-        **stack["files"],
+        **stack.files,
         **report,
     }
     for r in refits:
@@ -215,15 +251,24 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
             artifacts[f"models/{r.model}/{fname}"] = ref
     # publication is content-addressed: --force recomputes the stages, and identical results publish no duplicate
     run = publish_run_task.with_options(result_storage=cached["result_storage"])(
-        str(out), run_id, artifacts,
-        {"config.json": config.model_dump(mode="json", exclude={"force"}), "metrics.json": metrics},
+        str(out),
+        run_id,
+        artifacts,
+        {
+            "config.json": config.model_dump(mode="json", exclude={"force"}),
+            "metrics.json": metrics.model_dump(mode="json"),
+            "metrics.schema.json": metrics_schema(),
+        },
         timings=_timings(fold_outputs, refits),
     )
     promote_task(str(out), run)
     if run.run_id != run_id:
-        log.info("run %s produced exactly the artifacts of run %s, published earlier; nothing new was written",
-                 run_id, run.run_id)
-    publish_ui_artifacts({"run_id": run.run_id, **metrics}, read_text(report["report.md"]))
+        log.info(
+            "run %s produced exactly the artifacts of run %s, published earlier; nothing new was written",
+            run_id,
+            run.run_id,
+        )
+    publish_ui_artifacts(metrics.model_copy(update={"run_id": run.run_id}), read_text(report["report.md"]))
     log.info("run folder: %s", run.path)
     return run.path
 
@@ -232,9 +277,16 @@ def _record(log, out: Path, run_id: str, config: RetrainConfig) -> None:
     """Write the run's config so `macd-ml resume RUN_ID` can finish it, then say how to resume; if the record
     cannot be written, say the command that does work for this run instead."""
     try:
-        record_run(out, run_id, config.model_copy(update={"out_dir": str(out)}).model_dump(mode="json", exclude={"force"}))
+        record_run(
+            out, run_id, config.model_copy(update={"out_dir": str(out)}).model_dump(mode="json", exclude={"force"})
+        )
     except OSError as exc:
-        log.warning("could not record run %s for `macd-ml resume` (%s); to finish it after a failure use: "
-                    "prefect flow-run retry %s", run_id, exc, flow_run.get_id())
+        log.warning(
+            "could not record run %s for `macd-ml resume` (%s); to finish it after a failure use: "
+            "prefect flow-run retry %s",
+            run_id,
+            exc,
+            flow_run.get_id(),
+        )
         return
     log.info("run id %s (resume with: macd-ml resume %s --out %s)", run_id, run_id, out)

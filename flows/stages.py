@@ -7,16 +7,25 @@ these stages, ``macd-ml resume RUN_ID`` re-runs just that stage inside the flow.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import polars as pl
+from pydantic import ValidationError
 
-from features.errors import ConfigError
-from flows.config import validate_config
-from models.stacking import meta_document, stack_all
-from tasks.report import write_report
-from tasks.store import IntegrityError, verify_run, write_json, write_parquet
+from macd_ml.artifacts.store import (
+    IntegrityError,
+    read_json,
+    read_parquet,
+    run_artifacts,
+    verify_run,
+    write_json,
+    write_parquet,
+)
+from macd_ml.features.errors import ConfigError
+from macd_ml.flows.config import apply_overrides, validate_config
+from macd_ml.models.metrics import Metrics, Shipped
+from macd_ml.models.predictor import predictors_document
+from macd_ml.models.stacking import stack_all
+from macd_ml.tasks.report import write_report
 
 
 def _load(run: Path) -> dict:
@@ -24,20 +33,32 @@ def _load(run: Path) -> dict:
     if not (run / "manifest.json").is_file():
         raise ConfigError(f"{run}: not a published run folder (no manifest.json)")
     try:
-        verify_run(run, signed=False)  # a run read as input (possibly made elsewhere): its checksums must hold
+        manifest = verify_run(run, signed=False)  # a run read as input (possibly made elsewhere): checksums hold
     except IntegrityError as exc:
         raise ConfigError(str(exc)) from None
-    metrics = json.loads((run / "metrics.json").read_text())
-    config = json.loads((run / "config.json").read_text())
-    # metrics.json is written with sorted keys; restore the run's model order for tables and plots
-    order = config.get("models", {}).get("enabled", list(metrics["models"]))
-    metrics["models"] = {m: metrics["models"][m] for m in order if m in metrics["models"]}
+    refs = run_artifacts(run, manifest)
+    config = read_json(refs["config.json"])
+    try:
+        metrics = Metrics.model_validate(read_json(refs["metrics.json"]))
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{run / 'metrics.json'}: does not match the metrics schema ({exc.errors()[0]['msg']})"
+        ) from None
+    # the run's model order for tables and plots, whatever order the JSON holds them in
+    order = config.get("models", {}).get("enabled", list(metrics.models))
+    metrics.models = {m: metrics.models[m] for m in order if m in metrics.models}
     return {
         "metrics": metrics,
         "config": config,
-        "folds": json.loads((run / "folds.json").read_text()),
-        "oof": pl.read_parquet(run / "oof.parquet"),
-        "holdout": pl.read_parquet(run / "holdout_predictions.parquet"),
+        "folds": read_json(refs["folds.json"]),
+        "oof": read_parquet(refs["oof.parquet"]),
+        "holdout": read_parquet(refs["holdout_predictions.parquet"]),
+        "shipped": read_parquet(refs["shipped_holdout.parquet"]),
+        "importance": {
+            rel.split("/")[1]: read_json(ref)
+            for rel, ref in refs.items()
+            if rel.startswith("models/") and rel.endswith("_importance.json")
+        },
     }
 
 
@@ -48,40 +69,38 @@ def _fresh(out: Path, run: Path) -> Path:
     return out
 
 
-def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict:
+def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict[str, Shipped]:
     """Re-choose and refit what ships from the run's OOF rows (stacking settings from the run's config, then
     ``overrides`` like ``stacking.nonneg=false``); write meta.json, stack.json, shipped_holdout.parquet."""
     out = _fresh(out, run)
     r = _load(run)
-    cfg = dict(r["config"])
-    for item in overrides or []:
-        key, _, value = item.partition("=")
-        if not key.startswith("stacking."):
-            raise ConfigError(f"--set {key}: only stacking.* keys apply to this stage")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        cfg.setdefault("stacking", {})[key.split(".", 1)[1]] = parsed
-    config = validate_config(cfg)
-    m = r["metrics"]
-    collapsed = {name: t.get("collapsed", False) for name, t in m.get("training", {}).items()}
-    meta, div, predictors, shipped = stack_all(r["oof"], r["holdout"], config.models.enabled, m["horizons"],
-                                               config.stacking, r["folds"]["embargo_hours"], collapsed)
-    write_json(out / "meta.json", meta_document(m["horizons"], predictors))
-    write_json(out / "stack.json", {"meta": meta, "diversity": div, "spec": config.stacking.model_dump(),
-                                    "source_run": m["run_id"]})
-    write_parquet(out / "shipped_holdout.parquet", shipped)
-    return meta
+    config = validate_config(apply_overrides(dict(r["config"]), overrides or [], prefix="stacking"))
+    m: Metrics = r["metrics"]
+    collapsed = {name: t.collapsed for name, t in m.training.items()}
+    outcome = stack_all(
+        r["oof"],
+        r["holdout"],
+        config.models.enabled,
+        m.horizons,
+        config.stacking,
+        r["folds"]["embargo_hours"],
+        collapsed,
+    )
+    write_json(out / "meta.json", predictors_document(m.horizons, outcome.predictors))
+    stack_doc = {
+        "meta": outcome.metrics,
+        "diversity": outcome.diversity,
+        "spec": config.stacking.model_dump(),
+        "source_run": m.run_id,
+    }
+    write_json(out / "stack.json", stack_doc)
+    write_parquet(out / "shipped_holdout.parquet", outcome.shipped)
+    return outcome.metrics
 
 
 def run_report(run: Path, out: Path) -> Path:
     """Re-render report.md and the plots of a run into ``out``."""
     out = _fresh(out, run)
     r = _load(run)
-    run = Path(run)
-    importance = {p.name.split("_importance")[0]: json.loads(p.read_text())
-                  for p in (run / "models").glob("*/*_importance.json")}
-    write_report(out, r["metrics"], r["oof"], r["holdout"], pl.read_parquet(run / "shipped_holdout.parquet"),
-                 importance)
+    write_report(out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"])
     return out / "report.md"

@@ -9,8 +9,6 @@ their rows; sequence models also read the rows before them (features only, never
 
 from __future__ import annotations
 
-import json
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,31 +17,40 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-# Bumped whenever a change alters what a model learns or predicts; part of every training task's cache key.
-MODELS_VERSION = "models-1"
-
 
 @dataclass(frozen=True)
 class Dataset:
     """Feature matrix X (n_rows x n_features, float32), labels Y (n_rows x n_horizons, float32 with NaN where
-    undefined), and ``segment_start[i]`` = first row of row i's contiguous stretch (sequence windows stop there)."""
+    undefined), and ``segment_start[i]`` = first row of row i's contiguous stretch (sequence windows stop there).
+
+    The training view has labels; the inference view (``models.train.inference_view``) has ``Y=None``: fitting on
+    it is an error, predicting works the same."""
 
     X: np.ndarray
-    Y: np.ndarray
+    Y: np.ndarray | None
     feature_names: list[str]
     horizons: list[int]
     segment_start: np.ndarray
     timestamps: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.X.shape[0] != self.Y.shape[0] or self.Y.shape[1] != len(self.horizons):
+        if self.Y is not None and (self.X.shape[0] != self.Y.shape[0] or self.Y.shape[1] != len(self.horizons)):
             raise ValueError("X, Y and horizons disagree in shape")
+        if self.segment_start.shape[0] != self.X.shape[0]:
+            raise ValueError("X and segment_start disagree in length")
         if self.X.shape[1] != len(self.feature_names):
             raise ValueError("X columns and feature_names disagree")
 
     @property
     def n_rows(self) -> int:
         return self.X.shape[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Y, for fitting; an inference view has none."""
+        if self.Y is None:
+            raise ValueError("this dataset is an inference view without labels; fit on a training view (build_dataset)")
+        return self.Y
 
     def columns(self, names: list[str]) -> np.ndarray:
         idx = [self.feature_names.index(n) for n in names]
@@ -62,6 +69,10 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.idx)
+
+
+class NotFittedError(RuntimeError):
+    """predict() or save() on a model that was neither fitted nor loaded."""
 
 
 @dataclass
@@ -86,6 +97,15 @@ class Model(ABC):
         self.horizons = list(horizons)
         self.info = FitInfo()
 
+    @property
+    @abstractmethod
+    def is_fitted(self) -> bool:
+        """True once fit() or load() gave the model its parameters."""
+
+    def check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name} is not fitted yet: call fit() (or load a saved model) before predict()")
+
     @abstractmethod
     def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "Model":
         """Train on ``fit_rows``; stop early / choose the best epoch on ``early_stop_rows``."""
@@ -100,8 +120,7 @@ class Model(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, folder: Path) -> "Model":
-        ...
+    def load(cls, folder: Path) -> "Model": ...
 
     def describe(self) -> dict[str, Any]:
         """Everything that defines the fitted model (saved beside it, so no wall-clock times here: the same
@@ -123,32 +142,5 @@ class Model(ABC):
 
 def labelled(data: Dataset, rows: Rows, h_index: int) -> np.ndarray:
     """The subset of ``rows`` whose label at horizon ``h_index`` is defined."""
-    y = data.Y[rows.idx, h_index]
+    y = data.labels[rows.idx, h_index]
     return rows.idx[~np.isnan(y)]
-
-
-def write_json_atomic(path: Path, obj: Any) -> Path:
-    """Small JSON writes inside model folders (the run-folder store copies these later)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def segment_starts(timestamps_us: np.ndarray, gap_tolerance_hours: int) -> np.ndarray:
-    """For each row, the index of the first row of its contiguous stretch of the feature table."""
-    n = len(timestamps_us)
-    starts = np.zeros(n, dtype=np.int64)
-    if n == 0:
-        return starts
-    step = np.diff(timestamps_us) // 3_600_000_000
-    new = np.concatenate([[True], step > 1 + gap_tolerance_hours])
-    first = np.where(new, np.arange(n), 0)
-    return np.maximum.accumulate(first)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import polars as pl
 
-from features.labels import label_name
-from models.train import auc
+from macd_ml.features.labels import label_name
+from macd_ml.models.train import auc
 
 
 def prediction_columns(model: str, horizons: list[int]) -> list[str]:
@@ -56,9 +56,7 @@ def cross_gain(scores: dict, horizons: list[int], base: str = "lgb", cross: str 
     out = {}
     for h in map(str, horizons):
         b, c = scores[base][h], scores[cross][h]
-        out[h] = {
-            k: (None if b[k] is None or c[k] is None else round(c[k] - b[k], 4)) for k in ("oof_auc", "test_auc")
-        }
+        out[h] = {k: (None if b[k] is None or c[k] is None else round(c[k] - b[k], 4)) for k in ("oof_auc", "test_auc")}
     return out
 
 
@@ -71,5 +69,7 @@ def importance_share(importance: dict[str, dict[str, float]], marker: str = "__"
     s = sum(total.values()) or 1.0
     cross = {k: v for k, v in total.items() if marker in k}
     ranked = sorted(cross.items(), key=lambda kv: -kv[1])[:top]
-    return {"cross_gain_share": round(sum(cross.values()) / s, 4),
-            "top_cross_features": [{"feature": k, "gain_share": round(v / s, 4)} for k, v in ranked]}
+    return {
+        "cross_gain_share": round(sum(cross.values()) / s, 4),
+        "top_cross_features": [{"feature": k, "gain_share": round(v / s, 4)} for k, v in ranked],
+    }

@@ -6,6 +6,7 @@ Saved as the libraries' own formats: LightGBM text, XGBoost JSON, plus ``{name}_
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -15,36 +16,43 @@ import numpy as np
 import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.base import Dataset, Model, Rows, labelled, read_json, write_json_atomic
-from models.device import cpu_threads, cuda_available
+from macd_ml.artifacts.store import read_json, write_json
+from macd_ml.models.base import Dataset, Model, Rows, labelled
+from macd_ml.models.device import cpu_threads, cuda_available
 
 
-class LGBParams(BaseModel):
+class BoostingParams(BaseModel):
+    """What both boosters share: step size, the round budget, early stopping on the inner slice, the seed."""
+
     model_config = ConfigDict(extra="forbid")
 
     learning_rate: float = Field(default=0.03, gt=0, le=1)
+    max_rounds: int = Field(default=600, ge=1)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    seed: int = 0
+
+
+class LGBParams(BoostingParams):
     num_leaves: int = Field(default=15, ge=2)
     min_data_in_leaf: int = Field(default=100, ge=1)
     feature_fraction: float = Field(default=0.7, gt=0, le=1)
     bagging_fraction: float = Field(default=0.8, gt=0, le=1)
     lambda_l2: float = Field(default=1.0, ge=0)
-    max_rounds: int = Field(default=600, ge=1)
-    early_stopping_rounds: int = Field(default=50, ge=1)
-    seed: int = 0
 
 
-class XGBParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float = Field(default=0.03, gt=0, le=1)
+class XGBParams(BoostingParams):
     max_depth: int = Field(default=4, ge=1)
     min_child_weight: float = Field(default=20.0, ge=0)
     subsample: float = Field(default=0.8, gt=0, le=1)
     colsample_bytree: float = Field(default=0.7, gt=0, le=1)
     reg_lambda: float = Field(default=1.0, ge=0)
-    max_rounds: int = Field(default=600, ge=1)
-    early_stopping_rounds: int = Field(default=50, ge=1)
-    seed: int = 0
+
+
+# LightGBM's native library is not safe when two Python threads train or predict at once (a Dataset built in one
+# thread while another predicts segfaulted here; LightGBM's own docs warn against concurrent jobs in one process).
+# Fold tasks run in threads, so every LightGBM call in this process takes this lock; XGBoost and torch tasks still
+# run beside it.
+_LGB_LOCK = threading.Lock()
 
 
 def own_features(names: list[str]) -> list[str]:
@@ -65,14 +73,21 @@ class BoosterPerHorizon(Model):
     def _load_booster(path: Path):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.boosters) and all(h in self.boosters for h in self.horizons)
+
     def save(self, folder: Path) -> list[Path]:
+        self.check_fitted()
         folder.mkdir(parents=True, exist_ok=True)
         files = []
-        for h, b in self.boosters.items():
-            p = folder / f"{self.name}_h{h}.{self.suffix}"
-            b.save_model(str(p))
-            files.append(p)
-        files.append(write_json_atomic(folder / f"{self.name}_meta.json", self.describe()))
+        with _LGB_LOCK:  # (LightGBM's writer is native code too)
+            for h, b in self.boosters.items():
+                p = folder / f"{self.name}_h{h}.{self.suffix}"
+                b.save_model(str(p))
+                files.append(p)
+        write_json(folder / f"{self.name}_meta.json", self.describe())
+        files.append(folder / f"{self.name}_meta.json")
         return files
 
     @classmethod
@@ -90,10 +105,12 @@ class LGBModel(BoosterPerHorizon):
     name: ClassVar[str] = "lgb"
     Params: ClassVar[type[BaseModel]] = LGBParams
     suffix: ClassVar[str] = "txt"
+    params: LGBParams
 
     @staticmethod
     def _load_booster(path: Path) -> lgb.Booster:
-        return lgb.Booster(model_file=str(path))
+        with _LGB_LOCK:
+            return lgb.Booster(model_file=str(path))
 
     def _lgb_params(self) -> dict:
         p = self.params
@@ -114,14 +131,21 @@ class LGBModel(BoosterPerHorizon):
         }
 
     def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "LGBModel":
+        with _LGB_LOCK:
+            return self._fit(data, fit_rows, early_stop_rows)
+
+    def _fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "LGBModel":
         t0 = time.perf_counter()
         X = data.columns(self.feature_names)
         for j, h in enumerate(self.horizons):
             tr, es = labelled(data, fit_rows, j), labelled(data, early_stop_rows, j)
-            dtrain = lgb.Dataset(X[tr], data.Y[tr, j], feature_name=self.feature_names, free_raw_data=True)
-            dval = lgb.Dataset(X[es], data.Y[es, j], reference=dtrain)
+            dtrain = lgb.Dataset(X[tr], data.labels[tr, j], feature_name=self.feature_names, free_raw_data=True)
+            dval = lgb.Dataset(X[es], data.labels[es, j], reference=dtrain)
             booster = lgb.train(
-                self._lgb_params(), dtrain, num_boost_round=self.params.max_rounds, valid_sets=[dval],
+                self._lgb_params(),
+                dtrain,
+                num_boost_round=self.params.max_rounds,
+                valid_sets=[dval],
                 callbacks=[lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)],
             )
             best = booster.best_iteration or booster.current_iteration()
@@ -133,16 +157,18 @@ class LGBModel(BoosterPerHorizon):
         return self
 
     def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
+        self.check_fitted()
         X = data.columns(self.feature_names)[rows.idx]
-        return np.column_stack([self.boosters[h].predict(X) for h in self.horizons]).astype(np.float64)
+        with _LGB_LOCK:
+            return np.column_stack([self.boosters[h].predict(X) for h in self.horizons]).astype(np.float64)
 
     def feature_importance(self) -> dict[str, dict[str, float]]:
         """Gain importance per horizon (for the report)."""
-        return {
-            str(h): dict(zip(self.feature_names, b.feature_importance("gain").astype(float).tolist()))
-            for h, b in self.boosters.items()
-        }
-
+        with _LGB_LOCK:
+            return {
+                str(h): dict(zip(self.feature_names, b.feature_importance("gain").astype(float).tolist()))
+                for h, b in self.boosters.items()
+            }
 
 
 class LGBCrossModel(LGBModel):
@@ -155,6 +181,7 @@ class XGBModel(BoosterPerHorizon):
     name: ClassVar[str] = "xgb"
     Params: ClassVar[type[BaseModel]] = XGBParams
     suffix: ClassVar[str] = "json"
+    params: XGBParams
 
     @staticmethod
     def _load_booster(path: Path) -> xgb.Booster:
@@ -185,11 +212,14 @@ class XGBModel(BoosterPerHorizon):
         X = data.columns(self.feature_names)
         for j, h in enumerate(self.horizons):
             tr, es = labelled(data, fit_rows, j), labelled(data, early_stop_rows, j)
-            dtrain = xgb.DMatrix(X[tr], label=data.Y[tr, j], feature_names=self.feature_names)
-            dval = xgb.DMatrix(X[es], label=data.Y[es, j], feature_names=self.feature_names)
+            dtrain = xgb.DMatrix(X[tr], label=data.labels[tr, j], feature_names=self.feature_names)
+            dval = xgb.DMatrix(X[es], label=data.labels[es, j], feature_names=self.feature_names)
             booster = xgb.train(
-                self._xgb_params(device), dtrain, num_boost_round=self.params.max_rounds,
-                evals=[(dval, "early_stop")], early_stopping_rounds=self.params.early_stopping_rounds,
+                self._xgb_params(device),
+                dtrain,
+                num_boost_round=self.params.max_rounds,
+                evals=[(dval, "early_stop")],
+                early_stopping_rounds=self.params.early_stopping_rounds,
                 verbose_eval=False,
             )
             best = int(booster.best_iteration) + 1
@@ -202,6 +232,7 @@ class XGBModel(BoosterPerHorizon):
         return self
 
     def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
+        self.check_fitted()
         X = data.columns(self.feature_names)[rows.idx]
         d = xgb.DMatrix(X, feature_names=self.feature_names)
         return np.column_stack([self.boosters[h].predict(d) for h in self.horizons]).astype(np.float64)

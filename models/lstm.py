@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from models.sequence import SequenceModel, SequenceParams
+from macd_ml.models.sequence import SequenceModel, SequenceParams
 
 
 class LSTMNet(nn.Module):

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from features.labels import label_name
+from macd_ml.features.labels import label_name
 
 DPI = 100
 SQUARE = (8, 6)  # inches -> 800x600 px at DPI
@@ -57,8 +57,16 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12,
-            bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "grey"})
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=12,
+        bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "grey"},
+    )
 
 
 def _labelled(frame: pl.DataFrame, h: int) -> np.ndarray | None:
@@ -69,8 +77,9 @@ def _labelled(frame: pl.DataFrame, h: int) -> np.ndarray | None:
     return frame[col].is_not_null().to_numpy()
 
 
-def _curves(holdout: pl.DataFrame, h: int, models: list[str], shipped: dict | None,
-            shipped_name: dict | None) -> tuple[np.ndarray, list[tuple[str, np.ndarray, str, bool]]] | None:
+def _curves(
+    holdout: pl.DataFrame, h: int, models: list[str], shipped: dict | None, shipped_name: dict | None
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray, str, bool]]] | None:
     """Labels and the prediction series to draw for horizon h on the holdout, label-null rows dropped.
 
     Returns (y, [(legend name, p, colour, is_shipped), ...]) or None when the holdout has no y_h column.
@@ -121,11 +130,23 @@ def plot_roc(path: Path, h: int, y: np.ndarray, series: list) -> Path:
                 continue
             fpr, tpr, _ = roc_curve(yy, pp)
             auc = roc_auc_score(yy, pp)
-            ax.plot(fpr, tpr, color=color, lw=3 if is_shipped else 1.3, zorder=3 if is_shipped else 2,
-                    label=f"{name} (AUC {auc:.3f})")
+            ax.plot(
+                fpr,
+                tpr,
+                color=color,
+                lw=3 if is_shipped else 1.3,
+                zorder=3 if is_shipped else 2,
+                label=f"{name} (AUC {auc:.3f})",
+            )
         ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
-    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xlabel="false positive rate", ylabel="true positive rate",
-           title=f"ROC on the holdout, horizon {h} h (n = {len(y):,})")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        aspect="equal",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"ROC on the holdout, horizon {h} h (n = {len(y):,})",
+    )
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -172,8 +193,16 @@ def plot_calibration(path: Path, h: int, y: np.ndarray, series: list) -> Path:
         if len(yy) == 0:
             continue
         frac_pos, mean_pred = calibration_curve(yy, pp, n_bins=CALIBRATION_BINS, strategy="quantile")
-        ax.plot(mean_pred, frac_pos, marker="o", ms=6 if is_shipped else 4, color=color,
-                lw=3 if is_shipped else 1.3, zorder=3 if is_shipped else 2, label=name)
+        ax.plot(
+            mean_pred,
+            frac_pos,
+            marker="o",
+            ms=6 if is_shipped else 4,
+            color=color,
+            lw=3 if is_shipped else 1.3,
+            zorder=3 if is_shipped else 2,
+            label=name,
+        )
         predictions.append(pp)
         points += [mean_pred, frac_pos]
     lo, hi = _zoom(predictions, points)
@@ -182,8 +211,12 @@ def plot_calibration(path: Path, h: int, y: np.ndarray, series: list) -> Path:
         ax.axhline(y.mean(), color="grey", lw=0.8, ls=":", label=f"base rate {y.mean():.3f}")
     if not _two_classes(y):
         _note(ax, f"holdout has a single class for h={h} (n={len(y):,})")
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), ylabel="observed fraction of ups",
-           title=f"Calibration on the holdout, horizon {h} h ({CALIBRATION_BINS} quantile bins, n = {len(y):,})")
+    ax.set(
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+        ylabel="observed fraction of ups",
+        title=f"Calibration on the holdout, horizon {h} h ({CALIBRATION_BINS} quantile bins, n = {len(y):,})",
+    )
     ax.legend(loc="best", fontsize=9, framealpha=0.9)
     ax.grid(alpha=0.3)
     _histograms(ax_hist, series, lo, hi)
@@ -246,8 +279,10 @@ def plot_importance(path: Path, shares: dict[str, dict[str, float]], horizons: l
         ax.set_xlim(0, max(values) * 1.15)
         ax.xaxis.set_major_formatter(_percent)
         ax.tick_params(axis="y", labelsize=9)
-        ax.set(xlabel="share of total gain", title=f"{model}: top {len(top)} of {len(share)} features "
-                                                    f"by gain, summed over horizons {hs} h")
+        ax.set(
+            xlabel="share of total gain",
+            title=f"{model}: top {len(top)} of {len(share)} features by gain, summed over horizons {hs} h",
+        )
         ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
@@ -274,8 +309,9 @@ def plot_meta_weights(path: Path, weights: dict, horizons: list[int], models: li
         ax.bar(x + (k - (len(hs) - 1) / 2) * width, values, width, label=f"{h} h", color=shades[k])
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, names, rotation=30 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center")
-    ax.set(xlabel="base model", ylabel="weight on the model's logit",
-           title="Meta-learner weights per model and horizon")
+    ax.set(
+        xlabel="base model", ylabel="weight on the model's logit", title="Meta-learner weights per model and horizon"
+    )
     ax.legend(title="horizon", fontsize=9, loc="best")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -284,12 +320,19 @@ def plot_meta_weights(path: Path, weights: dict, horizons: list[int], models: li
 # ---------------------------------------------------------------- entry point
 
 
-def render_plots(folder: Path, *, horizons: list[int], oof: pl.DataFrame, holdout: pl.DataFrame,
-                 models: list[str], shipped: dict[str, np.ndarray] | None = None,
-                 shipped_name: dict[str, str] | None = None,
-                 correlations: dict[str, dict] | None = None,
-                 importance: dict[str, dict[str, dict[str, float]]] | None = None,
-                 meta_weights: dict[str, dict[str, float]] | None = None) -> dict[str, Path]:
+def render_plots(
+    folder: Path,
+    *,
+    horizons: list[int],
+    oof: pl.DataFrame,
+    holdout: pl.DataFrame,
+    models: list[str],
+    shipped: dict[str, np.ndarray] | None = None,
+    shipped_name: dict[str, str] | None = None,
+    correlations: dict[str, dict] | None = None,
+    importance: dict[str, dict[str, dict[str, float]]] | None = None,
+    meta_weights: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Path]:
     """Write the run's diagnostic PNGs into ``folder``; returns file name -> path for those written.
 
     ``oof`` is accepted for symmetry with the rest of the pipeline; the OOF view enters through

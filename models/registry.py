@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.base import Model
-from models.gbdt import LGBCrossModel, LGBModel, LGBParams, XGBModel, XGBParams, own_features
-from models.lstm import LSTMModel
-from models.sequence import SequenceParams
-from models.tft import TFTModel, TFTParams
+from macd_ml.models.base import Model
+from macd_ml.models.gbdt import LGBCrossModel, LGBModel, LGBParams, XGBModel, XGBParams, own_features
+from macd_ml.models.lstm import LSTMModel
+from macd_ml.models.sequence import SequenceParams
+from macd_ml.models.tft import TFTModel, TFTParams
 
 MODEL_CLASSES: dict[str, type[Model]] = {
     "lgb": LGBModel,
@@ -22,6 +22,13 @@ MODEL_CLASSES: dict[str, type[Model]] = {
 SEQUENCE_MODELS = ("lstm", "tft")
 
 FeatureSet = Literal["own", "all"]
+DEFAULT_FEATURE_SETS: dict[str, FeatureSet] = {
+    "lgb": "own",
+    "xgb": "own",
+    "lgb_cross": "all",
+    "lstm": "all",
+    "tft": "all",
+}
 
 
 class ModelsConfig(BaseModel):
@@ -36,9 +43,7 @@ class ModelsConfig(BaseModel):
     lgb_cross: LGBParams = Field(default_factory=LGBParams)
     lstm: SequenceParams = Field(default_factory=SequenceParams)
     tft: TFTParams = Field(default_factory=TFTParams)
-    feature_sets: dict[str, FeatureSet] = Field(
-        default_factory=lambda: {"lgb": "own", "xgb": "own", "lgb_cross": "all", "lstm": "all", "tft": "all"}
-    )
+    feature_sets: dict[str, FeatureSet] = Field(default_factory=lambda: dict(DEFAULT_FEATURE_SETS))
     collapse_std: float = Field(
         default=1e-3, ge=0, description="a model whose inner-slice predictions vary less than this is collapsed"
     )
@@ -71,16 +76,26 @@ def make_model(name: str, params: BaseModel, feature_names: list[str], horizons:
 
 def min_fit_rows(name: str, params: BaseModel) -> tuple[int, str]:
     """Fewest labelled fitting rows with which a model can learn more than a constant, and why."""
-    if name in ("lgb", "lgb_cross"):
+    if isinstance(params, LGBParams):
         return 2 * params.min_data_in_leaf, f"two leaves of models.{name}.min_data_in_leaf={params.min_data_in_leaf}"
-    if name == "xgb":
+    if isinstance(params, XGBParams):
         # a leaf needs a hessian sum >= min_child_weight; p(1-p) <= 1/4, so >= 4 * min_child_weight rows a leaf
         need = max(2, int(8 * params.min_child_weight))
         return need, f"two leaves of models.xgb.min_child_weight={params.min_child_weight} (4 rows per unit of weight)"
-    return max(100, 2 * params.window), "a few batches of windows"
+    if isinstance(params, SequenceParams):
+        return max(100, 2 * params.window), "a few batches of windows"
+    raise TypeError(f"no minimum known for {name} ({type(params).__name__})")
+
+
+def load_run_model(run_path, name: str) -> Model:
+    """Load one model of a published run, after verifying the whole run against its signed manifest."""
+    from pathlib import Path
+
+    from macd_ml.artifacts.store import verify_run
+
+    verify_run(run_path)
+    return load_model(name, Path(run_path) / "models" / name)
 
 
 def load_model(name: str, folder) -> Model:
     return MODEL_CLASSES[name].load(folder)
-
-

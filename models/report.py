@@ -1,85 +1,125 @@
-"""The run report (report.md): what a person reads first. Pure: metrics in, markdown out."""
+"""The run report (report.md): what a person reads first. Pure: typed metrics in, markdown out.
+
+Rendering depends only on the metrics' content, never on the order a JSON reader happened to give dict keys:
+models in the run's order, candidates as meta, mean, best single, weights in the order of the models the
+predictor reads, data rows target first. So ``macd-ml report RUN`` reproduces a run's report.md exactly.
+"""
 
 from __future__ import annotations
+
+from macd_ml.models.metrics import Metrics
 
 
 def _f(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def render_report(metrics: dict, plots: list[str] | None = None) -> str:
-    h = [str(x) for x in metrics["horizons"]]
+def _candidate_order(label: str) -> tuple[int, str]:
+    return ({"meta": 0, "mean": 1}.get(label, 2), label)
+
+
+def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
+    h = [str(x) for x in metrics.horizons]
+    span = metrics.input.span[metrics.target]
     lines = [
-        f"# {metrics['target']} ensemble: {metrics['input']['span'][metrics['target']][0][:16]} to "
-        f"{metrics['input']['span'][metrics['target']][1][:16]} UTC",
+        f"# {metrics.target} ensemble: {span[0][:16]} to {span[1][:16]} UTC",
         "",
-        f"Target **{metrics['target']}**, cross {', '.join(metrics['cross']) or 'none'}, horizons {', '.join(h)} h; "
-        f"{metrics['n_rows']} feature rows, {metrics['n_oof']} out-of-fold rows, {metrics['n_test']} holdout rows.",
+        f"Target **{metrics.target}**, cross {', '.join(metrics.cross) or 'none'}, horizons {', '.join(h)} h; "
+        f"{metrics.n_rows} feature rows, {metrics.n_oof} out-of-fold rows, {metrics.n_test} holdout rows.",
         "",
         "## Base models (AUC)",
         "",
-        "| model | " + " | ".join(f"OOF h={x}" for x in h) + " | " + " | ".join(f"holdout h={x}" for x in h) + " | collapsed |",
+        "| model | "
+        + " | ".join(f"OOF h={x}" for x in h)
+        + " | "
+        + " | ".join(f"holdout h={x}" for x in h)
+        + " | collapsed |",
         "|---" * (2 + 2 * len(h)) + "|",
     ]
-    training = metrics.get("training", {})
-    for name, per_h in metrics.get("models", {}).items():
-        oof = " | ".join(_f(per_h[x]["oof_auc"]) for x in h)
-        test = " | ".join(_f(per_h[x]["test_auc"]) for x in h)
-        collapsed = "**yes**" if training.get(name, {}).get("collapsed") else "no"
+    for name, per_h in metrics.models.items():
+        oof = " | ".join(_f(per_h[x].oof_auc) for x in h)
+        test = " | ".join(_f(per_h[x].test_auc) for x in h)
+        train = metrics.training.get(name)
+        collapsed = "**yes**" if train is not None and train.collapsed else "no"
         lines.append(f"| {name} | {oof} | {test} | {collapsed} |")
-    se = metrics.get("auc_se", {})
-    if se:
-        lines += ["", "Noise level: 3·SE of an AUC with overlapping labels, SE = sqrt(h / 3n): "
-                  + ", ".join(f"h={x}: OOF ±{3 * se[x]['oof']:.3f}, holdout ±{3 * se[x]['test']:.3f}" for x in h) + "."]
-    cross = metrics.get("cross_features")
+    if metrics.auc_se:
+        se = metrics.auc_se
+        lines += [
+            "",
+            "Noise level: 3·SE of an AUC with overlapping labels, SE = sqrt(h / 3n): "
+            + ", ".join(f"h={x}: OOF ±{3 * se[x].oof:.3f}, holdout ±{3 * se[x].test:.3f}" for x in h)
+            + ".",
+        ]
+    cross = metrics.cross_features
     if cross:
-        lines += ["", "## What the cross-asset features add", "",
-                  "AUC of `lgb_cross` (own + cross features) minus `lgb` (own features only):", "",
-                  "| horizon | OOF gain | holdout gain |", "|---|---|---|"]
+        lines += [
+            "",
+            "## What the cross-asset features add",
+            "",
+            "AUC of `lgb_cross` (own + cross features) minus `lgb` (own features only):",
+            "",
+            "| horizon | OOF gain | holdout gain |",
+            "|---|---|---|",
+        ]
         for x in h:
-            g = cross["auc_gain"][x]
+            g = cross.auc_gain[x]
             lines.append(f"| {x} | {_f(g['oof_auc'])} | {_f(g['test_auc'])} |")
-        imp = cross.get("importance")
+        imp = cross.importance
         if imp:
             lines += ["", f"Cross features carry {imp['cross_gain_share']:.1%} of `lgb_cross`'s total gain. Top:", ""]
             lines += [f"- `{t['feature']}` ({t['gain_share']:.1%})" for t in imp["top_cross_features"]]
-    meta = metrics.get("meta") or {}
+    meta = metrics.meta
     if meta:
-        lines += ["", "## What ships", "",
-                  "Chosen per horizon on the inner walk-forward over OOF rows only (meta-learner vs equal-weight "
-                  "mean vs best single model); the holdout only reports. The gap is validation minus holdout AUC.", "",
-                  "| horizon | ships | inner-CV AUC | holdout AUC | gap | 3·SE of gap | in-sample OOF AUC |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## What ships",
+            "",
+            "Chosen per horizon on the inner walk-forward over OOF rows only (meta-learner vs equal-weight "
+            "mean vs best single model); the holdout only reports. The gap is validation minus holdout AUC.",
+            "",
+            "| horizon | ships | inner-CV AUC | holdout AUC | gap | 3·SE of gap | in-sample OOF AUC |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for x in h:
             m = meta[x]
-            lines.append(f"| {x} | {m['shipped']} | {_f(m['val_auc'])} | {_f(m['test_auc'])} | {_f(m['gap_abs'])} "
-                         f"| {_f(3 * m['gap_combined_se'])} | {_f(m['oof_auc'])} |")
+            lines.append(
+                f"| {x} | {m.shipped} | {_f(m.val_auc)} | {_f(m.test_auc)} | {_f(m.gap_abs)} "
+                f"| {_f(3 * m.gap_combined_se)} | {_f(m.oof_auc)} |"
+            )
         lines += ["", "| horizon | candidate | inner-CV AUC | holdout AUC |", "|---|---|---|---|"]
         for x in h:
-            for label, c in meta[x]["candidates"].items():
-                lines.append(f"| {x} | {label} | {_f(c['val_auc'])} | {_f(c['test_auc'])} |")
-        weights = {x: meta[x]["weights"] for x in h if meta[x].get("weights")}
-        if weights:
+            for label in sorted(meta[x].candidates, key=_candidate_order):
+                c = meta[x].candidates[label]
+                lines.append(f"| {x} | {label} | {_f(c.val_auc)} | {_f(c.test_auc)} |")
+        weighted = [x for x in h if meta[x].weights]
+        if weighted:
             lines += ["", "Meta-learner weights (on standardised logits):", ""]
-            for x, w in weights.items():
-                lines.append(f"- h={x}: " + ", ".join(f"{k} {v:.3f}" for k, v in w.items()))
-    div = metrics.get("diversity") or {}
-    if div:
+            for x in weighted:
+                w: dict[str, float] = meta[x].weights or {}
+                lines.append(f"- h={x}: " + ", ".join(f"{k} {w[k]:.3f}" for k in meta[x].models if k in w))
+    if metrics.diversity:
         lines += ["", "## Diversity", ""]
         for x in h:
-            d = div.get(x)
+            d = metrics.diversity.get(x)
             if not d:
                 continue
-            pairs = ", ".join(f"{p['a']}/{p['b']} ({p['corr']:.2f})" for p in d["redundant_pairs"]) or "none"
-            collapsed = ", ".join(d["collapsed"]) or "none"
-            dropped = meta.get(x, {}).get("dropped") or {}
-            lines.append(f"- h={x}: redundant pairs (corr > threshold): {pairs}; collapsed: {collapsed}; "
-                         f"left out: {', '.join(f'{k} ({v})' for k, v in dropped.items()) or 'none'}")
+            pairs = ", ".join(f"{p['a']}/{p['b']} ({p['corr']:.2f})" for p in d.redundant_pairs) or "none"
+            collapsed = ", ".join(d.collapsed) or "none"
+            dropped = meta[x].dropped if x in meta else {}
+            left_out = ", ".join(f"{k} ({v})" for k, v in dropped.items()) or "none"
+            lines.append(
+                f"- h={x}: redundant pairs (corr > threshold): {pairs}; collapsed: {collapsed}; left out: {left_out}"
+            )
     if plots:
         lines += ["", "## Plots", ""]
-        lines += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in plots]
+        lines += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in sorted(plots)]
     lines += ["", "## Data", ""]
-    for sym, g in metrics.get("input", {}).get("gaps", {}).items():
-        lines.append(f"- {sym}: {metrics['input']['rows'][sym]} bars, {g['n_gaps']} gaps "
-                     f"(longest {g['longest_hours']} h, {g['missing_hours']} h missing)")
+    for sym in [metrics.target, *metrics.cross]:
+        gaps = metrics.input.gaps.get(sym)
+        if gaps is None:
+            continue
+        lines.append(
+            f"- {sym}: {metrics.input.rows[sym]} bars, {gaps['n_gaps']} gaps "
+            f"(longest {gaps['longest_hours']} h, {gaps['missing_hours']} h missing)"
+        )
     return "\n".join(lines) + "\n"

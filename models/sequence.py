@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from models.base import Dataset, Model, Rows, read_json, write_json_atomic
-from models.device import configure_torch_threads, torch_device
+from macd_ml.artifacts.store import read_json, write_json
+from macd_ml.models.base import Dataset, Model, Rows
+from macd_ml.models.device import configure_torch_threads, torch_device
 
 
 class SequenceParams(BaseModel):
@@ -110,6 +111,7 @@ class SequenceModel(Model):
 
     name: ClassVar[str]
     Params: ClassVar[type[SequenceParams]] = SequenceParams
+    params: SequenceParams
 
     def __init__(self, params: SequenceParams, feature_names: list[str], horizons: list[int]):
         super().__init__(params, feature_names, horizons)
@@ -122,6 +124,10 @@ class SequenceModel(Model):
     def build_net(self) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def is_fitted(self) -> bool:
+        return self.net is not None
+
     # -- training
 
     def _batches(self, Xn: np.ndarray, rows: np.ndarray, seg: np.ndarray, order: np.ndarray):
@@ -130,14 +136,21 @@ class SequenceModel(Model):
             r = rows[order[k : k + bs]]
             yield r, torch.from_numpy(Xn[window_index(r, seg, self.params.window)])
 
+    def _module(self) -> nn.Module:
+        if self.net is None:
+            self.check_fitted()
+        assert self.net is not None
+        return self.net
+
     def _forward(self, xb: torch.Tensor, device: str) -> torch.Tensor:
+        net = self._module()
         if device == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.net(xb).float()
-        return self.net(xb)
+                return net(xb).float()
+        return net(xb)
 
     def _predict_logits(self, Xn: np.ndarray, rows: np.ndarray, seg: np.ndarray, device: str) -> np.ndarray:
-        self.net.eval()
+        self._module().eval()
         out = []
         with torch.no_grad():
             for _, xb in self._batches(Xn, rows, seg, np.arange(len(rows))):
@@ -163,12 +176,12 @@ class SequenceModel(Model):
         if p.max_train_rows and len(fit_idx) > p.max_train_rows:
             fit_idx = fit_idx[-p.max_train_rows :]
         # rows with at least one defined label
-        fit_idx = fit_idx[~np.isnan(data.Y[fit_idx]).all(axis=1)]
-        es_idx = early_stop_rows.idx[~np.isnan(data.Y[early_stop_rows.idx]).all(axis=1)]
+        fit_idx = fit_idx[~np.isnan(data.labels[fit_idx]).all(axis=1)]
+        es_idx = early_stop_rows.idx[~np.isnan(data.labels[early_stop_rows.idx]).all(axis=1)]
         self.mean, self.std = fit_normaliser(X, fit_idx)
         Xn = normalise(X, self.mean, self.std)
         seg = data.segment_start
-        Y = torch.from_numpy(data.Y.astype(np.float32))
+        Y = torch.from_numpy(data.labels.astype(np.float32))
 
         self.net = self.build_net().to(device)
         opt = torch.optim.AdamW(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
@@ -204,12 +217,13 @@ class SequenceModel(Model):
                 if bad >= p.patience:
                     break
         self.epochs_run = len(history)
+        assert best_state is not None  # the first epoch always improves on +inf
         self.net.load_state_dict(best_state)  # best-epoch restore
         self.net.to("cpu").eval()
         es_prob = 1 / (1 + np.exp(-self._predict_logits(Xn, es_idx, seg, "cpu")))
         head_auc = {}
         for j, h in enumerate(self.horizons):
-            y = data.Y[es_idx, j]
+            y = data.labels[es_idx, j]
             ok = ~np.isnan(y)
             both = ok.sum() > 1 and 0 < y[ok].mean() < 1
             head_auc[str(h)] = float(roc_auc_score(y[ok], es_prob[ok, j])) if both else 0.5
@@ -229,9 +243,10 @@ class SequenceModel(Model):
         return self
 
     def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
+        self.check_fitted()
         Xn = normalise(data.columns(self.feature_names), self.mean, self.std)
         logits = self._predict_logits(Xn, rows.idx, data.segment_start, "cpu")
-        return (1 / (1 + np.exp(-logits.astype(np.float64))))
+        return 1 / (1 + np.exp(-logits.astype(np.float64)))
 
     # -- persistence
 
@@ -248,10 +263,12 @@ class SequenceModel(Model):
         return d
 
     def save(self, folder: Path) -> list[Path]:
+        self.check_fitted()
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / f"{self.name}.safetensors"
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(weights))
-        meta = write_json_atomic(folder / f"{self.name}_meta.json", self.describe())
+        save_file({k: v.contiguous() for k, v in self._module().state_dict().items()}, str(weights))
+        meta = folder / f"{self.name}_meta.json"
+        write_json(meta, self.describe())
         return [weights, meta]
 
     @classmethod

@@ -21,20 +21,21 @@ this is 20 lines of L-BFGS-B (scipy) on the same objective (0.5·|w|² + C·Σ l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize
 
-from features.errors import NothingToShip
-from features.labels import label_name
-from models.evaluate import auc_se, prediction_columns
-from models.train import auc
+from macd_ml.features.errors import NothingToShip
+from macd_ml.features.labels import label_name
+from macd_ml.features.segments import HOUR_US
+from macd_ml.models.evaluate import auc_se, prediction_columns
+from macd_ml.models.metrics import Diversity, Shipped
+from macd_ml.models.predictor import Predictor, logit, sigmoid
+from macd_ml.models.train import auc
 
-EPS = 1e-4
 MIN_INNER_BLOCK = 20
 
 
@@ -47,19 +48,12 @@ class StackSpec(BaseModel):
     min_train_fraction: float = Field(default=0.4, gt=0, lt=0.9, description="OOF rows before the first inner block")
     drop_collapsed: bool = Field(default=True, description="leave collapsed models out of the stack")
     drop_redundant: bool = Field(default=False, description="drop the weaker model of each redundant pair")
-    redundancy_threshold: float = Field(default=0.9, gt=0, le=1, description="OOF correlation that marks a pair redundant")
+    redundancy_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="OOF correlation that marks a pair redundant"
+    )
 
 
 # --------------------------------------------------------------------------------------------- predictors
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float, nonneg: bool) -> tuple[np.ndarray, float]:
@@ -71,7 +65,7 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float, nonneg: bool) -> tuple[
         z = Z @ w + b
         # logloss = log(1 + e^z) - y z, computed stably
         loss = np.logaddexp(0.0, z) - y * z
-        g = _sigmoid(z) - y
+        g = sigmoid(z) - y
         value = 0.5 * w @ w + C * loss.sum()
         grad = np.concatenate([w + C * (Z.T @ g), [C * g.sum()]])
         return value, grad
@@ -79,41 +73,6 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float, nonneg: bool) -> tuple[
     bounds = [(0.0, None) if nonneg else (None, None)] * m + [(None, None)]
     res = minimize(f, np.zeros(m + 1), jac=True, method="L-BFGS-B", bounds=bounds)
     return res.x[:m], float(res.x[m])
-
-
-@dataclass
-class Predictor:
-    """What ships for one horizon: ``kind`` is 'meta', 'mean' or 'best'. Serialises to JSON coefficients."""
-
-    kind: Literal["meta", "mean", "best"]
-    models: list[str]
-    weights: list[float] = field(default_factory=list)  # meta: on standardised logits
-    intercept: float = 0.0
-    mean: list[float] = field(default_factory=list)  # standardisation of the logits (fitted on OOF rows)
-    std: list[float] = field(default_factory=list)
-    C: float | None = None
-
-    @property
-    def label(self) -> str:
-        return f"best:{self.models[0]}" if self.kind == "best" else self.kind
-
-    def predict(self, P: np.ndarray) -> np.ndarray:
-        """P: (n, len(models)) base-model probabilities in ``models`` order."""
-        if self.kind == "mean":
-            return P.mean(axis=1)
-        if self.kind == "best":
-            return P[:, 0]
-        Z = (logit(P) - np.asarray(self.mean)) / np.asarray(self.std)
-        return _sigmoid(Z @ np.asarray(self.weights) + self.intercept)
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "models": self.models, "weights": self.weights, "intercept": self.intercept,
-                "logit_mean": self.mean, "logit_std": self.std, "C": self.C}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Predictor":
-        return cls(kind=d["kind"], models=d["models"], weights=d["weights"], intercept=d["intercept"],
-                   mean=d["logit_mean"], std=d["logit_std"], C=d["C"])
 
 
 def fit_meta(P: np.ndarray, y: np.ndarray, models: list[str], C: float, nonneg: bool) -> Predictor:
@@ -138,7 +97,7 @@ def inner_blocks(ts_us: np.ndarray, n_blocks: int, min_train_fraction: float, em
     size = inner_block_size(n, n_blocks, min_train_fraction)
     if size < MIN_INNER_BLOCK:
         raise ValueError(f"{n} OOF rows are too few for {n_blocks} inner folds")
-    gap = embargo_hours * 3_600_000_000
+    gap = embargo_hours * HOUR_US
     for k in range(n_blocks):
         a = start + k * size
         b = n if k == n_blocks - 1 else a + size
@@ -170,7 +129,8 @@ def diversity(P: np.ndarray, models: list[str], threshold: float, collapsed: dic
         corr = np.ones((1, 1))
     pairs = [
         {"a": models[i], "b": models[j], "corr": float(corr[i, j])}
-        for i in range(len(models)) for j in range(i + 1, len(models))
+        for i in range(len(models))
+        for j in range(i + 1, len(models))
         if np.isfinite(corr[i, j]) and corr[i, j] > threshold
     ]
     return {
@@ -182,8 +142,14 @@ def diversity(P: np.ndarray, models: list[str], threshold: float, collapsed: dic
     }
 
 
-def stack_horizon(oof: pl.DataFrame, models: list[str], h: int, spec: StackSpec, embargo_hours: int,
-                  collapsed: dict[str, bool] | None = None) -> HorizonStack:
+def stack_horizon(
+    oof: pl.DataFrame,
+    models: list[str],
+    h: int,
+    spec: StackSpec,
+    embargo_hours: int,
+    collapsed: dict[str, bool] | None = None,
+) -> HorizonStack:
     """Choose and fit what ships for horizon ``h`` from OOF rows only."""
     collapsed = collapsed or {}
     y_col = label_name(h)
@@ -213,7 +179,8 @@ def stack_horizon(oof: pl.DataFrame, models: list[str], h: int, spec: StackSpec,
     if not kept:
         raise NothingToShip(
             f"h={h}: every model was left out of the stack ({', '.join(f'{m}: {r}' for m, r in dropped.items())}); "
-            "nothing can ship. More data or other model parameters can help; rerunning cannot")
+            "nothing can ship. More data or other model parameters can help; rerunning cannot"
+        )
     P = P_all[:, [models.index(m) for m in kept]]
 
     c_scores: dict[str, float | None] = {}
@@ -245,10 +212,17 @@ def stack_horizon(oof: pl.DataFrame, models: list[str], h: int, spec: StackSpec,
     shipped_val = candidates[shipped.label]["val_auc"]
     in_sample = shipped.predict(rows.select(prediction_columns_for(shipped.models, h)).to_numpy().astype(np.float64))
     return HorizonStack(
-        horizon=h, shipped=shipped, candidates=candidates, c_scores=c_scores, diversity=div, dropped=dropped,
-        val_auc=shipped_val, oof_auc=auc(y, in_sample),
+        horizon=h,
+        shipped=shipped,
+        candidates=candidates,
+        c_scores=c_scores,
+        diversity=div,
+        dropped=dropped,
+        val_auc=shipped_val,
+        oof_auc=auc(y, in_sample),
         train_first=rows["timestamp"][0].isoformat() if rows.height else None,
-        train_last=rows["timestamp"][-1].isoformat() if rows.height else None, n_train=rows.height,
+        train_last=rows["timestamp"][-1].isoformat() if rows.height else None,
+        n_train=rows.height,
         n_val=len(test_idx),
     )
 
@@ -283,17 +257,31 @@ def evaluate_holdout(predictor: Predictor, holdout: pl.DataFrame, h: int) -> tup
     return auc(y, p), p
 
 
-def meta_document(horizons: list[int], predictors: dict) -> dict:
-    return {"horizons": horizons, "predictors": predictors,
-            "input": "base-model probabilities; meta uses standardised logits"}
+@dataclass
+class StackOutcome:
+    """Per horizon: what ships and how it was chosen, the diversity analysis, the fitted predictors, and the
+    shipped predictor's holdout probabilities (``timestamp`` + ``shipped_h{h}``)."""
+
+    metrics: dict[str, Shipped]
+    diversity: dict[str, Diversity]
+    predictors: dict[str, Predictor]
+    shipped: pl.DataFrame
 
 
-def stack_all(oof: pl.DataFrame, holdout: pl.DataFrame, models: list[str], horizons: list[int], spec: StackSpec,
-              embargo_hours: int, collapsed: dict[str, bool]):
-    """Every horizon: choose and fit on OOF rows, then report on the holdout. Returns (metrics per horizon,
-    diversity per horizon, shipped predictors as JSON, shipped holdout probabilities)."""
-    meta_json, metrics, div = {}, {}, {}
-    shipped_cols = {"timestamp": holdout["timestamp"]}
+def stack_all(
+    oof: pl.DataFrame,
+    holdout: pl.DataFrame,
+    models: list[str],
+    horizons: list[int],
+    spec: StackSpec,
+    embargo_hours: int,
+    collapsed: dict[str, bool],
+):
+    """Every horizon: choose and fit on OOF rows, then report on the holdout."""
+    predictors: dict[str, Predictor] = {}
+    metrics: dict[str, Shipped] = {}
+    div: dict[str, Diversity] = {}
+    shipped_cols: dict[str, object] = {"timestamp": holdout["timestamp"]}
     for h in horizons:
         # the fitting code is handed the OOF rows only; the holdout appears below, for reporting
         st = stack_horizon(oof, models, h, spec, embargo_hours, collapsed)
@@ -305,25 +293,27 @@ def stack_all(oof: pl.DataFrame, holdout: pl.DataFrame, models: list[str], horiz
         n_test = int(holdout[f"y_{h}"].drop_nulls().len())
         se = float(np.hypot(auc_se(st.n_val, h), auc_se(n_test, h)))
         gap = None if st.val_auc is None or test_auc is None else st.val_auc - test_auc
-        metrics[str(h)] = {
-            "shipped": st.shipped.label,
-            "oof_auc": st.oof_auc,
-            "val_auc": st.val_auc,
-            "test_auc": test_auc,
-            "gap_abs": gap,
-            "gap_rel": None if gap is None or not st.val_auc else gap / st.val_auc,
-            "gap_combined_se": se,
-            "candidates": {k: {**v, "test_auc": test[k]} for k, v in st.candidates.items()},
-            "c_scores": st.c_scores,
-            "weights": dict(zip(st.shipped.models, st.shipped.weights)) if st.shipped.kind == "meta" else None,
-            "models": st.shipped.models,
-            "dropped": st.dropped,
-            "n_train": st.n_train,
-            "n_val": st.n_val,
-            "n_test": n_test,
-            "train_last": st.train_last,
-            "holdout_first": holdout["timestamp"][0].isoformat(),
-        }
-        div[str(h)] = st.diversity
-        meta_json[str(h)] = st.shipped.to_json()
-    return metrics, div, meta_json, pl.DataFrame(shipped_cols)
+        metrics[str(h)] = Shipped.model_validate(
+            {
+                "shipped": st.shipped.label,
+                "oof_auc": st.oof_auc,
+                "val_auc": st.val_auc,
+                "test_auc": test_auc,
+                "gap_abs": gap,
+                "gap_rel": None if gap is None or not st.val_auc else gap / st.val_auc,
+                "gap_combined_se": se,
+                "candidates": {k: {**v, "test_auc": test[k]} for k, v in st.candidates.items()},
+                "c_scores": st.c_scores,
+                "weights": dict(zip(st.shipped.models, st.shipped.weights)) if st.shipped.kind == "meta" else None,
+                "models": st.shipped.models,
+                "dropped": st.dropped,
+                "n_train": st.n_train,
+                "n_val": st.n_val,
+                "n_test": n_test,
+                "train_last": st.train_last,
+                "holdout_first": holdout["timestamp"][0].isoformat(),
+            }
+        )
+        div[str(h)] = Diversity.model_validate(st.diversity)
+        predictors[str(h)] = st.shipped
+    return StackOutcome(metrics, div, predictors, pl.DataFrame(shipped_cols))

@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.sequence import SequenceModel, SequenceParams
+from macd_ml.models.sequence import SequenceModel, SequenceParams
 
 
 class GLU(nn.Module):
@@ -130,6 +130,7 @@ class TFTParams(SequenceParams):
 class TFTModel(SequenceModel):
     name: ClassVar[str] = "tft"
     Params: ClassVar[type[SequenceParams]] = TFTParams
+    params: TFTParams
 
     def build_net(self) -> nn.Module:
         p = self.params

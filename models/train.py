@@ -13,15 +13,17 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import roc_auc_score
 
-from features.labels import label_name
-from features.splits import Fold
-from models.base import Dataset, Model, Rows, segment_starts
+from macd_ml.features.labels import label_name
+from macd_ml.features.segments import segment_starts
+from macd_ml.features.splits import Fold
+from macd_ml.models.base import Dataset, Model, Rows
 
 log = logging.getLogger(__name__)
 
 
-def build_dataset(features: pl.DataFrame, labels: pl.DataFrame, names: list[str], horizons: list[int],
-                  gap_tolerance_hours: int) -> Dataset:
+def build_dataset(
+    features: pl.DataFrame, labels: pl.DataFrame, names: list[str], horizons: list[int], gap_tolerance_hours: int
+) -> Dataset:
     """Feature matrix + labels aligned row for row (labels.parquet has the feature table's rows)."""
     if features.height != labels.height or not features["timestamp"].equals(labels["timestamp"]):
         raise ValueError("labels are not aligned with the feature table")
@@ -30,6 +32,23 @@ def build_dataset(features: pl.DataFrame, labels: pl.DataFrame, names: list[str]
     return Dataset(
         X=features.select(names).to_numpy().astype(np.float32),
         Y=np.asarray(Y, dtype=np.float32),
+        feature_names=list(names),
+        horizons=list(horizons),
+        segment_start=segment_starts(ts, gap_tolerance_hours),
+        timestamps=ts,
+    )
+
+
+def inference_view(features: pl.DataFrame, names: list[str], horizons: list[int], gap_tolerance_hours: int) -> Dataset:
+    """What predicting needs, without labels: the feature matrix and segment starts of ``features`` (rows in
+    time order, as ``build_features`` gives them). Fitting on it is refused."""
+    missing = [n for n in names if n not in features.columns]
+    if missing:
+        raise ValueError(f"the feature table lacks {len(missing)} feature(s) the model needs, e.g. {missing[:3]}")
+    ts = features["timestamp"].dt.epoch("us").to_numpy()
+    return Dataset(
+        X=features.select(names).to_numpy().astype(np.float32),
+        Y=None,
         feature_names=list(names),
         horizons=list(horizons),
         segment_start=segment_starts(ts, gap_tolerance_hours),
@@ -63,13 +82,16 @@ def collapse_check(model: Model, data: Dataset, rows: Rows, threshold: float) ->
     if any(collapsed.values()):
         log.warning(
             "%s collapsed (prediction std on the inner slice %s < %g): it will be left out of the stack",
-            model.name, {h: round(s, 6) for h, s in std.items()}, threshold,
+            model.name,
+            {h: round(s, 6) for h, s in std.items()},
+            threshold,
         )
     return std, collapsed
 
 
-def train_fold(model: Model, data: Dataset, fold: Fold, test_rows: Rows | None = None,
-               collapse_std: float = 1e-3) -> FoldResult:
+def train_fold(
+    model: Model, data: Dataset, fold: Fold, test_rows: Rows | None = None, collapse_std: float = 1e-3
+) -> FoldResult:
     """Fit on ``fold.fit``, early-stop on ``fold.early_stop``, predict ``fold.test`` (or ``test_rows``)."""
     fit = Rows.span(fold.fit.start, fold.fit.stop)
     es = Rows.span(fold.early_stop.start, fold.early_stop.stop)
@@ -77,5 +99,6 @@ def train_fold(model: Model, data: Dataset, fold: Fold, test_rows: Rows | None =
     model.fit(data, fit, es)
     std, collapsed = collapse_check(model, data, es, collapse_std)
     model.info.extra = {**model.info.extra, "early_stop_std": std, "collapsed": collapsed}
-    return FoldResult(model=model, rows=test.idx, predictions=model.predict(data, test),
-                      early_stop_std=std, collapsed=collapsed)
+    return FoldResult(
+        model=model, rows=test.idx, predictions=model.predict(data, test), early_stop_std=std, collapsed=collapsed
+    )

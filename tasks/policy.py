@@ -1,8 +1,11 @@
 """Cache keys and retry policy shared by every task (DESIGN.md §5).
 
-Cache key = stage name + code version + the task's parameters reduced to content: an ``ArtifactRef`` counts by
-its sha256, a :class:`MarketRef` by its fingerprint, a pydantic config slice by its JSON. ``TASK_SOURCE`` alone
-is not used (it can collide, Prefect issue #23062).
+:class:`ContentKey` is Prefect's extension point (``CachePolicy.compute_key``) and the one place a cache key is
+made: stage name + the code version of the task's module and every project module it imports
+(:func:`macd_ml.artifacts.codehash.code_version`, derived from the source, never hand-bumped) + the task's
+parameters reduced to content (an ``ArtifactRef`` counts by its sha256, an object with ``cache_token()`` by that
+token, a pydantic config slice by its JSON). ``TASK_SOURCE`` alone is not used (it can collide, Prefect issue
+#23062). A task body that names a cache folder uses the same key, :func:`current_key`.
 
 Retries: only ``OSError`` (permission, transient I/O, disk full) is retried, with exponential backoff and
 jitter; bad input (:class:`DataError`, :class:`ConfigError`) and integrity failures never are.
@@ -11,47 +14,88 @@ jitter; bad input (:class:`DataError`, :class:`ConfigError`) and integrity failu
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
+from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
-from features import CODE_VERSION
-from features.errors import ConfigError, DataError
-from tasks.store import ArtifactRef
+from macd_ml.artifacts.codehash import code_version
+from macd_ml.artifacts.store import ArtifactRef
+from macd_ml.features.errors import ConfigError, DataError
 
 WRITE_RETRIES = 3
-RETRY_DELAYS = exponential_backoff(backoff_factor=1)
+# seconds before Prefect's first task retry (then doubling); MACD_ML_RETRY_BACKOFF_S shortens it in tests
+RETRY_DELAYS = exponential_backoff(backoff_factor=float(os.environ.get("MACD_ML_RETRY_BACKOFF_S", "1")))
 RETRY_JITTER = 0.5
 
 
-def _canonical(value: Any) -> Any:
+def canonical(value: Any) -> Any:
+    """A value reduced to what its content is: JSON-able and independent of paths, times and object identity."""
     if isinstance(value, ArtifactRef):
         return {"sha256": value.sha256}
     token = getattr(value, "cache_token", None)
     if callable(token):
-        return token()
-    if isinstance(value, BaseModel):
-        return _canonical(value.model_dump(mode="json"))
+        return canonical(token())
+    if isinstance(value, BaseModel):  # field by field, so nested references count by their content too
+        return {name: canonical(getattr(value, name)) for name in type(value).model_fields}
     if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
+        return [canonical(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    return repr(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    item = getattr(value, "item", None)  # numpy scalars (np.int64 is no int, np.bool_ no bool)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return canonical(item())
+    raise TypeError(f"{type(value).__name__} has no content form for a cache key (give it cache_token())")
 
 
-def content_key(stage: str, code_version: str = CODE_VERSION):
-    """A Prefect ``cache_key_fn`` keyed on the content of the task's inputs."""
+def make_key(stage: str, code: str, params: dict[str, Any]) -> str:
+    blob = json.dumps({"stage": stage, "code": code, "params": canonical(params)}, sort_keys=True)
+    return f"{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:40]}"
 
-    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
-        blob = json.dumps({"stage": stage, "code": code_version, "params": _canonical(parameters)}, sort_keys=True)
-        return f"{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:40]}"
 
-    key_fn.__name__ = f"content_key_{stage}"
-    return key_fn
+def task_code_version(fn: Any) -> str:
+    """Code version of the module that defines a task's body (wrappers unwrapped)."""
+    return code_version(inspect.unwrap(fn).__module__)
+
+
+@dataclass
+class ContentKey(CachePolicy):
+    """Key = stage + derived code version + inputs by content; ``exclude`` names inputs that are not content
+    (a run id, wall-clock timings)."""
+
+    exclude: tuple[str, ...] = ()
+
+    def inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in inputs.items() if k not in self.exclude}
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        task = task_ctx.task
+        return make_key(task.name, task_code_version(task.fn), self.inputs(inputs))
+
+
+def current_key() -> str:
+    """Inside a task body: the cache key Prefect computed for this run of it (names its cache folder)."""
+    from prefect.transactions import get_transaction
+
+    txn = get_transaction()
+    if txn is None or not txn.key:
+        raise RuntimeError(
+            "this task run has no cache key: computing it failed (the run's log has the reason), "
+            "or current_key() was called outside a cached task"
+        )
+    return txn.key
 
 
 def retry_on_oserror(task: Any, task_run: Any, state: Any) -> bool:

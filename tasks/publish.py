@@ -8,35 +8,40 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, content_key, retry_on_oserror
-from tasks.results import cached_task
-from tasks.signing import sign, verify_signature
-from tasks.store import (
-    ArtifactRef, IntegrityError, RunRef, copy_file, promote, publish_run, read_manifest, validate_run_id,
+from macd_ml.artifacts.signing import sign, verify_signature
+from macd_ml.artifacts.store import (
+    ArtifactRef,
+    IntegrityError,
+    RunRef,
+    copy_file,
+    promote,
+    publish_run,
+    read_manifest,
+    validate_run_id,
     write_json,
 )
+from macd_ml.tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, ContentKey, retry_on_oserror
+from macd_ml.tasks.results import cached_task
 
 
-def _publish_key(context, parameters: dict) -> str:
-    """Content only: not the run id (an unchanged re-run reuses the earlier, identical run folder) and not the
-    wall-clock timings (a forced recompute of the same content publishes no duplicate)."""
-    keyed = {k: v for k, v in parameters.items() if k not in ("run_id", "timings")}
-    return content_key("publish")(context, keyed)
-
-
-@cached_task(name="publish-run", cache_key_fn=_publish_key)
+# Content only: not the run id (an unchanged re-run reuses the earlier, identical run folder) and not the
+# wall-clock timings (a forced recompute of the same content publishes no duplicate).
+@cached_task(name="publish-run", cache_policy=ContentKey(exclude=("run_id", "timings")))
 def publish_run_task(
-    out_dir: str, run_id: str, artifacts: dict[str, ArtifactRef], documents: dict[str, dict],
+    out_dir: str,
+    run_id: str,
+    artifacts: dict[str, ArtifactRef],
+    documents: dict[str, dict],
     timings: dict | None = None,
 ) -> RunRef:
     """Copy ``artifacts`` (relative path -> cached artifact) and write ``documents`` (relative path -> JSON) into
     the run folder, manifest last. The folder appears under its final name only when complete; a folder that
     already holds this run id complete is returned untouched (runs are immutable).
 
-    The cache record of this task is a :class:`~tasks.store.RunRef`: before it is reused, the run folder it names
-    is verified, so a damaged or deleted run is published again instead of being served."""
+    The cache record of this task is a :class:`~macd_ml.artifacts.store.RunRef`: before it is reused, the run
+    folder it names is verified, so a damaged or deleted run is published again instead of being served."""
     if "metrics.json" in documents:
-        documents = {**documents, "metrics.json": {"run_id": run_id, **documents["metrics.json"]}}
+        documents = {**documents, "metrics.json": {**documents["metrics.json"], "run_id": run_id}}
     if timings is not None:
         documents = {**documents, "timings.json": timings}
 
@@ -46,13 +51,21 @@ def publish_run_task(
         return written
 
     ref = publish_run(out_dir, run_id, fill)
-    get_run_logger().info("run %s published: %d artifacts in %s", ref.run_id, len(read_manifest(ref.path)["artifacts"]),
-                          ref.path)
+    get_run_logger().info(
+        "run %s published: %d artifacts in %s", ref.run_id, len(read_manifest(ref.path)["artifacts"]), ref.path
+    )
     return ref
 
 
-@task(name="promote", cache_policy=NO_CACHE, persist_result=False, retries=WRITE_RETRIES,
-      retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_on_oserror)
+@task(
+    name="promote",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=WRITE_RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_on_oserror,
+)
 def promote_task(out_dir: str, run: RunRef) -> str:
     """Move ``OUT/current`` to the published run (verified again, under a lock). Never cached: after every
     successful run ``current`` points at the run it returned, even when an earlier run was promoted since."""
@@ -91,8 +104,12 @@ def read_run_record(out_dir: str | Path, run_id: str) -> dict:
     try:
         doc = json.loads(path.read_text())
         body = {"run_id": doc["run_id"], "config": doc["config"]}
-        ok = doc["run_id"] == run_id and verify_signature(_RECORD_PURPOSE, run_id, json.dumps(
-            body, sort_keys=True, separators=(",", ":")).encode(), doc.get("signature", ""))
+        ok = doc["run_id"] == run_id and verify_signature(
+            _RECORD_PURPOSE,
+            run_id,
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
+            doc.get("signature", ""),
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{path}: unreadable run record ({exc})") from None
     if not ok:

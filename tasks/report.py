@@ -3,38 +3,42 @@ Prefect UI as a markdown artifact and table artifacts on the flow run."""
 
 from __future__ import annotations
 
-
 import tempfile
 from pathlib import Path
 
 import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from models.plots import render_plots
-from models.report import render_report
-from tasks.policy import content_key
-from tasks.results import cached_task
-from tasks.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
+from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
+from macd_ml.models.metrics import Metrics
+from macd_ml.models.plots import render_plots
+from macd_ml.models.report import render_report
+from macd_ml.tasks.policy import current_key
+from macd_ml.tasks.results import cached_task
 
-REPORT_CODE = "report-1"
 
-
-def write_report(folder: Path, metrics: dict, oof: pl.DataFrame, holdout: pl.DataFrame, shipped: pl.DataFrame,
-                 importance: dict[str, dict]) -> dict[str, ArtifactRef]:
+def write_report(
+    folder: Path,
+    metrics: Metrics,
+    oof: pl.DataFrame,
+    holdout: pl.DataFrame,
+    shipped: pl.DataFrame,
+    importance: dict[str, dict],
+) -> dict[str, ArtifactRef]:
     """Render the plots and report.md into ``folder`` through the store; returns relative path -> ref."""
-    horizons = metrics["horizons"]
-    meta = metrics.get("meta", {})
-    weights = {h: m["weights"] for h, m in meta.items() if m.get("weights")}
+    horizons = metrics.horizons
+    meta = metrics.meta
+    weights = {h: m.weights for h, m in meta.items() if m.weights}
     with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
         rendered = render_plots(
             Path(scratch),
             horizons=horizons,
             oof=oof,
             holdout=holdout,
-            models=list(metrics["models"]),
+            models=list(metrics.models),
             shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
-            shipped_name={h: m["shipped"] for h, m in meta.items()},
-            correlations=metrics.get("diversity"),
+            shipped_name={h: m.shipped for h, m in meta.items()},
+            correlations={h: d.model_dump() for h, d in metrics.diversity.items()},
             importance=importance,
             meta_weights=weights or None,
         )
@@ -45,37 +49,51 @@ def write_report(folder: Path, metrics: dict, oof: pl.DataFrame, holdout: pl.Dat
     return refs
 
 
-@cached_task(name="report", cache_key_fn=content_key("report", REPORT_CODE))
-def report_task(metrics: dict, tables: dict[str, ArtifactRef], stack_files: dict[str, ArtifactRef],
-                importance: dict[str, ArtifactRef], out_dir: str) -> dict[str, ArtifactRef]:
-    key = content_key("report", REPORT_CODE)(None, dict(m=metrics, t=tables, s=stack_files, i=importance))
+@cached_task(name="report")
+def report_task(
+    metrics: Metrics,
+    tables: dict[str, ArtifactRef],
+    stack_files: dict[str, ArtifactRef],
+    importance: dict[str, ArtifactRef],
+    out_dir: str,
+) -> dict[str, ArtifactRef]:
     return write_report(
-        cache_dir(out_dir, "report", key), metrics, read_parquet(tables["oof.parquet"]),
-        read_parquet(tables["holdout_predictions.parquet"]), read_parquet(stack_files["shipped_holdout.parquet"]),
+        cache_dir(out_dir, "report", current_key()),
+        metrics,
+        read_parquet(tables["oof.parquet"]),
+        read_parquet(tables["holdout_predictions.parquet"]),
+        read_parquet(stack_files["shipped_holdout.parquet"]),
         {name: read_json(ref) for name, ref in importance.items()},
     )
 
 
-def publish_ui_artifacts(metrics: dict, report_md: str) -> None:
+def publish_ui_artifacts(metrics: Metrics, report_md: str) -> None:
     """Markdown report + metrics tables on the flow run page of the Prefect UI."""
-    key = "macd-ml-" + metrics["target"].lower()
-    create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics.get('run_id', '')}")
+    key = "macd-ml-" + metrics.target.lower()
+    create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics.run_id or ''}")
     rows = []
-    for name, per_h in metrics["models"].items():
+    for name, per_h in metrics.models.items():
         for h, m in per_h.items():
-            rows.append({"model": name, "horizon": h, "oof_auc": _r(m["oof_auc"]), "test_auc": _r(m["test_auc"])})
-    for h, m in metrics.get("meta", {}).items():
-        rows.append({"model": f"shipped ({m['shipped']})", "horizon": h, "oof_auc": _r(m["val_auc"]),
-                     "test_auc": _r(m["test_auc"])})
+            rows.append({"model": name, "horizon": h, "oof_auc": _r(m.oof_auc), "test_auc": _r(m.test_auc)})
+    for h, s in metrics.meta.items():
+        rows.append(
+            {"model": f"shipped ({s.shipped})", "horizon": h, "oof_auc": _r(s.val_auc), "test_auc": _r(s.test_auc)}
+        )
     create_table_artifact(rows, key=f"{key}-auc", description="AUC per model and horizon (shipped: inner-CV AUC)")
-    gaps = [{"horizon": h, "shipped": m["shipped"], "val_auc": _r(m["val_auc"]), "test_auc": _r(m["test_auc"]),
-             "gap_abs": _r(m["gap_abs"]), "gap_3se": _r(3 * m["gap_combined_se"])}
-            for h, m in metrics.get("meta", {}).items()]
+    gaps = [
+        {
+            "horizon": h,
+            "shipped": s.shipped,
+            "val_auc": _r(s.val_auc),
+            "test_auc": _r(s.test_auc),
+            "gap_abs": _r(s.gap_abs),
+            "gap_3se": _r(3 * s.gap_combined_se),
+        }
+        for h, s in metrics.meta.items()
+    ]
     if gaps:
         create_table_artifact(gaps, key=f"{key}-overfit-gap", description="Validation -> test gap of what ships")
 
 
 def _r(x):
     return None if x is None else round(float(x), 4)
-
-

@@ -7,12 +7,12 @@ with ``from_qualified_name`` (an ``object_decoder`` of ``subprocess.run`` runs a
 ``OUT/cache/results`` is used only if all of this holds:
 
 1. **Signed by us.** :class:`SignedResultStorage` writes each record with an HMAC-SHA256 header keyed by a
-   secret outside ``OUT`` (:mod:`tasks.signing`) and bound to the record's key; ``read_path`` refuses a record
-   whose header is missing or wrong *before* Prefect sees a byte of it.
+   secret outside ``OUT`` (:mod:`macd_ml.artifacts.signing`) and bound to the record's key; ``read_path``
+   refuses a record whose header is missing or wrong *before* Prefect sees a byte of it.
 2. **Our serializer only.** The record must name :class:`SafeJSONSerializer` and nothing else; that serializer
    decodes plain JSON plus an allow-list of our own pydantic types, and never imports a name from the data.
-3. **Still true.** Every artifact the result refers to (an :class:`~tasks.store.ArtifactRef`, a published run)
-   is verified against its sha256; a damaged artifact makes the record stale.
+3. **Still true.** Every artifact the result refers to (an :class:`~macd_ml.artifacts.store.ArtifactRef`, a
+   published run) is verified against its sha256; a damaged artifact makes the record stale.
 
 Anything else is a cache miss: Prefect's ``ResultStore.exists`` treats an exception from ``read_path`` as "no
 record", so the task recomputes; the reason is logged once with the file's path.
@@ -38,7 +38,7 @@ from prefect.filesystems import WritableFileSystem
 from prefect.serializers import Serializer
 from pydantic import BaseModel, Field
 
-from tasks import signing, store
+from macd_ml.artifacts import signing, store
 
 log = logging.getLogger("prefect.macd_ml.cache")
 
@@ -60,10 +60,20 @@ def result_type(cls: M) -> M:
 
 
 def _register_errors() -> None:
-    from features.errors import ConfigError, DataError, NothingToShip
+    from macd_ml.features.errors import ConfigError, DataError, NothingToShip
 
-    for cls in (ValueError, RuntimeError, OSError, KeyError, TypeError, DataError, ConfigError, NothingToShip,
-                store.ArtifactWriteError, store.IntegrityError):
+    for cls in (
+        ValueError,
+        RuntimeError,
+        OSError,
+        KeyError,
+        TypeError,
+        DataError,
+        ConfigError,
+        NothingToShip,
+        store.ArtifactWriteError,
+        store.IntegrityError,
+    ):
         _ERRORS[f"{cls.__module__}.{cls.__qualname__}"] = cls
 
 
@@ -88,10 +98,10 @@ def _encode(obj: Any) -> Any:
 
 def _decode(d: dict) -> Any:
     if "__model__" in d:
-        cls = _TYPES.get(d["__model__"])
-        if cls is None or set(d) != {"__model__", "data"}:
+        model = _TYPES.get(d["__model__"])
+        if model is None or set(d) != {"__model__", "data"}:
             raise ValueError(f"result names a type that is not allowed: {d['__model__']!r}")
-        return cls.model_validate(d["data"])
+        return model.model_validate(d["data"])
     if "__error__" in d:
         if not _ERRORS:
             _register_errors()
@@ -198,7 +208,7 @@ def _one_line(exc: BaseException) -> str:
 class SignedResultStorage(WritableFileSystem):
     """Result storage for Prefect that signs what it writes and refuses what it did not write.
 
-    ``basepath`` is a local folder (written through :mod:`tasks.store`: atomic, retried, clear errors) or an
+    ``basepath`` is a local folder (written through :mod:`macd_ml.artifacts.store`: atomic, retried, clear errors) or an
     fsspec URL (``s3://bucket/results``, ``memory://results``) for results shared between workers."""
 
     _block_type_name: ClassVar[str] = "macd-ml signed results"
@@ -233,7 +243,7 @@ class SignedResultStorage(WritableFileSystem):
             assert resolved is not None
             return resolved.relative_to(self._base()).as_posix()
         base = self.basepath.rstrip("/") + "/"
-        rel = path[len(base):] if path.startswith(base) else path
+        rel = path[len(base) :] if path.startswith(base) else path
         if rel.startswith("/") or ".." in rel.split("/"):
             raise ValueError(f"result key {path!r} escapes {self.basepath}")
         return rel
@@ -270,7 +280,7 @@ class SignedResultStorage(WritableFileSystem):
 
     # -- the WritableFileSystem interface (Prefect calls these with _sync=True, or the a- variants)
 
-    def read_path(self, path: str, _sync: bool | None = None) -> bytes:
+    def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]  # sync, like Prefect's
         rel = self._relative(path)
         raw = self._read_raw(rel)
         where = self.location(rel)
@@ -278,7 +288,7 @@ class SignedResultStorage(WritableFileSystem):
         if not sep or not head.startswith(_HEADER):
             _report(where, "it is not signed by this installation")
             raise StaleRecord(f"{where}: unsigned result record")
-        signature = head[len(_HEADER):].decode("ascii", errors="replace").strip()
+        signature = head[len(_HEADER) :].decode("ascii", errors="replace").strip()
         if not signing.verify_signature(PURPOSE, rel, body, signature):
             _report(where, "its signature does not match (changed on disk, or signed with another key)")
             raise StaleRecord(f"{where}: bad signature")
@@ -289,7 +299,7 @@ class SignedResultStorage(WritableFileSystem):
             raise StaleRecord(f"{where}: {exc}") from None
         return body
 
-    def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:
+    def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:  # type: ignore[override]
         rel = self._relative(path)
         header = _HEADER + signing.sign(PURPOSE, rel, content).encode() + b"\n"
         return self._write_raw(rel, header + content)
@@ -349,9 +359,10 @@ def cached_task(**options: Any) -> Callable[[Callable], Any]:
     retries with back-off, and the in-body check that the result can be persisted."""
     from prefect import task
 
-    from tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, retry_on_oserror
+    from macd_ml.tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, ContentKey, retry_on_oserror
 
     defaults = dict(
+        cache_policy=ContentKey(),
         persist_result=True,
         result_serializer=SafeJSONSerializer(),
         retries=WRITE_RETRIES,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MACD_ML_WRITE_RETRY_BASE", "0.01")  # fast back-off in tests
+os.environ.setdefault("MACD_ML_WRITE_RETRY_BASE", "0.01")  # fast back-off in tests (in-place write retries)
+os.environ.setdefault("MACD_ML_RETRY_BACKOFF_S", "0.05")  # and between Prefect's task retries
 # the signing key of cache records and manifests: one per test session, outside every output folder
 os.environ.setdefault("MACD_ML_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="macd-ml-key-"), "signing.key"))
 
@@ -33,10 +34,28 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
+def market(tmp_path_factory) -> Path:
+    """A 3,000 h market for end-to-end runs that are about the pipeline's behaviour, not its models."""
+    from macd_ml.features.synth import synth_market, write_market
+
+    d = tmp_path_factory.mktemp("trust-market")
+    write_market(synth_market(hours=3_000, seed=5, gaps=1), d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def small_market_dir(tmp_path_factory) -> Path:
     """A small deterministic synthetic market on disk (3 symbols, planted signal, 2 gaps)."""
-    from features.synth import synth_market, write_market
+    from macd_ml.features.synth import synth_market, write_market
 
     d = tmp_path_factory.mktemp("small-market")
     write_market(synth_market(hours=4_000, seed=11, gaps=2), d)
     return d
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that runs the flow on a Prefect server is an end-to-end run: marked ``slow`` (make test-fast
+    leaves them out; make test and CI run everything)."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

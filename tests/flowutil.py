@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 def run_flow(config):
     """Run the retrain flow; return (run folder path, flow run id)."""
-    from flows.retrain import retrain
+    from macd_ml.flows.retrain import retrain
 
     state = retrain(config, return_state=True)
     path = state.result()
@@ -54,7 +54,7 @@ _OUT, _ERR = io.StringIO(), io.StringIO()
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
     """Run ``macd-ml ARGS`` in-process; return (exit code, its stdout, its stderr)."""
-    from flows.cli import main
+    from macd_ml.flows.cli import main
 
     o, e = _OUT.tell(), _ERR.tell()
     with redirect_stdout(_OUT), redirect_stderr(_ERR):
@@ -71,3 +71,32 @@ def flow_logs(flow_run_id) -> list[str]:
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return [entry.message for entry in sorted(logs, key=lambda e: e.timestamp)]
+
+
+def spawn_cli(args: list[str], log, home=None, shared_api: bool = False, **env_extra: str):
+    """``macd-ml ARGS`` in its own process and session, like a user's shell, with its own Prefect home and its own
+    temporary Prefect server, or (``shared_api``) the session's test server, which saves a server start when the
+    test is not about the server. Output goes to the file ``log``, never a pipe: an orphaned server child would
+    hold a pipe open and hang a reader."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = Path(log)
+    home = Path(home) if home is not None else log.with_suffix(".prefect-home")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home), **env_extra}
+    env.pop("PREFECT_API_URL", None)
+    if shared_api:
+        from prefect.settings import PREFECT_API_URL
+
+        env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+    with open(log, "w") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "macd_ml.flows.cli", *args],
+            cwd=Path(__file__).parents[1],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.nightly import DEFAULT_CRON, build
-from flows.cli import build_parser, main
-from flows.config import RetrainConfig
+from macd_ml.deployments.nightly import DEFAULT_CRON, build
+from macd_ml.flows.cli import build_parser, main
+from macd_ml.flows.config import RetrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_deployment_schedule_and_parameters():
 
 
 def test_ui_form_is_the_pydantic_config():
-    from flows.retrain import retrain
+    from macd_ml.flows.retrain import retrain
 
     schema = retrain.parameters.model_dump()
     assert list(schema["properties"]) == ["config", "run_id"]  # run_id: empty, or a failed run to finish
@@ -47,10 +47,22 @@ def test_prefect_yaml_matches_the_flow():
 
 @pytest.mark.parametrize("cmd", ["retrain", "features", "synth", "serve", "resume", "stack", "report"])
 def test_every_subcommand_has_help(cmd, capsys):
+    """Not just argparse's usage line: the command's own description and a help text for every option."""
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])
     assert exc.value.code == 0
-    assert cmd in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert sub.description and " ".join(sub.description.split()) in text, f"{cmd} has no description"
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{cmd} {action.option_strings or action.dest} has no help text"
+        assert " ".join(action.help.split()) in text
+        for opt in action.option_strings:
+            assert opt in text
 
 
 def test_parser_lists_subcommands():

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -18,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from features.synth import synth_market, write_market
-from tasks import store
-from tasks.store import ArtifactWriteError, IntegrityError, promote, verify_run, write_bytes
-from tests.flowutil import latest_flow_run_id, run_cli as _cli, task_states
+from macd_ml.artifacts import store
+from macd_ml.artifacts.store import ArtifactWriteError, IntegrityError, promote, verify_run, write_bytes
+from macd_ml.features.synth import synth_market, write_market
+from tests.flowutil import latest_flow_run_id, spawn_cli, task_states
+from tests.flowutil import run_cli as _cli
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -137,7 +137,9 @@ def test_tampered_run_artifact_is_refused(tmp_path):
 def test_promotions_happen_one_at_a_time(tmp_path):
     ids = [f"20250101T000000Z-0000000{i}" for i in range(8)]
     for r in ids:
-        store.write_manifest(tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})})
+        store.write_manifest(
+            tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})}
+        )
     errors = []
 
     def go(r):
@@ -223,8 +225,9 @@ def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_p
         # fill the disk to within ~64 KB, then run with one changed parameter
         free = shutil.disk_usage(out).free
         (out / "filler").write_bytes(b"\0" * max(0, free - 64_000))
-        code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST,
-                             "--set", "models.lgb.num_leaves=7"])
+        code, _, err = _cli(
+            ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=7"]
+        )
         assert code == 1 and "disk is full" in err, err
         assert store.current_run(out) == first
         assert _artifacts(out / "runs" / first) == before
@@ -235,23 +238,29 @@ def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_p
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    """The CLI in its own process and session, like a user's shell (its own ephemeral Prefect server).
-    Output goes to a file, never a pipe: an orphaned server child would hold a pipe open and hang a reader."""
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           # its own Prefect home, so its SQLite database is nobody else's (no lock contention)
-           "PREFECT_HOME": str(log.with_suffix(".prefect-home"))}
-    env.pop("PREFECT_API_URL", None)
-    with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    return spawn_cli(args, log, shared_api=True)
 
 
 @pytest.mark.usefixtures("prefect_server")
 def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "killed.log"
-    proc = _spawn(["retrain", "--data", str(market_dir), "--out", str(out), "--set", "folds.n_folds=3",
-                   "--set", 'models.enabled=["lgb","xgb","lstm"]', "--set", "models.lstm.max_epochs=6"], log)
+    proc = _spawn(
+        [
+            "retrain",
+            "--data",
+            str(market_dir),
+            "--out",
+            str(out),
+            "--set",
+            "folds.n_folds=3",
+            "--set",
+            'models.enabled=["lgb","xgb","lstm"]',
+            "--set",
+            "models.lstm.max_epochs=6",
+        ],
+        log,
+    )
     deadline = time.time() + 240
     done: list[Path] = []
     while time.time() < deadline and proc.poll() is None:
@@ -279,11 +288,25 @@ def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp
     assert store.current_run(out) == run_id
 
 
+@pytest.mark.usefixtures("prefect_server")
 def test_two_runs_at_once_write_separate_folders(market_dir, tmp_path):
     out = tmp_path / "out"
     procs = [
-        _spawn(["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", f"models.lgb.seed={s}",
-                "--set", f"models.xgb.seed={s}"], tmp_path / f"run{s}.log")
+        _spawn(
+            [
+                "retrain",
+                "--data",
+                str(market_dir),
+                "--out",
+                str(out),
+                *FAST,
+                "--set",
+                f"models.lgb.seed={s}",
+                "--set",
+                f"models.xgb.seed={s}",
+            ],
+            tmp_path / f"run{s}.log",
+        )
         for s in (1, 2)
     ]
     codes = [p.wait(timeout=400) for p in procs]

@@ -13,11 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.build import build_features, feature_fingerprint
-from features.indicators import atr, ema, macd_line, rsi
-from features.ingest import Candles, Market, load_market, segment_ids
-from features.spec import FeatureSpec, MacdParams
-from features.synth import synth_market, write_market
+from macd_ml.features.build import build_features, feature_fingerprint
+from macd_ml.features.indicators import atr, ema, macd_line, rsi
+from macd_ml.features.ingest import Candles, Market, load_market
+from macd_ml.features.segments import segment_ids
+from macd_ml.features.spec import FeatureSpec, MacdParams
+from macd_ml.features.synth import synth_market, write_market
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binance_spot_1h"
 HOUR = timedelta(hours=1)
@@ -337,7 +338,7 @@ def test_features_restart_after_real_gaps(real_market, with_cross):
         assert after.len() > 0
         assert after[0] == expected_first[end], f"features after {end} restart at {after[0]}"
     # the 1-missing-hour gap of 2023-03-24 is bridged: rows right before and right after it exist
-    (end, missing), = [g for g in all_gap_ends(frame) if g[1] == 1]
+    ((end, missing),) = [g for g in all_gap_ends(frame) if g[1] == 1]
     assert end.date().isoformat() == "2023-03-24"
     present = set(ts.to_list())
     assert end - 2 * HOUR in present and end in present and end + HOUR in present

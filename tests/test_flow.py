@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.config import RetrainConfig
-from tasks.store import verify_run
+from macd_ml.artifacts.store import verify_run
+from macd_ml.flows.config import RetrainConfig
 from tests.flowutil import run_cli, run_flow, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -30,7 +30,14 @@ def test_run_folder_contract(small_market_dir, tmp_path):
     assert run.parent == (tmp_path / "out" / "runs").resolve()
     manifest = verify_run(run)  # every listed artifact exists and matches its sha256
     listed = {a["path"] for a in manifest["artifacts"]}
-    assert {"features.parquet", "features.json", "labels.parquet", "folds.json", "metrics.json", "config.json"} <= listed
+    assert {
+        "features.parquet",
+        "features.json",
+        "labels.parquet",
+        "folds.json",
+        "metrics.json",
+        "config.json",
+    } <= listed
     on_disk = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()} - {"manifest.json"}
     assert on_disk == listed, "every file in the run folder is in the manifest, and no temp files remain"
 
@@ -96,8 +103,12 @@ def test_new_candles_invalidate_the_cache(small_market_dir, tmp_path):
 
 def test_default_synthetic_market(tmp_path):
     cfg = RetrainConfig.model_validate(
-        {"out_dir": str(tmp_path / "out"), "synthetic": {"hours": 3_000}, "folds": {"n_folds": 3},
-         "models": {"enabled": ["lgb"]}}
+        {
+            "out_dir": str(tmp_path / "out"),
+            "synthetic": {"hours": 3_000},
+            "folds": {"n_folds": 3},
+            "models": {"enabled": ["lgb"]},
+        }
     )
     path, fr = run_flow(cfg)
     metrics = json.loads((Path(path) / "metrics.json").read_text())
@@ -106,10 +117,21 @@ def test_default_synthetic_market(tmp_path):
 
 
 def test_cli_retrain_with_overrides(small_market_dir, tmp_path):
-    code, _, _ = run_cli([
-        "retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"),
-        "--set", "folds.n_folds=3", "--set", "horizons=[5,12]", "--set", 'models.enabled=["lgb"]',
-    ])
+    code, _, _ = run_cli(
+        [
+            "retrain",
+            "--data",
+            str(small_market_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "folds.n_folds=3",
+            "--set",
+            "horizons=[5,12]",
+            "--set",
+            'models.enabled=["lgb"]',
+        ]
+    )
     assert code == 0
     run = next((tmp_path / "o" / "runs").iterdir())
     assert json.loads((run / "metrics.json").read_text())["horizons"] == [5, 12]
@@ -117,8 +139,9 @@ def test_cli_retrain_with_overrides(small_market_dir, tmp_path):
 
 
 def test_cli_bad_config_key_exits_2(small_market_dir, tmp_path):
-    code, _, err = run_cli(["retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"),
-                            "--set", "folds.n_fold=3"])
+    code, _, err = run_cli(
+        ["retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"), "--set", "folds.n_fold=3"]
+    )
     err = err.strip()
     assert code == 2
     assert "folds.n_fold" in err and "\n" not in err

@@ -23,19 +23,19 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from features.errors import DataError
-from features.ingest import (
+from macd_ml.artifacts.store import sha256_file
+from macd_ml.features.errors import DataError
+from macd_ml.features.ingest import (
     default_cross,
-    file_sha256,
     find_symbol_file,
     gap_report,
     load_market,
     read_candles,
-    segment_ids,
     symbol_files,
 )
-from features.synth import synth_market
-from flows.cli import main
+from macd_ml.features.segments import segment_ids
+from macd_ml.features.synth import synth_market
+from macd_ml.flows.cli import main
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/binance_spot_1h"
 REAL_SYMBOLS = ("ETHUSDT", "BTCUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
@@ -106,9 +106,7 @@ def _w_binance_text(df, d):  # (a) exactly the layout of ../shared/data/binance_
 
 
 def _w_capitalised_plus_colon(df, d):  # (b)
-    out = df.select(
-        _text_time("%Y-%m-%d %H:%M:%S+00:00").alias("Date"), *(pl.col(c).alias(c.title()) for c in VALUES)
-    )
+    out = df.select(_text_time("%Y-%m-%d %H:%M:%S+00:00").alias("Date"), *(pl.col(c).alias(c.title()) for c in VALUES))
     return _csv(out, d / "ETHUSDT_1h.csv")
 
 
@@ -210,7 +208,7 @@ def test_every_shape_reads_to_the_same_normalised_frame(shape, eth, tmp_path):
     assert_frame_equal(c.frame, eth, check_exact=True)
     assert c.frame["timestamp"].is_sorted()
     assert c.symbol == "ETHUSDT"
-    assert c.sha256 == file_sha256(path)
+    assert c.sha256 == sha256_file(path)
     assert c.gaps == gap_report(eth)
     assert path.read_bytes() == before  # read, never rewritten
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
@@ -224,7 +222,9 @@ def test_shapes_really_differ_on_disk(eth, tmp_path):
         d.mkdir()
         contents[name] = write(eth, d).read_bytes()
     assert len(set(contents.values())) == len(SHAPES)
-    assert contents["a-binance-naive-utc-text"].startswith(b"date,open,high,low,close,volume,ticker\n2022-01-01 00:00:00,")
+    assert contents["a-binance-naive-utc-text"].startswith(
+        b"date,open,high,low,close,volume,ticker\n2022-01-01 00:00:00,"
+    )
     assert contents["e-offset-plus02:00"].split(b"\n")[1].startswith(b"2022-01-01T02:00:00+02:00,")
     assert contents["e-offset-minus05:00"].split(b"\n")[1].startswith(b"2021-12-31T19:00:00-05:00,")
     first_kline = contents["f-kline-headerless-ms"].split(b"\n")[0].split(b",")
@@ -282,13 +282,20 @@ def test_symbol_file_names_are_found_case_insensitively(name, market, tmp_path):
 
 @pytest.mark.parametrize(
     "names",
-    [("ETHUSDT_1h.csv", "ETHUSDT.csv"), ("ETHUSDT_1h.csv", "ethusdt_1h.parquet"), ("ETHUSDT.parquet", "ethusdt_1H.CSV")],
+    [
+        ("ETHUSDT_1h.csv", "ETHUSDT.csv"),
+        ("ETHUSDT_1h.csv", "ethusdt_1h.parquet"),
+        ("ETHUSDT.parquet", "ethusdt_1H.CSV"),
+    ],
 )
 def test_two_files_for_one_symbol_is_an_error(names, eth, tmp_path):
     for n in names:
         _write_as(eth, tmp_path / n)
-    for call in (lambda: symbol_files(tmp_path), lambda: find_symbol_file(tmp_path, "ETHUSDT"),
-                 lambda: load_market(tmp_path, "ETHUSDT")):
+    for call in (
+        lambda: symbol_files(tmp_path),
+        lambda: find_symbol_file(tmp_path, "ETHUSDT"),
+        lambda: load_market(tmp_path, "ETHUSDT"),
+    ):
         with pytest.raises(DataError, match="two files for symbol ETHUSDT") as ei:
             call()
         assert all(n in str(ei.value) for n in names)
@@ -557,14 +564,13 @@ def no_prefect(monkeypatch, tmp_path):
         (run / "manifest.json").write_text(json.dumps({"artifacts": []}))
         return str(run)
 
-    monkeypatch.setitem(sys.modules, "flows.retrain", types.SimpleNamespace(retrain=retrain))
+    monkeypatch.setitem(sys.modules, "macd_ml.flows.retrain", types.SimpleNamespace(retrain=retrain))
     # the data here are 200 h: too few to train on, but these tests are about reading them. Preflight keeps its
     # first step, ingest + validation of every file, and skips the size checks; no server is started.
-    import flows.local_api
-    import flows.preflight
+    from macd_ml.flows import local_api, preflight
 
-    monkeypatch.setattr(flows.preflight, "preflight", flows.preflight._market)
-    monkeypatch.setattr(flows.local_api, "api_configured", lambda: True)
+    monkeypatch.setattr(preflight, "preflight", preflight._market)
+    monkeypatch.setattr(local_api, "api_configured", lambda: True)
     return calls
 
 
@@ -601,8 +607,9 @@ def test_good_folder_passes_validation_and_reaches_the_flow(good_dir, tmp_path, 
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_input_retrain_exits_2_with_one_line_and_writes_nothing(name, market, good_dir, tmp_path, capsys,
-                                                                    no_prefect):
+def test_bad_input_retrain_exits_2_with_one_line_and_writes_nothing(
+    name, market, good_dir, tmp_path, capsys, no_prefect
+):
     case = BAD[name]
     case.make(good_dir, market)
     before = _listing(good_dir)
@@ -654,7 +661,10 @@ def test_console_script_exits_2_without_traceback(market, good_dir, tmp_path):
 
     proc = subprocess.run(
         [exe, "retrain", "--data", str(good_dir), "--out", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
     )
 
@@ -685,7 +695,7 @@ def test_real_symbols_all_load_and_validate(real_market):
         assert f["timestamp"].is_sorted() and f["timestamp"].n_unique() == f.height
         assert f["timestamp"][0].year == 2021
         assert c.path == REAL_DATA / f"{c.symbol}_1h.csv"
-        assert c.sha256 == file_sha256(c.path)
+        assert c.sha256 == sha256_file(c.path)
     eth = real_market.target.frame
     assert eth.row(0) == (datetime(2021, 4, 4, 20, tzinfo=timezone.utc), 2061.43, 2066.61, 2051.24, 2062.56, 13961.8437)
     assert len(real_market.fingerprint()) == 64

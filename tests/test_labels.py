@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.ingest import read_candles
-from features.labels import fwd_return_name, label_name, make_labels
+from macd_ml.features.ingest import read_candles
+from macd_ml.features.labels import fwd_return_name, label_name, make_labels
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binance_spot_1h"
 HOUR = timedelta(hours=1)

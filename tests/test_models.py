@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from models.base import Rows
-from models.registry import MODEL_CLASSES, make_model, select_features
-from models.sequence import fit_normaliser, window_index
-from models.train import auc, train_fold
+from macd_ml.models.base import Rows
+from macd_ml.models.registry import MODEL_CLASSES, make_model, select_features
+from macd_ml.models.sequence import fit_normaliser, window_index
+from macd_ml.models.train import auc, train_fold
 from tests.modelutil import HORIZONS, constant_like, fast_config, synthetic_dataset
 
 ALL = list(MODEL_CLASSES)
@@ -122,7 +122,7 @@ def test_window_reads_past_rows_only(fitted):
     model, _ = models["lstm"]
     rows = Rows(np.arange(folds.holdout.start, folds.holdout.start + 50))
     before = model.predict(data, rows)
-    from models.base import Dataset
+    from macd_ml.models.base import Dataset
 
     X = data.X.copy()
     X[folds.holdout.start + 50 :] = 99.0
@@ -179,8 +179,16 @@ def test_sequence_nets_export_to_onnx(fitted, name):
     net = model.net.eval()
     x = torch.randn(16, model.params.window, len(model.feature_names))
     buf = io.BytesIO()
-    torch.onnx.export(net, (x,), buf, dynamo=False, input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    torch.onnx.export(
+        net,
+        (x,),
+        buf,
+        dynamo=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+    )
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, net(x).detach().numpy(), atol=1e-5)

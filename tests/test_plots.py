@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from matplotlib.image import imread
 
-from models.plots import render_plots
+from macd_ml.models.plots import render_plots
 
 HORIZONS = [5, 12, 24]
 MODELS = ["lgb", "xgb", "lgb_cross", "lstm"]
@@ -23,8 +23,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _frame(rng: np.random.Generator, n: int = N) -> pl.DataFrame:
     """Labels per horizon (a few nulls) and per-model predictions that carry a weak signal (AUC ~0.6)."""
-    cols: dict[str, object] = {"timestamp": pl.datetime_range(
-        pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 1) + pl.duration(hours=n - 1), "1h", eager=True)}
+    cols: dict[str, object] = {
+        "timestamp": pl.datetime_range(
+            pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 1) + pl.duration(hours=n - 1), "1h", eager=True
+        )
+    }
     for h in HORIZONS:
         y = rng.integers(0, 2, n)
         for k, m in enumerate(MODELS):
@@ -47,8 +50,9 @@ def _correlations(oof: pl.DataFrame) -> dict[str, dict]:
 
 def _importance(rng: np.random.Generator) -> dict:
     features = [f"feature_{i:02d}_{kind}" for i, kind in zip(range(30), ["macd_hist", "rsi_14", "ret_24h_btc"] * 10)]
-    return {m: {str(h): dict(zip(features, rng.gamma(1.0, 10.0, len(features)).tolist())) for h in HORIZONS}
-            for m in GBDT}
+    return {
+        m: {str(h): dict(zip(features, rng.gamma(1.0, 10.0, len(features)).tolist())) for h in HORIZONS} for m in GBDT
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +61,17 @@ def inputs() -> dict:
     oof, holdout = _frame(rng), _frame(rng, 1_000)
     shipped = {str(h): np.mean([holdout[f"{m}_h{h}"].to_numpy() for m in MODELS], axis=0) for h in HORIZONS}
     return {
-        "horizons": HORIZONS, "oof": oof, "holdout": holdout, "models": MODELS,
-        "shipped": shipped, "shipped_name": {str(h): "meta" for h in HORIZONS},
+        "horizons": HORIZONS,
+        "oof": oof,
+        "holdout": holdout,
+        "models": MODELS,
+        "shipped": shipped,
+        "shipped_name": {str(h): "meta" for h in HORIZONS},
         "correlations": _correlations(oof),
         "importance": _importance(rng),
-        "meta_weights": {str(h): {m: float(w) for m, w in zip(MODELS, rng.normal(0.5, 0.4, len(MODELS)))}
-                         for h in HORIZONS},
+        "meta_weights": {
+            str(h): {m: float(w) for m, w in zip(MODELS, rng.normal(0.5, 0.4, len(MODELS)))} for h in HORIZONS
+        },
     }
 
 
@@ -123,11 +132,26 @@ def test_degenerate_inputs_do_not_raise(inputs, tmp_path):
     m[3, :] = m[:, 3] = np.nan  # the constant model's correlations are undefined
     correlations = {"12": {"models": MODELS, "matrix": [[None if np.isnan(v) else v for v in r] for r in m]}}
     importance = {"lgb": inputs["importance"]["lgb"], "xgb": {str(h): {} for h in HORIZONS}}  # xgb: no gain
-    out = render_plots(tmp_path / "degenerate", **{
-        **inputs, "horizons": [5, 12], "holdout": holdout, "shipped": shipped,
-        "correlations": correlations, "importance": importance})
-    expected = {"roc_h5.png", "calibration_h5.png", "roc_h12.png", "calibration_h12.png", "correlation_h12.png",
-                "importance.png", "meta_weights.png"}
+    out = render_plots(
+        tmp_path / "degenerate",
+        **{
+            **inputs,
+            "horizons": [5, 12],
+            "holdout": holdout,
+            "shipped": shipped,
+            "correlations": correlations,
+            "importance": importance,
+        },
+    )
+    expected = {
+        "roc_h5.png",
+        "calibration_h5.png",
+        "roc_h12.png",
+        "calibration_h12.png",
+        "correlation_h12.png",
+        "importance.png",
+        "meta_weights.png",
+    }
     assert set(out) == expected
     for name in expected - {"importance.png"}:
         _assert_image(out[name], (600, 800))

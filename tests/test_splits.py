@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.errors import ConfigError
-from features.splits import FoldSpec, check_folds, make_folds
+from macd_ml.features.errors import ConfigError
+from macd_ml.features.splits import FoldSpec, check_folds, make_folds
 
 T0 = datetime(2022, 1, 1, tzinfo=timezone.utc)
 
@@ -81,7 +81,10 @@ def assert_no_leak(folds, ts: pl.Series) -> None:
 def test_folds_never_leak(n, gaps, horizons, n_folds, scheme, holdout, es, extra_embargo):
     ts = _timestamps(n, gaps)
     spec = FoldSpec(
-        n_folds=n_folds, scheme=scheme, holdout_fraction=holdout, early_stop_fraction=es,
+        n_folds=n_folds,
+        scheme=scheme,
+        holdout_fraction=holdout,
+        early_stop_fraction=es,
         embargo_hours=max(horizons) + extra_embargo,
     )
     folds = make_folds(ts, horizons, spec)
@@ -125,7 +128,7 @@ def test_gap_counts_in_time_not_rows():
 
 
 def test_folds_roundtrip_json():
-    from features.splits import Folds
+    from macd_ml.features.splits import Folds
 
     ts = _timestamps(3_000, [(500, 3)])
     folds = make_folds(ts, [5, 12, 24])

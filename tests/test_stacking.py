@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from models.stacking import (
-    Predictor,
+from macd_ml.features.segments import HOUR_US
+from macd_ml.models.predictor import Predictor
+from macd_ml.models.stacking import (
     StackSpec,
     candidate_predictor,
     evaluate_holdout,
@@ -58,10 +59,10 @@ def test_nonneg_weights_and_regularisation_shrink():
 
 
 def test_inner_blocks_are_purged_walk_forward():
-    ts = np.arange(1_000, dtype=np.int64) * 3_600_000_000
+    ts = np.arange(1_000, dtype=np.int64) * HOUR_US
     for train, test in inner_blocks(ts, 4, 0.4, embargo_hours=24):
         assert train.max() < test.min()
-        assert ts[train].max() + 24 * 3_600_000_000 < ts[test].min()
+        assert ts[train].max() + 24 * HOUR_US < ts[test].min()
 
 
 def test_holdout_never_reaches_the_fit():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.store import (
+from macd_ml.artifacts.store import (
     ArtifactWriteError,
     IntegrityError,
     atomic_write,
@@ -25,11 +26,26 @@ from tasks.store import (
 )
 
 
-def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+def test_atomic_write_never_exposes_a_partial_file(tmp_path):
+    """The writer fills a temp file beside the destination; a reader meanwhile sees the old file whole; the new
+    file replaces it in one step (a new inode, not the old file rewritten in place); no temp file remains."""
     dest = tmp_path / "a" / "model.txt"
-    r1 = write_bytes(dest, b"one")
-    r2 = write_bytes(dest, b"two")
-    assert dest.read_bytes() == b"two" and r1.sha256 != r2.sha256
+    write_bytes(dest, b"one")
+    inode = dest.stat().st_ino
+    seen = {}
+
+    def writer(tmp: Path) -> None:
+        seen["tmp"] = tmp
+        tmp.write_bytes(b"tw")
+        seen["during"] = dest.read_bytes()
+        with open(tmp, "ab") as fh:
+            fh.write(b"o")
+
+    ref = atomic_write(dest, writer)
+    assert seen["during"] == b"one", "a reader saw a half-written file"
+    assert seen["tmp"] != dest and seen["tmp"].parent == dest.parent
+    assert dest.read_bytes() == b"two" and ref.sha256 == hashlib.sha256(b"two").hexdigest()
+    assert dest.stat().st_ino != inode
     assert [p.name for p in dest.parent.iterdir()] == ["model.txt"]
 
 
@@ -82,13 +98,15 @@ def test_real_permission_denied_names_path_owner_and_fix():
         (locked / "keep.txt").write_text("earlier result")
         code = (
             "import sys; sys.path.insert(0, %r)\n"
-            "from tasks.store import write_bytes, ArtifactWriteError\n"
+            "from macd_ml.artifacts.store import write_bytes, ArtifactWriteError\n"
             "try:\n    write_bytes(%r, b'new')\n"
             "except ArtifactWriteError as e:\n    print(e); sys.exit(7)\n"
         ) % (str(Path(__file__).resolve().parents[1]), str(locked / "model.txt"))
         proc = subprocess.run(
             ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 7, proc.stderr
         msg = proc.stdout

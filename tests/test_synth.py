@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from features.build import build_features
-from features.ingest import Candles, Market, read_candles
-from features.labels import make_labels
-from features.splits import FoldSpec, make_folds
-from features.synth import synth_market, write_market
+from macd_ml.features.build import build_features
+from macd_ml.features.ingest import Candles, Market, read_candles
+from macd_ml.features.labels import make_labels
+from macd_ml.features.splits import FoldSpec, make_folds
+from macd_ml.features.synth import synth_market, write_market
 
 
 def _returns(df: pl.DataFrame) -> np.ndarray:
@@ -54,9 +54,7 @@ def test_stylised_facts():
 
 def _holdout_auc(signal: float, h: int, seed: int, hours: int) -> tuple[float, int]:
     m = synth_market(hours=hours, seed=seed, signal=signal)
-    market = Market(
-        Candles("ETHUSDT", None, "x", m["ETHUSDT"]), (Candles("BTCUSDT", None, "y", m["BTCUSDT"]),)
-    )
+    market = Market(Candles("ETHUSDT", None, "x", m["ETHUSDT"]), (Candles("BTCUSDT", None, "y", m["BTCUSDT"]),))
     table = build_features(market)
     labels = make_labels(m["ETHUSDT"], [h])
     df = table.frame.join(labels, on="timestamp", how="left")
@@ -69,11 +67,19 @@ def _holdout_auc(signal: float, h: int, seed: int, hours: int) -> tuple[float, i
 
     fit, es, test = part(f.fit), part(f.early_stop), part(folds.holdout)
     model = lgb.LGBMClassifier(
-        n_estimators=400, learning_rate=0.03, num_leaves=15, min_child_samples=100,
-        subsample=0.8, subsample_freq=1, colsample_bytree=0.7, verbose=-1, random_state=0,
+        n_estimators=400,
+        learning_rate=0.03,
+        num_leaves=15,
+        min_child_samples=100,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.7,
+        verbose=-1,
+        random_state=0,
     )
     model.fit(
-        fit.select(table.names).to_numpy(), fit[y].to_numpy(),
+        fit.select(table.names).to_numpy(),
+        fit[y].to_numpy(),
         eval_set=[(es.select(table.names).to_numpy(), es[y].to_numpy())],
         callbacks=[lgb.early_stopping(40, verbose=False)],
     )

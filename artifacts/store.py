@@ -83,7 +83,9 @@ def verify(ref: ArtifactRef) -> Path:
         raise IntegrityError(f"{p}: artifact is missing")
     actual = sha256_file(p)
     if actual != ref.sha256:
-        raise IntegrityError(f"{p}: sha256 mismatch (expected {ref.sha256[:12]}…, found {actual[:12]}…); refusing to load")
+        raise IntegrityError(
+            f"{p}: sha256 mismatch (expected {ref.sha256[:12]}…, found {actual[:12]}…); refusing to load"
+        )
     return p
 
 
@@ -115,8 +117,10 @@ def _write_error(dest: Path, exc: OSError) -> ArtifactWriteError:
     if exc.errno == errno.EACCES:
         fix = f"give {whoami} write access to that folder (chown/chmod), or point --out somewhere writable"
     elif exc.errno == errno.EPERM:
-        fix = ("not permitted whatever the permissions: the file or folder is probably immutable or append-only "
-               "(check with lsattr, clear with chattr -i / chattr -a), or the file system forbids the operation")
+        fix = (
+            "not permitted whatever the permissions: the file or folder is probably immutable or append-only "
+            "(check with lsattr, clear with chattr -i / chattr -a), or the file system forbids the operation"
+        )
     elif exc.errno == errno.EROFS:
         fix = "the file system is read-only; point --out at a writable folder"
     elif exc.errno == errno.ENOSPC:
@@ -142,7 +146,7 @@ def _backoff(attempt: int) -> float:
     return base * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
 
-def atomic_write(dest: Path | str, writer: Callable[[Path], None], attempts: int = WRITE_ATTEMPTS) -> ArtifactRef:
+def atomic_write(dest: Path | str, writer: Callable[[Path], object], attempts: int = WRITE_ATTEMPTS) -> ArtifactRef:
     """Write ``dest`` atomically: ``writer(tmp)`` fills a temp file beside it, then fsync + os.replace.
 
     An OSError is retried here (``attempts`` in all, exponential back-off with jitter) so that a task whose
@@ -161,7 +165,7 @@ def atomic_write(dest: Path | str, writer: Callable[[Path], None], attempts: int
     raise AssertionError("unreachable")
 
 
-def _atomic_write_once(dest: Path, writer: Callable[[Path], None]) -> ArtifactRef:
+def _atomic_write_once(dest: Path, writer: Callable[[Path], object]) -> ArtifactRef:
     tmp = dest.with_name(temp_name(dest.name))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +342,7 @@ def validate_run_id(run_id: str) -> str:
     """Run ids name folders under ``OUT/runs``: only the project's own format (``20250101T003000Z-1a2b3c4d``)
     is accepted, so a run id can never point outside that folder."""
     if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
-        from features.errors import ConfigError
+        from macd_ml.features.errors import ConfigError
 
         raise ConfigError(f"run id {run_id!r} is not a macd-ml run id (expected YYYYMMDDTHHMMSSZ-xxxxxxxx)")
     return run_id
@@ -364,7 +368,7 @@ def _manifest_body(manifest: dict) -> bytes:
 
 def manifest_document(run_id: str, artifacts: dict[str, ArtifactRef], extra: dict | None = None) -> dict:
     """Every artifact with relative path, bytes and sha256, signed (HMAC, key outside OUT)."""
-    from tasks import signing
+    from macd_ml.artifacts import signing
 
     entries = [{"path": rel, "bytes": ref.bytes, "sha256": ref.sha256} for rel, ref in sorted(artifacts.items())]
     body = {"run_id": run_id, "written_at": datetime.now(timezone.utc).isoformat(), "artifacts": entries}
@@ -373,8 +377,9 @@ def manifest_document(run_id: str, artifacts: dict[str, ArtifactRef], extra: dic
     return body
 
 
-def write_manifest(run_path: Path, artifacts: dict[str, ArtifactRef], extra: dict | None = None,
-                   run_id: str | None = None) -> ArtifactRef:
+def write_manifest(
+    run_path: Path, artifacts: dict[str, ArtifactRef], extra: dict | None = None, run_id: str | None = None
+) -> ArtifactRef:
     """Write ``manifest.json`` last. ``run_id`` defaults to the folder's name (a staging folder passes it)."""
     for rel, ref in artifacts.items():
         if Path(ref.path).resolve() != (run_path / rel).resolve():
@@ -408,18 +413,24 @@ def verify_run(run_path: Path | str, signed: bool = True) -> dict:
     the files it lists is refused too. Returns the manifest; raises IntegrityError naming what is wrong.
 
     ``signed=False`` is for reading a run folder made elsewhere (a copy from another machine) as input."""
-    from tasks import signing
+    from macd_ml.artifacts import signing
 
     run_path = Path(run_path)
     manifest = read_manifest(run_path)
     run_id = manifest.get("run_id", "")
     if signed:
         if run_id != run_path.resolve().name:
-            raise IntegrityError(f"{run_path / MANIFEST}: written for run {run_id!r}, found in folder {run_path.name!r}")
+            raise IntegrityError(
+                f"{run_path / MANIFEST}: written for run {run_id!r}, found in folder {run_path.name!r}"
+            )
         sig = manifest.get("signature")
-        if not isinstance(sig, str) or not signing.verify_signature(_MANIFEST_PURPOSE, run_id, _manifest_body(manifest), sig):
-            raise IntegrityError(f"{run_path / MANIFEST}: signature missing or wrong (the manifest was changed, or the "
-                                 "run was made with another signing key)")
+        if not isinstance(sig, str) or not signing.verify_signature(
+            _MANIFEST_PURPOSE, run_id, _manifest_body(manifest), sig
+        ):
+            raise IntegrityError(
+                f"{run_path / MANIFEST}: signature missing or wrong (the manifest was changed, or the "
+                "run was made with another signing key)"
+            )
     for e in manifest["artifacts"]:
         try:
             _check_relative(e["path"])
@@ -428,6 +439,15 @@ def verify_run(run_path: Path | str, signed: bool = True) -> dict:
             raise IntegrityError(f"{run_path / MANIFEST}: malformed entry {e!r} ({exc})") from None
         verify(ref)
     return manifest
+
+
+def run_artifacts(run_path: Path | str, manifest: dict) -> dict[str, ArtifactRef]:
+    """Relative path -> reference (with its sha256) for every artifact a verified manifest lists."""
+    run_path = Path(run_path)
+    return {
+        e["path"]: ArtifactRef(path=str(run_path / e["path"]), sha256=e["sha256"], bytes=e["bytes"])
+        for e in manifest["artifacts"]
+    }
 
 
 class RunRef(BaseModel):
@@ -481,21 +501,16 @@ def publish_run(out_dir: Path | str, run_id: str, fill: Callable[[Path], dict[st
     return run_ref(final)
 
 
-def load_run_model(run_path: Path | str, name: str):
-    """Load one model of a run folder, after verifying the whole run against its signed manifest."""
-    from models.registry import load_model
-
-    run_path = Path(run_path)
-    verify_run(run_path)
-    return load_model(name, run_path / "models" / name)
-
-
 def run_ref(run_path: Path) -> RunRef:
     return RunRef(run_id=run_path.name, path=str(run_path.resolve()), manifest_sha256=sha256_file(run_path / MANIFEST))
 
 
 def _quarantine(folder: Path, why: str) -> Path:
-    dest = folder.parent / ".quarantine" / f"{folder.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:4]}"
+    dest = (
+        folder.parent
+        / ".quarantine"
+        / f"{folder.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:4]}"
+    )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(folder, dest)

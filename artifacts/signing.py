@@ -22,7 +22,7 @@ import stat
 import threading
 from pathlib import Path
 
-from features.errors import ConfigError
+from macd_ml.features.errors import ConfigError
 
 KEY_ENV = "MACD_ML_KEY_FILE"
 _KEY_BYTES = 32
@@ -67,12 +67,16 @@ def signing_key() -> bytes:
                     f"run 'chmod 600 {path}' or delete it to have a new one made"
                 )
             if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-                raise ConfigError(f"{path}: signing key belongs to uid {st.st_uid}, not to this user; "
-                                  f"point {KEY_ENV} at a key of your own")
+                raise ConfigError(
+                    f"{path}: signing key belongs to uid {st.st_uid}, not to this user; "
+                    f"point {KEY_ENV} at a key of your own"
+                )
             raw = path.read_bytes().strip()
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read or create the signing key ({exc.strerror or exc}); "
-                              f"set {KEY_ENV} to a writable location outside the output folder") from None
+            raise ConfigError(
+                f"{path}: cannot read or create the signing key ({exc.strerror or exc}); "
+                f"set {KEY_ENV} to a writable location outside the output folder"
+            ) from None
         if len(raw) < 32:
             raise ConfigError(f"{path}: signing key is too short ({len(raw)} bytes); delete it to have a new one made")
         _cache[str(path)] = raw

@@ -1,0 +1,48 @@
+"""``macd-ml``: the command line (DESIGN.md §3), one module per group of subcommands.
+
+Exit codes: 0 success; 2 bad input or config (one line naming the file, row or key); 3 refused (nothing may
+ship, or the health gate refused promotion); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from macd_ml.features.errors import ConfigError, DataError, NothingToShip
+from macd_ml.flows.cli import data, run, serve, stages
+from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, one_line
+
+COMMANDS = (run, stages, serve, data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="macd-ml", description="Nightly retraining pipeline for the MACD bot's ML gate."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The local Prefect server must not try to phone home from a machine without internet.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ConfigError) as exc:
+        print(f"macd-ml: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NothingToShip as exc:
+        print(f"macd-ml: refused: {one_line(exc)}", file=sys.stderr)
+        return EXIT_GATE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # anything else: one line plus where to look
+        print(f"macd-ml: failed: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        if os.environ.get("MACD_ML_DEBUG"):
+            raise
+        return EXIT_ERROR

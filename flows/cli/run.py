@@ -1,0 +1,119 @@
+"""``retrain`` and ``resume``: run the flow, end in one line with the right exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from macd_ml.features.errors import ConfigError, DataError, NothingToShip
+from macd_ml.flows.cli.common import (
+    EXIT_ERROR,
+    EXIT_GATE,
+    EXIT_OK,
+    add_config_args,
+    add_market_args,
+    command,
+    config_from,
+    one_line,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "retrain",
+        "run the retrain flow (Prefect) and publish a run folder",
+        "Run the whole retrain flow on a data folder (or the built-in synthetic market), publish "
+        "OUT/runs/RUN_ID and point OUT/current at it.",
+        retrain,
+    )
+    add_market_args(p, "folder with SYMBOL_1h.csv|parquet files (default: the synthetic market)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
+    p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
+    add_config_args(p)
+
+    p = command(
+        sub,
+        "resume",
+        "finish a failed run: only what failed (and what depends on it) runs again",
+        "Re-run a failed run under its own id. Every task that finished comes back Cached.",
+        resume,
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the run id a failed run printed (YYYYMMDDTHHMMSSZ-xxxxxxxx)")
+    p.add_argument("--out", metavar="DIR", help="output folder of that run (default: out)")
+
+
+def retrain(args: argparse.Namespace) -> int:
+    from macd_ml.artifacts.store import new_run_id
+
+    config = config_from(
+        args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross, force=args.force or None
+    )
+    return run(config, new_run_id())
+
+
+def resume(args: argparse.Namespace) -> int:
+    from macd_ml.artifacts.store import IntegrityError, run_dir, validate_run_id, verify_run
+    from macd_ml.flows.config import validate_config
+    from macd_ml.tasks.publish import read_run_record, run_record_path
+
+    run_id = validate_run_id(args.run_id)
+    out = args.out or "out"
+    folder = run_dir(out, run_id)
+    if folder.exists():
+        try:
+            verify_run(folder)
+            print(f"run {run_id} is already complete: {folder}")
+            return EXIT_OK
+        except IntegrityError as exc:
+            print(f"macd-ml: {one_line(exc)}; rebuilding run {run_id}", file=sys.stderr)
+    record = run_record_path(out, run_id)
+    if not record.is_file():
+        raise ConfigError(
+            f"{record}: no record of run {run_id} under {out} (is --out right? A run whose record "
+            "could not be written is finished by running the same retrain command again)"
+        )
+    try:
+        config = validate_config(read_run_record(out, run_id))
+    except IntegrityError as exc:
+        raise ConfigError(str(exc)) from None
+    return run(config, run_id)
+
+
+def run(config, run_id: str) -> int:
+    """Check everything knowable first (exit 2, nothing written, no server started), then run the flow on the
+    API named by PREFECT_API_URL or on a temporary local one that dies with this process."""
+    from contextlib import nullcontext
+
+    from macd_ml.artifacts.signing import check_key_outside, signing_key
+    from macd_ml.flows.local_api import api_configured, local_api
+    from macd_ml.flows.preflight import preflight
+
+    check_key_outside(config.out_dir)
+    signing_key()
+    preflight(config)
+    with nullcontext() if api_configured() else local_api():
+        from macd_ml.flows.retrain import retrain as retrain_flow
+        from macd_ml.tasks.publish import run_record_path
+
+        try:
+            path = retrain_flow(config, run_id=run_id)
+        except (DataError, ConfigError):
+            raise
+        except NothingToShip as exc:
+            print(f"macd-ml: run {run_id} refused: {one_line(exc)}", file=sys.stderr)
+            return EXIT_GATE
+        except Exception as exc:
+            print(f"macd-ml: run {run_id} failed: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+            if run_record_path(Path(config.out_dir).resolve(), run_id).is_file():
+                advice = f"finish it with: macd-ml resume {run_id} --out {config.out_dir}"
+            else:
+                advice = "run the same retrain command again"
+            print(f"macd-ml: finished stages are cached; after fixing the cause, {advice}", file=sys.stderr)
+            return EXIT_ERROR
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    note = "" if Path(path).name == run_id else f"; same artifacts as run {Path(path).name}, published earlier"
+    print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts{note})")
+    return EXIT_OK

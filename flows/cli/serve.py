@@ -1,0 +1,31 @@
+"""``serve``: the nightly deployment run from this process."""
+
+from __future__ import annotations
+
+import argparse
+
+from macd_ml.flows.cli.common import EXIT_OK, add_config_args, add_market_args, command, config_from
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "serve",
+        "serve the nightly deployment from this process (UI runs + schedule)",
+        "Register the 'retrain/nightly' deployment with the Prefect API (PREFECT_API_URL) and execute "
+        "its scheduled and UI-triggered runs until interrupted.",
+        serve,
+    )
+    add_market_args(p, "candle folder the runs use by default")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
+    p.add_argument("--cron", default="30 0 * * *", help="schedule, cron syntax, UTC (default 00:30 daily)")
+    add_config_args(p)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from macd_ml.deployments.nightly import serve as serve_deployment
+
+    config = config_from(args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross)
+    print(f"serving the nightly retrain ({args.cron} UTC); Ctrl-C to stop")
+    serve_deployment(config, args.cron)
+    return EXIT_OK

@@ -1,0 +1,139 @@
+"""``metrics.json`` as a typed, versioned document (DESIGN.md §3): what the flow writes and what the report,
+the health gate and users read. Its JSON Schema is written beside it in every run folder
+(``metrics.schema.json``); ``schema_version`` changes when a field changes meaning or goes away.
+
+Horizons are string keys ("5") everywhere, as JSON needs. Model names keep the run's order (lists and dicts
+here are ordered; readers should not assume alphabetical order).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelScore(_Doc):
+    """One base model at one horizon: AUC out of fold and on the holdout, with their row counts."""
+
+    oof_auc: float | None
+    test_auc: float | None
+    n_oof: int
+    n_test: int
+
+
+class Candidate(_Doc):
+    val_auc: float | None = Field(description="inner walk-forward AUC over OOF rows (the choice is made on it)")
+    test_auc: float | None = Field(default=None, description="holdout AUC (reported only)")
+    C: float | None = Field(default=None, description="regularisation chosen for the meta-learner")
+
+
+class Shipped(_Doc):
+    """What ships at one horizon and how it was chosen."""
+
+    shipped: str = Field(description="'meta', 'mean' or 'best:<model>'")
+    oof_auc: float | None = Field(description="in-sample AUC of the shipped predictor refitted on all OOF rows")
+    val_auc: float | None
+    test_auc: float | None
+    gap_abs: float | None = Field(description="val_auc - test_auc")
+    gap_rel: float | None
+    gap_combined_se: float
+    candidates: dict[str, Candidate]
+    c_scores: dict[str, float | None]
+    weights: dict[str, float] | None
+    models: list[str] = Field(description="models the shipped predictor reads, in order")
+    dropped: dict[str, str]
+    n_train: int
+    n_val: int
+    n_test: int
+    train_last: str | None
+    holdout_first: str | None
+
+
+class Diversity(_Doc):
+    models: list[str]
+    matrix: list[list[float | None]]
+    std: dict[str, float]
+    redundant_pairs: list[dict]
+    collapsed: list[str]
+
+
+class Training(_Doc):
+    folds: dict[str, dict] = Field(description="fold index -> what the fit chose (best iteration, device, ...)")
+    refit: dict = Field(default_factory=dict)
+    collapsed: bool = False
+
+
+class AucNoise(_Doc):
+    oof: float
+    test: float
+
+
+class LabelBalance(_Doc):
+    defined: int
+    up_share: float
+
+
+class FoldSize(_Doc):
+    fold: int
+    fit: int
+    early_stop: int
+    test: int
+    test_first: datetime | None
+    test_last: datetime | None
+
+
+class HoldoutSpan(_Doc):
+    rows: int
+    first: datetime | None
+    last: datetime | None
+
+
+class InputSummary(_Doc):
+    rows: dict[str, int]
+    span: dict[str, list[str]]
+    gaps: dict[str, dict]
+
+
+class CrossFeatures(_Doc):
+    auc_gain: dict[str, dict[str, float | None]]
+    importance: dict
+
+
+class Metrics(_Doc):
+    """The run's numbers. ``models.{name}.{h}.{oof_auc,test_auc}``, ``meta.{h}.{oof_auc,val_auc,test_auc}``,
+    ``n_oof``, ``n_test`` are the contract; the rest is what the report shows."""
+
+    schema_version: Literal[1] = 1
+    run_id: str | None = None
+    target: str
+    cross: list[str]
+    horizons: list[int]
+    n_features: int
+    n_rows: int
+    n_oof: int
+    n_test: int
+    labels: dict[str, LabelBalance]
+    input: InputSummary
+    folds: list[FoldSize]
+    holdout: HoldoutSpan
+    models: dict[str, dict[str, ModelScore]]
+    meta: dict[str, Shipped]
+    diversity: dict[str, Diversity]
+    training: dict[str, Training]
+    auc_se: dict[str, AucNoise]
+    cross_features: CrossFeatures | None = None
+
+    def model_order(self) -> list[str]:
+        return list(self.models)
+
+
+def metrics_schema() -> dict:
+    return Metrics.model_json_schema()

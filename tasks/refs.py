@@ -1,0 +1,138 @@
+"""Typed data that passes between stages: small references (paths + sha256) and what travels with them, never
+frames. Each type is registered as an allowed result type (tasks.results) and reduces to its content for cache
+keys (``cache_token``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from pydantic import BaseModel
+
+from macd_ml.artifacts.store import ArtifactRef, read_json, read_parquet, ref_for
+from macd_ml.features.errors import DataError
+from macd_ml.features.ingest import Market, default_cross, load_market
+from macd_ml.features.splits import Folds
+from macd_ml.models.metrics import Diversity, Shipped
+from macd_ml.tasks.results import result_type
+
+
+@result_type
+class MarketRef(BaseModel):
+    """Validated inputs: which files, their hashes, and what ingest found (gaps, rows, span)."""
+
+    data_dir: str
+    target: str
+    cross: list[str]
+    files: dict[str, ArtifactRef]
+    fingerprint: str
+    rows: dict[str, int]
+    gaps: dict[str, dict]
+    span: dict[str, list[str]]
+
+    def cache_token(self) -> dict:
+        return {"market": self.fingerprint, "target": self.target, "cross": self.cross}
+
+
+@result_type
+class TableRef(BaseModel):
+    """The feature table on disk plus what travels with it: names and fingerprint."""
+
+    data: ArtifactRef
+    meta: ArtifactRef
+    names: list[str]
+    fingerprint: str
+    n_rows: int
+
+    def cache_token(self) -> dict:
+        return {"features": self.data.sha256}
+
+
+def market_ref(market: Market, data_dir: Path | str) -> MarketRef:
+    candles = (market.target, *market.cross)
+    return MarketRef(
+        data_dir=str(Path(data_dir).resolve()),
+        target=market.target.symbol,
+        cross=[c.symbol for c in market.cross],
+        files={c.symbol: ref_for(_file(c)) for c in candles},
+        fingerprint=market.fingerprint(),
+        rows={c.symbol: c.frame.height for c in candles},
+        gaps=market.gap_reports(),
+        span={c.symbol: [c.frame["timestamp"][0].isoformat(), c.frame["timestamp"][-1].isoformat()] for c in candles},
+    )
+
+
+def _file(c) -> Path:
+    if c.path is None:
+        raise ValueError(f"{c.symbol}: the flow reads candles from files; these were given in memory")
+    return c.path
+
+
+def reload_market(ref: MarketRef) -> Market:
+    """Re-read the inputs a MarketRef names; refuse if any file changed since it was validated."""
+    market = load_market(ref.data_dir, ref.target, ref.cross)
+    if market.fingerprint() != ref.fingerprint:
+        raise DataError(ref.data_dir, "input files changed during the run; start a new run")
+    return market
+
+
+def resolve_cross(data_dir: str, target: str, cross: list[str] | None) -> list[str]:
+    return default_cross(data_dir, target) if cross is None else list(cross)
+
+
+@result_type
+class FoldOutput(BaseModel):
+    model: str
+    fold: int
+    predictions: ArtifactRef  # parquet: row, timestamp, p_<h> per horizon
+    summary: dict  # deterministic: what the fit chose (best iteration, device, collapse check)
+    seconds: float = 0.0  # wall-clock fit time: reported, never part of a cache key
+
+    def cache_token(self) -> dict:
+        return {"model": self.model, "fold": self.fold, "predictions": self.predictions.sha256, "summary": self.summary}
+
+
+@result_type
+class RefitOutput(BaseModel):
+    model: str
+    files: dict[str, ArtifactRef]  # file name -> model file in the cache
+    holdout: ArtifactRef
+    summary: dict
+    seconds: float = 0.0
+
+    def cache_token(self) -> dict:
+        return {
+            "model": self.model,
+            "files": {k: v.sha256 for k, v in sorted(self.files.items())},
+            "holdout": self.holdout.sha256,
+            "summary": self.summary,
+        }
+
+
+def load_folds(ref: ArtifactRef) -> Folds:
+    return Folds.model_validate(read_json(ref))
+
+
+def load_labels(ref: ArtifactRef) -> pl.DataFrame:
+    return read_parquet(ref)
+
+
+@result_type
+class StackResult(BaseModel):
+    """The stacking stage: its files (meta.json, stack.json, shipped_holdout.parquet) and per-horizon results."""
+
+    files: dict[str, ArtifactRef]
+    meta: dict[str, Shipped]
+    diversity: dict[str, Diversity]
+
+
+class TrainingData(BaseModel):
+    """What every training task reads: the feature table, labels and folds (by reference), the horizons, the gap
+    rule and the collapse threshold. One object, so the fold tasks and the refits take the same inputs."""
+
+    features: TableRef
+    labels: ArtifactRef
+    folds: ArtifactRef
+    horizons: list[int]
+    gap_tolerance_hours: int
+    collapse_std: float

@@ -1,0 +1,254 @@
+"""Mutation check for the leak net: plant one deliberate bug at a time and make sure the tests notice.
+
+    .venv/bin/python tests/mutations.py            # every mutation (a few minutes)
+    .venv/bin/python tests/mutations.py --only holdout-choice
+
+Each mutation copies the package (artifacts, features, models, tasks, flows, deployments) to a temporary
+``macd_ml`` folder, replaces one snippet (which must occur exactly once), and runs the tests that must kill it
+with that copy first on PYTHONPATH. A mutation is *killed* when those tests fail; a *survivor* is a hole in the
+net. The run ends with a table and exits 1 if anything survived or a snippet no longer matches.
+
+When the code moves, update the snippets here; never weaken a test to kill a mutation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments")
+NET = "tests/test_leakage_net.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    why: str
+
+
+MUTATIONS = [
+    Mutation(
+        "early-stop-on-test",
+        "models/train.py",
+        "model.fit(data, fit, es)",
+        "model.fit(data, fit, test)",
+        (f"{NET}::test_test_span_labels_reach_no_fit_no_early_stop_no_head_choice",),
+        "early stopping, best epoch and head chosen on the test span (the holdout, for the refit)",
+    ),
+    Mutation(
+        "collapse-on-test",
+        "models/train.py",
+        "collapse_check(model, data, es, collapse_std)",
+        "collapse_check(model, data, test, collapse_std)",
+        (f"{NET}::test_collapse_check_reads_the_early_stopping_slice",),
+        "the collapse check reads the test span",
+    ),
+    Mutation(
+        "holdout-choice",
+        "models/stacking.py",
+        "        test_auc, p = evaluate_holdout(st.shipped, holdout, h)",
+        "        st.shipped = candidate_predictor(st, max(test, key=lambda k: test[k] or 0), oof, spec)\n"
+        "        test_auc, p = evaluate_holdout(st.shipped, holdout, h)",
+        (f"{NET}::test_what_ships_does_not_depend_on_holdout_labels",),
+        "what ships re-chosen by holdout AUC",
+    ),
+    Mutation(
+        "inner-cv-in-sample",
+        "models/stacking.py",
+        "fitted = fit_meta(P[train], y[train], kept, C, spec.nonneg)",
+        "fitted = fit_meta(P[test], y[test], kept, C, spec.nonneg)",
+        (f"{NET}::test_inner_cv_scores_are_out_of_sample", f"{NET}::test_noise_models_do_not_look_good_on_inner_cv"),
+        "inner-CV candidates scored on the rows they were fitted on",
+    ),
+    Mutation(
+        "normaliser-all-rows",
+        "models/sequence.py",
+        "self.mean, self.std = fit_normaliser(X, fit_idx)",
+        "self.mean, self.std = fit_normaliser(X, fit_idx)[0], fit_normaliser(X, np.arange(len(X)))[1]",
+        (f"{NET}::test_sequence_normaliser_is_fitted_on_fitting_rows_only",),
+        "the sequence normaliser's std fitted on all rows",
+    ),
+    Mutation(
+        "parquet-unverified",
+        "artifacts/store.py",
+        "return pl.read_parquet(verify(ref))",
+        "return pl.read_parquet(ref.path)",
+        (f"{NET}::test_every_parquet_artifact_load_is_verified",),
+        "parquet loads that skip the sha256 check (store)",
+    ),
+    Mutation(
+        "parquet-bypass",
+        "tasks/train.py",
+        "frame = read_parquet(inputs.features.data)",
+        "frame = pl.read_parquet(inputs.features.data.path)",
+        (f"{NET}::test_every_parquet_artifact_load_is_verified",),
+        "parquet loads that skip the sha256 check (a task reading around the store)",
+    ),
+    Mutation(
+        "collapsed-not-passed",
+        "flows/retrain.py",
+        '{m: t["collapsed"] for m, t in training.items()}',
+        "{}",
+        (f"{NET}::test_collapsed_flags_reach_the_stacker",),
+        "collapsed-model flags not reaching the stacker",
+    ),
+    Mutation(
+        "embargo-folds",
+        "features/splits.py",
+        "if embargo < h_max:",
+        "if embargo < h_max - 1:",
+        (f"{NET}::test_embargo_shorter_than_the_longest_horizon_is_refused",),
+        "an embargo of longest horizon - 1 accepted by the folds",
+    ),
+    Mutation(
+        "embargo-config",
+        "flows/config.py",
+        "if emb is not None and emb < max(self.horizons):",
+        "if emb is not None and emb < max(self.horizons) - 1:",
+        (f"{NET}::test_embargo_shorter_than_the_longest_horizon_is_refused",),
+        "an embargo of longest horizon - 1 accepted by config validation",
+    ),
+    Mutation(
+        "focal-ignored",
+        "models/sequence.py",
+        'if kind == "focal":',
+        "if False:",
+        (f"{NET}::test_focal_loss_changes_the_loss_and_the_fit",),
+        "the focal loss option does nothing",
+    ),
+    Mutation(
+        "noise-ignored",
+        "models/sequence.py",
+        "if p.augment_noise > 0:",
+        "if False:",
+        (f"{NET}::test_augmentation_changes_the_fit_and_is_off_by_default",),
+        "noise augmentation does nothing",
+    ),
+    Mutation(
+        "warp-ignored",
+        "models/sequence.py",
+        "if p.augment_time_warp > 0:",
+        "if False:",
+        (f"{NET}::test_augmentation_changes_the_fit_and_is_off_by_default",),
+        "time warp does nothing",
+    ),
+    Mutation(
+        "direct-write",
+        "artifacts/store.py",
+        "tmp = dest.with_name(temp_name(dest.name))",
+        "tmp = dest",
+        ("tests/test_store.py::test_atomic_write_never_exposes_a_partial_file",),
+        "writes go straight to the destination (not atomic)",
+    ),
+    Mutation(
+        "help-missing",
+        "flows/cli/run.py",
+        '"Re-run a failed run under its own id. Every task that finished comes back Cached.",',
+        "",
+        ("tests/test_deployment.py::test_every_subcommand_has_help",),
+        "a subcommand without its own help",
+    ),
+    Mutation(
+        "report-order",
+        "models/report.py",
+        "for k in meta[x].models if k in w",
+        "for k in w",
+        (f"{NET}::test_report_does_not_depend_on_json_key_order",),
+        "the report's weights line follows JSON key order",
+    ),
+    Mutation(
+        "unsigned-records",
+        "tasks/results.py",
+        "if not signing.verify_signature(PURPOSE, rel, body, signature):",
+        "if False:",
+        ("tests/test_trust_cache.py::test_signed_storage_round_trip_and_tamper",),
+        "cache records used without checking their signature",
+    ),
+    Mutation(
+        "unsigned-manifest",
+        "artifacts/store.py",
+        "if signed:\n        if run_id",
+        "if False:\n        if run_id",
+        ("tests/test_trust_runs.py::test_rewritten_manifest_is_refused",),
+        "a manifest rewritten with the files it lists is trusted",
+    ),
+]
+
+
+CONTROL = Mutation("(no mutation)", "models/train.py", "", "", (), "control: the tests pass on the unchanged copy")
+
+
+def run_one(m: Mutation, keep: bool = False) -> tuple[str, float, str]:
+    work = Path(tempfile.mkdtemp(prefix=f"mutant-{m.name}-"))
+    try:
+        pkg = work / "macd_ml"
+        for p in PACKAGES:
+            shutil.copytree(ROOT / p, pkg / p, ignore=shutil.ignore_patterns("__pycache__"))
+        if m is not CONTROL:
+            target = pkg / m.file
+            text = target.read_text()
+            if text.count(m.old) != 1:
+                return "STALE", 0.0, f"snippet found {text.count(m.old)} times in {m.file}"
+            target.write_text(text.replace(m.old, m.new))
+        tests = m.tests or tuple(dict.fromkeys(t for mut in MUTATIONS for t in mut.tests))
+        env = {**os.environ, "PYTHONPATH": str(work), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        seconds = time.perf_counter() - t0
+        last = (proc.stdout.strip().splitlines() or [""])[-1]
+        if m is CONTROL:
+            return ("passed" if proc.returncode == 0 else "FAILED"), seconds, last
+        return ("killed" if proc.returncode != 0 else "SURVIVED"), seconds, last
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", help="run only these mutations (by name)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:22s} {m.file:24s} {m.why}")
+        return 0
+    bad = 0
+    print(f"{'mutation':22s} {'result':9s} {'s':>6s}  tests' last line")
+    # first the control: every test the mutations rely on passes on the unchanged code, so a failure below is
+    # the mutation's doing
+    result, seconds, last = run_one(CONTROL)
+    print(f"{CONTROL.name:22s} {result:9s} {seconds:6.1f}  {last}", flush=True)
+    if result != "passed":
+        print("the tests fail without any mutation; fix that first")
+        return 1
+    for m in chosen:
+        result, seconds, last = run_one(m)
+        bad += result != "killed"
+        print(f"{m.name:22s} {result:9s} {seconds:6.1f}  {last}", flush=True)
+    print(f"{len(chosen) - bad} of {len(chosen)} mutations killed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

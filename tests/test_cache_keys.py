@@ -1,0 +1,111 @@
+"""Cache validity that cannot go stale (issue 9.1): each task's code version is derived from the source of the
+project modules it runs, and every key is made in one CachePolicy. Tested on a copy of the package, edited
+between runs of the real flow (each run a separate process on the session's Prefect server)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from macd_ml.artifacts.codehash import closure, code_version
+from macd_ml.features.synth import synth_market, write_market
+from tests.flowutil import latest_flow_run_id, task_states
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments")
+UPSTREAM_OF_STACK = (
+    "ingest",
+    "features",
+    "labels",
+    "folds",
+    "lgb-fold0",
+    "lgb-fold1",
+    "lgb-fold2",
+    "lgb-refit",
+    "assemble-predictions",
+)
+
+
+def test_code_versions_follow_imports():
+    assert "macd_ml.models.stacking" not in closure("macd_ml.tasks.train")
+    assert "macd_ml.features.indicators" in closure("macd_ml.tasks.features")
+    assert "macd_ml.features.indicators" not in closure("macd_ml.tasks.train")  # it reads the table, not the code
+    assert "macd_ml.features.indicators" not in closure("macd_ml.tasks.ingest")
+    assert "macd_ml.models.plots" in closure("macd_ml.tasks.report")
+    assert "macd_ml.flows.cli" not in closure("macd_ml.tasks.stack")
+    assert code_version("macd_ml.tasks.stack") != code_version("macd_ml.tasks.report")
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_editing_the_code_reruns_exactly_what_depends_on_it(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    copy = tmp_path / "pkg" / "macd_ml"
+    for p in PACKAGES:
+        shutil.copytree(ROOT / p, copy / p, ignore=shutil.ignore_patterns("__pycache__"))
+    data = tmp_path / "data"
+    write_market(synth_market(hours=3_000, seed=9, gaps=1), data)
+    env = {**os.environ, "PYTHONPATH": str(copy.parent), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+
+    def run() -> dict[str, str]:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, macd_ml.flows.cli as c; assert c.__file__.startswith(sys.argv[1]); "
+                "sys.exit(c.main(sys.argv[2:]))",
+                str(copy),
+                "retrain",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "out"),
+                "--set",
+                "folds.n_folds=3",
+                "--set",
+                'models.enabled=["lgb"]',
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return task_states(latest_flow_run_id())
+
+    first = run()
+    assert first["stack"] == "Completed"
+
+    # a constant in the stacker: the stacker (and what its output feeds) runs again, nothing before it
+    _edit(copy / "models" / "stacking.py", "MIN_INNER_BLOCK = 20", "MIN_INNER_BLOCK = 19")
+    states = run()
+    assert all(states[t] == "Cached" for t in UPSTREAM_OF_STACK), states
+    assert states["stack"] == "Completed", states
+
+    # an indicator: features change, so everything after them runs again (a change trees are not invariant to)
+    _edit(
+        copy / "features" / "indicators.py",
+        "return (close / close.shift(window)).log()",
+        "return (close / close.shift(window + 1)).log()",
+    )
+    states = run()
+    assert states["ingest"] == "Cached", states
+    assert all(v == "Completed" for k, v in states.items() if k != "ingest"), sorted(states.items())
+
+    # a module no task uses: nothing runs again (promotion always does)
+    _edit(copy / "deployments" / "nightly.py", "DEFAULT_CRON = ", "# edited\nDEFAULT_CRON = ")
+    states = run()
+    assert {k for k, v in states.items() if v != "Cached"} == {"promote"}, states

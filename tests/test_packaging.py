@@ -1,0 +1,67 @@
+"""One namespace when installed (issue 9.8): the wheel installs macd_ml.* only, never top-level `features`,
+`models`, `tasks` or `flows`, so a trading bot's own `models` package and ours live side by side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+
+
+@pytest.mark.slow
+def test_wheel_installs_one_namespace_beside_a_bots_own_models_package(tmp_path):
+    subprocess.run(
+        [*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [*PIP, "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    top = sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info") and not p.name.startswith("_"))
+    assert top == ["macd_ml"], top
+    assert sorted(p.name for p in (site / "macd_ml").iterdir() if p.is_dir()) == [
+        "artifacts",
+        "deployments",
+        "features",
+        "flows",
+        "models",
+        "tasks",
+    ]
+
+    bot = tmp_path / "bot"
+    (bot / "models").mkdir(parents=True)
+    (bot / "models" / "__init__.py").write_text("WHOSE = 'the bot'\n")
+    (bot / "features").mkdir()
+    (bot / "features" / "__init__.py").write_text("WHOSE = 'the bot'\n")
+    code = (
+        "import models, features\n"
+        "import macd_ml.models, macd_ml.features.errors, macd_ml.artifacts  # (dependency-free modules)\n"
+        "assert models.WHOSE == 'the bot' and features.WHOSE == 'the bot'\n"
+        "assert macd_ml.models.__file__.startswith(%r), macd_ml.models.__file__\n"
+        "assert macd_ml.features.errors.DataError.__module__ == 'macd_ml.features.errors'\n"
+        "print('ok')\n"
+    ) % str(site)
+    proc = subprocess.run([str(python), "-c", code], cwd=bot, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

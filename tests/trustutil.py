@@ -1,0 +1,53 @@
+"""What the trust tests (issue 8: test_trust_*.py) share: a small market, the fast config, helpers."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from pathlib import Path
+
+from tests.flowutil import run_cli, spawn_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--set", "folds.n_folds=3", "--set", 'models.enabled=["lgb"]']
+
+
+def _retrain(market: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return run_cli(["retrain", "--data", str(market), "--out", str(out), *FAST, *extra])
+
+
+def _records(out: Path) -> list[Path]:
+    return sorted(p for p in (out / "cache" / "results").iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _flip(path: Path, at: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if at is None else at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+_B64_PICKLE = re.compile(rb"gA[SNJU][A-Za-z0-9+/]{12,}={0,2}")
+
+
+def _holds_pickle(path: Path) -> bool:
+    data = path.read_bytes()
+    if re.match(rb"\x80[\x02-\x05]", data):
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # a binary format of ours (parquet, safetensors, PNG): a pickle in it would start it
+    if b"picklelib" in data or b'"type": "pickle"' in data or b'"type":"pickle"' in data:
+        return True
+    for m in _B64_PICKLE.finditer(data):
+        try:
+            if re.match(rb"\x80[\x02-\x05]", base64.b64decode(m.group(0) + b"=" * (-len(m.group(0)) % 4))):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _spawn_cli(args: list[str], home: Path, log: Path, shared_api: bool = True, **env_extra: str) -> subprocess.Popen:
+    return spawn_cli(args, log, home, shared_api=shared_api, **env_extra)
