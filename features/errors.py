@@ -23,6 +23,15 @@ class ConfigError(ValueError):
     """A bad configuration value. The message names the key."""
 
 
-class NothingToShip(RuntimeError):
+class Refused(RuntimeError):
+    """The run finished but must not become ``current``: the CLI exits 3 with this one line. Rerunning the same
+    run cannot help."""
+
+
+class PromotionRefused(Refused):
+    """The health gate refused the run, or the champion beat it. The run is published for inspection."""
+
+
+class NothingToShip(Refused):
     """Training finished but nothing may ship (every model of a horizon collapsed to a constant). Rerunning the
     same run cannot help; more data or other model parameters can. The CLI exits 3, like a refused health gate."""

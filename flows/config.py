@@ -18,6 +18,8 @@ from macd_ml.features.errors import ConfigError
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec
 from macd_ml.features.synth import SynthSpec
+from macd_ml.models.health import HealthSpec
+from macd_ml.models.promotion import PromotionSpec
 from macd_ml.models.registry import ModelsConfig
 from macd_ml.models.stacking import StackSpec
 
@@ -46,6 +48,8 @@ class RetrainConfig(BaseModel):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     stacking: StackSpec = Field(default_factory=StackSpec)
     synthetic: SynthSpec = Field(default_factory=SynthSpec)
+    health: HealthSpec = Field(default_factory=HealthSpec, description="the gates a run must pass to be promoted")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="champion / challenger")
     result_storage: str | None = Field(
         default=None,
         description="folder or fsspec URL (e.g. 's3://bucket/macd-ml-results') where task results persist, signed "
@@ -83,6 +87,16 @@ class RetrainConfig(BaseModel):
         if self.cross and self.target in self.cross:
             raise ValueError(f"cross must not contain the target {self.target}")
         return self
+
+    @model_validator(mode="after")
+    def _primary_horizon_is_a_horizon(self) -> "RetrainConfig":
+        h = self.health.primary_horizon
+        if h is not None and h not in self.horizons:
+            raise ValueError(f"health.primary_horizon ({h}) is not one of the horizons {self.horizons}")
+        return self
+
+    def primary_horizon(self) -> int:
+        return self.health.primary_horizon or self.horizons[0]
 
     @model_validator(mode="after")
     def _embargo_covers_horizons(self) -> "RetrainConfig":

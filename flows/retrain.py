@@ -29,16 +29,20 @@ from macd_ml.artifacts.store import (
     read_text,
     validate_run_id,
 )
+from macd_ml.features.errors import PromotionRefused
 from macd_ml.features.labels import label_name
 from macd_ml.flows import logs
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.preflight import preflight
 from macd_ml.models.device import cuda_available, parallel_tasks
 from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
-from macd_ml.models.metrics import Metrics, metrics_schema
+from macd_ml.models.metrics import Decision, Metrics, metrics_schema
 from macd_ml.models.registry import SEQUENCE_MODELS
+from macd_ml.tasks.export import export_task
 from macd_ml.tasks.features import features_task, folds_task, labels_task
+from macd_ml.tasks.health import health_task
 from macd_ml.tasks.ingest import ingest_task, synthetic_market_task
+from macd_ml.tasks.promotion import champion_task
 from macd_ml.tasks.publish import promote_task, publish_run_task, record_run
 from macd_ml.tasks.refs import MarketRef, StackResult, TableRef, TrainingData, load_folds, load_labels
 from macd_ml.tasks.report import publish_ui_artifacts, report_task
@@ -81,7 +85,7 @@ def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref:
         "n_oof": n_oof,
         "n_test": len(folds.holdout),
         "labels": balance,
-        "input": {"rows": market.rows, "span": market.span, "gaps": market.gaps},
+        "input": {"data_dir": market.data_dir, "rows": market.rows, "span": market.span, "gaps": market.gaps},
         "folds": [
             {
                 "fold": f.index,
@@ -232,11 +236,9 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
         str(out),
     )
     metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack)
-    importance = {
-        r.model: r.files[f"{r.model}_importance.json"] for r in refits if f"{r.model}_importance.json" in r.files
-    }
-    report = report_task.with_options(**cached)(metrics, tables, stack.files, importance, str(out))
-
+    exported = export_task.with_options(**cached)(
+        feats, refits, tables, stack.files, config.horizons, config.gap_tolerance_hours, str(out)
+    )
     artifacts = {
         "features.parquet": feats.data,
         "features.json": feats.meta,
@@ -244,31 +246,60 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
         "folds.json": folds,
         **tables,
         **stack.files,
-        **report,
+        **exported.files,
     }
     for r in refits:
         for fname, ref in r.files.items():
             artifacts[f"models/{r.model}/{fname}"] = ref
-    # publication is content-addressed: --force recomputes the stages, and identical results publish no duplicate
+    run_config = config.model_dump(mode="json", exclude={"force": True, "promotion": {"force"}})
+    health = health_task.with_options(**cached)(
+        artifacts, metrics, run_config, config.health, config.models.collapse_std, market.data_dir, str(out)
+    )
+    metrics = metrics.model_copy(update={"parity": exported.parity, "health": health.report})
+    importance = {
+        r.model: r.files[f"{r.model}_importance.json"] for r in refits if f"{r.model}_importance.json" in r.files
+    }
+    report = report_task.with_options(**cached)(metrics, tables, stack.files, importance, str(out))
+    artifacts.update({"health.json": health.file, **report})
+
+    if health.report.passed:
+        decision = champion_task(
+            str(out), artifacts, metrics, market.data_dir, config.primary_horizon(), config.promotion, run_id
+        )
+    else:
+        failed = ", ".join(c.name for c in health.report.failures())
+        decision = Decision(
+            promote=False,
+            reason=f"the health gate refused it ({failed})",
+            challenger=run_id,
+            horizon=config.primary_horizon(),
+            margin_se=config.promotion.margin_se,
+        )
+    # publication is content-addressed: --force recomputes the stages, and identical results publish no duplicate;
+    # the timings and the promotion decision (which depends on the current champion) are not part of that content
     run = publish_run_task.with_options(result_storage=cached["result_storage"])(
         str(out),
         run_id,
         artifacts,
         {
-            "config.json": config.model_dump(mode="json", exclude={"force"}),
+            "config.json": run_config,
             "metrics.json": metrics.model_dump(mode="json"),
             "metrics.schema.json": metrics_schema(),
         },
         timings=_timings(fold_outputs, refits),
+        promotion=decision.model_dump(mode="json"),
     )
-    promote_task(str(out), run)
     if run.run_id != run_id:
         log.info(
             "run %s produced exactly the artifacts of run %s, published earlier; nothing new was written",
             run_id,
             run.run_id,
         )
-    publish_ui_artifacts(metrics.model_copy(update={"run_id": run.run_id}), read_text(report["report.md"]))
+    publish_ui_artifacts(metrics.model_copy(update={"run_id": run.run_id}), read_text(report["report.md"]), decision)
+    if not decision.promote:
+        detail = "; ".join(f"{c.name}: {c.detail}" for c in health.report.failures()) or decision.reason
+        raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")
+    promote_task(str(out), run)
     log.info("run folder: %s", run.path)
     return run.path
 

@@ -15,15 +15,18 @@ from macd_ml.artifacts.store import (
     IntegrityError,
     read_json,
     read_parquet,
+    read_text,
     run_artifacts,
     verify_run,
+    write_bytes,
     write_json,
     write_parquet,
 )
 from macd_ml.features.errors import ConfigError
 from macd_ml.flows.config import apply_overrides, validate_config
-from macd_ml.models.metrics import Metrics, Shipped
+from macd_ml.models.metrics import Check, Decision, HealthReport, Metrics, Shipped
 from macd_ml.models.predictor import predictors_document
+from macd_ml.models.report import render_promotion
 from macd_ml.models.stacking import stack_all
 from macd_ml.tasks.report import write_report
 
@@ -54,6 +57,9 @@ def _load(run: Path) -> dict:
         "oof": read_parquet(refs["oof.parquet"]),
         "holdout": read_parquet(refs["holdout_predictions.parquet"]),
         "shipped": read_parquet(refs["shipped_holdout.parquet"]),
+        "promotion": read_json(refs["promotion.json"]) if "promotion.json" in refs else None,
+        "features": read_parquet(refs["features.parquet"]),
+        "feature_names": read_json(refs["features.json"])["names"],
         "importance": {
             rel.split("/")[1]: read_json(ref)
             for rel, ref in refs.items()
@@ -102,5 +108,56 @@ def run_report(run: Path, out: Path) -> Path:
     """Re-render report.md and the plots of a run into ``out``."""
     out = _fresh(out, run)
     r = _load(run)
-    write_report(out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"])
+    refs = write_report(out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"])
+    if r["promotion"] is not None:  # the decision made when the run was published ends its report
+        text = read_text(refs["report.md"]) + render_promotion(Decision.model_validate(r["promotion"]))
+        write_bytes(out / "report.md", text.encode())
     return out / "report.md"
+
+
+def run_export(run: Path, out: Path) -> dict:
+    """Export a run's models to ONNX again (``onnx/*.onnx`` + ``parity.json`` into ``out``): a failed export is
+    redone without retraining. Returns the parity report."""
+    from macd_ml.models.export import export_run
+    from macd_ml.models.predictor import load_predictors
+    from macd_ml.models.registry import load_model
+
+    out = _fresh(out, run)
+    r = _load(run)
+    m: Metrics = r["metrics"]
+    models = {name: load_model(name, Path(run) / "models" / name) for name in m.models}
+    exported = export_run(
+        models,
+        load_predictors(Path(run) / "meta.json"),
+        r["features"],
+        r["feature_names"],
+        m.horizons,
+        int(r["config"].get("gap_tolerance_hours", 1)),
+        r["holdout"],
+        r["shipped"],
+    )
+    for rel, data in exported.files.items():
+        write_bytes(out / rel, data)
+    write_json(out / "parity.json", exported.parity)
+    return exported.parity
+
+
+def run_health(run: Path, data_dir: str | None = None, live: bool = True) -> HealthReport:
+    """The health gate on a published run folder (every file checked against its manifest first)."""
+    from macd_ml.models.health import HealthSpec, evaluate
+
+    run = Path(run)
+    try:
+        manifest = verify_run(run, signed=False)
+    except IntegrityError as exc:
+        report = HealthReport(
+            passed=False, primary_horizon=0, checks=[Check(name="artifacts", passed=False, detail=str(exc))]
+        )
+        return report
+    refs = run_artifacts(run, manifest)
+    config = read_json(refs["config.json"])
+    metrics = Metrics.model_validate(read_json(refs["metrics.json"]))
+    spec = HealthSpec.model_validate(config.get("health", {}))
+    collapse = float(config.get("models", {}).get("collapse_std", 1e-3))
+    data = data_dir or metrics.input.data_dir
+    return evaluate(refs, metrics, config, spec, collapse, data, live=live)

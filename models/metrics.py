@@ -33,6 +33,7 @@ class Candidate(_Doc):
     val_auc: float | None = Field(description="inner walk-forward AUC over OOF rows (the choice is made on it)")
     test_auc: float | None = Field(default=None, description="holdout AUC (reported only)")
     C: float | None = Field(default=None, description="regularisation chosen for the meta-learner")
+    note: str | None = None
 
 
 class Shipped(_Doc):
@@ -97,6 +98,7 @@ class HoldoutSpan(_Doc):
 
 
 class InputSummary(_Doc):
+    data_dir: str | None = Field(default=None, description="the candle folder the run read (health's live check)")
     rows: dict[str, int]
     span: dict[str, list[str]]
     gaps: dict[str, dict]
@@ -105,6 +107,53 @@ class InputSummary(_Doc):
 class CrossFeatures(_Doc):
     auc_gain: dict[str, dict[str, float | None]]
     importance: dict
+
+
+class Check(BaseModel):
+    """One health check (models/health.py)."""
+
+    name: str
+    passed: bool
+    severity: Literal["error", "warning"] = "error"
+    detail: str
+
+
+class HealthReport(BaseModel):
+    """The health gate's verdict: passed unless an ``error`` check failed."""
+
+    passed: bool
+    primary_horizon: int
+    checks: list[Check]
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed and c.severity == "error"]
+
+    def table(self) -> str:
+        width = max(len(c.name) for c in self.checks)
+        lines = [f"{'check':{width}s}  result  detail", f"{'-' * width}  ------  ------"]
+        for c in self.checks:
+            result = "ok" if c.passed else ("FAIL" if c.severity == "error" else "warn")
+            lines.append(f"{c.name:{width}s}  {result:6s}  {c.detail}")
+        lines.append(f"health: {'PASSED' if self.passed else 'REFUSED'}")
+        return "\n".join(lines)
+
+
+class Decision(BaseModel):
+    """Champion / challenger (models/promotion.py): promote or not, why, and both scores on the window."""
+
+    promote: bool
+    reason: str
+    forced: bool = False
+    champion: str | None = None
+    challenger: str | None = None
+    horizon: int
+    window_first: datetime | None = None
+    window_last: datetime | None = None
+    n_rows: int = 0
+    challenger_auc: float | None = None
+    champion_auc: float | None = None
+    se: float | None = None
+    margin_se: float
 
 
 class Metrics(_Doc):
@@ -130,6 +179,8 @@ class Metrics(_Doc):
     training: dict[str, Training]
     auc_se: dict[str, AucNoise]
     cross_features: CrossFeatures | None = None
+    parity: dict | None = Field(default=None, description="ONNX parity on the holdout (models/export.py)")
+    health: HealthReport | None = None
 
     def model_order(self) -> list[str]:
         return list(self.models)

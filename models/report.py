@@ -7,7 +7,7 @@ predictor reads, data rows target first. So ``macd-ml report RUN`` reproduces a 
 
 from __future__ import annotations
 
-from macd_ml.models.metrics import Metrics
+from macd_ml.models.metrics import Decision, Metrics
 
 
 def _f(x) -> str:
@@ -110,6 +110,31 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
             lines.append(
                 f"- h={x}: redundant pairs (corr > threshold): {pairs}; collapsed: {collapsed}; left out: {left_out}"
             )
+    if metrics.parity:
+        p = metrics.parity
+        lines += [
+            "",
+            "## ONNX export",
+            "",
+            f"`onnx/ensemble.onnx` (one input: the last bars of raw features) and one file per model; parity on "
+            f"{p.get('rows', 0)} holdout rows ({p.get('provider', '?')}): "
+            f"{'passed' if p.get('passed') else '**FAILED**'}, ensemble max |onnx - native| "
+            f"{p.get('ensemble', {}).get('max_abs', float('nan')):.1e}.",
+        ]
+    if metrics.health:
+        lines += [
+            "",
+            "## Health gate",
+            "",
+            f"**{'PASSED' if metrics.health.passed else 'REFUSED'}** "
+            f"(primary horizon {metrics.health.primary_horizon} h)",
+            "",
+            "| check | result | detail |",
+            "|---|---|---|",
+        ]
+        for check in metrics.health.checks:
+            result = "ok" if check.passed else ("**FAIL**" if check.severity == "error" else "warning")
+            lines.append(f"| {check.name} | {result} | {check.detail.replace('|', '/')} |")
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in sorted(plots)]
@@ -122,4 +147,29 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
             f"- {sym}: {metrics.input.rows[sym]} bars, {gaps['n_gaps']} gaps "
             f"(longest {gaps['longest_hours']} h, {gaps['missing_hours']} h missing)"
         )
+    return "\n".join(lines) + "\n"
+
+
+def render_promotion(decision: Decision) -> str:
+    """The champion / challenger section, appended to the report when the run is published."""
+    lines = [
+        "",
+        "## Promotion",
+        "",
+        f"**{'promoted' if decision.promote else 'not promoted'}**"
+        + (" (forced by a person)" if decision.forced else "")
+        + f": {decision.reason}.",
+    ]
+    if decision.n_rows:
+        lines += [
+            "",
+            "| | run | AUC | window |",
+            "|---|---|---|---|",
+            f"| challenger | {decision.challenger or 'this run'} | {_f(decision.challenger_auc)} | "
+            f"{decision.n_rows} rows, {decision.window_first:%Y-%m-%d %H:%M} "
+            f"to {decision.window_last:%Y-%m-%d %H:%M} UTC |",
+            f"| champion | {decision.champion} | {_f(decision.champion_auc)} | same |",
+            "",
+            f"Margin: {decision.margin_se:g} SE of the AUC (SE {_f(decision.se)}), horizon {decision.horizon} h.",
+        ]
     return "\n".join(lines) + "\n"

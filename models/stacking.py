@@ -22,6 +22,7 @@ this is 20 lines of L-BFGS-B (scipy) on the same objective (0.5·|w|² + C·Σ l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -84,6 +85,20 @@ def fit_meta(P: np.ndarray, y: np.ndarray, models: list[str], C: float, nonneg: 
 
 
 # --------------------------------------------------------------------------------------------- inner CV
+
+
+def blockwise_auc(y: np.ndarray, p: np.ndarray, sizes: list[int]) -> float | None:
+    """AUC within each inner block, averaged weighted by block size. Each block's fit has its own intercept, so a
+    pooled AUC over all blocks rewards predicting each block's base rate: a constant per block scored 0.52-0.54
+    pooled, and shipped. Within a block a constant scores 0.5, as it should. Blocks with one class are skipped."""
+    total, weight, start = 0.0, 0, 0
+    for n in sizes:
+        a = auc(y[start : start + n], p[start : start + n])
+        start += n
+        if a is not None:
+            total += a * n
+            weight += n
+    return total / weight if weight else None
 
 
 def inner_block_size(n_rows: int, n_blocks: int, min_train_fraction: float) -> int:
@@ -160,10 +175,12 @@ def stack_horizon(
     ts = rows["timestamp"].dt.epoch("us").to_numpy()
     div = diversity(P_all, models, spec.redundancy_threshold, collapsed)
 
-    # inner walk-forward: every candidate scored on the same pooled inner test rows
+    # inner walk-forward: every candidate scored on the same inner test blocks, each block on its own (see
+    # blockwise_auc: a pooled AUC would reward a constant that only tracks each block's base rate)
     blocks = list(inner_blocks(ts, spec.inner_folds, spec.min_train_fraction, embargo_hours))
     test_idx = np.concatenate([t for _, t in blocks])
-    single_val = {m: auc(y[test_idx], P_all[test_idx, i]) for i, m in enumerate(models)}
+    sizes = [len(t) for _, t in blocks]
+    single_val = {m: blockwise_auc(y[test_idx], P_all[test_idx, i], sizes) for i, m in enumerate(models)}
 
     dropped: dict[str, str] = {}
     if spec.drop_collapsed:
@@ -193,22 +210,25 @@ def stack_horizon(
             pred[pos : pos + len(test)] = fitted.predict(P[test])
             pos += len(test)
         meta_pred[C] = pred
-        c_scores[str(C)] = auc(y[test_idx], pred)
+        c_scores[str(C)] = blockwise_auc(y[test_idx], pred, sizes)
     best_c = max(spec.c_grid, key=lambda c: c_scores[str(c)] or 0.0)
-    mean_val = auc(y[test_idx], P[test_idx].mean(axis=1))
+    mean_val = blockwise_auc(y[test_idx], P[test_idx].mean(axis=1), sizes)
     best_model = max(kept, key=lambda m: single_val[m] or 0.0)
-    candidates = {
+    candidates: dict[str, dict[str, Any]] = {
         "meta": {"val_auc": c_scores[str(best_c)], "C": best_c},
         "mean": {"val_auc": mean_val},
         f"best:{best_model}": {"val_auc": single_val[best_model]},
     }
     meta_v, mean_v, single_v = (candidates["meta"]["val_auc"] or 0.0, mean_val or 0.0, single_val[best_model] or 0.0)
+    shipped: Predictor | None = None
     if meta_v > mean_v and meta_v >= single_v:
-        shipped = fit_meta(P, y, kept, best_c, spec.nonneg)
-    elif single_v > mean_v:
-        shipped = Predictor("best", [best_model])
-    else:
-        shipped = Predictor("mean", kept)
+        fitted = fit_meta(P, y, kept, best_c, spec.nonneg)
+        if np.any(np.abs(fitted.weights) > 0):  # all-zero weights: a constant, which never ships
+            shipped = fitted
+        else:
+            candidates["meta"]["note"] = "refitted on all OOF rows it has no weight left: a constant, not shipped"
+    if shipped is None:
+        shipped = Predictor("best", [best_model]) if single_v > mean_v else Predictor("mean", kept)
     shipped_val = candidates[shipped.label]["val_auc"]
     in_sample = shipped.predict(rows.select(prediction_columns_for(shipped.models, h)).to_numpy().astype(np.float64))
     return HorizonStack(

@@ -17,22 +17,27 @@ from macd_ml.artifacts.store import (
     promote,
     publish_run,
     read_manifest,
+    read_text,
     validate_run_id,
+    write_bytes,
     write_json,
 )
+from macd_ml.models.metrics import Decision
+from macd_ml.models.report import render_promotion
 from macd_ml.tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, ContentKey, retry_on_oserror
 from macd_ml.tasks.results import cached_task
 
 
 # Content only: not the run id (an unchanged re-run reuses the earlier, identical run folder) and not the
 # wall-clock timings (a forced recompute of the same content publishes no duplicate).
-@cached_task(name="publish-run", cache_policy=ContentKey(exclude=("run_id", "timings")))
+@cached_task(name="publish-run", cache_policy=ContentKey(exclude=("run_id", "timings", "promotion")))
 def publish_run_task(
     out_dir: str,
     run_id: str,
     artifacts: dict[str, ArtifactRef],
     documents: dict[str, dict],
     timings: dict | None = None,
+    promotion: dict | None = None,
 ) -> RunRef:
     """Copy ``artifacts`` (relative path -> cached artifact) and write ``documents`` (relative path -> JSON) into
     the run folder, manifest last. The folder appears under its final name only when complete; a folder that
@@ -44,9 +49,16 @@ def publish_run_task(
         documents = {**documents, "metrics.json": {**documents["metrics.json"], "run_id": run_id}}
     if timings is not None:
         documents = {**documents, "timings.json": timings}
+    if promotion is not None:
+        documents = {**documents, "promotion.json": promotion}
 
     def fill(folder: Path) -> dict[str, ArtifactRef]:
-        written = {rel: copy_file(ref, folder / rel) for rel, ref in artifacts.items()}
+        written = {rel: copy_file(ref, folder / rel) for rel, ref in artifacts.items() if rel != "report.md"}
+        if "report.md" in artifacts:  # the report, with the promotion decision made for this run at the end
+            text = read_text(artifacts["report.md"])
+            if promotion is not None:
+                text += render_promotion(Decision.model_validate(promotion))
+            written["report.md"] = write_bytes(folder / "report.md", text.encode())
         written.update({rel: write_json(folder / rel, doc) for rel, doc in documents.items()})
         return written
 

@@ -10,9 +10,9 @@ import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
-from macd_ml.models.metrics import Metrics
+from macd_ml.models.metrics import Decision, Metrics
 from macd_ml.models.plots import render_plots
-from macd_ml.models.report import render_report
+from macd_ml.models.report import render_promotion, render_report
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.results import cached_task
 
@@ -67,10 +67,22 @@ def report_task(
     )
 
 
-def publish_ui_artifacts(metrics: Metrics, report_md: str) -> None:
-    """Markdown report + metrics tables on the flow run page of the Prefect UI."""
+def publish_ui_artifacts(metrics: Metrics, report_md: str, decision: Decision | None = None) -> None:
+    """Markdown report + metrics, health and promotion tables on the flow run page of the Prefect UI."""
     key = "macd-ml-" + metrics.target.lower()
+    if decision is not None:
+        report_md += render_promotion(decision)
     create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics.run_id or ''}")
+    if metrics.health is not None:
+        create_table_artifact(
+            [c.model_dump() for c in metrics.health.checks],
+            key=f"{key}-health",
+            description=f"Health gate: {'passed' if metrics.health.passed else 'REFUSED'}",
+        )
+    if decision is not None:
+        create_table_artifact(
+            [decision.model_dump(mode="json")], key=f"{key}-promotion", description="Champion / challenger"
+        )
     rows = []
     for name, per_h in metrics.models.items():
         for h, m in per_h.items():

@@ -60,7 +60,7 @@ def result_type(cls: M) -> M:
 
 
 def _register_errors() -> None:
-    from macd_ml.features.errors import ConfigError, DataError, NothingToShip
+    from macd_ml.features.errors import ConfigError, DataError, NothingToShip, PromotionRefused
 
     for cls in (
         ValueError,
@@ -71,6 +71,7 @@ def _register_errors() -> None:
         DataError,
         ConfigError,
         NothingToShip,
+        PromotionRefused,
         store.ArtifactWriteError,
         store.IntegrityError,
     ):

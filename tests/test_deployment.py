@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.flows import load_flow_from_entrypoint
 
 from macd_ml.deployments.nightly import DEFAULT_CRON, build
 from macd_ml.flows.cli import build_parser, main
@@ -38,14 +39,20 @@ def test_ui_form_is_the_pydantic_config():
 
 def test_prefect_yaml_matches_the_flow():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (dep,) = spec["deployments"]
-    module, func = dep["entrypoint"].split(":")
-    assert (ROOT / module).is_file() and func == "retrain"
-    assert dep["schedules"][0]["cron"] == DEFAULT_CRON
+    deps = {d["name"]: d for d in spec["deployments"]}
+    assert set(deps) == {"nightly", "export-onnx", "health"}
+    for dep in deps.values():
+        module, func = dep["entrypoint"].split(":")
+        assert (ROOT / module).is_file()
+        loaded = load_flow_from_entrypoint(str(ROOT / module) + ":" + func)
+        assert loaded.name in ("retrain", "export-onnx", "health")
+    assert deps["nightly"]["schedules"][0]["cron"] == DEFAULT_CRON
     assert any("set_working_directory" in next(iter(step)) for step in spec["pull"])
 
 
-@pytest.mark.parametrize("cmd", ["retrain", "features", "synth", "serve", "resume", "stack", "report"])
+@pytest.mark.parametrize(
+    "cmd", ["retrain", "features", "synth", "serve", "resume", "stack", "report", "export-onnx", "health"]
+)
 def test_every_subcommand_has_help(cmd, capsys):
     """Not just argparse's usage line: the command's own description and a help text for every option."""
     import argparse

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from macd_ml.features.errors import ConfigError, DataError, NothingToShip
+from macd_ml.features.errors import ConfigError, DataError, Refused
 from macd_ml.flows.cli import data, run, serve, stages
 from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, one_line
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError) as exc:
         print(f"macd-ml: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except NothingToShip as exc:
+    except Refused as exc:
         print(f"macd-ml: refused: {one_line(exc)}", file=sys.stderr)
         return EXIT_GATE
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from macd_ml.features.errors import ConfigError, DataError, NothingToShip
+from macd_ml.features.errors import ConfigError, DataError, Refused
 from macd_ml.flows.cli.common import (
     EXIT_ERROR,
     EXIT_GATE,
@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_market_args(p, "folder with SYMBOL_1h.csv|parquet files (default: the synthetic market)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
     p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
+    p.add_argument(
+        "--force-promote",
+        action="store_true",
+        help="promote even if the current champion scores better (a human override, logged); the health gate "
+        "still applies",
+    )
     add_config_args(p)
 
     p = command(
@@ -51,6 +57,8 @@ def retrain(args: argparse.Namespace) -> int:
     config = config_from(
         args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross, force=args.force or None
     )
+    if args.force_promote:
+        config = config.model_copy(update={"promotion": config.promotion.model_copy(update={"force": True})})
     return run(config, new_run_id())
 
 
@@ -102,7 +110,7 @@ def run(config, run_id: str) -> int:
             path = retrain_flow(config, run_id=run_id)
         except (DataError, ConfigError):
             raise
-        except NothingToShip as exc:
+        except Refused as exc:
             print(f"macd-ml: run {run_id} refused: {one_line(exc)}", file=sys.stderr)
             return EXIT_GATE
         except Exception as exc:

@@ -1,0 +1,36 @@
+"""Health task: the gate before promotion (models/health.py) on the run's artifacts, before they are published."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+from pydantic import BaseModel
+
+from macd_ml.artifacts.store import ArtifactRef, cache_dir, write_json
+from macd_ml.models.health import HealthSpec, evaluate
+from macd_ml.models.metrics import HealthReport, Metrics
+from macd_ml.tasks.policy import current_key
+from macd_ml.tasks.results import cached_task, result_type
+
+
+@result_type
+class HealthResult(BaseModel):
+    report: HealthReport
+    file: ArtifactRef  # health.json
+
+
+@cached_task(name="health")
+def health_task(
+    artifacts: dict[str, ArtifactRef],
+    metrics: Metrics,
+    config: dict,
+    spec: HealthSpec,
+    collapse_std: float,
+    data_dir: str | None,
+    out_dir: str,
+) -> HealthResult:
+    report = evaluate(artifacts, metrics, config, spec, collapse_std, data_dir, live=True)
+    log = get_run_logger()
+    for line in report.table().splitlines():
+        log.info(line)
+    ref = write_json(cache_dir(out_dir, "health", current_key()) / "health.json", report.model_dump(mode="json"))
+    return HealthResult(report=report, file=ref)

@@ -1,0 +1,33 @@
+"""Champion / challenger before ``current`` moves (models/promotion.py). Never cached: the champion is whatever
+``OUT/current`` is when the run gets here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from macd_ml.artifacts.store import CURRENT, ArtifactRef
+from macd_ml.models.metrics import Decision, Metrics
+from macd_ml.models.promotion import PromotionSpec, decide
+
+
+@task(name="champion-challenger", cache_policy=NO_CACHE, persist_result=False)
+def champion_task(
+    out_dir: str,
+    artifacts: dict[str, ArtifactRef],
+    metrics: Metrics,
+    data_dir: str,
+    horizon: int,
+    spec: PromotionSpec,
+    run_id: str,
+) -> Decision:
+    current = Path(out_dir) / CURRENT
+    champion = current.resolve() if current.is_symlink() and current.resolve().is_dir() else None
+    decision = decide(artifacts, metrics, champion, data_dir, horizon, spec, challenger_id=run_id)
+    log = get_run_logger()
+    (log.warning if decision.forced else log.info)(
+        "champion/challenger: %s: %s", "promote" if decision.promote else "keep the champion", decision.reason
+    )
+    return decision

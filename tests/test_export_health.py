@@ -1,0 +1,350 @@
+"""The second half of the DAG, part 1 (issue 10): ONNX export with parity, the health gate before promotion, a
+refused run published but not promoted (exit 3), champion / challenger, and the stages alone (CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import polars as pl
+import pytest
+
+from macd_ml.artifacts import store
+from macd_ml.artifacts.store import read_json, run_artifacts, verify_run, write_bytes, write_json, write_parquet
+from macd_ml.models.export import export_run
+from macd_ml.models.health import HealthSpec, evaluate
+from macd_ml.models.metrics import Metrics
+from macd_ml.models.onnx_export import ensemble_spec
+from macd_ml.models.predictor import Predictor, load_predictors, predictors_document
+from macd_ml.models.promotion import PromotionSpec, decide
+from macd_ml.models.registry import load_model, make_model, select_features
+from macd_ml.models.scoring import score_features, session
+from macd_ml.models.train import train_fold
+from tests.flowutil import run_cli
+from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = '["lgb","xgb","tft"]'
+SMALL_NETS = ["--set", "models.tft.max_epochs=2", "--set", "models.tft.max_train_rows=1500"]
+
+
+# --------------------------------------------------------------------------------------------- export and parity
+
+
+def test_every_model_type_and_the_ensemble_match_the_native_models():
+    table, data, folds = synthetic_dataset(hours=6_000, seed=4, signal=2.0, n_folds=3)
+    cfg = fast_config(lstm={"max_epochs": 1, "max_train_rows": 1500}, tft={"max_epochs": 1, "max_train_rows": 1500})
+    rows = np.arange(folds.holdout.start, folds.holdout.stop)
+    hold: dict[str, object] = {"row": rows}
+    models = {}
+    for name in ("lgb", "xgb", "lgb_cross", "lstm", "tft"):
+        m = make_model(name, cfg.params_for(name), select_features(data.feature_names, cfg.feature_set(name)), HORIZONS)
+        r = train_fold(m, data, folds.refit)
+        models[name] = m
+        for j, h in enumerate(HORIZONS):
+            hold[f"{name}_h{h}"] = r.predictions[:, j]
+    for j, h in enumerate(HORIZONS):
+        hold[f"y_{h}"] = data.Y[rows, j]
+    holdout = pl.DataFrame(hold)
+    predictors = {
+        "5": Predictor("meta", ["lgb", "lstm", "xgb"], [0.6, 0.3, 0.2], 0.05, [0.0, 0.1, -0.1], [1.0, 0.5, 0.7], 0.1),
+        "12": Predictor("mean", ["lgb", "xgb", "tft", "lgb_cross"]),
+        "24": Predictor("best", ["tft"]),
+    }
+    shipped = pl.DataFrame(
+        {
+            f"shipped_h{h}": predictors[str(h)].predict(
+                holdout.select([f"{m}_h{h}" for m in predictors[str(h)].models]).to_numpy()
+            )
+            for h in HORIZONS
+        }
+    )
+    exported = export_run(models, predictors, table.frame, table.names, HORIZONS, 1, holdout, shipped)
+    p = exported.parity
+    assert p["passed"], json.dumps(p, indent=1, default=str)
+    for name, e in p["models"].items():
+        assert e["max_abs_file"] <= (1e-4 if name in ("lstm", "tft") else 1e-3), (name, e)
+    assert p["meta"]["max_abs"] <= 1e-4 and p["ensemble"]["max_abs"] <= 1e-3
+    assert all(a["equal_to_3_decimals"] for a in p["ensemble"]["auc"].values())
+    ens = onnx.load_from_string(exported.files["onnx/ensemble.onnx"])
+    assert [i.name for i in ens.graph.input] == ["bars"]
+    assert [o.name for o in ens.graph.output] == ["shipped", *models]
+    spec = ensemble_spec(ens)
+    assert spec.lookback == 48 and spec.feature_names == table.names and spec.horizons == HORIZONS
+    assert set(exported.files) == {f"onnx/{m}.onnx" for m in models} | {"onnx/meta.onnx", "onnx/ensemble.onnx"}
+
+
+def test_sequence_graph_holds_its_normalisation():
+    """A consumer feeds raw features: the graph, not the caller, standardises them."""
+    table, data, folds = synthetic_dataset(hours=6_000, seed=4, signal=2.0, n_folds=3)
+    m = make_model(
+        "lstm", fast_config(lstm={"max_epochs": 1, "max_train_rows": 800}).lstm, data.feature_names, HORIZONS
+    )
+    train_fold(m, data, folds.folds[0])
+    from macd_ml.models.onnx_export import sequence_onnx
+
+    sess, _ = session(sequence_onnx(m).SerializeToString())
+    rows = np.arange(folds.holdout.start, folds.holdout.start + 64)
+    from macd_ml.models.scoring import windows
+
+    x = windows(data.X, data.segment_start, rows, 48)
+    from macd_ml.models.base import Rows
+
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], m.predict(data, Rows(rows)), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- a real run
+
+
+@pytest.fixture(scope="module")
+def run(market, tmp_path_factory):
+    """A published run (lgb, xgb, tft) with the live check on, AUC gates off (a tiny market)."""
+    out = tmp_path_factory.mktemp("health-out")
+    code, stdout, err = run_cli(
+        [
+            "retrain",
+            "--data",
+            str(market),
+            "--out",
+            str(out),
+            "--set",
+            "folds.n_folds=3",
+            "--set",
+            f"models.enabled={MODELS}",
+            *SMALL_NETS,
+            "--set",
+            "health.auc_gates=false",
+        ],
+        strict=True,
+    )
+    assert code == 0, err
+    folder = out / "runs" / store.current_run(out)
+    return out, folder
+
+
+def _files(folder: Path) -> dict:
+    return run_artifacts(folder, verify_run(folder))
+
+
+def _evaluate(folder: Path, files: dict | None = None, **spec) -> object:
+    files = files or _files(folder)
+    config = read_json(files["config.json"])
+    metrics = Metrics.model_validate(read_json(files["metrics.json"]))
+    hs = HealthSpec.model_validate({**config["health"], **spec})
+    return evaluate(files, metrics, config, hs, 1e-3, metrics.input.data_dir, live=hs.live_check)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_healthy_run_is_published_with_its_gate_and_onnx(run):
+    out, folder = run
+    metrics = read_json(folder / "metrics.json")
+    assert metrics["health"]["passed"] and metrics["parity"]["passed"]
+    names = {c["name"]: c for c in metrics["health"]["checks"]}
+    assert set(names) == {
+        "artifacts",
+        "models-load",
+        "onnx-load",
+        "outputs",
+        "not-collapsed",
+        "onnx-parity",
+        "holdout-auc",
+        "val-holdout-drop",
+        "oof-rows",
+        "live",
+    }
+    assert names["live"]["passed"] and "fresh process" in names["live"]["detail"], names["live"]
+    listed = {a["path"] for a in verify_run(folder)["artifacts"]}
+    assert {
+        "onnx/ensemble.onnx",
+        "onnx/meta.onnx",
+        "onnx/lgb.onnx",
+        "onnx/xgb.onnx",
+        "onnx/tft.onnx",
+        "parity.json",
+        "health.json",
+        "promotion.json",
+    } <= listed
+    report = (folder / "report.md").read_text()
+    assert "## Health gate" in report and "## ONNX export" in report and "## Promotion" in report
+    code, stdout, _ = run_cli(["health", str(folder), "--json"])
+    assert code == 0 and json.loads(stdout)["passed"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_each_check_fails_on_purpose(run, tmp_path):
+    out, folder = run
+    # a tampered file
+    copy = tmp_path / "runs" / folder.name
+    shutil.copytree(folder, copy)
+    model = next((copy / "models" / "lgb").glob("lgb_h*.txt"))
+    model.write_bytes(model.read_bytes().replace(b"leaf_value", b"leaf_valuf", 1))
+    report = _evaluate(copy, run_artifacts(copy, read_json(copy / "manifest.json")), live_check=False)
+    assert not report.passed and [c.name for c in report.failures()][0] == "artifacts"
+
+    files = _files(folder)
+    # AUC under the gate
+    report = _evaluate(folder, files, auc_gates=True, min_test_auc=0.99, live_check=False)
+    assert [c.name for c in report.failures()] == ["holdout-auc"]
+
+    # a model forced constant (a TFT stuck at one value) that ships
+    tft = load_model("tft", Path(files["models/tft/tft.safetensors"].path).parent)
+    net = tft._module()
+    for mod in net.modules():  # every weight zero: the net emits one value whatever its input
+        for param in mod.parameters(recurse=False):
+            param.data.zero_()
+    broken = _reexport(tmp_path / "constant", files, {"tft": tft}, lambda h: Predictor("best", ["tft"]))
+    report = _evaluate(folder, broken, live_check=False)
+    failed = {c.name: c for c in report.failures()}
+    assert "not-collapsed" in failed and "tft" in failed["not-collapsed"].detail, report.table()
+
+    # ONNX parity broken: the exported meta graph no longer matches the native shipped probabilities
+    preds = load_predictors(files["meta.json"].path)
+    shifted = {
+        h: Predictor(p.kind, p.models, p.weights, p.intercept + 0.5, p.mean, p.std, p.C)
+        if p.kind == "meta"
+        else Predictor("meta", p.models, [1.0] * len(p.models), 0.3, [0.0] * len(p.models), [1.0] * len(p.models), 1.0)
+        for h, p in preds.items()
+    }
+    broken = _reexport(tmp_path / "parity", files, {}, lambda h: shifted[str(h)], keep_native=True)
+    report = _evaluate(folder, broken, live_check=False)
+    assert "onnx-parity" in {c.name for c in report.failures()}, report.table()
+
+
+def _reexport(where: Path, files: dict, replace_models: dict, predictor, keep_native: bool = False) -> dict:
+    """The run's files with its ONNX (and, unless ``keep_native``, its shipped probabilities) rebuilt from other
+    models or predictors, for a check to fail on."""
+    metrics = Metrics.model_validate(read_json(files["metrics.json"]))
+    models = {
+        m: replace_models.get(m)
+        or load_model(m, Path(files[next(r for r in files if r.startswith(f"models/{m}/"))].path).parent)
+        for m in metrics.models
+    }
+    predictors = {str(h): predictor(h) for h in metrics.horizons}
+    holdout = store.read_parquet(files["holdout_predictions.parquet"])
+    native_shipped = store.read_parquet(files["shipped_holdout.parquet"])
+    feats = store.read_parquet(files["features.parquet"])
+    names = read_json(files["features.json"])["names"]
+    exported = export_run(models, predictors, feats, names, metrics.horizons, 1, holdout, native_shipped)
+    new = dict(files)
+    for rel, data in exported.files.items():
+        new[rel] = write_bytes(where / rel, data)
+    new["parity.json"] = write_json(where / "parity.json", exported.parity)
+    new["meta.json"] = write_json(where / "meta.json", predictors_document(metrics.horizons, predictors))
+    if not keep_native:
+        sess, _ = session(exported.files["onnx/ensemble.onnx"])
+        scored = score_features(sess, exported.spec, feats, holdout["row"].to_numpy(), 1)
+        new["shipped_holdout.parquet"] = write_parquet(
+            where / "shipped_holdout.parquet", scored.select("timestamp", *[f"shipped_h{h}" for h in metrics.horizons])
+        )
+    return new
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_live_check_catches_a_feature_code_change(run, tmp_path):
+    """The same run checked with feature code whose return window changed: the fresh process scores the newest
+    bars differently from the run, and the gate refuses."""
+    out, folder = run
+    copy = tmp_path / "pkg" / "macd_ml"
+    for p in ("artifacts", "features", "models", "tasks", "flows", "deployments"):
+        shutil.copytree(ROOT / p, copy / p, ignore=shutil.ignore_patterns("__pycache__"))
+    ind = copy / "features" / "indicators.py"
+    ind.write_text(
+        ind.read_text().replace(
+            "return (close / close.shift(window)).log()", "return (close / close.shift(window + 1)).log()"
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(copy.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "macd_ml.flows.cli", "health", str(folder), "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert not checks["live"]["passed"] and "feature code" in checks["live"]["detail"], checks["live"]
+    assert checks["artifacts"]["passed"] and checks["onnx-parity"]["passed"]  # only the live check notices
+
+
+# --------------------------------------------------------------------------------------------- refusal, champion
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_refused_run_is_published_but_not_promoted(run, market):
+    out, folder = run
+    before = store.current_run(out)
+    code, _, err = run_cli(
+        [
+            "retrain",
+            "--data",
+            str(market),
+            "--out",
+            str(out),
+            "--set",
+            "folds.n_folds=3",
+            "--set",
+            'models.enabled=["lgb"]',
+            "--set",
+            "health.min_test_auc=0.99",
+            "--set",
+            "health.live_check=false",
+        ],
+        strict=True,
+    )
+    assert code == 3, err
+    line = next(ln for ln in err.splitlines() if ln.startswith("macd-ml:"))
+    assert "not promoted" in line and "holdout-auc" in line, line
+    assert store.current_run(out) == before, "current is untouched"
+    verify_run(out / "runs" / before)
+    refused = [r for r in (out / "runs").iterdir() if r.name not in (before,) and not r.name.startswith(".")]
+    (refused_run,) = refused
+    health = read_json(refused_run / "health.json")
+    assert not health["passed"] and read_json(refused_run / "promotion.json")["promote"] is False
+
+
+def test_a_worse_challenger_is_not_promoted_and_force_is_logged(run, tmp_path):
+    """The champion against a challenger whose holdout scores are always wrong (1 - the label)."""
+    out, folder = run
+    files = _files(folder)
+    hold = store.read_parquet(files["holdout_predictions.parquet"])
+    shipped = store.read_parquet(files["shipped_holdout.parquet"])
+    wrong = shipped.with_columns(
+        [
+            (1 - hold[c.replace("shipped_h", "y_")].cast(pl.Float64).fill_null(0.5)).alias(c)
+            for c in shipped.columns
+            if c.startswith("shipped_")
+        ]
+    )
+    challenger = dict(files)
+    challenger["shipped_holdout.parquet"] = write_parquet(tmp_path / "shipped_holdout.parquet", wrong)
+    metrics = Metrics.model_validate(read_json(files["metrics.json"]))
+    h = metrics.horizons[0]
+    d = decide(challenger, metrics, folder, metrics.input.data_dir, h, PromotionSpec(), "20990101T000000Z-00000000")
+    assert not d.promote and d.n_rows > 100 and d.champion_auc > d.challenger_auc, d
+    assert d.champion_auc == pytest.approx(metrics.meta[str(h)].test_auc, abs=1e-3)  # the champion's own ONNX
+    forced = decide(
+        challenger, metrics, folder, metrics.input.data_dir, h, PromotionSpec(force=True), "20990101T000000Z-00000000"
+    )
+    assert forced.promote and forced.forced and "force" in forced.reason
+    same = decide(files, metrics, folder, metrics.input.data_dir, h, PromotionSpec(), folder.name)
+    assert same.promote and "is the champion" in same.reason
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_export_runs_alone_against_a_run(run, tmp_path):
+    out, folder = run
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    code, stdout, err = run_cli(["export-onnx", str(folder), "--out", str(tmp_path / "again")])
+    assert code == 0, err
+    assert "parity passed" in stdout
+    for rel in ("onnx/ensemble.onnx", "onnx/meta.onnx", "parity.json"):
+        assert (tmp_path / "again" / rel).is_file()
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before, "the run is untouched"
