@@ -23,7 +23,7 @@ run: $(STAMP)
 
 ## run the test suite (all of it; CI runs this after `make lint`)
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n 3 --dist loadfile
 
 ## the inner loop: everything but the end-to-end runs marked slow (under a minute)
 test-fast: $(STAMP)
