@@ -9,10 +9,12 @@ rather than being filled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from macd_ml.artifacts.codehash import code_version
@@ -88,16 +90,28 @@ def _own_exprs(spec: FeatureSpec) -> list[list[pl.Expr]]:
     return [stage1, stage2, stage3]
 
 
+@functools.lru_cache(maxsize=16)
+def _own_exprs_for(spec_json: str) -> list[list[pl.Expr]]:
+    """The expressions of one spec, built once per process (building them costs more than running them on the
+    few hundred bars a bot scores)."""
+    return _own_exprs(FeatureSpec.model_validate_json(spec_json))
+
+
+def _own_lazy(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: int, keep_close: bool) -> pl.LazyFrame:
+    lf = candles.lazy().with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
+    for stage in _own_exprs_for(spec.model_dump_json()):
+        lf = lf.with_columns(stage)
+    lf = lf.with_columns(pl.int_range(pl.len()).over(SEG).alias("_bar"))
+    names = lf.collect_schema().names()
+    keep = [c for c in names if not c.startswith("_") and c not in ("open", "high", "low", "close", "volume")]
+    return lf.select(*keep, "_bar", *([pl.col("close").alias("_close")] if keep_close else []))
+
+
 def own_features(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: int) -> pl.DataFrame:
     """Features of one symbol from its own candles. Returns timestamp + features + ``segment`` + ``_bar``
     (bar index inside the segment, for the warm-up cut). Rows are not dropped here."""
-    lf = candles.lazy().with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
-    for stage in _own_exprs(spec):
-        lf = lf.with_columns(stage)
-    lf = lf.with_columns(pl.int_range(pl.len()).over(SEG).alias("_bar"))
-    df = lf.collect()
-    keep = [c for c in df.columns if not c.startswith("_") and c not in ("open", "high", "low", "close", "volume")]
-    return df.select(*keep, "_bar")
+    # small frames: the streaming engine costs more than it saves
+    return _own_lazy(candles, spec, gap_tolerance_hours, keep_close=False).collect(engine="in-memory")
 
 
 def feature_names(df: pl.DataFrame) -> list[str]:
@@ -107,17 +121,22 @@ def feature_names(df: pl.DataFrame) -> list[str]:
 def cross_features(target: pl.DataFrame, ref: Candles, spec: FeatureSpec, gap_tolerance_hours: int) -> pl.DataFrame:
     """The reference symbol's own features (prefixed ``SYM__``) on the target's timestamps, plus rolling
     correlation and beta of 1-bar returns and relative strength against the target. ``target`` is the
-    target's own-feature frame (timestamp, segment, ret_*)."""
+    target's own-feature frame (timestamp, segment, ret_*, and its closes as ``_close``)."""
+    return _cross_lazy(target.lazy(), ref, spec, gap_tolerance_hours).collect(engine="in-memory")
+
+
+def _cross_lazy(target: pl.LazyFrame, ref: Candles, spec: FeatureSpec, gap_tolerance_hours: int) -> pl.LazyFrame:
     p = f"{ref.symbol}__"
-    rf = own_features(ref.frame, spec, gap_tolerance_hours)
+    rf = _own_lazy(ref.frame, spec, gap_tolerance_hours, keep_close=False)
     ref_ok = (pl.col("_bar") >= spec.warmup_bars).alias(f"_ok_{ref.symbol}")
+    ref_names = [n for n in rf.collect_schema().names() if n not in ("timestamp", SEG) and not n.startswith("_")]
     rf = rf.select(
         "timestamp",
         ref_ok,
-        *[pl.col(n).alias(p + n) for n in feature_names(rf) if not n.endswith(("_sin", "_cos"))],
+        *[pl.col(n).alias(p + n) for n in ref_names if not n.endswith(("_sin", "_cos"))],
     )
     # the reference's raw closes, to compute its returns for windows the spec may not list
-    closes = ref.frame.select("timestamp", pl.col("close").alias(f"{p}_close"))
+    closes = ref.frame.lazy().select("timestamp", pl.col("close").alias(f"{p}_close"))
     df = (
         target.select("timestamp", SEG, "ret_1", "_close")
         .join(rf, on="timestamp", how="left", maintain_order="left")
@@ -136,50 +155,65 @@ def cross_features(target: pl.DataFrame, ref: Candles, spec: FeatureSpec, gap_to
         ref_ret = log_return(pl.col(f"{p}_close"), n).over(SEG)
         tgt_ret = log_return(pl.col("_close"), n).over(SEG)
         exprs.append((ref_ret - tgt_ret).alias(f"{p}rs_{n}"))
-    df = df.with_columns(exprs)
-    return df.drop("ret_1", SEG, f"{p}_close", "_close")
+    return df.with_columns(exprs).drop("ret_1", SEG, f"{p}_close", "_close")
 
 
-def build_features(market: Market, spec: FeatureSpec | None = None, gap_tolerance_hours: int = 1) -> FeatureTable:
-    """Build the feature table for ``market.target`` with the cross-asset block for ``market.cross``."""
+def build_features(
+    market: Market, spec: FeatureSpec | None = None, gap_tolerance_hours: int = 1, keep_incomplete: bool = False
+) -> FeatureTable:
+    """Build the feature table for ``market.target`` with the cross-asset block for ``market.cross``.
+
+    ``keep_incomplete`` (scoring only, never training): also keep the rows past the target's own warm-up whose
+    cross block is missing or not finite (a missing reference bar), with nulls there, so that models reading only
+    the target's own features can still score them."""
     spec = spec or FeatureSpec()
-    tgt = market.target.frame
-    own = own_features(tgt, spec, gap_tolerance_hours).with_columns(_close=tgt["close"])
-    frame = own
+    # one plan, collected twice (the target's own features, then everything else): polars' fixed cost per
+    # collect, not the row count, is what a bot scoring one bar pays
+    own = _own_lazy(market.target.frame, spec, gap_tolerance_hours, keep_close=True).collect(engine="in-memory")
+    frame = own.lazy()
     ok = pl.col("_bar") >= spec.warmup_bars
     for ref in market.cross:
-        block = cross_features(own, ref, spec, gap_tolerance_hours)
+        block = _cross_lazy(own.lazy(), ref, spec, gap_tolerance_hours)
         frame = frame.join(block, on="timestamp", how="left", maintain_order="left")
         ok = ok & pl.col(f"_ok_{ref.symbol}").fill_null(False)
-    n_all = frame.height
-    warm = frame.filter(ok)
-    names = feature_names(warm)
-    # undefined values (a window not yet full, 0/0 on a flat stretch) drop the row; an infinite value or one that
-    # overflows the models' float32 is an error in the data, never silently dropped or fed to a model
-    complete = warm.drop_nulls(subset=names).filter(~pl.any_horizontal([pl.col(n).is_nan() for n in names]))
-    check_model_range(complete, names, market.target.path)
-    table = complete.select("timestamp", *names)
-    rows_dropped = {
-        "warmup_or_reference_missing": n_all - warm.height,
-        "incomplete": warm.height - complete.height,
-    }
-    return FeatureTable(
-        frame=table,
+    names = [n for n in frame.collect_schema().names() if n not in ("timestamp", SEG) and not n.startswith("_")]
+    common = dict(
         names=names,
         fingerprint=feature_fingerprint(market, spec, gap_tolerance_hours),
         target=market.target.symbol,
         cross=tuple(r.symbol for r in market.cross),
-        rows_dropped=rows_dropped,
+    )
+    if keep_incomplete:
+        finite = [pl.when(pl.col(n).is_finite()).then(pl.col(n)).otherwise(None).alias(n) for n in names]
+        kept = frame.filter(pl.col("_bar") >= spec.warmup_bars).with_columns(finite).select("timestamp", *names)
+        return FeatureTable(frame=kept.collect(engine="in-memory"), rows_dropped={}, **common)  # type: ignore[arg-type]
+    # undefined values (a window not yet full, 0/0 on a flat stretch) drop the row; an infinite value or one that
+    # overflows the models' float32 is an error in the data, never silently dropped or fed to a model. Checked in
+    # numpy: one pass over the matrix, where a polars expression per column costs more than the features.
+    full = frame.select("timestamp", *names, ok.alias("_warm")).collect(engine="in-memory")
+    X = full.select(names).to_numpy()  # float64; a null becomes NaN
+    warm = full["_warm"].to_numpy()
+    keep = warm & ~np.isnan(X).any(axis=1)
+    complete = full.filter(pl.Series(keep)).select("timestamp", *names)
+    check_model_range(complete, names, market.target.path, X[keep])
+    n_warm = int(warm.sum())
+    return FeatureTable(
+        frame=complete,
+        rows_dropped={"warmup_or_reference_missing": full.height - n_warm, "incomplete": n_warm - complete.height},
+        **common,  # type: ignore[arg-type]
     )
 
 
-def check_model_range(frame: pl.DataFrame, names: list[str], source: object) -> None:
-    """Raise DataError naming the first feature and timestamp whose value is infinite or beyond float32."""
-    bad = [pl.col(n).is_infinite() | (pl.col(n).abs() > FLOAT32_MAX) for n in names]
-    flags = frame.select(pl.any_horizontal(bad).alias("_bad"))["_bad"]
-    if not flags.any():
+def check_model_range(frame: pl.DataFrame, names: list[str], source: object, X: np.ndarray | None = None) -> None:
+    """Raise DataError naming the first feature and timestamp whose value is infinite or beyond float32 (``X``:
+    the frame's ``names`` as a matrix, when the caller has it)."""
+    if not names or frame.height == 0:
         return
-    i = int(flags.arg_true()[0])
+    X = frame.select(names).to_numpy() if X is None else X
+    bad_rows = ~(np.abs(X) <= FLOAT32_MAX).all(axis=1)  # inf, or beyond float32 (NaN was dropped before)
+    if not bad_rows.any():
+        return
+    i = int(np.flatnonzero(bad_rows)[0])
     row = frame.row(i, named=True)
     name = next(n for n in names if not (abs(row[n]) <= FLOAT32_MAX))
     raise DataError(
