@@ -368,13 +368,29 @@ def _manifest_body(manifest: dict) -> bytes:
 
 def manifest_document(run_id: str, artifacts: dict[str, ArtifactRef], extra: dict | None = None) -> dict:
     """Every artifact with relative path, bytes and sha256, signed (HMAC, key outside OUT)."""
-    from macd_ml.artifacts import signing
-
     entries = [{"path": rel, "bytes": ref.bytes, "sha256": ref.sha256} for rel, ref in sorted(artifacts.items())]
     body = {"run_id": run_id, "written_at": datetime.now(timezone.utc).isoformat(), "artifacts": entries}
     body.update(extra or {})
-    body["signature"] = signing.sign(_MANIFEST_PURPOSE, run_id, _manifest_body(body))
-    return body
+    return sign_manifest(body)
+
+
+def sign_manifest(manifest: dict) -> dict:
+    """The manifest with this installation's signature for its run id (over everything but the signature)."""
+    from macd_ml.artifacts import signing
+
+    return {**manifest, "signature": signing.sign(_MANIFEST_PURPOSE, manifest["run_id"], _manifest_body(manifest))}
+
+
+def manifest_signature_ok(manifest: dict) -> bool:
+    """Does the manifest carry this installation's signature for its run id?"""
+    from macd_ml.artifacts import signing
+
+    sig, run_id = manifest.get("signature"), manifest.get("run_id")
+    return (
+        isinstance(sig, str)
+        and isinstance(run_id, str)
+        and signing.verify_signature(_MANIFEST_PURPOSE, run_id, _manifest_body(manifest), sig)
+    )
 
 
 def write_manifest(
@@ -413,8 +429,6 @@ def verify_run(run_path: Path | str, signed: bool = True) -> dict:
     the files it lists is refused too. Returns the manifest; raises IntegrityError naming what is wrong.
 
     ``signed=False`` is for reading a run folder made elsewhere (a copy from another machine) as input."""
-    from macd_ml.artifacts import signing
-
     run_path = Path(run_path)
     manifest = read_manifest(run_path)
     run_id = manifest.get("run_id", "")
@@ -423,10 +437,7 @@ def verify_run(run_path: Path | str, signed: bool = True) -> dict:
             raise IntegrityError(
                 f"{run_path / MANIFEST}: written for run {run_id!r}, found in folder {run_path.name!r}"
             )
-        sig = manifest.get("signature")
-        if not isinstance(sig, str) or not signing.verify_signature(
-            _MANIFEST_PURPOSE, run_id, _manifest_body(manifest), sig
-        ):
+        if not manifest_signature_ok(manifest):
             raise IntegrityError(
                 f"{run_path / MANIFEST}: signature missing or wrong (the manifest was changed, or the "
                 "run was made with another signing key)"
