@@ -22,6 +22,7 @@ from macd_ml.models.health import HealthSpec
 from macd_ml.models.promotion import PromotionSpec
 from macd_ml.models.registry import ModelsConfig
 from macd_ml.models.stacking import StackSpec
+from macd_ml.serving.shadow import Targets as ShadowTargets
 
 
 class RetrainConfig(BaseModel):
@@ -50,6 +51,9 @@ class RetrainConfig(BaseModel):
     synthetic: SynthSpec = Field(default_factory=SynthSpec)
     health: HealthSpec = Field(default_factory=HealthSpec, description="the gates a run must pass to be promoted")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="champion / challenger")
+    shadow: ShadowTargets = Field(
+        default_factory=ShadowTargets, description="the production targets shadow-report checks a shadow log against"
+    )
     result_storage: str | None = Field(
         default=None,
         description="folder or fsspec URL (e.g. 's3://bucket/macd-ml-results') where task results persist, signed "

@@ -38,6 +38,7 @@ from macd_ml.models.device import cuda_available, parallel_tasks
 from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
 from macd_ml.models.metrics import Decision, Metrics, metrics_schema
 from macd_ml.models.registry import SEQUENCE_MODELS
+from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task
 from macd_ml.tasks.features import features_task, folds_task, labels_task
 from macd_ml.tasks.health import health_task
@@ -300,6 +301,7 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
         detail = "; ".join(f"{c.name}: {c.detail}" for c in health.report.failures()) or decision.reason
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")
     promote_task(str(out), run)
+    bundle_task.with_options(**cached)(run, str(out))
     log.info("run folder: %s", run.path)
     return run.path
 

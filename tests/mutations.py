@@ -3,7 +3,7 @@
     .venv/bin/python tests/mutations.py            # every mutation (a few minutes)
     .venv/bin/python tests/mutations.py --only holdout-choice
 
-Each mutation copies the package (artifacts, features, models, tasks, flows, deployments) to a temporary
+Each mutation copies the package (artifacts, features, models, tasks, flows, deployments, serving) to a temporary
 ``macd_ml`` folder, replaces one snippet (which must occur exactly once), and runs the tests that must kill it
 with that copy first on PYTHONPATH. A mutation is *killed* when those tests fail; a *survivor* is a hole in the
 net. The run ends with a table and exits 1 if anything survived or a snippet no longer matches.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments")
+PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments", "serving")
 NET = "tests/test_leakage_net.py"
 
 
@@ -183,6 +183,38 @@ MUTATIONS = [
         "if False:\n        if run_id",
         ("tests/test_trust_runs.py::test_rewritten_manifest_is_refused",),
         "a manifest rewritten with the files it lists is trusted",
+    ),
+    Mutation(
+        "bundle-sha-skipped",
+        "serving/bundle.py",
+        'if _sha(members[path]) != entry["sha256"] or len(members[path]) != entry["bytes"]:',
+        "if False:",
+        ("tests/test_serving.py::test_unsafe_or_tampered_bundles_are_refused",),
+        "opening a bundle no longer checks members against bundle.json",
+    ),
+    Mutation(
+        "bundle-mtime",
+        "serving/bundle.py",
+        "info.size, info.mtime, info.mode = len(data), 0, 0o644",
+        'info.size, info.mtime, info.mode = len(data), __import__("time").time(), 0o644',
+        ("tests/test_serving.py::test_bundle_is_reproducible_and_verified",),
+        "a bundle carries the time it was packed: the same run gives other bytes",
+    ),
+    Mutation(
+        "stacking-switch-ignored",
+        "serving/scorer.py",
+        'self.stacking = stacking if stacking is not None else os.environ.get("MACD_ML_STACKING", "1") != "0"',
+        "self.stacking = True",
+        ("tests/test_serving.py::test_each_fallback_path",),
+        "the switch that forces the non-stacked path (the old ML_ENABLE_STACKING=0) does nothing",
+    ),
+    Mutation(
+        "publish-unsigned",
+        "serving/publish.py",
+        'bundle = read_bundle(bundle_bytes, "bundle", signed=True)',
+        'bundle = read_bundle(bundle_bytes, "bundle")',
+        ("tests/test_serving.py::test_a_consistently_rewritten_bundle_is_still_refused",),
+        "publish ships a bundle whose manifest this installation never signed",
     ),
 ]
 

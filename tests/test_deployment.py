@@ -51,7 +51,24 @@ def test_prefect_yaml_matches_the_flow():
 
 
 @pytest.mark.parametrize(
-    "cmd", ["retrain", "features", "synth", "serve", "resume", "stack", "report", "export-onnx", "health"]
+    "cmd",
+    [
+        "retrain",
+        "features",
+        "synth",
+        "serve",
+        "resume",
+        "stack",
+        "report",
+        "export-onnx",
+        "health",
+        "bundle",
+        "publish",
+        "rollback",
+        "predict",
+        "shadow",
+        "shadow-report",
+    ],
 )
 def test_every_subcommand_has_help(cmd, capsys):
     """Not just argparse's usage line: the command's own description and a help text for every option."""

@@ -222,9 +222,9 @@ def test_every_parquet_artifact_load_is_verified(tmp_path):
     # and nothing outside the store and ingest (user input) reads parquet directly
     import importlib
 
-    allowed = {"store.py", "ingest.py"}
+    allowed = {"store.py", "ingest.py", "bundle.py"}  # bundle.py: members verified when the bundle is opened
     offenders = []
-    for folder in ("features", "models", "tasks", "flows", "deployments"):
+    for folder in ("features", "models", "tasks", "flows", "deployments", "serving"):
         package = Path(importlib.import_module(f"macd_ml.{folder}").__file__).parent  # the code that runs
         for f in package.rglob("*.py"):
             if f.name in allowed:

@@ -47,6 +47,7 @@ def test_wheel_installs_one_namespace_beside_a_bots_own_models_package(tmp_path)
         "features",
         "flows",
         "models",
+        "serving",
         "tasks",
     ]
 

@@ -137,7 +137,7 @@ def test_resume_finishes_a_run_started_outside_the_cli(market, tmp_path):
     code, stdout, err = run_cli(["resume", run_id, "--out", str(out)])
     assert code == 0 and run_id in stdout, err
     states = task_states(latest_flow_run_id())
-    assert {k for k, v in states.items() if v != "Cached"} == {"report", "publish-run"} | ALWAYS_RUN, states
+    assert {k for k, v in states.items() if v != "Cached"} == {"report", "publish-run", "bundle"} | ALWAYS_RUN, states
 
 
 @pytest.mark.usefixtures("prefect_server")

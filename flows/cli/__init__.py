@@ -11,10 +11,11 @@ import os
 import sys
 
 from macd_ml.features.errors import ConfigError, DataError, Refused
-from macd_ml.flows.cli import data, run, serve, stages
+from macd_ml.flows.cli import data, run, serve, serving, stages
 from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, one_line
+from macd_ml.serving.bundle import BundleError
 
-COMMANDS = (run, stages, serve, data)
+COMMANDS = (run, stages, serving, serve, data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError) as exc:
         print(f"macd-ml: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BundleError as exc:  # a tampered, incomplete or unsafe bundle is refused
+        print(f"macd-ml: refused: {one_line(exc)}", file=sys.stderr)
+        return EXIT_GATE
     except Refused as exc:
         print(f"macd-ml: refused: {one_line(exc)}", file=sys.stderr)
         return EXIT_GATE

@@ -124,4 +124,7 @@ def run(config, run_id: str) -> int:
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     note = "" if Path(path).name == run_id else f"; same artifacts as run {Path(path).name}, published earlier"
     print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts{note})")
+    bundle = Path(config.out_dir).resolve() / "bundles" / f"{Path(path).name}.tar.gz"
+    if bundle.is_file():
+        print(f"bundle: {bundle} (macd-ml publish {bundle} --to DEST)")
     return EXIT_OK

@@ -1,0 +1,203 @@
+"""``bundle``, ``publish``, ``rollback``, ``predict``, ``shadow``, ``shadow-report``: from a run to the bot."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from macd_ml.flows.cli.common import EXIT_GATE, EXIT_OK, add_config_args, command, config_from
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "bundle",
+        "pack a verified run into a reproducible tar.gz for the bot",
+        "Write FILE.tar.gz with ensemble.onnx, every model's ONNX and native files, meta.json, the feature "
+        "spec, manifest, metrics, health and report; the same run gives the same bytes. Prints its sha256.",
+        bundle,
+    )
+    p.add_argument("run", metavar="RUN_DIR", help="a published run folder (OUT/runs/RUN_ID or OUT/current)")
+    p.add_argument("--out", metavar="FILE", required=True, help="the .tar.gz to write")
+
+    p = command(
+        sub,
+        "publish",
+        "put a bundle where bots fetch it and point LATEST at it",
+        "Copy a verified bundle to DEST (a folder or an fsspec URL) under bundles/, then switch the small "
+        "LATEST pointer in one write; keeps the newest --keep bundles.",
+        publish,
+    )
+    p.add_argument("bundle_file", metavar="BUNDLE", help="a bundle .tar.gz")
+    p.add_argument("--to", metavar="DEST", required=True, help="folder or fsspec URL (s3://bucket/path, ...)")
+    p.add_argument("--keep", type=int, default=5, help="bundles to keep (default 5)")
+
+    p = command(
+        sub,
+        "rollback",
+        "point LATEST back at the previous bundle",
+        "Move DEST's LATEST pointer to the previous published bundle.",
+        rollback,
+    )
+    p.add_argument("--to", metavar="DEST", required=True, help="folder or fsspec URL the bundles were published to")
+
+    p = command(
+        sub,
+        "predict",
+        "score the newest bars of a candle folder with a bundle (JSON lines)",
+        "Print one JSON line per bar: time, probability per horizon, the path taken (stacked / mean / "
+        "single / none), the models that scored and each one's output.",
+        predict,
+    )
+    p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
+    p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the bundle's target and cross)")
+    p.add_argument("--last", type=int, default=1, help="how many of the newest bars to score (default 1)")
+    p.add_argument(
+        "--no-stacking",
+        action="store_true",
+        help="never take the stacked path (the old ML_ENABLE_STACKING=0; also MACD_ML_STACKING=0)",
+    )
+
+    p = command(
+        sub,
+        "shadow",
+        "score bars as the bot would and append one JSON line per bar",
+        "Replay the bars a candle folder has (or, with --follow, watch it for new rows) and log each bar's "
+        "scores, path, base outputs, latency and any error; the format is in the README.",
+        shadow,
+    )
+    p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
+    p.add_argument("--data", metavar="DIR", required=True, help="candle folder")
+    p.add_argument("--log", metavar="FILE", required=True, help="JSON-lines log to append to")
+    p.add_argument("--follow", action="store_true", help="watch the folder and score new bars as they appear")
+    p.add_argument("--last", type=int, help="replay only the newest N bars")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between looks at the folder (--follow)")
+    p.add_argument("--max-bars", type=int, help="stop after logging this many bars (--follow)")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds (--follow)")
+    p.add_argument("--no-stacking", action="store_true", help="never take the stacked path")
+
+    p = command(
+        sub,
+        "shadow-report",
+        "check shadow logs against the production targets (exit 0 or 3)",
+        "ML coverage, stacking activation, LSTM normal-output rate, errors by kind and latency from shadow "
+        "logs, with realised AUC (--data) and drift against the run's holdout (--bundle).",
+        shadow_report,
+    )
+    p.add_argument("--logs", metavar="FILE|DIR", required=True, help="a shadow log, or a folder of *.jsonl logs")
+    p.add_argument("--days", type=float, help="only the newest N days")
+    p.add_argument("--min-bars", type=int, help="fewer bars than this fails (config shadow.min_bars, default 1)")
+    p.add_argument("--data", metavar="DIR", help="candle folder, for the realised AUC of bars whose outcome is known")
+    p.add_argument("--bundle", metavar="FILE", help="the bundle logged, for drift against its holdout")
+    p.add_argument("--target", metavar="SYMBOL", help="symbol the logs score (default: the bundle's, else ETHUSDT)")
+    p.add_argument("--min-coverage", type=float, help="ML coverage target (config shadow.coverage, default 0.80)")
+    p.add_argument(
+        "--min-stacking", type=float, help="stacking activation target (config shadow.stacking, default 0.90)"
+    )
+    p.add_argument(
+        "--min-lstm-normal", type=float, help="LSTM normal-output target (config shadow.lstm_normal, default 0.95)"
+    )
+    p.add_argument("--max-errors", type=int, help="most bars with an ML error (config shadow.max_errors, default 0)")
+    add_config_args(p)
+    p.add_argument("--plot", metavar="PNG", help="write the rates over time to this PNG")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def bundle(args: argparse.Namespace) -> int:
+    from macd_ml.artifacts.store import write_bytes
+    from macd_ml.serving.bundle import build_bundle
+
+    data = build_bundle(Path(args.run).resolve())
+    write_bytes(args.out, data)
+    print(f"{args.out}: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}")
+    return EXIT_OK
+
+
+def _bundle_bytes(path: str) -> bytes:
+    from macd_ml.serving.bundle import BundleError
+
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
+
+
+def publish(args: argparse.Namespace) -> int:
+    from macd_ml.serving.publish import publish as do_publish
+
+    pointer = do_publish(_bundle_bytes(args.bundle_file), args.to, keep=args.keep)
+    print(f"{args.to}/LATEST -> {pointer['bundle']} (run {pointer['run_id']}, sha256 {pointer['sha256'][:12]})")
+    return EXIT_OK
+
+
+def rollback(args: argparse.Namespace) -> int:
+    from macd_ml.serving.publish import rollback as do_rollback
+
+    pointer = do_rollback(args.to)
+    print(
+        f"{args.to}/LATEST -> {pointer['bundle']} (run {pointer['run_id']}); rolled back from "
+        f"{pointer['rolled_back_from']['bundle']}"
+    )
+    return EXIT_OK
+
+
+def _scorer(args: argparse.Namespace):
+    from macd_ml.serving import Scorer
+
+    return Scorer.load(args.bundle, stacking=False if args.no_stacking else None)
+
+
+def predict(args: argparse.Namespace) -> int:
+    scorer = _scorer(args)
+    for bar in scorer.score(args.data, last=args.last):
+        print(json.dumps(bar.to_json()))
+    return EXIT_OK
+
+
+def shadow(args: argparse.Namespace) -> int:
+    from macd_ml.serving.shadow import follow, replay
+
+    scorer = _scorer(args)
+    log = Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if args.follow:
+        n = follow(scorer, args.data, log, poll_s=args.poll, max_bars=args.max_bars, timeout_s=args.timeout)
+    else:
+        n = replay(scorer, args.data, log, last=args.last)
+    print(f"{n} bars logged to {log}", file=sys.stderr)
+    return EXIT_OK
+
+
+def shadow_report(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from macd_ml.features.errors import ConfigError
+    from macd_ml.serving.bundle import open_bundle
+    from macd_ml.serving.shadow import Targets, plot_rates, report
+
+    holdout, target = None, args.target
+    if args.bundle:
+        b = open_bundle(args.bundle)
+        holdout = b.frame("shipped_holdout.parquet")
+        target = target or b.json("features.json")["target"]
+    flags = {
+        "coverage": args.min_coverage,
+        "stacking": args.min_stacking,
+        "lstm_normal": args.min_lstm_normal,
+        "max_errors": args.max_errors,
+        "min_bars": args.min_bars,
+    }
+    base = config_from(args).shadow  # --config / --set shadow.*; the flags above win
+    try:
+        targets = Targets.model_validate({**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"shadow.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    rep = report(Path(args.logs), targets, days=args.days, data_dir=args.data, holdout=holdout, target_symbol=target)
+    if args.plot:
+        plot_rates(Path(args.logs), Path(args.plot), targets)
+    print(json.dumps(rep.to_json(), default=str, indent=2) if args.json else rep.table())
+    return EXIT_OK if rep.passed else EXIT_GATE

@@ -1,0 +1,193 @@
+"""Bundles: what reaches the bot. A reproducible ``tar.gz`` of a verified run, and a reader that refuses anything
+it cannot verify.
+
+Members (paths inside the archive, under ``bundle/``): ``ensemble.onnx``, every model's ONNX (``onnx/``) and
+native files (``models/``), ``meta.json`` (the shipped predictors), ``features.json`` (feature names, spec,
+fingerprint), ``manifest.json`` (the run's), ``metrics.json``, ``health.json``, ``report.md``, the holdout
+predictions the shadow report compares against, and ``bundle.json``: every other member with its bytes and sha256,
+the run id and the sha256 of the run's manifest.
+
+Reproducible: entries sorted, mtime 0, owner root/root (uid/gid 0), mode 0644, gzip without a name or time, so
+the same run always gives the same bytes. Opening verifies every member against ``bundle.json`` in memory before
+anything is used, and refuses links, absolute paths, ``..``, duplicates and members ``bundle.json`` does not list.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from macd_ml.artifacts.store import manifest_signature_ok, read_manifest, verify_run
+
+ROOT = "bundle"
+INDEX = "bundle.json"
+FORMAT = 1
+# what the bot needs, and what the shadow report compares against; everything else in a run stays home
+FILES = (
+    "manifest.json",
+    "metrics.json",
+    "health.json",
+    "report.md",
+    "meta.json",
+    "features.json",
+    "config.json",
+    "shipped_holdout.parquet",
+    "holdout_predictions.parquet",
+    "parity.json",
+)
+FOLDERS = ("onnx/", "models/")
+
+
+class BundleError(ValueError):
+    """A bundle that must not be used: tampered, incomplete, or with an unsafe path. The message names the member."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An opened, verified bundle: member path (relative, e.g. ``onnx/ensemble.onnx``) -> bytes, and its index."""
+
+    members: dict[str, bytes]
+    index: dict
+    sha256: str
+
+    @property
+    def run_id(self) -> str:
+        return self.index["run_id"]
+
+    def json(self, name: str) -> dict:
+        return json.loads(self.members[name])
+
+    def frame(self, name: str):
+        """A parquet member as a polars frame (its bytes were verified when the bundle was opened)."""
+        import polars as pl
+
+        return pl.read_parquet(io.BytesIO(self.members[name]))
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def bundle_members(run_dir: Path | str) -> dict[str, bytes]:
+    """The files of a verified run that go into its bundle (the run must verify against its signed manifest)."""
+    run = Path(run_dir)
+    manifest = verify_run(run)
+    listed = [e["path"] for e in manifest["artifacts"]]
+    chosen = [p for p in listed if p in FILES or p.startswith(FOLDERS)]
+    missing = [f for f in ("onnx/ensemble.onnx", "meta.json", "features.json", "metrics.json") if f not in chosen]
+    if missing:
+        raise BundleError(f"{run}: the run lacks {', '.join(missing)} (made before the export stage?)")
+    members = {p: (run / p).read_bytes() for p in chosen}
+    members["manifest.json"] = (run / "manifest.json").read_bytes()
+    return members
+
+
+def build_bundle(run_dir: Path | str) -> bytes:
+    """The bundle of a run, as bytes: the same run always gives the same bytes."""
+    run = Path(run_dir)
+    members = bundle_members(run)
+    manifest = read_manifest(run)
+    index = {
+        "format": FORMAT,
+        "run_id": manifest["run_id"],
+        "manifest_sha256": _sha(members["manifest.json"]),
+        "members": [{"path": p, "bytes": len(d), "sha256": _sha(d)} for p, d in sorted(members.items())],
+    }
+    members[INDEX] = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(members):
+            data = members[path]
+            info = tarfile.TarInfo(f"{ROOT}/{path}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
+def _safe_name(name: str) -> str:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not p.parts or p.parts[0] != ROOT or len(p.parts) < 2:
+        raise BundleError(f"member {name!r} escapes the bundle folder; refusing the bundle")
+    return str(PurePosixPath(*p.parts[1:]))
+
+
+def read_bundle(data: bytes, source: str = "bundle", signed: bool = False) -> Bundle:
+    """Open a bundle from its bytes: every member must be a plain file inside ``bundle/``, match ``bundle.json``
+    and the run's manifest (the manifest itself must match the index). ``signed``: the manifest must also carry
+    this installation's signature (``publish`` checks it on the machine that trained the run; a bot, which has no
+    key, relies on the sha256 that ``LATEST`` names). Nothing is written to disk."""
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"{source}: not a readable tar.gz ({exc})") from None
+    members: dict[str, bytes] = {}
+    with tar:
+        try:
+            for info in tar:
+                name = _safe_name(info.name)
+                if not info.isfile():
+                    raise BundleError(f"{source}: member {info.name!r} is a link or special file; refusing the bundle")
+                if name in members:
+                    raise BundleError(f"{source}: member {info.name!r} appears twice; refusing the bundle")
+                fh = tar.extractfile(info)
+                members[name] = fh.read() if fh else b""
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise BundleError(f"{source}: damaged archive ({exc})") from None
+    if INDEX not in members:
+        raise BundleError(f"{source}: no {INDEX}; not a macd-ml bundle")
+    try:
+        index = json.loads(members.pop(INDEX))
+        listed = {e["path"]: e for e in index["members"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{source}: {INDEX} is unreadable ({exc})") from None
+    extra = sorted(set(members) - set(listed))
+    if extra:
+        raise BundleError(f"{source}: {extra[0]} is not listed in {INDEX}; refusing the bundle")
+    for path, entry in sorted(listed.items()):
+        if path not in members:
+            raise BundleError(f"{source}: {path} is missing")
+        if _sha(members[path]) != entry["sha256"] or len(members[path]) != entry["bytes"]:
+            raise BundleError(f"{source}: {path} does not match its sha256 in {INDEX}; refusing the bundle")
+    if _sha(members["manifest.json"]) != index.get("manifest_sha256"):
+        raise BundleError(f"{source}: manifest.json does not match the bundle index")
+    _check_against_manifest(members, index, source, signed)
+    return Bundle(members=members, index=index, sha256=_sha(data))
+
+
+def _check_against_manifest(members: dict[str, bytes], index: dict, source: str, signed: bool) -> None:
+    """Every member is one of the run's artifacts with the manifest's sha256, for the run the index names."""
+    try:
+        manifest = json.loads(members["manifest.json"])
+        in_run = {e["path"]: e["sha256"] for e in manifest["artifacts"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{source}: manifest.json is unreadable ({exc})") from None
+    if manifest.get("run_id") != index.get("run_id"):
+        raise BundleError(
+            f"{source}: {INDEX} names run {index.get('run_id')!r}, the manifest {manifest.get('run_id')!r}"
+        )
+    for path, data in sorted(members.items()):
+        if path != "manifest.json" and in_run.get(path) != _sha(data):
+            raise BundleError(f"{source}: {path} is not the run's artifact (not in its manifest, or another sha256)")
+    if signed and not manifest_signature_ok(manifest):
+        raise BundleError(
+            f"{source}: manifest.json is not signed by this installation's key (changed, or trained elsewhere)"
+        )
+
+
+def open_bundle(path: Path | str) -> Bundle:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{p}: cannot read the bundle ({exc.strerror or exc})") from None
+    return read_bundle(data, str(p))

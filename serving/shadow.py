@@ -1,0 +1,411 @@
+"""Shadow mode and its report: score every bar as the bot would, log it, and check the log against targets.
+
+**Log format** (one JSON object per line, appended; ``macd-ml shadow``)::
+
+    {"time": "2024-01-01T05:00:00+00:00",         # the bar scored (its open time, UTC)
+     "probabilities": {"5": 0.53, "12": 0.51, "24": 0.49} | null,
+     "path": "stacked" | "mean" | "single" | "none",
+     "models": ["lgb", "xgb", ...],                # the base models that scored
+     "base": {"lgb": {"5": 0.52, ...}, ...},       # every base model's output
+     "latency_ms": 18.4,                           # candles -> probabilities for this bar
+     "error": null | {"kind": "DataError", "message": "..."},
+     "reason": null | "why a fallback path was taken",
+     "bundle": "3f2a9c1d0b7e", "run_id": "20240101T003000Z-1a2b3c4d"}
+
+**Report** (``macd-ml shadow-report``): ML coverage (bars with a probability / bars), stacking activation (bars
+on the stacked path / bars), LSTM normal-output rate (bars whose LSTM output is finite, in (0, 1) and not part of
+a run of ``stuck_window`` equal values / bars), bars with an ML error (the old "no serious ML errors"), each
+against :class:`Targets`; errors by kind and latency p50/p95; with the candles, the realised AUC per horizon for
+bars whose outcome is known; with the bundle, the drift (PSI) of the shipped probabilities against the run's
+holdout (reported, not gated). Malformed lines are counted and listed with their line numbers, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from macd_ml.features.errors import DataError
+from macd_ml.features.ingest import Candles, Market, load_market
+
+# --------------------------------------------------------------------------------------------- shadow
+
+
+def _truncate(market: Market, t: datetime) -> Market:
+    def cut(c: Candles) -> Candles:
+        return Candles(c.symbol, c.path, c.sha256, c.frame.filter(pl.col("timestamp") <= t))
+
+    return Market(cut(market.target), tuple(cut(c) for c in market.cross))
+
+
+def _line(scorer, bar) -> dict:
+    return {**bar.to_json(), "error": None, "bundle": scorer.bundle.sha256[:12], "run_id": scorer.bundle.run_id}
+
+
+def score_bars(scorer, market: Market, times: list[datetime], log: Path) -> int:
+    """Score each bar with only the candles up to it (as the bot saw them), append a line per bar."""
+    n = 0
+    with open(log, "a") as fh:
+        for t in times:
+            t0 = time.perf_counter()
+            try:
+                (bar,) = scorer.score(_truncate(market, t), last=1)
+                line = _line(scorer, bar)
+            except Exception as exc:  # noqa: BLE001 - a shadow logs every failure and carries on
+                line = {
+                    "time": t.isoformat(),
+                    "probabilities": None,
+                    "path": "none",
+                    "models": [],
+                    "base": {},
+                    "reason": None,
+                    "error": {"kind": type(exc).__name__, "message": str(exc).splitlines()[0]},
+                    "bundle": scorer.bundle.sha256[:12],
+                    "run_id": scorer.bundle.run_id,
+                }
+            line["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
+            n += 1
+    return n
+
+
+def replay(scorer, data_dir: str, log: Path, last: int | None = None) -> int:
+    """Score the bars the folder has (the newest ``last``, or every bar that can be scored), one at a time."""
+    market = load_market(data_dir, scorer.target, scorer.cross)
+    times = market.target.frame["timestamp"].to_list()[scorer.bars_needed - 1 :]
+    return score_bars(scorer, market, times[-last:] if last else times, log)
+
+
+def follow(
+    scorer, data_dir: str, log: Path, poll_s: float = 30.0, max_bars: int | None = None, timeout_s: float | None = None
+) -> int:
+    """Watch the folder and score each new bar as it appears (after the newest one already logged)."""
+    done = 0
+    newest = _newest_logged(log)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            market = load_market(data_dir, scorer.target, scorer.cross)
+        except DataError as exc:  # e.g. a candle file caught mid-write: look again at the next poll
+            print(f"shadow: candles not readable now, retrying in {poll_s:g} s: {exc}", file=sys.stderr)
+            market = None
+        times = (
+            []
+            if market is None
+            else [t for t in market.target.frame["timestamp"].to_list() if newest is None or t > newest]
+        )
+        if newest is None:
+            times = times[-1:]  # starting fresh: the newest bar, then every bar after it
+        if market is not None and times:
+            done += score_bars(scorer, market, times, log)
+            newest = times[-1]
+        if (max_bars is not None and done >= max_bars) or (deadline is not None and time.monotonic() > deadline):
+            return done
+        time.sleep(poll_s)
+
+
+def _newest_logged(log: Path) -> datetime | None:
+    if not log.exists():
+        return None
+    newest = None
+    for line in log.read_text().splitlines():
+        try:
+            t = datetime.fromisoformat(json.loads(line)["time"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        newest = t if newest is None or t > newest else newest
+    return newest
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+class Targets(BaseModel):
+    """The production targets a shadow log is checked against (config key ``shadow``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    coverage: float = Field(default=0.80, ge=0, le=1, description="least share of bars with an ML probability")
+    stacking: float = Field(default=0.90, ge=0, le=1, description="least share of bars scored by the stacked path")
+    lstm_normal: float = Field(
+        default=0.95, ge=0, le=1, description="least share of bars with a normal LSTM output (when it ships)"
+    )
+    max_errors: int = Field(
+        default=0, ge=0, description="most bars that ended in an error (the old 'no serious ML errors')"
+    )
+    min_bars: int = Field(default=1, ge=0, description="fewer logged bars than this fails")
+    stuck_window: int = Field(
+        default=24, ge=2, description="an LSTM output equal over this many bars in a row counts as stuck"
+    )
+
+
+@dataclass
+class ShadowReport:
+    bars: int
+    malformed: list[tuple[str, int, str]]
+    coverage: float
+    stacking: float
+    lstm_normal: float | None
+    errors: dict[str, int]
+    latency_p50: float | None
+    latency_p95: float | None
+    realised_auc: dict[str, dict] = field(default_factory=dict)
+    drift: dict[str, float] = field(default_factory=dict)
+    checks: list[dict] = field(default_factory=list)
+    passed: bool = False
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+    def table(self) -> str:
+        lines = [f"{'check':26s} {'value':>10s} {'target':>10s}  result"]
+        for c in self.checks:
+            val = "n/a" if c["value"] is None else (f"{c['value']:.1%}" if c["unit"] == "%" else f"{c['value']:g}")
+            tgt = f"{c['target']:.0%}" if c["unit"] == "%" else f"{c['target']:g}"
+            lines.append(f"{c['name']:26s} {val:>10s} {tgt:>10s}  {'PASS' if c['passed'] else 'FAIL'}")
+        lines.append(
+            f"bars {self.bars}; malformed lines {len(self.malformed)}"
+            + ("" if not self.malformed else " (" + ", ".join(f"{f}:{n}" for f, n, _ in self.malformed[:10]) + ")")
+        )
+        lines.append(
+            f"latency p50 {self.latency_p50 or float('nan'):.1f} ms, p95 {self.latency_p95 or float('nan'):.1f} ms; "
+            f"errors {self.errors or 'none'}"
+        )
+        for h, a in self.realised_auc.items():
+            lines.append(f"realised AUC h={h}: {a['auc'] if a['auc'] is None else round(a['auc'], 3)} on {a['n']} bars")
+        for h, d in self.drift.items():
+            lines.append(f"drift (PSI) of shipped h={h} vs the run's holdout: {d:.3f}")
+        lines.append(f"shadow report: {'PASS' if self.passed else 'FAIL'}")
+        return "\n".join(lines)
+
+
+_REQUIRED = {"time": str, "path": str, "models": list}
+
+
+def read_logs(source: Path) -> tuple[pl.DataFrame, list[tuple[str, int, str]]]:
+    """Every well-formed line of a log file (or of every ``*.jsonl``/``*.log`` in a folder), and the malformed ones
+    as (file, line number, why)."""
+    if not source.exists():
+        raise DataError(str(source), "no such shadow log or folder")
+    files = sorted(p for p in source.iterdir() if p.suffix in (".jsonl", ".log")) if source.is_dir() else [source]
+    rows, bad = [], []
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for n, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    d = json.loads(text)
+                    if not isinstance(d, dict):
+                        raise ValueError("not an object")
+                    for k, kind in _REQUIRED.items():
+                        if not isinstance(d.get(k), kind):
+                            raise ValueError(f"'{k}' missing or not a {kind.__name__}")
+                    t = datetime.fromisoformat(d["time"])
+                    probs = d.get("probabilities")
+                    if probs is not None and not isinstance(probs, dict):
+                        raise ValueError("'probabilities' is not an object")
+                except (ValueError, TypeError) as exc:
+                    bad.append((f.name, n, str(exc)))
+                    continue
+                err = d.get("error")
+                lstm = (d.get("base") or {}).get("lstm")
+                lstm_first = float(next(iter(lstm.values()))) if isinstance(lstm, dict) and lstm else None
+                rows.append(
+                    {
+                        "time": t,
+                        "path": d["path"],
+                        "has_p": probs is not None,
+                        "probs": json.dumps(probs),
+                        "lstm": lstm_first,
+                        "has_lstm": isinstance(lstm, dict),
+                        "latency": d.get("latency_ms"),
+                        "error": err.get("kind") if isinstance(err, dict) else None,
+                    }
+                )
+    frame = (
+        pl.DataFrame(
+            rows,
+            schema={
+                "time": pl.Datetime("us", "UTC"),
+                "path": pl.String,
+                "has_p": pl.Boolean,
+                "probs": pl.String,
+                "lstm": pl.Float64,
+                "has_lstm": pl.Boolean,
+                "latency": pl.Float64,
+                "error": pl.String,
+            },
+            orient="row",
+        )
+        if rows
+        else pl.DataFrame()
+    )
+    return frame, bad
+
+
+def _lstm_normal_bars(frame: pl.DataFrame, window: int) -> np.ndarray | None:
+    """Per bar (in time order): is the LSTM output (first horizon) finite, in (0, 1), and not part of a run of
+    ``window`` equal values? None when no line has an LSTM (the bundle ships none); a bar the LSTM did not score
+    counts as abnormal."""
+    if not frame.height or not frame["has_lstm"].any():
+        return None
+    x = frame["lstm"].fill_null(math.nan).to_numpy().astype(np.float64)
+    ok = np.isfinite(x) & (x > 0) & (x < 1)
+    # runs of equal values among the bars it did score (a missing bar does not break a stuck run)
+    idx = np.flatnonzero(np.isfinite(x))
+    stuck = np.zeros(len(x), bool)
+    start = 0
+    for k in range(1, len(idx) + 1):
+        if k == len(idx) or abs(x[idx[k]] - x[idx[start]]) > 1e-9:
+            if k - start >= window:
+                stuck[idx[start:k]] = True
+            start = k
+    return ok & ~stuck
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected`` (deciles of ``expected``)."""
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 3:
+        return 0.0
+    e = np.histogram(np.clip(expected, edges[0], edges[-1]), edges)[0] / len(expected)
+    a = np.histogram(np.clip(actual, edges[0], edges[-1]), edges)[0] / max(1, len(actual))
+    e, a = np.clip(e, 1e-6, None), np.clip(a, 1e-6, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def report(
+    source: Path,
+    targets: Targets,
+    days: float | None = None,
+    data_dir: str | None = None,
+    holdout: pl.DataFrame | None = None,
+    target_symbol: str | None = None,
+) -> ShadowReport:
+    frame, malformed = read_logs(source)
+    if frame.height:
+        frame = frame.sort("time", maintain_order=True)
+    if frame.height and days is not None:
+        frame = frame.filter(pl.col("time") > pl.col("time").max() - timedelta(days=days))
+    n = frame.height
+    cov = float(frame["has_p"].cast(pl.Float64).to_numpy().mean()) if n else 0.0
+    stk = float((frame["path"] == "stacked").cast(pl.Float64).to_numpy().mean()) if n else 0.0
+    lstm_bars = _lstm_normal_bars(frame, targets.stuck_window)
+    lstm = None if lstm_bars is None else float(lstm_bars.mean())
+    errors = dict(frame.filter(pl.col("error").is_not_null())["error"].value_counts().iter_rows()) if n else {}
+    n_errors = int(sum(errors.values()))
+    lat = frame["latency"].drop_nulls().to_numpy() if n else np.array([])
+    rep = ShadowReport(
+        bars=n,
+        malformed=malformed,
+        coverage=cov,
+        stacking=stk,
+        lstm_normal=lstm,
+        errors=errors,
+        latency_p50=float(np.percentile(lat, 50)) if len(lat) else None,
+        latency_p95=float(np.percentile(lat, 95)) if len(lat) else None,
+    )
+    probs = [json.loads(p) for p in frame["probs"].to_list()] if n else []
+    if data_dir and n:
+        from macd_ml.features.labels import label_name, make_labels
+        from macd_ml.models.train import auc
+
+        market = load_market(data_dir, target_symbol or "ETHUSDT", [])
+        horizons = sorted({int(h) for p in probs if p for h in p})
+        labels = make_labels(market.target.frame, horizons)
+        joined = (
+            frame.select("time").with_row_index("i").join(labels.rename({"timestamp": "time"}), on="time", how="left")
+        )
+        for h in horizons:
+            y = joined[label_name(h)].cast(pl.Float64).to_numpy()
+            p = np.array([probs[i][str(h)] if probs[i] else np.nan for i in joined["i"].to_list()])
+            ok = np.isfinite(y) & np.isfinite(p)
+            rep.realised_auc[str(h)] = {"auc": auc(y[ok], p[ok]), "n": int(ok.sum())}
+    if holdout is not None and n:
+        for col in (c for c in holdout.columns if c.startswith("shipped_h")):
+            hz = col.removeprefix("shipped_h")
+            live = np.array([p[hz] for p in probs if p and hz in p], dtype=np.float64)
+            if len(live):
+                rep.drift[hz] = psi(holdout[col].to_numpy(), live)
+    rep.checks = [
+        {"name": "bars", "value": n, "target": targets.min_bars, "unit": "", "passed": n >= targets.min_bars},
+        {
+            "name": "ML coverage",
+            "value": cov,
+            "target": targets.coverage,
+            "unit": "%",
+            "passed": cov >= targets.coverage,
+        },
+        {
+            "name": "stacking activation",
+            "value": stk,
+            "target": targets.stacking,
+            "unit": "%",
+            "passed": stk >= targets.stacking,
+        },
+        {
+            "name": "LSTM normal-output rate",
+            "value": lstm,
+            "target": targets.lstm_normal,
+            "unit": "%",
+            "passed": lstm is None or lstm >= targets.lstm_normal,
+        },
+        {
+            "name": "bars with an ML error",
+            "value": n_errors,
+            "target": targets.max_errors,
+            "unit": "",
+            "passed": n_errors <= targets.max_errors,
+        },
+    ]
+    rep.passed = all(c["passed"] for c in rep.checks)
+    return rep
+
+
+def plot_rates(source: Path, out: Path, targets: Targets) -> Path:
+    """Daily ML coverage, stacking activation and LSTM normal-output rate, with their targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame, _ = read_logs(source)
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    if frame.height:
+        frame = frame.sort("time", maintain_order=True)
+        lstm_bars = _lstm_normal_bars(frame, targets.stuck_window)
+        day = frame.with_columns(
+            pl.col("time").dt.truncate("1d").alias("day"),
+            pl.Series("lstm_ok", lstm_bars if lstm_bars is not None else np.full(frame.height, np.nan)),
+        )
+        daily = day.group_by("day", maintain_order=True).agg(
+            pl.col("has_p").mean().alias("coverage"),
+            (pl.col("path") == "stacked").mean().alias("stacking"),
+            pl.col("lstm_ok").cast(pl.Float64).mean().alias("lstm"),
+        )
+        rates = [("coverage", "ML coverage", targets.coverage), ("stacking", "stacking activation", targets.stacking)]
+        if lstm_bars is not None:
+            rates.append(("lstm", "LSTM normal output", targets.lstm_normal))
+        for col, label, target in rates:
+            (line,) = ax.plot(daily["day"].to_list(), daily[col].to_list(), marker=".", label=label)
+            ax.axhline(target, linestyle=":", linewidth=1, color=line.get_color())
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("share of bars")
+    ax.set_title("Shadow rates per day")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
