@@ -8,7 +8,7 @@ OUT     ?= out
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: run test test-fast lint bench install clean
-PKGS    := artifacts features models tasks flows deployments
+PKGS    := artifacts features models tasks flows deployments serving
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(PY) bench/bench_features.py
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_resume.py
+	test -e $(OUT)/current || $(MAKE) run
+	$(PY) bench/bench_onnx.py $(OUT)/current
+	$(PY) bench/bench_scoring.py $(OUT)/current
 
 clean:
 	rm -rf $(OUT) .pytest_cache .typecheck .mypy_cache
