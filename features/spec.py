@@ -8,9 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class MacdParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fast: int = Field(gt=0)
-    slow: int = Field(gt=0)
-    signal: int = Field(gt=0)
+    fast: int = Field(gt=0, description="fast EMA span (bars)")
+    slow: int = Field(gt=0, description="slow EMA span (bars)")
+    signal: int = Field(gt=0, description="signal-line EMA span (bars)")
 
     @model_validator(mode="after")
     def _fast_below_slow(self) -> "MacdParams":

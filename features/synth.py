@@ -39,9 +39,9 @@ class SynthSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    symbols: list[str] = Field(default=list(DEFAULT_SYMBOLS), min_length=1)
+    symbols: list[str] = Field(default=list(DEFAULT_SYMBOLS), min_length=1, description="symbols to generate")
     hours: int = Field(default=12_000, ge=2_000, description="bars per symbol")
-    seed: int = 7
+    seed: int = Field(default=7, description="random seed of the generated market")
     signal: float = Field(default=1.0, ge=0.0, description="planted-signal strength; 0 = driftless random walk")
     gaps: int = Field(default=2, ge=0, description="exchange-outage gaps punched into every symbol")
 

@@ -42,17 +42,15 @@ class Shape:
 
 def _market(config: RetrainConfig) -> Market:
     if config.data_dir:
-        cross = config.cross if config.cross is not None else default_cross(config.data_dir, config.target)
+        asked = config.cross_symbols()
+        cross = asked if asked is not None else default_cross(config.data_dir, config.target)
         return load_market(config.data_dir, config.target, cross)
     spec = config.synthetic
     frames = synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps)
     if config.target not in frames:
         raise ConfigError(f"config key 'target': {config.target} is not among synthetic.symbols {spec.symbols}")
-    cross = (
-        config.cross
-        if config.cross is not None
-        else (["BTCUSDT"] if "BTCUSDT" in frames and config.target != "BTCUSDT" else [])
-    )
+    asked = config.cross_symbols()
+    cross = asked if asked is not None else (["BTCUSDT"] if "BTCUSDT" in frames and config.target != "BTCUSDT" else [])
     missing = [c for c in cross if c not in frames]
     if missing:
         raise ConfigError(f"config key 'cross': {missing} not among synthetic.symbols {spec.symbols}")

@@ -86,7 +86,7 @@ def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict[
     outcome = stack_all(
         r["oof"],
         r["holdout"],
-        config.models.enabled,
+        list(config.models.enabled),
         m.horizons,
         config.stacking,
         r["folds"]["embargo_hours"],

@@ -26,26 +26,28 @@ class BoostingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    learning_rate: float = Field(default=0.03, gt=0, le=1)
-    max_rounds: int = Field(default=600, ge=1)
-    early_stopping_rounds: int = Field(default=50, ge=1)
-    seed: int = 0
+    learning_rate: float = Field(default=0.03, gt=0, le=1, description="shrinkage per boosting round")
+    max_rounds: int = Field(default=600, ge=1, description="most boosting rounds")
+    early_stopping_rounds: int = Field(
+        default=50, ge=1, description="stop after this many rounds without a better inner-slice loss"
+    )
+    seed: int = Field(default=0, description="random seed (bagging, feature sampling)")
 
 
 class LGBParams(BoostingParams):
-    num_leaves: int = Field(default=15, ge=2)
-    min_data_in_leaf: int = Field(default=100, ge=1)
-    feature_fraction: float = Field(default=0.7, gt=0, le=1)
-    bagging_fraction: float = Field(default=0.8, gt=0, le=1)
-    lambda_l2: float = Field(default=1.0, ge=0)
+    num_leaves: int = Field(default=15, ge=2, description="leaves per tree")
+    min_data_in_leaf: int = Field(default=100, ge=1, description="fewest rows in a leaf")
+    feature_fraction: float = Field(default=0.7, gt=0, le=1, description="share of features each tree sees")
+    bagging_fraction: float = Field(default=0.8, gt=0, le=1, description="share of rows each tree sees")
+    lambda_l2: float = Field(default=1.0, ge=0, description="L2 penalty on leaf values")
 
 
 class XGBParams(BoostingParams):
-    max_depth: int = Field(default=4, ge=1)
-    min_child_weight: float = Field(default=20.0, ge=0)
-    subsample: float = Field(default=0.8, gt=0, le=1)
-    colsample_bytree: float = Field(default=0.7, gt=0, le=1)
-    reg_lambda: float = Field(default=1.0, ge=0)
+    max_depth: int = Field(default=4, ge=1, description="deepest tree")
+    min_child_weight: float = Field(default=20.0, ge=0, description="smallest hessian sum in a child")
+    subsample: float = Field(default=0.8, gt=0, le=1, description="share of rows each tree sees")
+    colsample_bytree: float = Field(default=0.7, gt=0, le=1, description="share of features each tree sees")
+    reg_lambda: float = Field(default=1.0, ge=0, description="L2 penalty on leaf weights")
 
 
 # LightGBM's native library is not safe when two Python threads train or predict at once (a Dataset built in one

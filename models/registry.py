@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,13 +22,22 @@ MODEL_CLASSES: dict[str, type[Model]] = {
 SEQUENCE_MODELS = ("lstm", "tft")
 
 FeatureSet = Literal["own", "all"]
-DEFAULT_FEATURE_SETS: dict[str, FeatureSet] = {
-    "lgb": "own",
-    "xgb": "own",
-    "lgb_cross": "all",
-    "lstm": "all",
-    "tft": "all",
-}
+
+
+ModelName = Literal["lgb", "xgb", "lgb_cross", "lstm", "tft"]
+assert set(get_args(ModelName)) == set(MODEL_CLASSES), "ModelName must list MODEL_CLASSES"
+
+
+class FeatureSets(BaseModel):
+    """Which features each model reads: 'own' = the target's own features, 'all' = plus the cross-asset block."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lgb: FeatureSet = Field(default="own", description="LightGBM")
+    xgb: FeatureSet = Field(default="own", description="XGBoost")
+    lgb_cross: FeatureSet = Field(default="all", description="cross-asset LightGBM")
+    lstm: FeatureSet = Field(default="all", description="LSTM")
+    tft: FeatureSet = Field(default="all", description="Temporal Fusion Transformer")
 
 
 class ModelsConfig(BaseModel):
@@ -37,20 +46,26 @@ class ModelsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: list[str] = Field(default=list(MODEL_CLASSES), description="models to train")
-    lgb: LGBParams = Field(default_factory=LGBParams)
-    xgb: XGBParams = Field(default_factory=XGBParams)
-    lgb_cross: LGBParams = Field(default_factory=LGBParams)
-    lstm: SequenceParams = Field(default_factory=SequenceParams)
-    tft: TFTParams = Field(default_factory=TFTParams)
-    feature_sets: dict[str, FeatureSet] = Field(default_factory=lambda: dict(DEFAULT_FEATURE_SETS))
+    enabled: list[ModelName] = Field(
+        default=list(get_args(ModelName)),
+        description="models to train (at least one)",
+        json_schema_extra={"uniqueItems": True},
+    )
+    lgb: LGBParams = Field(default_factory=LGBParams, description="LightGBM on the target's features")
+    xgb: XGBParams = Field(default_factory=XGBParams, description="XGBoost on the target's features")
+    lgb_cross: LGBParams = Field(default_factory=LGBParams, description="LightGBM with the cross-asset block")
+    lstm: SequenceParams = Field(default_factory=SequenceParams, description="multi-horizon LSTM")
+    tft: TFTParams = Field(default_factory=TFTParams, description="Temporal Fusion Transformer")
+    feature_sets: FeatureSets = Field(default_factory=FeatureSets, description="which features each model reads")
     collapse_std: float = Field(
         default=1e-3, ge=0, description="a model whose inner-slice predictions vary less than this is collapsed"
     )
 
-    @field_validator("enabled")
+    @field_validator("enabled", mode="before")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
+        if not isinstance(v, list):
+            return v  # pydantic names the type error
         unknown = [m for m in v if m not in MODEL_CLASSES]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; known: {list(MODEL_CLASSES)}")
@@ -62,7 +77,7 @@ class ModelsConfig(BaseModel):
         return getattr(self, name)
 
     def feature_set(self, name: str) -> FeatureSet:
-        return self.feature_sets.get(name, "own" if name in ("lgb", "xgb") else "all")
+        return getattr(self.feature_sets, name)
 
 
 def select_features(names: list[str], feature_set: FeatureSet) -> list[str]:

@@ -123,8 +123,8 @@ class TFTNet(nn.Module):
 
 
 class TFTParams(SequenceParams):
-    hidden: int = Field(default=16, ge=4, description="d_model")
-    heads: int = Field(default=4, ge=1)
+    hidden: int = Field(default=16, ge=4, description="model width (d_model)")
+    heads: int = Field(default=4, ge=1, description="attention heads")
 
 
 class TFTModel(SequenceModel):

@@ -46,7 +46,9 @@ def add_market_args(p: argparse.ArgumentParser, data_help: str, target_default: 
         default=target_default,
         help=f"symbol to predict (default {target_default or 'ETHUSDT'})",
     )
-    p.add_argument("--cross", metavar="A,B", type=symbols, help="reference symbols (default BTCUSDT when present)")
+    p.add_argument(
+        "--cross", metavar="A,B", type=symbols, help="reference symbols (default BTCUSDT when present; 'none' for none)"
+    )
 
 
 def config_from(args: argparse.Namespace, **fields: Any):

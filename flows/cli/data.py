@@ -60,9 +60,11 @@ def features(args: argparse.Namespace) -> int:
     from macd_ml.features.build import build_features
     from macd_ml.features.ingest import default_cross, load_market
 
-    cross = args.cross if args.cross is not None else default_cross(args.data, args.target)
-    config = config_from(args, data_dir=args.data, target=args.target, cross=cross)
-    market = load_market(args.data, config.target, config.cross or [])
+    config = config_from(args, data_dir=args.data, target=args.target, cross=args.cross)
+    asked = config.cross_symbols()
+    market = load_market(
+        args.data, config.target, asked if asked is not None else default_cross(args.data, config.target)
+    )
     table = build_features(market, config.features, config.gap_tolerance_hours)
     out = Path(args.out)
     ref = write_parquet(out, table.frame)
