@@ -8,12 +8,19 @@ safetensors + ``{name}_meta.json`` format.
 - Training: AdamW, gradient clipping, masked BCE (or focal) over all horizons, early stopping on the inner
   slice's loss with patience and best-epoch restore; the head with the best inner-slice AUC is recorded.
 - CUDA with bf16 autocast and pinned memory when a GPU answers; CPU otherwise. Seeds fixed.
+- Progress: ``model.on_epoch`` (an optional plain attribute, never a parameter: it enters no cache key and no
+  saved model) is called after every epoch with an :class:`EpochInfo`; its last call has ``last=True``. It only
+  observes (it draws no random numbers of the fit), so a fit gives the same model with or without it; an error
+  it raises is logged once and the fit goes on without it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -25,29 +32,34 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from macd_ml.artifacts.store import read_json, write_json
+from macd_ml.features.form import OptionalRows, optional_field
 from macd_ml.models.base import Dataset, Model, Rows
 from macd_ml.models.device import configure_torch_threads, torch_device
+
+log = logging.getLogger(__name__)
 
 
 class SequenceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     window: int = Field(default=48, ge=2, description="bars per input window")
-    hidden: int = Field(default=32, ge=2)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    batch_size: int = Field(default=256, ge=8)
-    max_epochs: int = Field(default=20, ge=1)
-    patience: int = Field(default=4, ge=1)
-    grad_clip: float = Field(default=1.0, gt=0)
-    loss: Literal["bce", "focal"] = "bce"
-    focal_gamma: float = Field(default=2.0, ge=0)
+    hidden: int = Field(default=32, ge=2, description="hidden units")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout rate while training")
+    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(default=256, ge=8, description="windows per training batch")
+    max_epochs: int = Field(default=20, ge=1, description="most passes over the training rows")
+    patience: int = Field(default=4, ge=1, description="stop after this many epochs without a better inner-slice loss")
+    grad_clip: float = Field(default=1.0, gt=0, description="gradient norm clip")
+    loss: Literal["bce", "focal"] = Field(default="bce", description="training loss: binary cross-entropy or focal")
+    focal_gamma: float = Field(default=2.0, ge=0, description="focal loss gamma (loss = focal only)")
     augment_noise: float = Field(default=0.0, ge=0, description="Gaussian noise std on normalised inputs (0 = off)")
     augment_time_warp: float = Field(default=0.0, ge=0, lt=0.5, description="max time-warp stretch (0 = off)")
-    max_train_rows: int | None = Field(default=None, ge=100, description="use only the latest N fitting rows")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    max_train_rows: OptionalRows = optional_field("fit on only the latest N rows of each training span; empty = all")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto = CUDA (bf16 autocast) when a GPU answers, else CPU"
+    )
+    seed: int = Field(default=0, description="random seed (initial weights, dropout, batch order)")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -97,6 +109,23 @@ def masked_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, gamma: float) 
     return (bce * mask).sum() / mask.sum().clamp(min=1)
 
 
+@dataclass(frozen=True)
+class EpochInfo:
+    """What ``SequenceModel.on_epoch`` receives after each epoch (1-based, at most ``max_epochs``)."""
+
+    epoch: int
+    max_epochs: int
+    train_loss: float  # mean training loss over the epoch's batches
+    early_stop_loss: float  # BCE on the inner (early-stopping) slice after the epoch
+    best_epoch: int  # the best epoch so far (the one restored at the end)
+    best_loss: float  # its early-stop loss
+    stopped_early: bool = False  # early stopping ends the fit after this epoch
+    last: bool = False  # no epoch follows (``epoch == max_epochs`` or ``stopped_early``)
+
+
+EpochCallback = Callable[[EpochInfo], None]
+
+
 # --------------------------------------------------------------------------------------------- model
 
 
@@ -120,6 +149,7 @@ class SequenceModel(Model):
         self.std = np.ones(len(feature_names), np.float32)
         self.best_head: int | None = None
         self.epochs_run = 0
+        self.on_epoch: EpochCallback | None = None  # progress only: not a parameter, never saved
 
     def build_net(self) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -187,6 +217,7 @@ class SequenceModel(Model):
         opt = torch.optim.AdamW(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         best_loss, best_state, best_epoch, bad = float("inf"), None, 0, 0
         history = []
+        on_epoch = self.on_epoch
         for epoch in range(1, p.max_epochs + 1):
             self.net.train()
             order = np_rng.permutation(len(fit_idx))
@@ -214,8 +245,27 @@ class SequenceModel(Model):
                 best_state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
             else:
                 bad += 1
-                if bad >= p.patience:
-                    break
+            stop = bad >= p.patience
+            if on_epoch is not None:
+                info = EpochInfo(
+                    epoch=epoch,
+                    max_epochs=p.max_epochs,
+                    train_loss=history[-1]["train_loss"],
+                    early_stop_loss=es_loss,
+                    best_epoch=best_epoch,
+                    best_loss=best_loss,
+                    stopped_early=stop,
+                    last=stop or epoch == p.max_epochs,
+                )
+                try:
+                    on_epoch(info)
+                except Exception:  # progress must never fail a fit
+                    log.warning(
+                        "%s: the per-epoch progress callback failed; going on without it", self.name, exc_info=True
+                    )
+                    on_epoch = None
+            if stop:
+                break
         self.epochs_run = len(history)
         assert best_state is not None  # the first epoch always improves on +inf
         self.net.load_state_dict(best_state)  # best-epoch restore

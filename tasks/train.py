@@ -3,7 +3,8 @@ scoring the holdout, and the assembly of the OOF and holdout tables.
 
 Cache key of a training task = feature table sha256 + labels sha256 + folds sha256 + fold index + that model's
 parameters and feature set + the models' code version: changing one model's parameters retrains only that
-model. Sequence models carry the ``gpu`` tag (bounded by a concurrency limit where a GPU exists).
+model. Sequence models carry the ``gpu`` tag (bounded by a concurrency limit where a GPU exists) and report
+per-epoch progress (a Prefect progress artifact + console lines, :mod:`macd_ml.tasks.progress`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from macd_ml.models.evaluate import prediction_columns
 from macd_ml.models.registry import FeatureSet, load_model, make_model, select_features
 from macd_ml.models.train import build_dataset, train_fold
 from macd_ml.tasks.policy import current_key
+from macd_ml.tasks.progress import attach_progress
 from macd_ml.tasks.refs import FoldOutput, RefitOutput, TrainingData, load_folds
 from macd_ml.tasks.results import cached_task
 
@@ -59,6 +61,7 @@ def fit_fold_task(
     horizons = inputs.horizons
     f = load_folds(inputs.folds).folds[fold]
     model = make_model(model_name, params, data.feature_names, horizons)
+    attach_progress(model, f"{model_name} fold {fold}")
     result = train_fold(model, data, f, collapse_std=inputs.collapse_std)
     preds = write_parquet(
         cache_dir(out_dir, "oof", current_key()) / f"{model_name}_fold{fold}.parquet",
@@ -86,6 +89,7 @@ def refit_task(
     frame, data = _dataset(inputs, feature_set)
     horizons = inputs.horizons
     model = make_model(model_name, params, data.feature_names, horizons)
+    attach_progress(model, f"{model_name} refit")
     result = train_fold(model, data, load_folds(inputs.folds).refit, collapse_std=inputs.collapse_std)
     folder = cache_dir(out_dir, "models", current_key()) / model_name
     with tempfile.TemporaryDirectory(prefix=f"macd-ml-{model_name}-") as scratch:
