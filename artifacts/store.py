@@ -264,6 +264,10 @@ def read_text(ref: ArtifactRef) -> str:
     return verify(ref).read_text()
 
 
+def read_bytes(ref: ArtifactRef) -> bytes:
+    return verify(ref).read_bytes()
+
+
 def read_parquet(ref: ArtifactRef) -> pl.DataFrame:
     return pl.read_parquet(verify(ref))
 

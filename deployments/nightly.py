@@ -1,12 +1,10 @@
-"""The nightly deployment of the retrain flow.
+"""`macd-ml serve`: one long-running process that registers its own deployment, ``retrain/served``, with the
+Prefect API named by ``PREFECT_API_URL`` (start one with ``prefect server start``; it binds to 127.0.0.1) and runs
+that deployment's scheduled and UI-triggered runs itself. Simplest for one machine.
 
-Two ways to run it on a schedule:
-
-- ``macd-ml serve`` (this module's :func:`serve`): one long-running process that registers the deployment with
-  the Prefect API named by ``PREFECT_API_URL`` (start one with ``prefect server start``; it binds to
-  127.0.0.1) and runs scheduled and UI-triggered runs itself. Simplest for one machine.
-- ``prefect --no-prompt deploy --all`` with ``prefect.yaml`` + a ``process`` work pool and ``prefect worker
-  start --pool macd-ml``: the production layout (see README).
+The production layout is ``prefect.yaml`` (deployments ``retrain``, ``retrain-nightly`` and the stages) with a
+``process`` work pool and ``prefect worker start --pool macd-ml``; the two never share a deployment, so
+deploying does not take over the served one and stopping ``serve`` leaves the others alone.
 """
 
 from __future__ import annotations
@@ -15,16 +13,18 @@ from typing import Any
 
 from macd_ml.flows.config import RetrainConfig
 
-DEPLOYMENT_NAME = "nightly"
+DEPLOYMENT_NAME = "served"
 DEFAULT_CRON = "30 0 * * *"  # 00:30 UTC, after the day's last hourly candle has closed
 TIMEZONE = "UTC"
+# the runner checks for runs to start this often (Prefect's default, 10 s, made UI runs start 10-14 s late)
+POLL_SECONDS = 2
 
 
-def deployment_parameters(config: RetrainConfig) -> dict[str, Any]:
-    return {"config": config.model_dump(mode="json")}
+def deployment_parameters(config: RetrainConfig, require_data: bool = False) -> dict[str, Any]:
+    return {"config": config.model_dump(mode="json"), "require_data": require_data}
 
 
-def build(config: RetrainConfig, cron: str = DEFAULT_CRON):
+def build(config: RetrainConfig, cron: str = DEFAULT_CRON, timezone: str = TIMEZONE):
     """The RunnerDeployment object (schedule, form defaults, one run at a time)."""
     from prefect.schedules import Cron
 
@@ -32,16 +32,20 @@ def build(config: RetrainConfig, cron: str = DEFAULT_CRON):
 
     return retrain.to_deployment(
         name=DEPLOYMENT_NAME,
-        schedules=[Cron(cron, timezone=TIMEZONE)],
-        parameters=deployment_parameters(config),
+        # without a candle folder only UI runs (on the synthetic market): a schedule never trains on it
+        schedules=[Cron(cron, timezone=timezone)] if config.data_dir else [],
+        parameters=deployment_parameters(config, require_data=bool(config.data_dir)),
         concurrency_limit=1,
-        description="Nightly retrain of the MACD gate ensemble on fresh candles.",
-        tags=["macd-ml", "nightly"],
+        description="Retrain of the MACD gate ensemble served by `macd-ml serve` (schedule + UI runs).",
+        tags=["macd-ml", "served"],
     )
 
 
-def serve(config: RetrainConfig, cron: str = DEFAULT_CRON) -> None:
-    """Register the deployment and run it from this process until interrupted."""
+def serve(config: RetrainConfig, cron: str = DEFAULT_CRON, timezone: str = TIMEZONE) -> None:
+    """Register the deployment and run it from this process until interrupted; stopping it leaves the
+    deployment's schedule active (runs wait for the next `serve`)."""
     from prefect import serve as prefect_serve
+    from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
 
-    prefect_serve(build(config, cron))
+    with temporary_settings({PREFECT_RUNNER_POLL_FREQUENCY: POLL_SECONDS}):
+        prefect_serve(build(config, cron, timezone), pause_on_shutdown=False)

@@ -18,6 +18,7 @@ from macd_ml.features.errors import ConfigError
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec
 from macd_ml.features.synth import SynthSpec
+from macd_ml.flows.scale import ScaleOut
 from macd_ml.models.health import HealthSpec
 from macd_ml.models.promotion import PromotionSpec
 from macd_ml.models.registry import ModelsConfig
@@ -30,32 +31,45 @@ class RetrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: str | None = Field(
-        default=None,
-        description="folder with one candle file per symbol; empty = generate the synthetic market below",
+    data_dir: str = Field(
+        default="",
+        description="folder with one candle file per symbol (CSV or parquet). Empty: in a deployment run, the "
+        "Prefect Variable macd_ml_data_dir; otherwise the synthetic market below",
     )
-    out_dir: str = Field(default="out", description="where runs/, cache/ and current live")
+    out_dir: str = Field(
+        default="out",
+        description="where runs/, cache/, bundles/ and current live; a relative path is under the worker's home "
+        "(MACD_ML_HOME). In a deployment run the default 'out' gives way to the Prefect Variable macd_ml_out_dir",
+    )
     target: str = Field(default="ETHUSDT", description="symbol the ensemble predicts")
-    cross: list[str] | None = Field(
-        default=None, description="reference symbols for the cross-asset block; empty = BTCUSDT when present"
+    cross: list[str] = Field(
+        default=[],
+        description="reference symbols for the cross-asset block; empty = BTCUSDT when the folder has it; "
+        "['none'] = no reference symbol",
     )
     horizons: list[int] = Field(default=[5, 12, 24], description="label horizons in hours")
     dead_zone_bps: float = Field(default=0.0, ge=0.0, description="moves smaller than this are left unlabelled")
     gap_tolerance_hours: int = Field(
         default=1, ge=0, description="missing hours bridged; a longer gap restarts every window and label"
     )
-    features: FeatureSpec = Field(default_factory=FeatureSpec)
-    folds: FoldSpec = Field(default_factory=FoldSpec)
-    models: ModelsConfig = Field(default_factory=ModelsConfig)
-    stacking: StackSpec = Field(default_factory=StackSpec)
-    synthetic: SynthSpec = Field(default_factory=SynthSpec)
+    features: FeatureSpec = Field(default_factory=FeatureSpec, description="the feature set (MACD variants, windows)")
+    folds: FoldSpec = Field(default_factory=FoldSpec, description="purged walk-forward folds and the holdout")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="which base models train, and how")
+    scale: ScaleOut = Field(
+        default_factory=ScaleOut,
+        description="where the training tasks run: the flow's threads or a Dask cluster (in no training cache key)",
+    )
+    stacking: StackSpec = Field(default_factory=StackSpec, description="the meta-learner over the base models")
+    synthetic: SynthSpec = Field(
+        default_factory=SynthSpec, description="the generated market used when there is no candle folder"
+    )
     health: HealthSpec = Field(default_factory=HealthSpec, description="the gates a run must pass to be promoted")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="champion / challenger")
     shadow: ShadowTargets = Field(
         default_factory=ShadowTargets, description="the production targets shadow-report checks a shadow log against"
     )
-    result_storage: str | None = Field(
-        default=None,
+    result_storage: str = Field(
+        default="",
         description="folder or fsspec URL (e.g. 's3://bucket/macd-ml-results') where task results persist, signed "
         "with the key in MACD_ML_KEY_FILE; empty = OUT/cache/results",
     )
@@ -74,10 +88,32 @@ class RetrainConfig(BaseModel):
             raise ValueError("target must not be empty")
         return v.strip().upper()
 
+    @field_validator("data_dir", "result_storage", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return "" if v is None else v  # config files written before the form had no nullable fields
+
+    @field_validator("cross", mode="before")
+    @classmethod
+    def _upper_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = v.split(",")
+        return [s.strip().upper() for s in v if isinstance(s, str) and s.strip()] if isinstance(v, list) else v
+
     @field_validator("cross")
     @classmethod
-    def _upper_list(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else [s.strip().upper() for s in v if s.strip()]
+    def _none_alone(cls, v: list[str]) -> list[str]:
+        if "NONE" in v and len(v) > 1:
+            raise ValueError("'none' (no reference symbol) cannot be listed with symbols")
+        return v
+
+    def cross_symbols(self) -> list[str] | None:
+        """The reference symbols asked for: None = the default (BTCUSDT when present), [] = none."""
+        if not self.cross:
+            return None
+        return [] if self.cross == ["NONE"] else list(self.cross)
 
     @field_validator("horizons")
     @classmethod

@@ -24,6 +24,7 @@ from macd_ml.artifacts.store import (
     ArtifactRef,
     clean_stale_temp,
     new_run_id,
+    read_bytes,
     read_json,
     read_parquet,
     read_text,
@@ -31,8 +32,9 @@ from macd_ml.artifacts.store import (
 )
 from macd_ml.features.errors import PromotionRefused
 from macd_ml.features.labels import label_name
-from macd_ml.flows import logs
+from macd_ml.flows import logs, scale
 from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.preflight import preflight
 from macd_ml.models.device import cuda_available, parallel_tasks
 from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
@@ -116,7 +118,8 @@ def _ensure_gpu_limit() -> None:
 
 
 def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: ArtifactRef, out: str, cached: dict):
-    """Submit every (model, fold) task and every refit at once; the task runner bounds the parallelism."""
+    """Submit every (model, fold) task and every refit at once; the task runner bounds the parallelism: the flow's
+    thread pool, or a Dask cluster with ``scale.runner = "dask"`` (flows/scale.py; the same tasks and options)."""
     m = config.models
     inputs = TrainingData(
         features=feats,
@@ -127,13 +130,14 @@ def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: A
         collapse_std=m.collapse_std,
     )
     fold_futures, refit_futures = [], []
-    for name in m.enabled:
-        opts = {**cached, "tags": ["gpu"] if name in SEQUENCE_MODELS else ["cpu"]}
-        common = dict(params=m.params_for(name), feature_set=m.feature_set(name), inputs=inputs, out_dir=out)
-        for k in range(config.folds.n_folds):
-            fold_futures.append(fit_fold_task.with_options(**opts).submit(name, fold=k, **common))
-        refit_futures.append(refit_task.with_options(**opts).submit(name, **common))
-    return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
+    with scale.task_runner(config.scale) as runner:
+        for name in m.enabled:
+            opts = {**cached, "tags": ["gpu"] if name in SEQUENCE_MODELS else ["cpu"]}
+            common = dict(params=m.params_for(name), feature_set=m.feature_set(name), inputs=inputs, out_dir=out)
+            for k in range(config.folds.n_folds):
+                fold_futures.append(scale.submit(runner, fit_fold_task.with_options(**opts), name, fold=k, **common))
+            refit_futures.append(scale.submit(runner, refit_task.with_options(**opts), name, **common))
+        return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
 
 
 def _metrics(config, market, feats, labels, folds, tables, training, refits, stack: StackResult) -> Metrics:
@@ -195,15 +199,27 @@ def _training_summary(fold_outputs, refits) -> dict:
     result_serializer=SafeJSONSerializer(),
     persist_result=False,
 )
-def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) -> str:  # noqa: B008 (the UI form)
+def retrain(
+    config: RetrainConfig = RetrainConfig(),  # noqa: B008 (the UI form)
+    run_id: str = "",
+    require_data: bool = False,
+) -> str:
     """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market), publish the run
     folder ``OUT/runs/RUN_ID`` and promote it to ``OUT/current``. Returns the run folder's path.
 
-    ``run_id`` resumes a failed run under its own id (``macd-ml resume``): every task that finished comes
-    back Cached and only what failed, and what depends on it, runs again. An unchanged re-run publishes
-    nothing new: it returns the earlier run folder with identical content (verified first)."""
+    An unchanged re-run publishes nothing new: it returns the earlier run folder with identical content
+    (verified first).
+
+    Args:
+        config: what to train on and how; every field is described in the form.
+        run_id: leave empty for a new run. To finish a failed run, its id (YYYYMMDDTHHMMSSZ-xxxxxxxx): every
+            task that finished comes back Cached, and only what failed, and what depends on it, runs again.
+        require_data: fail at once when no candle folder is given (config.data_dir or the Prefect Variable
+            macd_ml_data_dir) instead of training on the synthetic market; the nightly deployment sets it.
+    """
     logs.install()
     log = get_run_logger()
+    config = resolve_locations(config, require_data)
     out = Path(config.out_dir).resolve()
     run_id = validate_run_id(run_id) if run_id else _run_id()
     check_key_outside(out)
@@ -214,7 +230,7 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
     cached = _cache_options(config, out)
 
     data_dir = config.data_dir or synthetic_market_task.with_options(**cached)(config.synthetic, str(out))
-    market = ingest_task.with_options(**cached)(str(data_dir), config.target, config.cross)
+    market = ingest_task.with_options(**cached)(str(data_dir), config.target, config.cross_symbols())
 
     feats = features_task.with_options(**cached)(market, config.features, config.gap_tolerance_hours, str(out))
     labels = labels_task.with_options(**cached)(
@@ -252,7 +268,8 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
     for r in refits:
         for fname, ref in r.files.items():
             artifacts[f"models/{r.model}/{fname}"] = ref
-    run_config = config.model_dump(mode="json", exclude={"force": True, "promotion": {"force"}})
+    # where the tasks ran (scale) and --force are not content: a run that differs only in them publishes nothing new
+    run_config = config.model_dump(mode="json", exclude={"force": True, "scale": True, "promotion": {"force"}})
     health = health_task.with_options(**cached)(
         artifacts, metrics, run_config, config.health, config.models.collapse_std, market.data_dir, str(out)
     )
@@ -296,7 +313,12 @@ def retrain(config: RetrainConfig = RetrainConfig(), run_id: str | None = None) 
             run_id,
             run.run_id,
         )
-    publish_ui_artifacts(metrics.model_copy(update={"run_id": run.run_id}), read_text(report["report.md"]), decision)
+    publish_ui_artifacts(
+        metrics.model_copy(update={"run_id": run.run_id}),
+        read_text(report["report.md"]),
+        decision,
+        images={name: read_bytes(ref) for name, ref in report.items() if name.endswith(".png")},
+    )
     if not decision.promote:
         detail = "; ".join(f"{c.name}: {c.detail}" for c in health.report.failures()) or decision.reason
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")

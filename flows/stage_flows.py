@@ -1,9 +1,11 @@
-"""Stages as Prefect flows, so a failed stage is redone from the UI against an existing run (no retraining):
+"""Stages as Prefect flows, so a stage is redone from the UI against an existing run (no retraining):
 ``export-onnx`` writes the ONNX files and parity again into a new folder; ``health`` runs the gate and fails the
-flow run when it refuses. Deployments for both are in prefect.yaml."""
+flow run when it refuses; ``bundle`` packs a run for the bot; ``publish`` puts a bundle where the bot fetches it.
+Deployments for each are in prefect.yaml; relative paths are under the worker's home (MACD_ML_HOME)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -15,7 +17,12 @@ from macd_ml.flows.stages import run_export, run_health
 
 @flow(name="export-onnx", log_prints=False)
 def export_onnx_flow(run_dir: str, out_dir: str) -> dict:
-    """Export the published run ``run_dir`` to ONNX again, into ``out_dir`` (runs are immutable)."""
+    """Export a published run's models to ONNX again (parity on its holdout), into a new folder.
+
+    Args:
+        run_dir: the run folder (OUT/runs/RUN_ID, or OUT/current).
+        out_dir: a new folder for the ONNX files and parity.json (runs are immutable).
+    """
     logs.install()
     parity = run_export(Path(run_dir), Path(out_dir))
     get_run_logger().info("parity %s; ONNX files in %s", "passed" if parity["passed"] else "FAILED", out_dir)
@@ -23,13 +30,63 @@ def export_onnx_flow(run_dir: str, out_dir: str) -> dict:
 
 
 @flow(name="health", log_prints=False)
-def health_flow(run_dir: str, data_dir: str | None = None, skip_live_check: bool = False) -> dict:
-    """Run the health gate on the published run ``run_dir``; the flow run fails when the gate refuses."""
+def health_flow(run_dir: str, data_dir: str = "", skip_live_check: bool = False) -> dict:
+    """Run the health gate on a published run; the flow run fails when the gate refuses.
+
+    Args:
+        run_dir: the run folder (OUT/runs/RUN_ID, or OUT/current).
+        data_dir: candle folder for the live check; empty = the folder the run trained on.
+        skip_live_check: skip scoring the newest candles through ensemble.onnx in a fresh process.
+    """
     logs.install()
-    report = run_health(Path(run_dir), data_dir, live=not skip_live_check)
+    report = run_health(Path(run_dir), data_dir or None, live=not skip_live_check)
     log = get_run_logger()
     for line in report.table().splitlines():
         log.info(line)
     if not report.passed:
         raise PromotionRefused("health gate refused: " + ", ".join(c.name for c in report.failures()))
     return report.model_dump(mode="json")
+
+
+@flow(name="bundle", log_prints=False)
+def bundle_flow(run_dir: str, out_file: str = "") -> dict:
+    """Pack a published run for the bot (reproducible tar.gz, verified when opened).
+
+    Args:
+        run_dir: the run folder (OUT/runs/RUN_ID, or OUT/current).
+        out_file: where to write it; empty = OUT/bundles/RUN_ID.tar.gz beside the run's OUT/runs.
+    """
+    from macd_ml.artifacts.store import write_bytes
+    from macd_ml.serving.bundle import build_bundle
+
+    logs.install()
+    run = Path(run_dir).resolve()
+    data = build_bundle(run)
+    target = Path(out_file) if out_file else run.parent.parent / "bundles" / f"{run.name}.tar.gz"
+    ref = write_bytes(target, data)
+    get_run_logger().info("bundle %s (%d bytes, sha256 %s)", ref.path, ref.bytes, ref.sha256)
+    return {"bundle": ref.path, "bytes": ref.bytes, "sha256": ref.sha256}
+
+
+@flow(name="publish", log_prints=False)
+def publish_flow(bundle_file: str, dest: str, keep: int = 5) -> dict:
+    """Publish a bundle where the bot fetches it: written under a temporary name, then LATEST is switched.
+
+    Args:
+        bundle_file: the bundle (OUT/bundles/RUN_ID.tar.gz).
+        dest: a folder or an fsspec URL (s3://..., gs://...) the bot reads LATEST from.
+        keep: how many published bundles to keep.
+    """
+    from macd_ml.serving.publish import publish
+
+    logs.install()
+    data = Path(bundle_file).read_bytes()
+    pointer = publish(data, dest, keep=keep)
+    get_run_logger().info(
+        "%s/LATEST -> %s (run %s, sha256 %s)",
+        dest,
+        pointer["bundle"],
+        pointer["run_id"],
+        hashlib.sha256(data).hexdigest()[:12],
+    )
+    return pointer

@@ -3,6 +3,7 @@ Prefect UI as a markdown artifact and table artifacts on the flow run."""
 
 from __future__ import annotations
 
+import base64
 import tempfile
 from pathlib import Path
 
@@ -67,9 +68,22 @@ def report_task(
     )
 
 
-def publish_ui_artifacts(metrics: Metrics, report_md: str, decision: Decision | None = None) -> None:
-    """Markdown report + metrics, health and promotion tables on the flow run page of the Prefect UI."""
+def embed_images(report_md: str, images: dict[str, bytes]) -> str:
+    """The report with each ``![...](plots/x.png)`` link replaced by the PNG itself (a data URI): the UI serves
+    no files, so a relative link is a broken image there."""
+    for name, data in images.items():
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        report_md = report_md.replace(f"]({name})", f"]({uri})")
+    return report_md
+
+
+def publish_ui_artifacts(
+    metrics: Metrics, report_md: str, decision: Decision | None = None, images: dict[str, bytes] | None = None
+) -> None:
+    """Markdown report (plots embedded) + metrics, health and promotion tables on the flow run page of the
+    Prefect UI. ``images``: the report's relative image paths -> PNG bytes."""
     key = "macd-ml-" + metrics.target.lower()
+    report_md = embed_images(report_md, images or {})
     if decision is not None:
         report_md += render_promotion(decision)
     create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics.run_id or ''}")

@@ -12,13 +12,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "serve",
         "serve the nightly deployment from this process (UI runs + schedule)",
-        "Register the 'retrain/nightly' deployment with the Prefect API (PREFECT_API_URL) and execute "
-        "its scheduled and UI-triggered runs until interrupted.",
+        "Register the 'retrain/served' deployment with the Prefect API (PREFECT_API_URL) and execute "
+        "its scheduled and UI-triggered runs until interrupted. Without --data it only runs UI runs (on the "
+        "synthetic market): the schedule is registered only with a candle folder.",
         serve,
     )
     add_market_args(p, "candle folder the runs use by default")
     p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
-    p.add_argument("--cron", default="30 0 * * *", help="schedule, cron syntax, UTC (default 00:30 daily)")
+    p.add_argument("--cron", default="30 0 * * *", help="schedule, cron syntax (default 00:30 daily)")
+    p.add_argument("--timezone", default="UTC", help="IANA timezone the cron follows (default UTC)")
     add_config_args(p)
 
 
@@ -26,6 +28,7 @@ def serve(args: argparse.Namespace) -> int:
     from macd_ml.deployments.nightly import serve as serve_deployment
 
     config = config_from(args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross)
-    print(f"serving the nightly retrain ({args.cron} UTC); Ctrl-C to stop")
-    serve_deployment(config, args.cron)
+    when = f"schedule {args.cron} {args.timezone}" if config.data_dir else "no schedule without --data; UI runs only"
+    print(f"serving retrain/served ({when}); Ctrl-C to stop")
+    serve_deployment(config, args.cron, args.timezone)
     return EXIT_OK
