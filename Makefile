@@ -10,10 +10,25 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 .PHONY: run test test-fast lint bench install clean
 PKGS    := artifacts features models tasks flows deployments serving
 
-$(STAMP): pyproject.toml
+# Installs the CPU lock (every dependency and the dev/dask extras pinned ==, torch's CPU build, no nvidia-*
+# packages), then the project itself without dependencies. Refuses a lock older than pyproject's dependencies.
+# This machine takes torch 2.13.0+cpu from its local wheels (/etc/xdg/pip); elsewhere add PyTorch's CPU index:
+#   make install LOCK_PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'
+LOCK          ?= requirements/cpu.txt
+LOCK_PIP_ARGS ?=
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) requirements/lock.py --check $(basename $(notdir $(LOCK)))
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(LOCK_PIP_ARGS) -r $(LOCK)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+## regenerate requirements/cpu.txt and requirements/cuda.txt from pyproject.toml (needs PyPI; installs uv)
+.PHONY: lock
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.9,<1'
+	$(PY) requirements/lock.py
 
 install: $(STAMP)
 
@@ -21,9 +36,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/macd-ml retrain --out $(OUT)
 
-## run the test suite (all of it; CI runs this after `make lint`)
+## run the test suite (all of it; CI runs this after `make lint`): the unit and flow tests, then the end-to-end
+## module (real Prefect server, worker, deployments, Chromium, PostgreSQL; it skips what is not installed)
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadfile
+	$(PY) -m pytest -q -n 3 --dist loadfile -m "not e2e"
+	$(PY) -m pytest -q -m e2e tests/test_e2e_ui.py
 
 ## the inner loop: everything but the end-to-end runs marked slow (under a minute)
 test-fast: $(STAMP)
