@@ -89,8 +89,11 @@ def _holdout_auc(signal: float, h: int, seed: int, hours: int) -> tuple[float, i
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_planted_signal_is_learnable(seed):
-    """A plain LightGBM reaches a holdout AUC of roughly 0.55-0.65 (mean over the three horizons; a single
-    holdout of ~4,500 overlapping labels has an SE of about 0.03, so one horizon alone is too noisy)."""
+    """A plain LightGBM reaches a holdout AUC of roughly 0.55-0.68 (mean over the three horizons; a single
+    holdout of ~4,500 overlapping labels has an SE of about 0.03, so one horizon alone is too noisy). The market is
+    strong enough to be learnable from 3,000 h (tests/test_learnable_sizes.py): seeds 1 and 2 give 0.669 and 0.666
+    here, near the top of the band; a generator change that pushes it past 0.68 makes the market unrealistically
+    easy."""
     aucs = [_holdout_auc(signal=1.0, h=h, seed=seed, hours=30_000)[0] for h in (5, 12, 24)]
     assert 0.55 <= float(np.mean(aucs)) <= 0.68, f"holdout AUCs {np.round(aucs, 3)}"
     assert max(aucs) < 0.72
