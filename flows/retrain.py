@@ -1,7 +1,8 @@
 """The nightly retraining flow.
 
     ingest+validate ─► features ─► labels ─► purged walk-forward folds
-        ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout
+        ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout,
+           and beside them the fixed reference model (same folds and holdout; reported, never shipped)
         ─► OOF and holdout tables ─► meta-stacking (OOF only; meta vs mean vs best single, chosen on an inner
         walk-forward) ─► holdout evaluation, diversity, report ─► publish run folder ─► promote OUT/current
 
@@ -39,6 +40,7 @@ from macd_ml.flows.preflight import preflight
 from macd_ml.models.device import cuda_available, parallel_tasks
 from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
 from macd_ml.models.metrics import Decision, Metrics, metrics_schema
+from macd_ml.models.reference import reference_scores
 from macd_ml.models.registry import SEQUENCE_MODELS
 from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task
@@ -47,6 +49,7 @@ from macd_ml.tasks.health import health_task
 from macd_ml.tasks.ingest import ingest_task, synthetic_market_task
 from macd_ml.tasks.promotion import champion_task
 from macd_ml.tasks.publish import promote_task, publish_run_task, record_run
+from macd_ml.tasks.reference import reference_task
 from macd_ml.tasks.refs import MarketRef, StackResult, TableRef, TrainingData, load_folds, load_labels
 from macd_ml.tasks.report import publish_ui_artifacts, report_task
 from macd_ml.tasks.results import SafeJSONSerializer, result_storage_block
@@ -140,7 +143,9 @@ def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: A
         return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
 
 
-def _metrics(config, market, feats, labels, folds, tables, training, refits, stack: StackResult) -> Metrics:
+def _metrics(
+    config, market, feats, labels, folds, tables, training, refits, stack: StackResult, reference: ArtifactRef
+) -> Metrics:
     """metrics.json (DESIGN.md §3): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
     n_oof, n_test, plus what the report needs; validated against the Metrics schema."""
     summary = _summary(market, feats, labels, folds, config)
@@ -149,6 +154,7 @@ def _metrics(config, market, feats, labels, folds, tables, training, refits, sta
         read_parquet(tables["holdout_predictions.parquet"]),
         config.models.enabled,
         config.horizons,
+        fold_spans=[(f.test.start, f.test.stop) for f in load_folds(folds).folds],
     )
     metrics: dict = {
         **summary,
@@ -156,6 +162,7 @@ def _metrics(config, market, feats, labels, folds, tables, training, refits, sta
         "meta": stack.meta,
         "diversity": stack.diversity,
         "training": training,
+        "reference": reference_scores(read_parquet(reference), config.horizons),
         "auc_se": {
             str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)} for h in config.horizons
         },
@@ -239,7 +246,19 @@ def retrain(
     folds = folds_task.with_options(**cached)(feats, config.horizons, config.folds, str(out))
 
     _ensure_gpu_limit()
+    reference = reference_task.with_options(**cached).submit(
+        TrainingData(
+            features=feats,
+            labels=labels,
+            folds=folds,
+            horizons=config.horizons,
+            gap_tolerance_hours=config.gap_tolerance_hours,
+            collapse_std=config.models.collapse_std,
+        ),
+        str(out),
+    )
     fold_outputs, refits = _train(config, feats, labels, folds, str(out), cached)
+    reference_ref = reference.result()
     tables = assemble_task.with_options(**cached)(fold_outputs, refits, labels, config.horizons, str(out))
 
     training = _training_summary(fold_outputs, refits)
@@ -252,7 +271,7 @@ def retrain(
         {m: t["collapsed"] for m, t in training.items()},
         str(out),
     )
-    metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack)
+    metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack, reference_ref)
     exported = export_task.with_options(**cached)(
         feats, refits, tables, stack.files, config.horizons, config.gap_tolerance_hours, str(out)
     )
@@ -264,6 +283,7 @@ def retrain(
         **tables,
         **stack.files,
         **exported.files,
+        "reference_predictions.parquet": reference_ref,
     }
     for r in refits:
         for fname, ref in r.files.items():

@@ -23,10 +23,21 @@ class _Doc(BaseModel):
 class ModelScore(_Doc):
     """One base model at one horizon: AUC out of fold and on the holdout, with their row counts."""
 
-    oof_auc: float | None
+    oof_auc: float | None = Field(
+        description="out-of-fold AUC scored within each fold's test span, averaged weighted by rows"
+    )
+    oof_auc_pooled: float | None = Field(
+        default=None, description="the same rows pooled across folds (also scores each fold's intercept)"
+    )
     test_auc: float | None
     n_oof: int
     n_test: int
+
+
+class ReferenceScore(ModelScore):
+    """The fixed simple LightGBM (models/reference.py) on the same folds and holdout."""
+
+    test_se: float = Field(description="SE of the holdout AUC, sqrt(h / 3n)")
 
 
 class Candidate(_Doc):
@@ -179,6 +190,9 @@ class Metrics(_Doc):
     training: dict[str, Training]
     auc_se: dict[str, AucNoise]
     cross_features: CrossFeatures | None = None
+    reference: dict[str, ReferenceScore] | None = Field(
+        default=None, description="the reference model per horizon: what the ensemble adds over a simple model"
+    )
     parity: dict | None = Field(default=None, description="ONNX parity on the holdout (models/export.py)")
     health: HealthReport | None = None
 

@@ -18,6 +18,46 @@ def _candidate_order(label: str) -> tuple[int, str]:
     return ({"meta": 0, "mean": 1}.get(label, 2), label)
 
 
+def _describe(label: str, models: list[str]) -> str:
+    if label == "meta":
+        return f"a regularised logistic meta-learner over {', '.join(models)}"
+    if label == "mean":
+        return f"the equal-weight mean of {', '.join(models)}"
+    return f"the single model {label.removeprefix('best:')}"
+
+
+def _model_card(metrics: Metrics, h: list[str]) -> list[str]:
+    """Per shipped predictor: what it is, what it beat on inner CV and by how much, its holdout AUC with 3·SE,
+    and the reference model's holdout AUC."""
+    lines = ["", "## Model card", ""]
+    for x in h:
+        m = metrics.meta[x]
+        val = m.candidates.get(m.shipped)
+        others = [
+            f"{label} {_f(c.val_auc)} ({_f((val.val_auc or 0) - (c.val_auc or 0)) if val and c.val_auc else '–'})"
+            for label, c in sorted(m.candidates.items(), key=lambda kv: _candidate_order(kv[0]))
+            if label != m.shipped
+        ]
+        se = metrics.auc_se[x].test if metrics.auc_se and x in metrics.auc_se else None
+        ref = (metrics.reference or {}).get(x)
+        ref_text = (
+            f"the reference model scores {_f(ref.test_auc)} on the same holdout"
+            + (
+                f" (ships minus reference {m.test_auc - ref.test_auc:+.3f})"
+                if m.test_auc is not None and ref.test_auc is not None
+                else ""
+            )
+            if ref
+            else "no reference model in this run"
+        )
+        lines.append(
+            f"- **h={x}: {m.shipped}**, {_describe(m.shipped, m.models)}. Chosen on the inner walk-forward with "
+            f"AUC {_f(m.val_auc)} over: {', '.join(others) or 'no other candidate'} (its margin in brackets). "
+            f"Holdout AUC {_f(m.test_auc)}" + (f" ± {3 * se:.3f} (3·SE)" if se is not None else "") + f"; {ref_text}."
+        )
+    return lines
+
+
 def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
     h = [str(x) for x in metrics.horizons]
     span = metrics.input.span[metrics.target]
@@ -42,6 +82,17 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
         train = metrics.training.get(name)
         collapsed = "**yes**" if train is not None and train.collapsed else "no"
         lines.append(f"| {name} | {oof} | {test} | {collapsed} |")
+    ref = metrics.reference
+    if ref:
+        oof = " | ".join(_f(ref[x].oof_auc) if x in ref else "–" for x in h)
+        test = " | ".join(_f(ref[x].test_auc) if x in ref else "–" for x in h)
+        lines.append(f"| *reference* | {oof} | {test} | – |")
+    lines += [
+        "",
+        "OOF AUC is scored within each fold's test span and averaged by rows (pooled across folds it would also "
+        "score each fold's intercept against the next span's base rate). *reference*: a fixed simple LightGBM "
+        "on returns, MACD(12,26,9), volatility, volume z-score and range, same folds and holdout; it never ships.",
+    ]
     if metrics.auc_se:
         se = metrics.auc_se
         lines += [
@@ -97,6 +148,8 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
             for x in weighted:
                 w: dict[str, float] = meta[x].weights or {}
                 lines.append(f"- h={x}: " + ", ".join(f"{k} {w[k]:.3f}" for k in meta[x].models if k in w))
+    if meta:
+        lines += _model_card(metrics, h)
     if metrics.diversity:
         lines += ["", "## Diversity", ""]
         for x in h:

@@ -47,6 +47,21 @@ def test_run_folder_contract(small_market_dir, tmp_path):
     assert metrics["horizons"] == [5, 12, 24]
     assert metrics["n_oof"] > 1000 and metrics["n_test"] > 300
     assert metrics["input"]["gaps"]["ETHUSDT"]["n_gaps"] == 2
+    # the reference model: same folds and holdout as the ensemble, beside it in metrics.json and the report
+    ref = metrics["reference"]
+    assert set(ref) == {"5", "12", "24"}
+    for h, r in ref.items():
+        assert (
+            r["n_oof"] == metrics["models"]["lgb"][h]["n_oof"] and r["n_test"] == metrics["models"]["lgb"][h]["n_test"]
+        )
+        assert 0 <= r["oof_auc"] <= 1 and 0 <= r["test_auc"] <= 1
+    table = pl.read_parquet(run / "reference_predictions.parquet")
+    holdout = pl.read_parquet(run / "holdout_predictions.parquet")
+    assert set(table.filter(pl.col("fold") == -1)["row"]) == set(holdout["row"])
+    report = (run / "report.md").read_text()
+    assert "| *reference* |" in report and "## Model card" in report
+    for h in ("5", "12", "24"):
+        assert f"**h={h}: {metrics['meta'][h]['shipped']}**" in report
 
     feats = pl.read_parquet(run / "features.parquet")
     meta = json.loads((run / "features.json").read_text())
