@@ -121,6 +121,28 @@ def _lgb_best_from(rule: _BestFrom) -> _LGBBestFrom:
     return _LGBBestFrom(rule)
 
 
+def float32_thresholds(model_str: str) -> str:
+    """Every split threshold t of a LightGBM model text rounded down to the largest float32 <= t.
+
+    LightGBM compares in double, ONNX's TreeEnsemble in float32: a threshold halfway between two adjacent float32
+    feature values rounds up to the larger one in float32 and sends that value the other way, which moved ONNX
+    probabilities by up to 4e-3 against the native model. Our inputs are float32, and for a float32 x,
+    ``x <= t`` exactly when ``x <= floor32(t)``: the native model's decisions stay the same and the ONNX graph
+    gets thresholds it represents exactly. (No converter option does this; onnxmltools stores float32.)"""
+    out = []
+    for line in model_str.splitlines(keepends=True):
+        if line.startswith("tree_sizes="):
+            continue  # byte sizes of the trees as written; without them LightGBM reads the trees one by one
+        if line.startswith("threshold="):
+            big = float(np.finfo(np.float32).max)  # beyond float32 every finite float32 input compares the same
+            t = np.clip(np.array(line[len("threshold=") :].split(), dtype=np.float64), -big, big)
+            f = t.astype(np.float32)
+            f = np.where(f.astype(np.float64) > t, np.nextafter(f, np.float32(-np.inf)), f)
+            line = "threshold=" + " ".join(repr(float(v)) for v in f) + "\n"
+        out.append(line)
+    return "".join(out)
+
+
 class BoosterPerHorizon(Model):
     """One booster per horizon, saved as ``{name}_h{h}.{suffix}`` in the library's own format + meta JSON."""
 
@@ -211,8 +233,8 @@ class LGBModel(BoosterPerHorizon):
                 callbacks=[_lgb_best_from(rule)],
             )
             best = rule.best_round or booster.current_iteration()
-            # keep only the trees up to the best iteration, so save/load/predict agree exactly
-            self.boosters[h] = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+            # keep only the trees up to the best iteration, so save/load/predict agree exactly; thresholds as float32
+            self.boosters[h] = lgb.Booster(model_str=float32_thresholds(booster.model_to_string(num_iteration=best)))
             self.info.best_iteration[str(h)] = int(best)
         self.info.device = "cpu"
         self.info.seconds = time.perf_counter() - t0

@@ -348,3 +348,58 @@ def test_export_runs_alone_against_a_run(run, tmp_path):
     for rel in ("onnx/ensemble.onnx", "onnx/meta.onnx", "parity.json"):
         assert (tmp_path / "again" / rel).is_file()
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before, "the run is untouched"
+
+
+def test_lightgbm_thresholds_between_adjacent_float32_values_match_in_onnx():
+    """LightGBM puts a split halfway between two feature values and compares in double; ONNX stores the threshold
+    as float32. Halfway between adjacent float32 values a < b, the float32 threshold can round up to b and send b
+    the other way (seen on make run's market: one holdout row off by 3.3e-3). Thresholds rounded down to float32
+    keep every native decision and make ONNX agree."""
+    import lightgbm as lgb
+    import onnxruntime as ort
+
+    from macd_ml.models.base import Dataset, Rows
+    from macd_ml.models.gbdt import LGBModel, LGBParams, float32_thresholds
+    from macd_ml.models.onnx_export import _booster_onnx  # the converter call tree_onnx makes per horizon
+
+    one = np.float32(1.0)
+    a = np.nextafter(one, np.float32(2))  # odd last mantissa bit: the midpoint to b rounds (to even) up to b
+    b = np.nextafter(a, np.float32(2))
+    X = np.array([[a], [b]] * 100, dtype=np.float32)
+    y = np.array([0.0, 1.0] * 100)
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 2, "min_data_in_leaf": 1, "min_data_in_bin": 1}
+    trained = lgb.train(params, lgb.Dataset(X, y), 1).model_to_string()
+    mid = (float(a) + float(b)) / 2
+    lines = [line for line in trained.splitlines(keepends=True) if not line.startswith("tree_sizes=")]
+    text = "".join(f"threshold={mid!r}\n" if line.startswith("threshold=") else line for line in lines)
+    raw = lgb.Booster(model_str=text)
+    fixed = lgb.Booster(model_str=float32_thresholds(text))
+    assert raw.predict(X[:1])[0] != raw.predict(X[1:2])[0]  # the split separates a from b natively
+    assert np.array_equal(raw.predict(X), fixed.predict(X))  # the same decisions on float32 inputs
+
+    def onnx_gap(booster) -> float:
+        data = Dataset(X, y[:, None].astype(np.float32), ["a"], [5], np.zeros(len(X), np.int64))
+        model = LGBModel(LGBParams(), ["a"], [5])
+        model.boosters = {5: booster}
+        graph = _booster_onnx(model, 5)
+        sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": X})))
+        onnx_p = outs["probabilities"][:, 1]
+        return float(np.abs(onnx_p - model.predict(data, Rows(np.arange(len(X))))[:, 0]).max())
+
+    assert onnx_gap(raw) > 1e-2  # without the rounding, b goes the other way in ONNX
+    assert onnx_gap(fixed) < 1e-6
+
+
+def test_trained_lightgbm_models_carry_float32_thresholds():
+    _, data, folds = synthetic_dataset(hours=6_000, seed=4, signal=2.0, n_folds=3)
+    model = make_model("lgb", fast_config().params_for("lgb"), data.feature_names[:20], HORIZONS)
+    train_fold(model, data, folds.folds[0])
+    for booster in model.boosters.values():
+        thresholds = [
+            float(v)
+            for line in booster.model_to_string().splitlines()
+            if line.startswith("threshold=")
+            for v in line.split("=", 1)[1].split()
+        ]
+        assert thresholds and all(float(np.float32(t)) == t for t in thresholds)
