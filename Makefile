@@ -62,6 +62,7 @@ bench: $(STAMP)
 	test -e $(OUT)/current || $(MAKE) run
 	$(PY) bench/bench_onnx.py $(OUT)/current
 	$(PY) bench/bench_scoring.py $(OUT)/current
+	$(PY) bench/bench_quality.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .typecheck .mypy_cache
