@@ -1,4 +1,4 @@
-# Image for a Prefect process worker running the macd-ml deployments (prefect.yaml: nightly, export-onnx, health).
+# Image for a Prefect process worker running the macd-ml deployments of prefect.yaml (retrain, retrain-nightly, stages).
 #
 #   docker build --build-arg VARIANT=cpu  -t macd-ml-worker:cpu  .
 #   docker build --build-arg VARIANT=cuda -t macd-ml-worker:cuda .
