@@ -216,6 +216,46 @@ MUTATIONS = [
         ("tests/test_serving.py::test_a_consistently_rewritten_bundle_is_still_refused",),
         "publish ships a bundle whose manifest this installation never signed",
     ),
+    Mutation(
+        "nightly-trains-synthetic",
+        "flows/locations.py",
+        "if require_data and not data_dir:",
+        "if False:",
+        ("tests/test_deployment.py::test_locations_in_a_deployment_come_from_parameters_then_variables",),
+        "a nightly run without a candle folder trains on the synthetic market instead of failing",
+    ),
+    Mutation(
+        "gbdt-no-min-rounds",
+        "models/gbdt.py",
+        "if round_ >= self.floor and loss < self.best_loss:",
+        "if loss < self.best_loss:",
+        ("tests/test_learnable_sizes.py",),
+        "early stopping may pick a round below min_rounds (GBDTs stop at 1-3 trees on small inner slices)",
+    ),
+    Mutation(
+        "oof-auc-pooled",
+        "models/evaluate.py",
+        'within.get(str(h), o.get(str(h), {}).get("auc"))',
+        'o.get(str(h), {}).get("auc")',
+        ("tests/test_reference.py::test_a_constant_per_fold_scores_half_within_folds_however_its_intercepts_fall",),
+        "oof_auc pooled across folds again (scores each fold's intercept)",
+    ),
+    Mutation(
+        "lgb-double-thresholds",
+        "models/gbdt.py",
+        "lgb.Booster(model_str=float32_thresholds(booster.model_to_string(num_iteration=best)))",
+        "lgb.Booster(model_str=booster.model_to_string(num_iteration=best))",
+        ("tests/test_export_health.py::test_trained_lightgbm_models_carry_float32_thresholds",),
+        "LightGBM thresholds left in double: ONNX (float32) sends some rows the other way",
+    ),
+    Mutation(
+        "report-images-relative",
+        "tasks/report.py",
+        "report_md = embed_images(report_md, images or {})",
+        "report_md = report_md",
+        ("tests/test_e2e_ui.py::test_ui_custom_run_completes_and_its_report_shows_its_plots",),
+        "the UI's report artifact links its plots by relative path (broken images)",
+    ),
 ]
 
 
