@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 HOME_ENV = "MACD_ML_HOME"
+HOME_VARIABLE = "macd_ml_home"
 
 
 def home() -> Path:
@@ -20,7 +21,7 @@ def home() -> Path:
     if not where:
         from prefect.variables import Variable
 
-        value = Variable.get("macd_ml_home", default=None)
+        value = Variable.get(HOME_VARIABLE, default=None)
         where = value.strip() if isinstance(value, str) else ""
     return Path(where or Path.home() / "macd-ml").expanduser()
 

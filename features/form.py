@@ -31,6 +31,5 @@ def optional_field(description: str) -> Any:
     return Field(default=None, description=description, json_schema_extra=_drop_default)
 
 
-OptionalHours = optional(Annotated[int, Field(ge=1)], {"type": "integer", "minimum": 1})
-OptionalHorizon = optional(Annotated[int, Field(ge=1)], {"type": "integer", "minimum": 1})
+OptionalPositiveInt = optional(Annotated[int, Field(ge=1)], {"type": "integer", "minimum": 1})
 OptionalRows = optional(Annotated[int, Field(ge=100)], {"type": "integer", "minimum": 100})

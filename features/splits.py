@@ -20,7 +20,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from macd_ml.features.errors import ConfigError
-from macd_ml.features.form import OptionalHours, optional_field
+from macd_ml.features.form import OptionalPositiveInt, optional_field
 from macd_ml.features.segments import HOUR_US
 
 
@@ -38,7 +38,7 @@ class FoldSpec(BaseModel):
     early_stop_fraction: float = Field(
         default=0.15, gt=0.0, lt=0.5, description="end of each training span used for early stopping"
     )
-    embargo_hours: OptionalHours = optional_field(
+    embargo_hours: OptionalPositiveInt = optional_field(
         "hours between a training span and the test span after it; empty = the longest horizon (also the minimum)"
     )
 

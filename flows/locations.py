@@ -18,7 +18,6 @@ from macd_ml.flows.config import RetrainConfig
 
 DATA_VARIABLE = "macd_ml_data_dir"
 OUT_VARIABLE = "macd_ml_out_dir"
-HOME_VARIABLE = "macd_ml_home"
 DEFAULT_OUT = RetrainConfig.model_fields["out_dir"].default
 
 

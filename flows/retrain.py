@@ -120,18 +120,10 @@ def _ensure_gpu_limit() -> None:
             client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
 
 
-def _train(config: RetrainConfig, feats: TableRef, labels: ArtifactRef, folds: ArtifactRef, out: str, cached: dict):
+def _train(config: RetrainConfig, inputs: TrainingData, out: str, cached: dict):
     """Submit every (model, fold) task and every refit at once; the task runner bounds the parallelism: the flow's
     thread pool, or a Dask cluster with ``scale.runner = "dask"`` (flows/scale.py; the same tasks and options)."""
     m = config.models
-    inputs = TrainingData(
-        features=feats,
-        labels=labels,
-        folds=folds,
-        horizons=config.horizons,
-        gap_tolerance_hours=config.gap_tolerance_hours,
-        collapse_std=m.collapse_std,
-    )
     fold_futures, refit_futures = [], []
     with scale.task_runner(config.scale) as runner:
         for name in m.enabled:
@@ -246,18 +238,16 @@ def retrain(
     folds = folds_task.with_options(**cached)(feats, config.horizons, config.folds, str(out))
 
     _ensure_gpu_limit()
-    reference = reference_task.with_options(**cached).submit(
-        TrainingData(
-            features=feats,
-            labels=labels,
-            folds=folds,
-            horizons=config.horizons,
-            gap_tolerance_hours=config.gap_tolerance_hours,
-            collapse_std=config.models.collapse_std,
-        ),
-        str(out),
+    inputs = TrainingData(
+        features=feats,
+        labels=labels,
+        folds=folds,
+        horizons=config.horizons,
+        gap_tolerance_hours=config.gap_tolerance_hours,
+        collapse_std=config.models.collapse_std,
     )
-    fold_outputs, refits = _train(config, feats, labels, folds, str(out), cached)
+    reference = reference_task.with_options(**cached).submit(inputs, str(out))
+    fold_outputs, refits = _train(config, inputs, str(out), cached)
     reference_ref = reference.result()
     tables = assemble_task.with_options(**cached)(fold_outputs, refits, labels, config.horizons, str(out))
 

@@ -56,14 +56,10 @@ def bundle_flow(run_dir: str, out_file: str = "") -> dict:
         run_dir: the run folder (OUT/runs/RUN_ID, or OUT/current).
         out_file: where to write it; empty = OUT/bundles/RUN_ID.tar.gz beside the run's OUT/runs.
     """
-    from macd_ml.artifacts.store import write_bytes
-    from macd_ml.serving.bundle import build_bundle
+    from macd_ml.serving.bundle import save_bundle
 
     logs.install()
-    run = Path(run_dir).resolve()
-    data = build_bundle(run)
-    target = Path(out_file) if out_file else run.parent.parent / "bundles" / f"{run.name}.tar.gz"
-    ref = write_bytes(target, data)
+    ref = save_bundle(Path(run_dir).resolve(), out_file or None)
     get_run_logger().info("bundle %s (%d bytes, sha256 %s)", ref.path, ref.bytes, ref.sha256)
     return {"bundle": ref.path, "bytes": ref.bytes, "sha256": ref.sha256}
 

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from macd_ml.features.labels import label_name
-from macd_ml.models.train import auc
+from macd_ml.models.train import auc, auc_within
 
 
 def prediction_columns(model: str, horizons: list[int]) -> list[str]:
@@ -35,27 +35,21 @@ def score_table(table: pl.DataFrame, model: str, horizons: list[int]) -> dict[st
 def per_fold_auc(
     table: pl.DataFrame, model: str, horizons: list[int], spans: list[tuple[int, int]]
 ) -> dict[str, float]:
-    """AUC within each fold's test span (rows ``start <= row < stop``), averaged weighted by its rows.
-
-    Each fold's model has its own intercept (its training span's base rate). Pooled over folds, an AUC also scores
-    how those intercepts line up with the next spans' base rates: with persistent drift a near-constant model
-    scored 0.35-0.42 pooled while ranking at chance within every fold. Within a fold a constant scores 0.5."""
+    """AUC within each fold's test span (rows ``start <= row < stop``), averaged weighted by its rows
+    (:func:`macd_ml.models.train.auc_within`: pooled, it would also score each fold's intercept)."""
     out: dict[str, float] = {}
     row = table["row"].to_numpy()
+    fold = np.full(len(row), -1)
+    for k, (start, stop) in enumerate(spans):
+        fold[(row >= start) & (row < stop)] = k
     for h, col in zip(horizons, prediction_columns(model, horizons)):
         if col not in table.columns:
             continue
         y = table[label_name(h)].cast(pl.Float64).to_numpy()
         p = table[col].cast(pl.Float64).to_numpy()
-        total, weight = 0.0, 0
-        for start, stop in spans:
-            ok = (row >= start) & (row < stop) & ~np.isnan(y) & ~np.isnan(p)
-            a = auc(y[ok], p[ok])
-            if a is not None:
-                total += a * int(ok.sum())
-                weight += int(ok.sum())
-        if weight:
-            out[str(h)] = total / weight
+        a = auc_within(np.where(fold >= 0, y, np.nan), p, fold)
+        if a is not None:
+            out[str(h)] = a
     return out
 
 

@@ -34,7 +34,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from macd_ml.artifacts.store import ArtifactRef, IntegrityError, read_json, read_parquet, verify
-from macd_ml.features.form import OptionalHorizon, optional_field
+from macd_ml.features.form import OptionalPositiveInt, optional_field
 from macd_ml.models.evaluate import auc_se
 from macd_ml.models.metrics import Check, HealthReport, Metrics
 from macd_ml.models.onnx_export import ensemble_spec
@@ -48,7 +48,9 @@ class HealthSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    primary_horizon: OptionalHorizon = optional_field("horizon (hours) the AUC gates read; empty = the first horizon")
+    primary_horizon: OptionalPositiveInt = optional_field(
+        "horizon (hours) the AUC gates read; empty = the first horizon"
+    )
     min_test_auc: float = Field(default=0.52, ge=0, le=1, description="shipped holdout AUC at the primary horizon")
     min_auc_se: float = Field(default=2.0, description="... and above 0.5 by this many standard errors")
     max_drop_rel: float = Field(default=0.10, ge=0, description="largest relative validation -> holdout AUC drop")

@@ -18,7 +18,7 @@ from macd_ml.features.labels import label_name
 from macd_ml.features.splits import Folds
 from macd_ml.models.evaluate import auc_se
 from macd_ml.models.gbdt import LGBModel, LGBParams
-from macd_ml.models.train import auc, build_dataset, train_fold
+from macd_ml.models.train import auc, auc_within, build_dataset, train_fold
 
 NAME = "reference"
 FEATURES = (
@@ -92,17 +92,13 @@ def reference_scores(table: pl.DataFrame, horizons: list[int]) -> dict[str, dict
     for h in horizons:
         y_col, p_col = label_name(h), f"{NAME}_h{h}"
         defined = table.filter(pl.col(y_col).is_not_null())
-        total, weight = 0.0, 0
-        for _, part in defined.filter(pl.col("fold") >= 0).group_by(["fold"], maintain_order=True):
-            a = auc(part[y_col].cast(pl.Float64).to_numpy(), part[p_col].to_numpy())
-            if a is not None:
-                total, weight = total + a * part.height, weight + part.height
         oof = defined.filter(pl.col("fold") >= 0)
+        y = oof[y_col].cast(pl.Float64).to_numpy()
         hold = defined.filter(pl.col("fold") == -1)
         n_test = hold.height
         out[str(h)] = {
-            "oof_auc": total / weight if weight else None,
-            "oof_auc_pooled": auc(oof[y_col].cast(pl.Float64).to_numpy(), oof[p_col].to_numpy()),
+            "oof_auc": auc_within(y, oof[p_col].to_numpy(), oof["fold"].to_numpy()),
+            "oof_auc_pooled": auc(y, oof[p_col].to_numpy()),
             "test_auc": auc(hold[y_col].cast(pl.Float64).to_numpy(), hold[p_col].to_numpy()),
             "n_oof": int(oof.height),
             "n_test": int(n_test),

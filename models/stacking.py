@@ -35,7 +35,7 @@ from macd_ml.features.segments import HOUR_US
 from macd_ml.models.evaluate import auc_se, prediction_columns
 from macd_ml.models.metrics import Diversity, Shipped
 from macd_ml.models.predictor import Predictor, logit, sigmoid
-from macd_ml.models.train import auc
+from macd_ml.models.train import auc, auc_within
 
 MIN_INNER_BLOCK = 20
 
@@ -88,17 +88,8 @@ def fit_meta(P: np.ndarray, y: np.ndarray, models: list[str], C: float, nonneg: 
 
 
 def blockwise_auc(y: np.ndarray, p: np.ndarray, sizes: list[int]) -> float | None:
-    """AUC within each inner block, averaged weighted by block size. Each block's fit has its own intercept, so a
-    pooled AUC over all blocks rewards predicting each block's base rate: a constant per block scored 0.52-0.54
-    pooled, and shipped. Within a block a constant scores 0.5, as it should. Blocks with one class are skipped."""
-    total, weight, start = 0.0, 0, 0
-    for n in sizes:
-        a = auc(y[start : start + n], p[start : start + n])
-        start += n
-        if a is not None:
-            total += a * n
-            weight += n
-    return total / weight if weight else None
+    """AUC within each of the consecutive inner blocks of ``sizes`` rows (see :func:`auc_within`)."""
+    return auc_within(y, p, np.repeat(np.arange(len(sizes)), sizes))
 
 
 def inner_block_size(n_rows: int, n_blocks: int, min_train_fraction: float) -> int:

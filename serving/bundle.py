@@ -87,6 +87,20 @@ def bundle_members(run_dir: Path | str) -> dict[str, bytes]:
     return members
 
 
+def default_bundle_path(run_dir: Path | str) -> Path:
+    """``OUT/bundles/RUN_ID.tar.gz`` for the run folder ``OUT/runs/RUN_ID``."""
+    run = Path(run_dir).resolve()
+    return run.parent.parent / "bundles" / f"{run.name}.tar.gz"
+
+
+def save_bundle(run_dir: Path | str, dest: Path | str | None = None):
+    """Build the run's bundle and write it atomically (the store's write, with its retries) to ``dest``, default
+    :func:`default_bundle_path`; returns the written file's ArtifactRef (path, bytes, sha256)."""
+    from macd_ml.artifacts.store import write_bytes
+
+    return write_bytes(dest or default_bundle_path(run_dir), build_bundle(run_dir))
+
+
 def build_bundle(run_dir: Path | str) -> bytes:
     """The bundle of a run, as bytes: the same run always gives the same bytes."""
     run = Path(run_dir)

@@ -148,9 +148,6 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
 
-    def deployment(self, name: str) -> dict:
-        return self.get(f"/deployments/name/retrain/{name}") if name.startswith("retrain") else self.get(name)
-
     def flow_run(self, run_id: str) -> dict:
         return self.get(f"/flow_runs/{run_id}")
 

@@ -121,10 +121,12 @@ def run(config, run_id: str) -> int:
                 advice = "run the same retrain command again"
             print(f"macd-ml: finished stages are cached; after fixing the cause, {advice}", file=sys.stderr)
             return EXIT_ERROR
+    from macd_ml.serving.bundle import default_bundle_path
+
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     note = "" if Path(path).name == run_id else f"; same artifacts as run {Path(path).name}, published earlier"
     print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts{note})")
-    bundle = Path(config.out_dir).resolve() / "bundles" / f"{Path(path).name}.tar.gz"
+    bundle = default_bundle_path(path)
     if bundle.is_file():
         print(f"bundle: {bundle} (macd-ml publish {bundle} --to DEST)")
     return EXIT_OK

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -107,12 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def bundle(args: argparse.Namespace) -> int:
-    from macd_ml.artifacts.store import write_bytes
-    from macd_ml.serving.bundle import build_bundle
+    from macd_ml.serving.bundle import save_bundle
 
-    data = build_bundle(Path(args.run).resolve())
-    write_bytes(args.out, data)
-    print(f"{args.out}: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}")
+    ref = save_bundle(Path(args.run).resolve(), args.out)
+    print(f"{args.out}: {ref.bytes} bytes, sha256 {ref.sha256}")
     return EXIT_OK
 
 
