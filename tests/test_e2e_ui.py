@@ -91,6 +91,7 @@ class Stack:
             PREFECT_WORKER_QUERY_SECONDS="1",
             PREFECT_WORKER_PREFETCH_SECONDS="5",
             PREFECT_LOGGING_LEVEL="INFO",
+            PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true",  # a busy SQLite shows in the server log, not only as a 503
             MACD_ML_HOME=str(self.home),
         )
         if database_url:
@@ -208,8 +209,55 @@ def page(browser):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     p = ctx.new_page()
     p.set_default_timeout(30_000)
+    # what the UI asked the API and did not get: shown when a UI step fails
+    p.api_failures = []  # type: ignore[attr-defined]
+    p.on(
+        "response",
+        lambda r: r.status >= 400 and p.api_failures.append(r),
+    )
+    p.on("requestfailed", lambda r: p.api_failures.append(f"FAILED {r.method} {r.url}: {r.failure}"))
+    p.on("console", lambda m: m.type == "error" and p.api_failures.append(f"console: {m.text}"))
     yield p
     ctx.close()
+
+
+def _failures(page) -> str:
+    """The UI's failed requests (status, URL, body) and console errors, newest last."""
+    lines = []
+    for f in page.api_failures[-20:]:
+        if isinstance(f, str):
+            lines.append(f)
+            continue
+        try:
+            body = f.text()[:500]
+        except Exception as exc:  # noqa: BLE001 - the body may be gone by now
+            body = f"(no body: {exc})"
+        lines.append(f"{f.status} {f.request.method} {f.url}: {body}")
+    return "\n".join(lines) or "(none)"
+
+
+def _busy_answers(page) -> int:
+    return sum(1 for f in page.api_failures if not isinstance(f, str) and f.status == 503)
+
+
+def _click_until(page, button, done, timeout: float = 90, attempts: int = 3) -> bool:
+    """Click ``button`` until ``done()``. On SQLite, Prefect's server answers 503 ("Service Unavailable", its code
+    for "retry") when a write meets a busy database (PrefectHQ/prefect#18934, #16102); its Python client retries,
+    its UI only shows "Oops. Something went wrong." A user clicks again, and so does this; any other failure is
+    not retried and fails the test."""
+    for _ in range(attempts):
+        busy = _busy_answers(page)
+        button.click()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if done():
+                return True
+            if _busy_answers(page) > busy:
+                break
+            page.wait_for_timeout(250)
+        else:
+            return False
+    return done()
 
 
 def _shot(page, name: str) -> None:
@@ -270,16 +318,16 @@ def _custom_run(page, stack: Stack, deployment: str, parameters: dict) -> str:
     page.locator("textarea.p-code-input__textarea").fill(json.dumps(parameters, indent=2))
     _shot(page, f"{deployment}-custom-run")
     before = {r["id"] for r in stack.runs_of(dep["id"])}
-    page.get_by_role("button", name="Submit").click()
     # the UI validates the parameters against the API before it creates the run: on a loaded machine that
     # takes a while; it then leaves the form for the deployment's page
-    try:
-        page.wait_for_url(lambda url: not url.rstrip("/").endswith("/run"), timeout=90_000)
-    except Exception:
+    if not _click_until(
+        page, page.get_by_role("button", name="Submit"), lambda: not page.url.rstrip("/").endswith("/run")
+    ):
         _shot(page, f"{deployment}-submit-stuck")
         raise AssertionError(
-            f"the Custom run form did not submit; the page says:\n{page.inner_text('body')[-1500:]}"
-        ) from None
+            f"the Custom run form did not submit; the page says:\n{page.inner_text('body')[-600:]}\n"
+            f"failed UI requests:\n{_failures(page)}\nserver log:\n{stack.log_tail('server')}"
+        )
     new = _wait(
         "the submitted flow run", lambda: [r["id"] for r in stack.runs_of(dep["id"]) if r["id"] not in before], 60
     )
@@ -348,14 +396,17 @@ def test_ui_retry_reruns_only_the_failed_write(stack, page, candles):
     (out / "bundles").unlink()
     page.goto(f"{stack.ui}/runs/flow-run/{run_id}")
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    page.get_by_role("button", name="Retry").click()
-    confirm = page.get_by_role("dialog").get_by_role("button", name="Retry")
-    try:  # some UI versions ask again in a dialog
-        confirm.wait_for(timeout=5_000)
-        confirm.click()
-    except Exception:  # noqa: BLE001 - no dialog: the click itself retried the run
-        pass
     failed_state = failed["state"]["id"]
+    confirm = page.get_by_role("dialog").get_by_role("button", name="Retry")
+
+    def retry_accepted() -> bool:
+        if confirm.is_visible():  # some UI versions ask again in a dialog
+            confirm.click()
+        return stack.flow_run(run_id)["state"]["id"] != failed_state
+
+    assert _click_until(page, page.get_by_role("button", name="Retry").first, retry_accepted, timeout=60), (
+        f"the UI's Retry did not retry the run; failed UI requests:\n{_failures(page)}"
+    )
     retried = _wait(
         "the retried run to finish",
         lambda: (
