@@ -475,6 +475,11 @@ def _span(c: Candles) -> str:
     return f"{c.frame['timestamp'][0]:%Y-%m-%d %H:%M} to {c.frame['timestamp'][-1]:%Y-%m-%d %H:%M} UTC"
 
 
+def panel_symbols(data_dir: Path | str, target: str, cross: list[str] | tuple[str, ...]) -> list[str]:
+    """Every symbol in the folder but the target and its cross symbols: the panel of pooled training."""
+    return [s for s in symbol_files(Path(data_dir)) if s != target and s not in cross]
+
+
 def default_cross(data_dir: Path | str, target: str) -> list[str]:
     """DESIGN.md §3: cross defaults to BTCUSDT when present (and not the target)."""
     files = symbol_files(Path(data_dir))

@@ -135,6 +135,10 @@ class RetrainConfig(BaseModel):
             raise ValueError(f"health.primary_horizon ({h}) is not one of the horizons {self.horizons}")
         return self
 
+    def stack_models(self) -> list[str]:
+        """The base models the stack chooses from: the enabled ones, and the reference unless left out."""
+        return self.models.trained() if self.stacking.include_reference else list(self.models.enabled)
+
     def primary_horizon(self) -> int:
         return self.health.primary_horizon or self.horizons[0]
 

@@ -9,7 +9,8 @@ folds) on the data in memory, then checks what the later stages will need:
 - the walk-forward folds can be built (``make_folds`` raises with the key to change);
 - every enabled model has enough fitting rows in the smallest fold to learn anything (a LightGBM with
   ``min_data_in_leaf`` 100 on 150 rows can only predict a constant);
-- the stacker's inner walk-forward fits in the out-of-fold rows.
+- the stacker's inner walk-forward fits in the out-of-fold rows;
+- pooled training (``models.pooled``) has at least one symbol besides the target and its cross symbols.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import polars as pl
 
 from macd_ml.features.build import build_features
 from macd_ml.features.errors import ConfigError
-from macd_ml.features.ingest import Candles, Market, default_cross, load_market
+from macd_ml.features.ingest import Candles, Market, default_cross, load_market, panel_symbols
 from macd_ml.features.labels import label_name, make_labels
 from macd_ml.features.splits import Folds, make_folds
 from macd_ml.features.synth import synth_market
@@ -94,6 +95,7 @@ def preflight(config: RetrainConfig) -> Shape:
                 f"{'of one class only ' if col.len() else ''}in {bars} bars of data; use a shorter horizon or more data"
             )
     _check_models(config, folds, y)
+    _check_panel(config, market)
     n_oof = sum(len(f.test) for f in folds.folds)
     size = inner_block_size(n_oof, config.stacking.inner_folds, config.stacking.min_train_fraction)
     if size < MIN_INNER_BLOCK:
@@ -104,11 +106,26 @@ def preflight(config: RetrainConfig) -> Shape:
     return Shape(bars=bars, feature_rows=n, folds=folds, n_oof=n_oof)
 
 
+def _check_panel(config: RetrainConfig, market: Market) -> None:
+    if not config.models.pooled:
+        return
+    cross = [c.symbol for c in market.cross]
+    if config.data_dir:
+        panel = panel_symbols(config.data_dir, config.target, cross)
+    else:
+        panel = [s for s in config.synthetic.symbols if s != config.target and s not in cross]
+    if not panel:
+        raise ConfigError(
+            f"config key 'models.pooled': the data has no symbol besides the target {config.target} and the cross "
+            f"symbols {cross} to pool with; add candle files or leave models.pooled empty"
+        )
+
+
 def _check_models(config: RetrainConfig, folds: Folds, y: pl.DataFrame) -> None:
     smallest = min([*folds.folds, folds.refit], key=lambda f: len(f.fit))
     fit = y.slice(smallest.fit.start, len(smallest.fit))
     labelled = min(int(fit[label_name(h)].drop_nulls().len()) for h in config.horizons)
-    for name in config.models.enabled:
+    for name in config.models.trained():
         need, why = min_fit_rows(name, config.models.params_for(name))
         if labelled < need:
             raise ConfigError(

@@ -2,7 +2,7 @@
 
     ingest+validate ─► features ─► labels ─► purged walk-forward folds
         ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout,
-           and beside them the fixed reference model (same folds and holdout; reported, never shipped)
+           and beside them the fixed reference model (same tasks, folds and holdout; a stack input by default)
         ─► OOF and holdout tables ─► meta-stacking (OOF only; meta vs mean vs best single, chosen on an inner
         walk-forward) ─► holdout evaluation, diversity, report ─► publish run folder ─► promote OUT/current
 
@@ -14,6 +14,7 @@ Tasks pass references (paths + sha256), never frames.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -32,6 +33,7 @@ from macd_ml.artifacts.store import (
     validate_run_id,
 )
 from macd_ml.features.errors import PromotionRefused
+from macd_ml.features.ingest import panel_symbols
 from macd_ml.features.labels import label_name
 from macd_ml.flows import logs, scale
 from macd_ml.flows.config import RetrainConfig
@@ -49,8 +51,15 @@ from macd_ml.tasks.health import health_task
 from macd_ml.tasks.ingest import ingest_task, synthetic_market_task
 from macd_ml.tasks.promotion import champion_task
 from macd_ml.tasks.publish import promote_task, publish_run_task, record_run
-from macd_ml.tasks.reference import reference_task
-from macd_ml.tasks.refs import MarketRef, StackResult, TableRef, TrainingData, load_folds, load_labels
+from macd_ml.tasks.refs import (
+    MarketRef,
+    PanelMember,
+    StackResult,
+    TableRef,
+    TrainingData,
+    load_folds,
+    load_labels,
+)
 from macd_ml.tasks.report import publish_ui_artifacts, report_task
 from macd_ml.tasks.results import SafeJSONSerializer, result_storage_block
 from macd_ml.tasks.stack import stack_task
@@ -120,31 +129,50 @@ def _ensure_gpu_limit() -> None:
             client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
 
 
-def _train(config: RetrainConfig, inputs: TrainingData, out: str, cached: dict):
+def _panel(config: RetrainConfig, market: MarketRef, cached: dict, out: str) -> list[PanelMember]:
+    """Pooled training's other symbols: each ingested, featurised (the target's cross symbols) and labelled by
+    the same cached tasks as the target."""
+    if not config.models.pooled:
+        return []
+    members = []
+    for symbol in panel_symbols(market.data_dir, market.target, market.cross):
+        m = ingest_task.with_options(**cached)(market.data_dir, symbol, market.cross)
+        f = features_task.with_options(**cached)(m, config.features, config.gap_tolerance_hours, out)
+        y = labels_task.with_options(**cached)(
+            m, f, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, out
+        )
+        members.append(PanelMember(symbol=symbol, features=f, labels=y))
+    return members
+
+
+def _train(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember], out: str, cached: dict):
     """Submit every (model, fold) task and every refit at once; the task runner bounds the parallelism: the flow's
-    thread pool, or a Dask cluster with ``scale.runner = "dask"`` (flows/scale.py; the same tasks and options)."""
+    thread pool, or a Dask cluster with ``scale.runner = "dask"`` (flows/scale.py; the same tasks and options).
+    Models in ``models.pooled`` also get the panel."""
     m = config.models
     fold_futures, refit_futures = [], []
     with scale.task_runner(config.scale) as runner:
-        for name in m.enabled:
+        for name in m.trained():
             opts = {**cached, "tags": ["gpu"] if name in SEQUENCE_MODELS else ["cpu"]}
-            common = dict(params=m.params_for(name), feature_set=m.feature_set(name), inputs=inputs, out_dir=out)
+            common: dict[str, Any] = dict(
+                params=m.params_for(name), feature_set=m.feature_set(name), inputs=inputs, out_dir=out
+            )
+            if name in m.pooled:
+                common["panel"] = panel
             for k in range(config.folds.n_folds):
                 fold_futures.append(scale.submit(runner, fit_fold_task.with_options(**opts), name, fold=k, **common))
             refit_futures.append(scale.submit(runner, refit_task.with_options(**opts), name, **common))
         return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
 
 
-def _metrics(
-    config, market, feats, labels, folds, tables, training, refits, stack: StackResult, reference: ArtifactRef
-) -> Metrics:
+def _metrics(config, market, feats, labels, folds, tables, training, refits, stack: StackResult) -> Metrics:
     """metrics.json (DESIGN.md §3): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
     n_oof, n_test, plus what the report needs; validated against the Metrics schema."""
     summary = _summary(market, feats, labels, folds, config)
     scores = model_metrics(
         read_parquet(tables["oof.parquet"]),
         read_parquet(tables["holdout_predictions.parquet"]),
-        config.models.enabled,
+        config.models.trained(),
         config.horizons,
         fold_spans=[(f.test.start, f.test.stop) for f in load_folds(folds).folds],
     )
@@ -154,7 +182,7 @@ def _metrics(
         "meta": stack.meta,
         "diversity": stack.diversity,
         "training": training,
-        "reference": reference_scores(read_parquet(reference), config.horizons),
+        "reference": reference_scores(scores, config.horizons),
         "auc_se": {
             str(h): {"oof": auc_se(summary["n_oof"], h), "test": auc_se(summary["n_test"], h)} for h in config.horizons
         },
@@ -246,22 +274,21 @@ def retrain(
         gap_tolerance_hours=config.gap_tolerance_hours,
         collapse_std=config.models.collapse_std,
     )
-    reference = reference_task.with_options(**cached).submit(inputs, str(out))
-    fold_outputs, refits = _train(config, inputs, str(out), cached)
-    reference_ref = reference.result()
+    panel = _panel(config, market, cached, str(out))
+    fold_outputs, refits = _train(config, inputs, panel, str(out), cached)
     tables = assemble_task.with_options(**cached)(fold_outputs, refits, labels, config.horizons, str(out))
 
     training = _training_summary(fold_outputs, refits)
     stack = stack_task.with_options(**cached)(
         tables,
-        config.models.enabled,
+        config.stack_models(),
         config.horizons,
         config.stacking,
         load_folds(folds).embargo_hours,
         {m: t["collapsed"] for m, t in training.items()},
         str(out),
     )
-    metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack, reference_ref)
+    metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack)
     exported = export_task.with_options(**cached)(
         feats, refits, tables, stack.files, config.horizons, config.gap_tolerance_hours, str(out)
     )
@@ -273,7 +300,6 @@ def retrain(
         **tables,
         **stack.files,
         **exported.files,
-        "reference_predictions.parquet": reference_ref,
     }
     for r in refits:
         for fname, ref in r.files.items():

@@ -26,6 +26,7 @@ from macd_ml.features.errors import ConfigError
 from macd_ml.flows.config import apply_overrides, validate_config
 from macd_ml.models.metrics import Check, Decision, HealthReport, Metrics, Shipped
 from macd_ml.models.predictor import predictors_document
+from macd_ml.models.reference import REFERENCE
 from macd_ml.models.report import render_promotion
 from macd_ml.models.stacking import stack_all
 from macd_ml.tasks.report import write_report
@@ -48,7 +49,7 @@ def _load(run: Path) -> dict:
             f"{run / 'metrics.json'}: does not match the metrics schema ({exc.errors()[0]['msg']})"
         ) from None
     # the run's model order for tables and plots, whatever order the JSON holds them in
-    order = config.get("models", {}).get("enabled", list(metrics.models))
+    order = [*config.get("models", {}).get("enabled", list(metrics.models)), REFERENCE]
     metrics.models = {m: metrics.models[m] for m in order if m in metrics.models}
     return {
         "metrics": metrics,
@@ -86,7 +87,7 @@ def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict[
     outcome = stack_all(
         r["oof"],
         r["holdout"],
-        list(config.models.enabled),
+        config.stack_models(),
         m.horizons,
         config.stacking,
         r["folds"]["embargo_hours"],

@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from macd_ml.models.base import Model
+from macd_ml.models.gbdt import LGBModel
 from macd_ml.models.predictor import EPS, Predictor
 
 OPSET = 17  # the default-domain opset of every graph here (trees are converted at 15, then brought up)
@@ -91,7 +92,7 @@ def _booster_onnx(model: Model, h: int) -> onnx.ModelProto:
     f = len(model.feature_names)
     booster = model.boosters[h]  # type: ignore[attr-defined]
     types = [("x", FloatTensorType([None, f]))]
-    if model.name in ("lgb", "lgb_cross"):
+    if isinstance(model, LGBModel):  # lgb, lgb_cross and the reference
         converted = onnxmltools.convert_lightgbm(
             booster, initial_types=types, zipmap=False, target_opset=TREE_CONVERTER_OPSET
         )

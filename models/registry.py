@@ -1,14 +1,17 @@
-"""The five base learners by their stable short names, their parameter models, and their feature sets."""
+"""The five base learners by their stable short names, their parameter models, and their feature sets, plus the
+fixed reference model (models/reference.py) that every run trains beside them."""
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from macd_ml.models.base import Model
 from macd_ml.models.gbdt import LGBCrossModel, LGBModel, LGBParams, XGBModel, XGBParams, own_features
 from macd_ml.models.lstm import LSTMModel
+from macd_ml.models.reference import PARAMS as REFERENCE_PARAMS
+from macd_ml.models.reference import REFERENCE, ReferenceModel, reference_features
 from macd_ml.models.sequence import SequenceParams
 from macd_ml.models.tft import TFTModel, TFTParams
 
@@ -18,14 +21,18 @@ MODEL_CLASSES: dict[str, type[Model]] = {
     "lgb_cross": LGBCrossModel,
     "lstm": LSTMModel,
     "tft": TFTModel,
+    REFERENCE: ReferenceModel,
 }
 SEQUENCE_MODELS = ("lstm", "tft")
 
 FeatureSet = Literal["own", "all"]
+# what a training task is told to read: a user's choice for the five, the fixed small set for the reference
+FeatureSelection = Literal["own", "all", "reference"]
 
 
+# the models a user enables; the reference always trains (it is what they are measured against)
 ModelName = Literal["lgb", "xgb", "lgb_cross", "lstm", "tft"]
-assert set(get_args(ModelName)) == set(MODEL_CLASSES), "ModelName must list MODEL_CLASSES"
+assert set(get_args(ModelName)) | {REFERENCE} == set(MODEL_CLASSES), "ModelName must list MODEL_CLASSES"
 
 
 class FeatureSets(BaseModel):
@@ -57,6 +64,13 @@ class ModelsConfig(BaseModel):
     lstm: SequenceParams = Field(default_factory=SequenceParams, description="multi-horizon LSTM")
     tft: TFTParams = Field(default_factory=TFTParams, description="Temporal Fusion Transformer")
     feature_sets: FeatureSets = Field(default_factory=FeatureSets, description="which features each model reads")
+    pooled: list[ModelName] = Field(
+        default=[],
+        description="models fitted on the panel: the target's rows plus every other symbol in the data folder "
+        "(not the cross symbols), each with the target's features and cross, rows up to each fold's end; scored "
+        "on the target's folds and holdout only",
+        json_schema_extra={"uniqueItems": True},
+    )
     collapse_std: float = Field(
         default=1e-3, ge=0, description="a model whose inner-slice predictions vary less than this is collapsed"
     )
@@ -66,21 +80,36 @@ class ModelsConfig(BaseModel):
     def _known(cls, v: list[str]) -> list[str]:
         if not isinstance(v, list):
             return v  # pydantic names the type error
-        unknown = [m for m in v if m not in MODEL_CLASSES]
+        if REFERENCE in v:
+            raise ValueError(f"'{REFERENCE}' trains in every run and is not enabled here (stacking.include_reference)")
+        unknown = [m for m in v if m not in get_args(ModelName)]
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; known: {list(MODEL_CLASSES)}")
+            raise ValueError(f"unknown model(s) {unknown}; known: {list(get_args(ModelName))}")
         if not v:
             raise ValueError("enable at least one model")
         return list(dict.fromkeys(v))
 
+    @model_validator(mode="after")
+    def _pooled_are_enabled(self) -> "ModelsConfig":
+        off = [m for m in self.pooled if m not in self.enabled]
+        if off:
+            raise ValueError(f"pooled model(s) {off} are not enabled (models.enabled)")
+        return self
+
+    def trained(self) -> list[str]:
+        """Every model a run trains: the enabled ones, then the reference."""
+        return [*self.enabled, REFERENCE]
+
     def params_for(self, name: str) -> BaseModel:
-        return getattr(self, name)
+        return REFERENCE_PARAMS if name == REFERENCE else getattr(self, name)
 
-    def feature_set(self, name: str) -> FeatureSet:
-        return getattr(self.feature_sets, name)
+    def feature_set(self, name: str) -> FeatureSelection:
+        return "reference" if name == REFERENCE else getattr(self.feature_sets, name)
 
 
-def select_features(names: list[str], feature_set: FeatureSet) -> list[str]:
+def select_features(names: list[str], feature_set: FeatureSelection) -> list[str]:
+    if feature_set == "reference":
+        return reference_features(names)
     return own_features(names) if feature_set == "own" else list(names)
 
 

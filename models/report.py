@@ -81,17 +81,15 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
         test = " | ".join(_f(per_h[x].test_auc) for x in h)
         train = metrics.training.get(name)
         collapsed = "**yes**" if train is not None and train.collapsed else "no"
-        lines.append(f"| {name} | {oof} | {test} | {collapsed} |")
-    ref = metrics.reference
-    if ref:
-        oof = " | ".join(_f(ref[x].oof_auc) if x in ref else "–" for x in h)
-        test = " | ".join(_f(ref[x].test_auc) if x in ref else "–" for x in h)
-        lines.append(f"| *reference* | {oof} | {test} | – |")
+        pooled = train.refit.get("pooled_with") if train is not None else None
+        label = f"{name} (pooled with {', '.join(pooled)})" if pooled else name
+        lines.append(f"| {label} | {oof} | {test} | {collapsed} |")
     lines += [
         "",
         "OOF AUC is scored within each fold's test span and averaged by rows (pooled across folds it would also "
-        "score each fold's intercept against the next span's base rate). *reference*: a fixed simple LightGBM "
-        "on returns, MACD(12,26,9), volatility, volume z-score and range, same folds and holdout; it never ships.",
+        "score each fold's intercept against the next span's base rate). `reference`: a fixed simple LightGBM "
+        "on returns, MACD(12,26,9), volatility, volume z-score and range, same folds and holdout, trained in "
+        "every run; it joins the stack unless `stacking.include_reference` is off.",
     ]
     if metrics.auc_se:
         se = metrics.auc_se

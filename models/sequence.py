@@ -5,8 +5,9 @@ safetensors + ``{name}_meta.json`` format.
   contiguous stretch (``Dataset.segment_start``); shorter windows are left-padded with their first row.
   Windows read features of earlier rows only, never labels.
 - Normalisation (mean/std per feature) is fitted on the fitting rows only and stored in the meta file.
-- Training: AdamW, gradient clipping, masked BCE (or focal) over all horizons, early stopping on the inner
-  slice's loss with patience and best-epoch restore; the head with the best inner-slice AUC is recorded.
+- Training: AdamW, gradient clipping, masked BCE (or focal) over all
+  horizons, early stopping on the inner slice's loss or AUC (``early_stop_metric``) with patience, a minimum
+  number of epochs and best-epoch restore; the head with the best inner-slice AUC is recorded.
 - CUDA with bf16 autocast and pinned memory when a GPU answers; CPU otherwise. Seeds fixed.
 - Progress: ``model.on_epoch`` (an optional plain attribute, never a parameter: it enters no cache key and no
   saved model) is called after every epoch with an :class:`EpochInfo`; its last call has ``last=True``. It only
@@ -49,7 +50,13 @@ class SequenceParams(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
     batch_size: int = Field(default=256, ge=8, description="windows per training batch")
     max_epochs: int = Field(default=20, ge=1, description="most passes over the training rows")
-    patience: int = Field(default=4, ge=1, description="stop after this many epochs without a better inner-slice loss")
+    patience: int = Field(default=4, ge=1, description="stop after this many epochs without a better inner-slice score")
+    min_epochs: int = Field(default=1, ge=1, description="epochs always run before early stopping may end the fit")
+    early_stop_metric: Literal["loss", "auc"] = Field(
+        default="loss",
+        description="what picks the best epoch on the inner slice: its BCE loss, or its AUC (mean over horizons, "
+        "scored within the slice): a net whose ranking still improves while its loss rises keeps training",
+    )
     grad_clip: float = Field(default=1.0, gt=0, description="gradient norm clip")
     loss: Literal["bce", "focal"] = Field(default="bce", description="training loss: binary cross-entropy or focal")
     focal_gamma: float = Field(default=2.0, ge=0, description="focal loss gamma (loss = focal only)")
@@ -109,6 +116,16 @@ def masked_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, gamma: float) 
     return (bce * mask).sum() / mask.sum().clamp(min=1)
 
 
+def mean_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean over horizons (columns) of the AUC on rows with a defined label; 0.5 for a horizon with one class."""
+    scores = []
+    for j in range(y.shape[1]):
+        ok = ~np.isnan(y[:, j])
+        yj = y[ok, j]
+        scores.append(float(roc_auc_score(yj, p[ok, j])) if ok.sum() > 1 and 0 < yj.mean() < 1 else 0.5)
+    return float(np.mean(scores))
+
+
 @dataclass(frozen=True)
 class EpochInfo:
     """What ``SequenceModel.on_epoch`` receives after each epoch (1-based, at most ``max_epochs``)."""
@@ -119,6 +136,7 @@ class EpochInfo:
     early_stop_loss: float  # BCE on the inner (early-stopping) slice after the epoch
     best_epoch: int  # the best epoch so far (the one restored at the end)
     best_loss: float  # its early-stop loss
+    early_stop_auc: float | None = None  # mean AUC on the inner slice (early_stop_metric = "auc")
     stopped_early: bool = False  # early stopping ends the fit after this epoch
     last: bool = False  # no epoch follows (``epoch == max_epochs`` or ``stopped_early``)
 
@@ -203,8 +221,9 @@ class SequenceModel(Model):
 
         X = data.columns(self.feature_names)
         fit_idx = fit_rows.idx
-        if p.max_train_rows and len(fit_idx) > p.max_train_rows:
-            fit_idx = fit_idx[-p.max_train_rows :]
+        if p.max_train_rows and len(fit_idx) > p.max_train_rows:  # the latest rows by time (pooled rows too)
+            ts = data.timestamps if data.timestamps is not None else np.arange(data.n_rows)
+            fit_idx = np.sort(fit_idx[np.argsort(ts[fit_idx], kind="stable")[-p.max_train_rows :]])
         # rows with at least one defined label
         fit_idx = fit_idx[~np.isnan(data.labels[fit_idx]).all(axis=1)]
         es_idx = early_stop_rows.idx[~np.isnan(data.labels[early_stop_rows.idx]).all(axis=1)]
@@ -215,7 +234,9 @@ class SequenceModel(Model):
 
         self.net = self.build_net().to(device)
         opt = torch.optim.AdamW(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        best_loss, best_state, best_epoch, bad = float("inf"), None, 0, 0
+        es_y = data.labels[es_idx]
+        # higher is better for both: the negated loss, or the AUC
+        best_score, best_loss, best_state, best_epoch, bad = -np.inf, float("inf"), None, 0, 0
         history = []
         on_epoch = self.on_epoch
         for epoch in range(1, p.max_epochs + 1):
@@ -239,13 +260,17 @@ class SequenceModel(Model):
                 count += len(r)
             es_logits = self._predict_logits(Xn, es_idx, seg, device)
             es_loss = float(masked_loss(torch.from_numpy(es_logits), Y[es_idx], "bce", 0.0))
+            es_auc = mean_auc(es_y, es_logits) if p.early_stop_metric == "auc" else None
+            score = -es_loss if es_auc is None else es_auc
             history.append({"epoch": epoch, "train_loss": total / max(count, 1), "early_stop_loss": es_loss})
-            if es_loss < best_loss - 1e-6:
-                best_loss, best_epoch, bad = es_loss, epoch, 0
+            if es_auc is not None:
+                history[-1]["early_stop_auc"] = es_auc
+            if score > best_score + 1e-6:
+                best_score, best_loss, best_epoch, bad = score, es_loss, epoch, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
             else:
                 bad += 1
-            stop = bad >= p.patience
+            stop = bad >= p.patience and epoch >= p.min_epochs
             if on_epoch is not None:
                 info = EpochInfo(
                     epoch=epoch,
@@ -254,6 +279,7 @@ class SequenceModel(Model):
                     early_stop_loss=es_loss,
                     best_epoch=best_epoch,
                     best_loss=best_loss,
+                    early_stop_auc=es_auc,
                     stopped_early=stop,
                     last=stop or epoch == p.max_epochs,
                 )
@@ -267,7 +293,7 @@ class SequenceModel(Model):
             if stop:
                 break
         self.epochs_run = len(history)
-        assert best_state is not None  # the first epoch always improves on +inf
+        assert best_state is not None  # the first epoch always improves on -inf
         self.net.load_state_dict(best_state)  # best-epoch restore
         self.net.to("cpu").eval()
         es_prob = 1 / (1 + np.exp(-self._predict_logits(Xn, es_idx, seg, "cpu")))

@@ -47,6 +47,11 @@ class StackSpec(BaseModel):
     nonneg: bool = Field(default=True, description="non-negative weights on the models' logits")
     inner_folds: int = Field(default=4, ge=2, le=20, description="inner walk-forward blocks over the OOF rows")
     min_train_fraction: float = Field(default=0.4, gt=0, lt=0.9, description="OOF rows before the first inner block")
+    include_reference: bool = Field(
+        default=True,
+        description="the fixed reference model joins the stack as one more base model (it always trains and is "
+        "reported; with this on it can also ship when the inner walk-forward prefers it)",
+    )
     drop_collapsed: bool = Field(default=True, description="leave collapsed models out of the stack")
     drop_redundant: bool = Field(default=False, description="drop the weaker model of each redundant pair")
     redundancy_threshold: float = Field(

@@ -91,6 +91,7 @@ class FoldResult:
     predictions: np.ndarray  # (len(rows), n_horizons)
     early_stop_std: dict[str, float]
     collapsed: dict[str, bool]
+    fit_rows: int = 0  # rows the model was fitted on (target + panel)
 
 
 def collapse_check(model: Model, data: Dataset, rows: Rows, threshold: float) -> tuple[dict, dict]:
@@ -108,16 +109,62 @@ def collapse_check(model: Model, data: Dataset, rows: Rows, threshold: float) ->
     return std, collapsed
 
 
+def pool(target: Dataset, panel: list[Dataset]) -> Dataset:
+    """The target's rows, then each panel symbol's rows (same features and horizons): row i < target.n_rows is
+    still the target's row i, so folds keep indexing the target; segment starts are offset so that no sequence
+    window crosses from one symbol into another."""
+    if not panel:
+        return target
+    for p in panel:
+        if p.feature_names != target.feature_names or p.horizons != target.horizons:
+            raise ValueError("a panel symbol's features or horizons differ from the target's")
+        if p.timestamps is None:
+            raise ValueError("panel rows need their timestamps (the fit takes only rows before the fold's end)")
+    offsets = np.cumsum([target.n_rows, *(p.n_rows for p in panel)])[:-1]
+    return Dataset(
+        X=np.concatenate([target.X, *(p.X for p in panel)]),
+        Y=np.concatenate([target.labels, *(p.labels for p in panel)]),
+        feature_names=target.feature_names,
+        horizons=target.horizons,
+        segment_start=np.concatenate([target.segment_start, *(p.segment_start + o for p, o in zip(panel, offsets))]),
+        timestamps=np.concatenate([np.asarray(target.timestamps), *(np.asarray(p.timestamps) for p in panel)]),
+    )
+
+
+def fold_fit_rows(data: Dataset, fold: Fold, n_target: int | None = None) -> Rows:
+    """The fold's fit rows; with a pooled dataset (target rows first, ``n_target`` of them) also every panel
+    row whose time is no later than the fold's last fit row, so the panel obeys the fold's purge and embargo
+    exactly as the target's own rows do (a panel row at the time of a test row would leak the market's move)."""
+    own = Rows.span(fold.fit.start, fold.fit.stop)
+    if n_target is None or n_target >= data.n_rows:
+        return own
+    assert data.timestamps is not None
+    last = data.timestamps[fold.fit.stop - 1]
+    extra = n_target + np.flatnonzero(data.timestamps[n_target:] <= last)
+    return Rows(np.concatenate([own.idx, extra]))
+
+
 def train_fold(
-    model: Model, data: Dataset, fold: Fold, test_rows: Rows | None = None, collapse_std: float = 1e-3
+    model: Model,
+    data: Dataset,
+    fold: Fold,
+    test_rows: Rows | None = None,
+    collapse_std: float = 1e-3,
+    n_target: int | None = None,
 ) -> FoldResult:
-    """Fit on ``fold.fit``, early-stop on ``fold.early_stop``, predict ``fold.test`` (or ``test_rows``)."""
-    fit = Rows.span(fold.fit.start, fold.fit.stop)
+    """Fit on ``fold.fit`` (plus the panel's rows up to its end when ``data`` is pooled: ``n_target`` target
+    rows first), early-stop on ``fold.early_stop``, predict ``fold.test`` (or ``test_rows``), target rows only."""
+    fit = fold_fit_rows(data, fold, n_target)
     es = Rows.span(fold.early_stop.start, fold.early_stop.stop)
     test = test_rows or Rows.span(fold.test.start, fold.test.stop)
     model.fit(data, fit, es)
     std, collapsed = collapse_check(model, data, es, collapse_std)
     model.info.extra = {**model.info.extra, "early_stop_std": std, "collapsed": collapsed}
     return FoldResult(
-        model=model, rows=test.idx, predictions=model.predict(data, test), early_stop_std=std, collapsed=collapsed
+        model=model,
+        rows=test.idx,
+        predictions=model.predict(data, test),
+        early_stop_std=std,
+        collapsed=collapsed,
+        fit_rows=len(fit),
     )

@@ -109,6 +109,15 @@ class RefitOutput(BaseModel):
         }
 
 
+class PanelMember(BaseModel):
+    """One more symbol for pooled training (``models.pooled``): its feature table (the target's features, same
+    cross symbols) and its labels."""
+
+    symbol: str
+    features: TableRef
+    labels: ArtifactRef
+
+
 def load_folds(ref: ArtifactRef) -> Folds:
     return Folds.model_validate(read_json(ref))
 

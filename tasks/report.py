@@ -101,8 +101,6 @@ def publish_ui_artifacts(
     for name, per_h in metrics.models.items():
         for h, m in per_h.items():
             rows.append({"model": name, "horizon": h, "oof_auc": _r(m.oof_auc), "test_auc": _r(m.test_auc)})
-    for h, r in (metrics.reference or {}).items():
-        rows.append({"model": "reference", "horizon": h, "oof_auc": _r(r.oof_auc), "test_auc": _r(r.test_auc)})
     for h, s in metrics.meta.items():
         rows.append(
             {"model": f"shipped ({s.shipped})", "horizon": h, "oof_auc": _r(s.val_auc), "test_auc": _r(s.test_auc)}

@@ -21,25 +21,48 @@ from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_
 from macd_ml.features.labels import label_name
 from macd_ml.models.base import Rows
 from macd_ml.models.evaluate import prediction_columns
-from macd_ml.models.registry import FeatureSet, load_model, make_model, select_features
-from macd_ml.models.train import build_dataset, train_fold
+from macd_ml.models.registry import FeatureSelection, load_model, make_model, select_features
+from macd_ml.models.train import build_dataset, pool, train_fold
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.progress import attach_progress
-from macd_ml.tasks.refs import FoldOutput, RefitOutput, TrainingData, load_folds
+from macd_ml.tasks.refs import FoldOutput, PanelMember, RefitOutput, TrainingData, load_folds
 from macd_ml.tasks.results import cached_task
 
 
-def _dataset(inputs: TrainingData, feature_set: FeatureSet):
+def _dataset(inputs: TrainingData, feature_set: FeatureSelection, panel: list[PanelMember]):
+    """The target's frame and its dataset; with a panel, the pooled dataset (target rows first) and how many
+    target rows it has, else None."""
     frame = read_parquet(inputs.features.data)
     names = select_features(inputs.features.names, feature_set)
     data = build_dataset(frame, read_parquet(inputs.labels), names, inputs.horizons, inputs.gap_tolerance_hours)
-    return frame, data
+    if not panel:
+        return frame, data, None
+    others = []
+    for member in panel:
+        missing = [n for n in names if n not in member.features.names]
+        if missing:
+            raise ValueError(
+                f"panel symbol {member.symbol} lacks {len(missing)} of the target's features, e.g. {missing[:3]}"
+            )
+        others.append(
+            build_dataset(
+                read_parquet(member.features.data),
+                read_parquet(member.labels),
+                names,
+                inputs.horizons,
+                inputs.gap_tolerance_hours,
+            )
+        )
+    return frame, pool(data, others), data.n_rows
 
 
-def _summary(model, fold_result) -> dict:
+def _summary(model, fold_result, panel: list[PanelMember]) -> dict:
     d = model.describe()
     keep = ("device", "best_iteration", "best_head", "epochs", "n_features", "precision")
     out = {k: d[k] for k in keep if k in d}
+    if panel:
+        out["pooled_with"] = [m.symbol for m in panel]
+        out["fit_rows"] = fold_result.fit_rows
     out["collapsed"] = fold_result.collapsed
     out["early_stop_std"] = fold_result.early_stop_std
     return out
@@ -54,20 +77,28 @@ def _prediction_frame(frame: pl.DataFrame, rows: np.ndarray, preds: np.ndarray, 
 
 @cached_task(name="fit-fold", task_run_name="{model_name}-fold{fold}")
 def fit_fold_task(
-    model_name: str, params: BaseModel, feature_set: FeatureSet, inputs: TrainingData, fold: int, out_dir: str
+    model_name: str,
+    params: BaseModel,
+    feature_set: FeatureSelection,
+    inputs: TrainingData,
+    fold: int,
+    out_dir: str,
+    panel: list[PanelMember] | None = None,
 ) -> FoldOutput:
-    """Fit one model on one walk-forward fold and persist its out-of-fold predictions."""
-    frame, data = _dataset(inputs, feature_set)
+    """Fit one model on one walk-forward fold (with ``panel``: on the pooled rows up to the fold's end) and
+    persist its out-of-fold predictions on the target."""
+    panel = panel or []
+    frame, data, n_target = _dataset(inputs, feature_set, panel)
     horizons = inputs.horizons
     f = load_folds(inputs.folds).folds[fold]
     model = make_model(model_name, params, data.feature_names, horizons)
     attach_progress(model, f"{model_name} fold {fold}")
-    result = train_fold(model, data, f, collapse_std=inputs.collapse_std)
+    result = train_fold(model, data, f, collapse_std=inputs.collapse_std, n_target=n_target)
     preds = write_parquet(
         cache_dir(out_dir, "oof", current_key()) / f"{model_name}_fold{fold}.parquet",
         _prediction_frame(frame, result.rows, result.predictions, horizons),
     )
-    summary = _summary(model, result)
+    summary = _summary(model, result, panel)
     get_run_logger().info(
         "%s fold %d: %.1fs on %s, best %s",
         model_name,
@@ -83,14 +114,23 @@ def fit_fold_task(
 
 @cached_task(name="refit", task_run_name="{model_name}-refit")
 def refit_task(
-    model_name: str, params: BaseModel, feature_set: FeatureSet, inputs: TrainingData, out_dir: str
+    model_name: str,
+    params: BaseModel,
+    feature_set: FeatureSelection,
+    inputs: TrainingData,
+    out_dir: str,
+    panel: list[PanelMember] | None = None,
 ) -> RefitOutput:
-    """Fit on every development row (inner slice at its end), save the model, score the holdout."""
-    frame, data = _dataset(inputs, feature_set)
+    """Fit on every development row (inner slice at its end; with ``panel``, plus the pooled rows up to its
+    end), save the model, score the holdout."""
+    panel = panel or []
+    frame, data, n_target = _dataset(inputs, feature_set, panel)
     horizons = inputs.horizons
     model = make_model(model_name, params, data.feature_names, horizons)
     attach_progress(model, f"{model_name} refit")
-    result = train_fold(model, data, load_folds(inputs.folds).refit, collapse_std=inputs.collapse_std)
+    result = train_fold(
+        model, data, load_folds(inputs.folds).refit, collapse_std=inputs.collapse_std, n_target=n_target
+    )
     folder = cache_dir(out_dir, "models", current_key()) / model_name
     with tempfile.TemporaryDirectory(prefix=f"macd-ml-{model_name}-") as scratch:
         # the libraries write their own formats into a scratch folder; the store then writes each file
@@ -111,7 +151,7 @@ def refit_task(
         model=model_name,
         files=files,
         holdout=holdout,
-        summary=_summary(model, result),
+        summary=_summary(model, result, panel),
         seconds=round(model.info.seconds, 3),
     )
 

@@ -32,7 +32,8 @@ SMALL = [
     "--set",
     "models.lstm.max_train_rows=1000",
 ]
-TASK_RUNS = {f"{m}-fold{k}" for m in MODELS for k in range(N_FOLDS)} | {f"{m}-refit" for m in MODELS}
+TRAINED = [*MODELS, "reference"]  # the reference model trains in every run, by the same tasks
+TASK_RUNS = {f"{m}-fold{k}" for m in TRAINED for k in range(N_FOLDS)} | {f"{m}-refit" for m in TRAINED}
 
 # Loaded by every Dask worker process at start-up (distributed.worker.preload accepts a script's text): it records,
 # per worker process, each log line of a Prefect task run (the run's name comes with every record of the run

@@ -55,11 +55,16 @@ def test_run_folder_contract(small_market_dir, tmp_path):
             r["n_oof"] == metrics["models"]["lgb"][h]["n_oof"] and r["n_test"] == metrics["models"]["lgb"][h]["n_test"]
         )
         assert 0 <= r["oof_auc"] <= 1 and 0 <= r["test_auc"] <= 1
-    table = pl.read_parquet(run / "reference_predictions.parquet")
+        assert {k: v for k, v in r.items() if k != "test_se"} == metrics["models"]["reference"][h]
+        # trained by the same tasks as the base models, saved, exported and in the stack's choice
+        assert "reference" in metrics["meta"][h]["models"] or metrics["meta"][h]["shipped"] != "mean"
+        assert "reference" in metrics["diversity"][h]["models"]
+    assert (run / "models" / "reference" / "reference_meta.json").is_file()
+    assert (run / "onnx" / "reference.onnx").is_file()
     holdout = pl.read_parquet(run / "holdout_predictions.parquet")
-    assert set(table.filter(pl.col("fold") == -1)["row"]) == set(holdout["row"])
+    assert holdout["reference_h5"].null_count() == 0
     report = (run / "report.md").read_text()
-    assert "| *reference* |" in report and "## Model card" in report
+    assert "| reference |" in report and "## Model card" in report
     for h in ("5", "12", "24"):
         assert f"**h={h}: {metrics['meta'][h]['shipped']}**" in report
 

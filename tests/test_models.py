@@ -139,6 +139,38 @@ def test_augmentation_runs_and_is_off_by_default(fitted):
     assert np.isfinite(result.predictions).all()
 
 
+@pytest.mark.parametrize("name", ["lstm", "tft"])
+def test_early_stopping_on_auc_restores_the_best_auc_epoch_after_min_epochs(fitted, name):
+    data, folds, _ = fitted
+    cfg = fast_config(
+        **{name: {"max_epochs": 6, "max_train_rows": 3_000, "patience": 1, "min_epochs": 4, "early_stop_metric": "auc"}}
+    )
+    model, result = _fit(name, data, folds.folds[0], cfg)
+    extra = model.info.extra
+    history = extra["history"]
+    assert len(history) >= 4  # patience 1 could have stopped after epoch 2; min_epochs holds it to 4
+    aucs = [e["early_stop_auc"] for e in history]
+    assert extra["best_epoch"] == 1 + int(np.argmax(aucs))  # first epoch with the highest inner-slice AUC
+    # the restored weights are that epoch's: the inner slice scores its AUC again
+    es = Rows.span(folds.folds[0].early_stop.start, folds.folds[0].early_stop.stop)
+    y = data.labels[es.idx]
+    again = np.mean([auc(y[:, j], model.predict(data, es)[:, j]) for j in range(len(HORIZONS))])
+    assert again == pytest.approx(max(aucs), abs=1e-4)
+    loss_cfg = fast_config(**{name: {"max_epochs": 6, "max_train_rows": 3_000, "early_stop_metric": "loss"}})
+    loss_model, _ = _fit(name, data, folds.folds[0], loss_cfg)
+    losses = [e["early_stop_loss"] for e in loss_model.info.extra["history"]]
+    assert loss_model.info.extra["best_epoch"] == 1 + int(np.argmin(losses))
+    assert "early_stop_auc" not in loss_model.info.extra["history"][0]
+
+
+def test_the_tft_stops_on_auc_by_default_and_the_lstm_on_loss():
+    from macd_ml.models.registry import ModelsConfig
+
+    cfg = ModelsConfig()
+    assert (cfg.tft.early_stop_metric, cfg.tft.min_epochs) == ("auc", 3)
+    assert (cfg.lstm.early_stop_metric, cfg.lstm.min_epochs) == ("loss", 1)
+
+
 def test_focal_loss_option(fitted):
     data, folds, _ = fitted
     cfg = fast_config(lstm={"max_epochs": 2, "max_train_rows": 3_000, "loss": "focal"})

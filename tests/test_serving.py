@@ -243,7 +243,8 @@ def test_predict_equals_the_runs_own_holdout_predictions(run, bundle_bytes, mark
     assert code == 0, err
     lines = [json.loads(x) for x in stdout.strip().splitlines()]
     assert len(lines) == 120 and all(x["path"] == "stacked" for x in lines)
-    assert set(lines[-1]["models"]) == {"lgb", "xgb", "lstm"} and set(lines[-1]["base"]) == {"lgb", "xgb", "lstm"}
+    every = {"lgb", "xgb", "lstm", "reference"}  # the reference model ships in every bundle as a base model
+    assert set(lines[-1]["models"]) == every and set(lines[-1]["base"]) == every
     own = pl.read_parquet(folder / "shipped_holdout.parquet")
     got = pl.DataFrame({"timestamp": [x["time"] for x in lines], "p": [x["probabilities"]["5"] for x in lines]})
     got = got.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC", time_unit="us"))
@@ -327,8 +328,9 @@ def test_each_fallback_path(bundle_bytes, market):
     # the reference symbol's newest bar is missing: the LSTM (all features) cannot score, the trees (own) can
     no_btc = {**frames, "BTCUSDT": frames["BTCUSDT"].head(frames["BTCUSDT"].height - 1)}
     (bar,) = scorer.score(no_btc)
-    assert bar.path == "mean" and set(bar.models) == {"lgb", "xgb"} and "lstm" in bar.reason, bar
-    assert bar.probabilities["5"] == pytest.approx(np.mean([bar.base["lgb"]["5"], bar.base["xgb"]["5"]]))
+    trees = {"lgb", "xgb", "reference"}
+    assert bar.path == "mean" and set(bar.models) == trees and "lstm" in bar.reason, bar
+    assert bar.probabilities["5"] == pytest.approx(np.mean([bar.base[m]["5"] for m in trees]))
 
     # one tree's graph fails: the other scores alone
     broken = Scorer(read_bundle(bundle_bytes))
@@ -338,12 +340,13 @@ def test_each_fallback_path(bundle_bytes, market):
             raise RuntimeError("ONNX exploded")
 
     broken.models["xgb"].session = Fails()
+    broken.models["reference"].session = Fails()
     (bar,) = broken.score(no_btc)
     assert bar.path == "single" and bar.models == ["lgb"] and "ONNX error" in bar.reason, bar
 
     # stacking off (the old ML_ENABLE_STACKING=0): the mean of every model, never the stacked path
     (bar,) = Scorer(read_bundle(bundle_bytes), stacking=False).score(frames)
-    assert bar.path == "mean" and len(bar.models) == 3 and bar.reason == "stacking is off"
+    assert bar.path == "mean" and len(bar.models) == 4 and bar.reason == "stacking is off"
 
     # the newest bar is inside the warm-up after an outage: nothing can score, and the bar says why
     eth = frames["ETHUSDT"]
@@ -369,7 +372,9 @@ def test_shadow_replay_then_report(bundle_bytes, market, tmp_path):
     assert code == 0, err
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(lines) == 60 and all(x["path"] == "stacked" and x["error"] is None for x in lines)
-    assert all(x["latency_ms"] > 0 and x["run_id"] and set(x["base"]) == {"lgb", "xgb", "lstm"} for x in lines)
+    assert all(
+        x["latency_ms"] > 0 and x["run_id"] and set(x["base"]) == {"lgb", "xgb", "lstm", "reference"} for x in lines
+    )
     code, stdout, _ = run_cli(
         [
             "shadow-report",
