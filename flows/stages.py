@@ -87,7 +87,8 @@ def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict[
     outcome = stack_all(
         r["oof"],
         r["holdout"],
-        config.stack_models(),
+        # a run from before the reference trained as a base model has no reference columns to stack
+        [name for name in config.stack_models() if name in m.models],
         m.horizons,
         config.stacking,
         r["folds"]["embargo_hours"],

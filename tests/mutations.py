@@ -256,6 +256,32 @@ MUTATIONS = [
         ("tests/test_e2e_ui.py::test_ui_custom_run_completes_and_its_report_shows_its_plots",),
         "the UI's report artifact links its plots by relative path (broken images)",
     ),
+    Mutation(
+        "panel-after-fold-end",
+        "models/train.py",
+        "np.flatnonzero(data.timestamps[n_target:] <= last)",
+        "np.flatnonzero(data.timestamps[n_target:] <= data.timestamps[n_target:].max())",
+        ("tests/test_pooled.py::test_panel_rows_after_a_folds_end_change_nothing",),
+        "pooled training fits on panel rows at the time of the fold's test span (the market's move leaks in)",
+    ),
+    Mutation(
+        "reference-left-out",
+        "flows/config.py",
+        "return self.models.trained() if self.stacking.include_reference else list(self.models.enabled)",
+        "return list(self.models.enabled)",
+        (
+            "tests/test_reference.py::test_the_reference_always_trains_with_fixed_parameters_and_joins_the_stack_unless_left_out",
+        ),
+        "the reference model never joins the stack's choice, whatever stacking.include_reference says",
+    ),
+    Mutation(
+        "auc-stop-ignored",
+        "models/sequence.py",
+        "score = -es_loss if es_auc is None else es_auc",
+        "score = -es_loss",
+        ("tests/test_models.py::test_early_stopping_on_auc_restores_the_best_auc_epoch_after_min_epochs",),
+        "early_stop_metric=auc still picks the best epoch by loss",
+    ),
 ]
 
 
