@@ -227,7 +227,7 @@ def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_p
         free = shutil.disk_usage(out).free
         (out / "filler").write_bytes(b"\0" * max(0, free - 64_000))
         code, _, err = _cli(
-            ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=7"]
+            ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=5"]
         )
         assert code == 1 and "disk is full" in err, err
         assert store.current_run(out) == first

@@ -47,7 +47,7 @@ def test_rerunning_an_earlier_config_moves_current_back(market, tmp_path):
     out = tmp_path / "out"
     assert _retrain(market, out)[0] == 0
     a = store.current_run(out)
-    assert _retrain(market, out, "--set", "models.lgb.num_leaves=7")[0] == 0
+    assert _retrain(market, out, "--set", "models.lgb.num_leaves=5")[0] == 0
     b = store.current_run(out)
     assert a != b
     code, stdout, _ = _retrain(market, out)
@@ -99,13 +99,13 @@ def test_corrupted_cache_artifact_is_a_cache_miss(market, tmp_path):
     assert _retrain(market, out)[0] == 0
     (feat,) = (out / "cache" / "features").glob("*/features.parquet")
     _flip(feat)
-    code, _, err = _retrain(market, out, "--set", "models.lgb.num_leaves=7")
+    code, _, err = _retrain(market, out, "--set", "models.lgb.num_leaves=5")
     assert code == 0, err
     fr = latest_flow_run_id()
     states = task_states(fr)
     assert states["features"] == "Completed" and states["ingest"] == "Cached", states
     assert "\n".join(flow_logs(fr)).count(str(feat)) >= 1, "the log names the damaged file"
-    code, _, err = _retrain(market, out, "--set", "models.lgb.num_leaves=7")  # and it stays repaired
+    code, _, err = _retrain(market, out, "--set", "models.lgb.num_leaves=5")  # and it stays repaired
     assert code == 0 and task_states(latest_flow_run_id())["features"] == "Cached", err
 
 
