@@ -15,7 +15,7 @@ import sys
 import time
 import types
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +32,7 @@ from macd_ml.features.ingest import (
     load_market,
     read_candles,
     symbol_files,
+    validate_candles,
 )
 from macd_ml.features.segments import segment_ids
 from macd_ml.features.synth import synth_market
@@ -720,3 +721,45 @@ def test_real_eth_segments(real_market, tolerance, n_segments):
     before = f["timestamp"] == datetime(2023, 3, 24, 12, tzinfo=timezone.utc)
     after = f["timestamp"] == datetime(2023, 3, 24, 14, tzinfo=timezone.utc)
     assert (seg.filter(before)[0] != seg.filter(after)[0]) == (tolerance == 0)
+
+
+# --------------------------------------------------------------------------------------------- time layouts
+
+_LAYOUTS = {
+    "iso-offset": lambda t: t.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+    "iso-z": lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "iso-lower-z": lambda t: t.strftime("%Y-%m-%dT%H:%M:%Sz"),
+    "iso-fraction-z": lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+    "space-naive": lambda t: t.strftime("%Y-%m-%d %H:%M:%S"),
+    "space-minutes": lambda t: t.strftime("%Y-%m-%d %H:%M"),
+    "other-offset": lambda t: (t.astimezone(timezone(timedelta(hours=2)))).strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "colon-offset": lambda t: (t.astimezone(timezone(timedelta(hours=-5)))).isoformat(),
+}
+
+
+@pytest.mark.parametrize("layout", [*_LAYOUTS, "mixed"])
+def test_one_layout_parse_equals_the_every_layout_parse(layout):
+    """The fast path (the first value's layout, one parse) gives exactly what trying every layout per row gives;
+    a file that mixes layouts falls back to the per-row parse."""
+    from macd_ml.features.ingest import _parse_any_format, _parse_one_format
+
+    t0 = datetime(2022, 3, 27, 0, 0, tzinfo=timezone.utc)
+    times = [t0 + timedelta(hours=i) for i in range(300)]
+    if layout == "mixed":
+        fns = list(_LAYOUTS.values())
+        text = pl.Series([fns[i % len(fns)](t) for i, t in enumerate(times)])
+    else:
+        text = pl.Series([_LAYOUTS[layout](t) for t in times])
+    general = _parse_any_format(text)
+    fast = _parse_one_format(text)
+    assert general.null_count() == 0
+    if layout == "mixed":
+        assert fast is None
+    elif fast is not None:  # every layout but a lower-case z has a fast path
+        assert fast.equals(general) and fast.dtype == general.dtype
+    else:
+        assert layout == "iso-lower-z"
+    assert pl.Series(times).dt.cast_time_unit("us").equals(general, check_names=False)
+    # and through a file, whatever the path taken
+    frame = pl.DataFrame({"timestamp": text, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0})
+    assert validate_candles(frame, "<layouts>")["timestamp"].equals(general, check_names=False)
