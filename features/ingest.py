@@ -303,9 +303,8 @@ def _parse_time(df: pl.DataFrame, source: Path | str) -> pl.DataFrame:
             as_int = digits.cast(pl.Int64, strict=False)
             ts = pl.select(_epoch_to_us(as_int).cast(pl.Datetime("us", "UTC"))).to_series()
         else:
-            ts = _parse_one_format(text)
-            if ts is None:
-                ts = _parse_any_format(text)
+            fast = _parse_one_format(text)
+            ts = fast if fast is not None else _parse_any_format(text)
     bad = ts.is_null()
     if bad.any():
         i = int(bad.arg_true()[0])
