@@ -37,11 +37,18 @@ class FeatureTable:
     rows_dropped: dict[str, int]
 
 
-def _own_exprs(spec: FeatureSpec) -> list[list[pl.Expr]]:
-    """Single-symbol features as stages of expressions (later stages read earlier columns)."""
+def _own_exprs(spec: FeatureSpec, over_segments: bool = False) -> list[list[pl.Expr]]:
+    """Single-symbol features as stages of expressions (later stages read earlier columns), for a frame that
+    holds one contiguous segment; with ``over_segments`` every window runs ``.over(segment)`` instead, for a frame
+    of many (the same numbers, slower: the form the per-segment build is tested against)."""
     c, h, lo, v = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
 
     def w(e: pl.Expr) -> pl.Expr:
+        return e.over(SEG) if over_segments else e
+
+    def w_std(e: pl.Expr) -> pl.Expr:
+        # polars computes a rolling std under ``.over`` with another kernel than without it (they differ in the
+        # last bits); keeping ``.over`` here keeps these columns bit-identical to the windows-over-segments form
         return e.over(SEG)
 
     stage1: list[pl.Expr] = [w(atr(h, lo, c, spec.atr_window)).alias("_atr")]
@@ -56,7 +63,7 @@ def _own_exprs(spec: FeatureSpec) -> list[list[pl.Expr]]:
         stage1.append((c / w(lo.rolling_min(n)) - 1.0).alias(f"dist_low_{n}"))
     logv = (v + 1.0).log()
     for n in spec.volume_z_windows:
-        stage1.append(w(zscore(logv, n)).alias(f"volz_{n}"))
+        stage1.append(w_std(zscore(logv, n)).alias(f"volz_{n}"))
     rng = h - lo
     stage1.append((rng / c).alias("range_pct"))
     stage1.append(pl.when(rng > 0).then((c - lo) / rng).otherwise(0.5).alias("close_in_range"))
@@ -72,7 +79,7 @@ def _own_exprs(spec: FeatureSpec) -> list[list[pl.Expr]]:
 
     stage2: list[pl.Expr] = [(pl.col("_atr") / c).alias("atr_pct")]
     for n in spec.vol_windows:
-        stage2.append(w(pl.col("ret_1").rolling_std(n)).alias(f"rvol_{n}"))
+        stage2.append(w_std(pl.col("ret_1").rolling_std(n)).alias(f"rvol_{n}"))
     for m in spec.macd:
         line = pl.col(f"_macd_{m.tag}")
         stage2.append(w(ema(line, m.signal)).alias(f"_sig_{m.tag}"))
@@ -98,10 +105,18 @@ def _own_exprs_for(spec_json: str) -> list[list[pl.Expr]]:
 
 
 def _own_lazy(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: int, keep_close: bool) -> pl.LazyFrame:
-    lf = candles.lazy().with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
-    for stage in _own_exprs_for(spec.model_dump_json()):
-        lf = lf.with_columns(stage)
-    lf = lf.with_columns(pl.int_range(pl.len()).over(SEG).alias("_bar"))
+    """One plan per contiguous segment (``partition_by``), concatenated in time order: a window never needs
+    ``.over(segment)``, which cost a third of the build on a million bars."""
+    with_seg = candles.with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
+    parts = with_seg.partition_by(SEG, maintain_order=True) if with_seg.height else [with_seg]
+    stages = _own_exprs_for(spec.model_dump_json())
+    plans = []
+    for part in parts:
+        lf = part.lazy()
+        for stage in stages:
+            lf = lf.with_columns(stage)
+        plans.append(lf.with_columns(pl.int_range(pl.len()).alias("_bar")))
+    lf = pl.concat(plans, how="vertical") if len(plans) > 1 else plans[0]
     names = lf.collect_schema().names()
     keep = [c for c in names if not c.startswith("_") and c not in ("open", "high", "low", "close", "volume")]
     return lf.select(*keep, "_bar", *([pl.col("close").alias("_close")] if keep_close else []))
@@ -195,7 +210,9 @@ def build_features(
     warm = full["_warm"].to_numpy()
     keep = warm & ~np.isnan(X).any(axis=1)
     complete = full.filter(pl.Series(keep)).select("timestamp", *names)
-    check_model_range(complete, names, market.target.path, X[keep])
+    # one pass over the whole matrix (NaN compares False); copying out the kept rows first cost 0.3 s a million
+    if (keep & (np.abs(X) > FLOAT32_MAX).any(axis=1)).any():
+        check_model_range(complete, names, market.target.path)  # finds and names the first such value
     n_warm = int(warm.sum())
     return FeatureTable(
         frame=complete,
