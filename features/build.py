@@ -37,10 +37,9 @@ class FeatureTable:
     rows_dropped: dict[str, int]
 
 
-def _own_exprs(spec: FeatureSpec, over_segments: bool = False) -> list[list[pl.Expr]]:
-    """Single-symbol features as stages of expressions (later stages read earlier columns), for a frame that
-    holds one contiguous segment; with ``over_segments`` every window runs ``.over(segment)`` instead, for a frame
-    of many (the same numbers, slower: the form the per-segment build is tested against)."""
+def _own_exprs(spec: FeatureSpec, over_segments: bool = True) -> list[list[pl.Expr]]:
+    """Single-symbol features as stages of expressions (later stages read earlier columns). Windows run
+    ``.over(segment)``; without ``over_segments`` they run plainly, for a frame that is one contiguous segment."""
     c, h, lo, v = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
 
     def w(e: pl.Expr) -> pl.Expr:
@@ -48,7 +47,7 @@ def _own_exprs(spec: FeatureSpec, over_segments: bool = False) -> list[list[pl.E
 
     def w_std(e: pl.Expr) -> pl.Expr:
         # polars computes a rolling std under ``.over`` with another kernel than without it (they differ in the
-        # last bits); keeping ``.over`` here keeps these columns bit-identical to the windows-over-segments form
+        # last bits); keeping ``.over`` here keeps the plain form bit-identical to the ``.over`` form
         return e.over(SEG)
 
     stage1: list[pl.Expr] = [w(atr(h, lo, c, spec.atr_window)).alias("_atr")]
@@ -98,25 +97,24 @@ def _own_exprs(spec: FeatureSpec, over_segments: bool = False) -> list[list[pl.E
 
 
 @functools.lru_cache(maxsize=16)
-def _own_exprs_for(spec_json: str) -> list[list[pl.Expr]]:
+def _own_exprs_for(spec_json: str, over_segments: bool) -> list[list[pl.Expr]]:
     """The expressions of one spec, built once per process (building them costs more than running them on the
     few hundred bars a bot scores)."""
-    return _own_exprs(FeatureSpec.model_validate_json(spec_json))
+    return _own_exprs(FeatureSpec.model_validate_json(spec_json), over_segments)
 
 
 def _own_lazy(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: int, keep_close: bool) -> pl.LazyFrame:
-    """One plan per contiguous segment (``partition_by``), concatenated in time order: a window never needs
-    ``.over(segment)``, which cost a third of the build on a million bars."""
+    """One contiguous segment runs its windows plainly; several run them ``.over(segment)``. The plain form saves
+    a third of the time on a million bars without a gap; one plan per segment instead would cost ~20 ms of
+    planning per segment (2.8 s for 124 segments of real candles, against 0.03 s with ``.over``). Both forms give
+    the same numbers bit for bit (tested)."""
     with_seg = candles.with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
-    parts = with_seg.partition_by(SEG, maintain_order=True) if with_seg.height else [with_seg]
-    stages = _own_exprs_for(spec.model_dump_json())
-    plans = []
-    for part in parts:
-        lf = part.lazy()
-        for stage in stages:
-            lf = lf.with_columns(stage)
-        plans.append(lf.with_columns(pl.int_range(pl.len()).alias("_bar")))
-    lf = pl.concat(plans, how="vertical") if len(plans) > 1 else plans[0]
+    over = with_seg[SEG].n_unique() > 1
+    lf = with_seg.lazy()
+    for stage in _own_exprs_for(spec.model_dump_json(), over):
+        lf = lf.with_columns(stage)
+    bar = pl.int_range(pl.len())
+    lf = lf.with_columns((bar.over(SEG) if over else bar).alias("_bar"))
     names = lf.collect_schema().names()
     keep = [c for c in names if not c.startswith("_") and c not in ("open", "high", "low", "close", "volume")]
     return lf.select(*keep, "_bar", *([pl.col("close").alias("_close")] if keep_close else []))

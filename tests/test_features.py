@@ -560,18 +560,25 @@ def test_flat_volume_gives_zero_zscores():
     assert (early["volz_24"] != 0.0).any()  # the varying part still gives real z-scores
 
 
-def test_per_segment_build_is_bit_identical_to_windows_over_segments():
-    """The build runs each contiguous segment as its own plan (no ``.over``); the same expressions with every
-    window ``.over(segment)`` on the whole frame give exactly the same numbers, across several gaps."""
+def test_plain_windows_on_one_segment_are_bit_identical_to_windows_over_segments():
+    """One contiguous segment runs its windows without ``.over``; several run them ``.over(segment)``. The two
+    forms give the same numbers bit for bit: each segment of a gappy market built alone (plain) equals its rows in
+    the build of the whole market (over), and a gapless market built plainly equals the ``.over`` form."""
     from macd_ml.features.build import SEG, _own_exprs, _own_lazy
 
-    m = synth_market(("ETHUSDT",), hours=6_000, seed=9, gaps=4)["ETHUSDT"]
     spec = FeatureSpec()
-    got = _own_lazy(m, spec, 1, keep_close=True).collect()
-    lf = m.lazy().with_columns(segment_ids(m["timestamp"], 1))
+    gappy = synth_market(("ETHUSDT",), hours=6_000, seed=9, gaps=4)["ETHUSDT"]
+    whole = _own_lazy(gappy, spec, 1, keep_close=True).collect()
+    assert whole[SEG].n_unique() >= 3
+    seg = segment_ids(gappy["timestamp"], 1)
+    for k in range(seg.n_unique()):
+        alone = _own_lazy(gappy.filter(seg == k), spec, 1, keep_close=True).collect()
+        assert alone.drop(SEG).equals(whole.filter(pl.col(SEG) == k).drop(SEG))  # null where null, bits elsewhere
+
+    flat = synth_market(("ETHUSDT",), hours=3_000, seed=4)["ETHUSDT"]
+    plain = _own_lazy(flat, spec, 1, keep_close=True).collect()
+    lf = flat.lazy().with_columns(segment_ids(flat["timestamp"], 1))
     for stage in _own_exprs(spec, over_segments=True):
         lf = lf.with_columns(stage)
     lf = lf.with_columns(pl.int_range(pl.len()).over(SEG).alias("_bar"), pl.col("close").alias("_close"))
-    want = lf.select(got.columns).collect()
-    assert got[SEG].n_unique() >= 3
-    assert got.equals(want)  # null where null, bit for bit elsewhere
+    assert plain[SEG].n_unique() == 1 and plain.equals(lf.select(plain.columns).collect())
