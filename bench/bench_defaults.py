@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from macd_ml.features.build import build_features  # noqa: E402
 from macd_ml.features.ingest import load_market, symbol_files  # noqa: E402
-from macd_ml.features.labels import make_labels  # noqa: E402
+from macd_ml.features.labels import align_labels, make_labels  # noqa: E402
 from macd_ml.features.splits import FoldSpec, make_folds  # noqa: E402
 from macd_ml.models.registry import ModelsConfig, make_model, select_features  # noqa: E402
 from macd_ml.models.train import auc_within, build_dataset, pool, train_fold  # noqa: E402
@@ -65,7 +65,7 @@ def _table(data_dir: str, symbol: str, cross: str):
     market = load_market(data_dir, symbol, [cross])
     table = build_features(market)
     labels = make_labels(market.target.frame, HORIZONS)
-    labels = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    labels = align_labels(table.frame, labels)
     return table, labels
 
 

@@ -36,7 +36,7 @@ def main() -> int:
 
     from macd_ml.features.build import build_features
     from macd_ml.features.ingest import Candles, Market
-    from macd_ml.features.labels import make_labels
+    from macd_ml.features.labels import align_labels, make_labels
     from macd_ml.features.splits import FoldSpec, make_folds
     from macd_ml.features.synth import synth_market
     from macd_ml.models.base import Rows
@@ -60,7 +60,7 @@ def main() -> int:
     market = Market(Candles("ETHUSDT", None, "e", m["ETHUSDT"]), (Candles("BTCUSDT", None, "b", m["BTCUSDT"]),))
     table = build_features(market)
     labels = make_labels(m["ETHUSDT"], horizons)
-    labels = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    labels = align_labels(table.frame, labels)
     data = build_dataset(table.frame, labels, table.names, horizons, 1)
     folds = make_folds(table.frame["timestamp"], horizons, FoldSpec())
     fold = folds.refit

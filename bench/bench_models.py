@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from macd_ml.features.build import build_features  # noqa: E402
 from macd_ml.features.ingest import load_market  # noqa: E402
-from macd_ml.features.labels import make_labels  # noqa: E402
+from macd_ml.features.labels import align_labels, make_labels  # noqa: E402
 from macd_ml.features.splits import FoldSpec, make_folds  # noqa: E402
 from macd_ml.models.base import Rows  # noqa: E402
 from macd_ml.models.device import cpu_threads, torch_device  # noqa: E402
@@ -49,7 +49,7 @@ def main() -> int:
     market = load_market(args.data, "ETHUSDT", ["BTCUSDT"])
     table = build_features(market)
     labels = make_labels(market.target.frame, HORIZONS)
-    labels = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    labels = align_labels(table.frame, labels)
     data = build_dataset(table.frame, labels, table.names, HORIZONS, 1)
     folds = make_folds(table.frame["timestamp"], HORIZONS, FoldSpec(n_folds=args.folds))
     cfg = ModelsConfig()

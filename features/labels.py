@@ -48,3 +48,8 @@ def make_labels(
             pl.when(valid).then(r).otherwise(None).alias(fwd_return_name(h)),
         ).drop("_fc", "_fs")
     return out.drop("close", "segment")
+
+
+def align_labels(features: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """The labels of exactly the feature table's rows, in its order (a row without a label gets nulls)."""
+    return features.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")

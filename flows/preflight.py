@@ -23,7 +23,7 @@ import polars as pl
 from macd_ml.features.build import build_features
 from macd_ml.features.errors import ConfigError
 from macd_ml.features.ingest import Candles, Market, default_cross, load_market, panel_symbols
-from macd_ml.features.labels import label_name, make_labels
+from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.splits import Folds, make_folds
 from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import RetrainConfig
@@ -78,7 +78,7 @@ def preflight(config: RetrainConfig) -> Shape:
         dead_zone_bps=config.dead_zone_bps,
         gap_tolerance_hours=config.gap_tolerance_hours,
     )
-    y = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    y = align_labels(table.frame, labels)
     for h in config.horizons:
         if y[label_name(h)].drop_nulls().len() == 0:
             raise ConfigError(

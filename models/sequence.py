@@ -116,14 +116,14 @@ def masked_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, gamma: float) 
     return (bce * mask).sum() / mask.sum().clamp(min=1)
 
 
-def mean_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean over horizons (columns) of the AUC on rows with a defined label; 0.5 for a horizon with one class."""
+def head_aucs(y: np.ndarray, p: np.ndarray) -> list[float]:
+    """Per horizon (column): the AUC on rows with a defined label; 0.5 for a horizon with one class."""
     scores = []
     for j in range(y.shape[1]):
         ok = ~np.isnan(y[:, j])
         yj = y[ok, j]
         scores.append(float(roc_auc_score(yj, p[ok, j])) if ok.sum() > 1 and 0 < yj.mean() < 1 else 0.5)
-    return float(np.mean(scores))
+    return scores
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ class SequenceModel(Model):
                 count += len(r)
             es_logits = self._predict_logits(Xn, es_idx, seg, device)
             es_loss = float(masked_loss(torch.from_numpy(es_logits), Y[es_idx], "bce", 0.0))
-            es_auc = mean_auc(es_y, es_logits) if p.early_stop_metric == "auc" else None
+            es_auc = float(np.mean(head_aucs(es_y, es_logits))) if p.early_stop_metric == "auc" else None
             score = -es_loss if es_auc is None else es_auc
             history.append({"epoch": epoch, "train_loss": total / max(count, 1), "early_stop_loss": es_loss})
             if es_auc is not None:
@@ -297,12 +297,7 @@ class SequenceModel(Model):
         self.net.load_state_dict(best_state)  # best-epoch restore
         self.net.to("cpu").eval()
         es_prob = 1 / (1 + np.exp(-self._predict_logits(Xn, es_idx, seg, "cpu")))
-        head_auc = {}
-        for j, h in enumerate(self.horizons):
-            y = data.labels[es_idx, j]
-            ok = ~np.isnan(y)
-            both = ok.sum() > 1 and 0 < y[ok].mean() < 1
-            head_auc[str(h)] = float(roc_auc_score(y[ok], es_prob[ok, j])) if both else 0.5
+        head_auc = {str(h): a for h, a in zip(self.horizons, head_aucs(es_y, es_prob))}
         self.best_head = int(max(self.horizons, key=lambda h: head_auc[str(h)]))
         self.info.best_iteration = {str(h): best_epoch for h in self.horizons}
         self.info.device = device

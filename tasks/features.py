@@ -10,7 +10,7 @@ from prefect import get_run_logger
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
 from macd_ml.features.build import build_features
-from macd_ml.features.labels import label_name, make_labels
+from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec, check_folds, make_folds
 from macd_ml.tasks.policy import current_key
@@ -53,8 +53,7 @@ def labels_task(
     """Labels for exactly the feature table's rows (same order)."""
     candles = reload_market(market).target.frame
     labels = make_labels(candles, horizons, dead_zone_bps=dead_zone_bps, gap_tolerance_hours=gap_tolerance_hours)
-    rows = read_parquet(features.data).select("timestamp")
-    aligned = rows.join(labels, on="timestamp", how="left", maintain_order="left")
+    aligned = align_labels(read_parquet(features.data), labels)
     ref = write_parquet(cache_dir(out_dir, "labels", current_key()) / "labels.parquet", aligned)
     log = get_run_logger()
     for h in horizons:

@@ -8,7 +8,7 @@ import numpy as np
 
 from macd_ml.features.build import build_features
 from macd_ml.features.ingest import Candles, Market
-from macd_ml.features.labels import make_labels
+from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
 from macd_ml.features.synth import synth_market
 from macd_ml.models.registry import ModelsConfig
@@ -28,7 +28,7 @@ def synthetic_dataset(hours: int = 12_000, seed: int = 2, signal: float = 2.0, n
     market = Market(Candles("ETHUSDT", None, "e", m["ETHUSDT"]), (Candles("BTCUSDT", None, "b", m["BTCUSDT"]),))
     table = build_features(market)
     labels = make_labels(m["ETHUSDT"], HORIZONS)
-    labels = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    labels = align_labels(table.frame, labels)
     data = build_dataset(table.frame, labels, table.names, HORIZONS, 1)
     folds = make_folds(table.frame["timestamp"], HORIZONS, FoldSpec(n_folds=n_folds))
     return table, data, folds

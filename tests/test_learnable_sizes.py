@@ -16,7 +16,7 @@ import pytest
 
 from macd_ml.features.build import build_features
 from macd_ml.features.ingest import Candles, Market
-from macd_ml.features.labels import make_labels
+from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
 from macd_ml.features.synth import synth_market
 from macd_ml.models.registry import ModelsConfig, make_model, select_features
@@ -35,7 +35,7 @@ def _scores(hours: int, seed: int, gaps: int, signal: float) -> dict[str, dict]:
     market = Market(Candles("ETHUSDT", None, "e", m["ETHUSDT"]), (Candles("BTCUSDT", None, "b", m["BTCUSDT"]),))
     table = build_features(market)
     labels = make_labels(m["ETHUSDT"], HORIZONS)
-    labels = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    labels = align_labels(table.frame, labels)
     data = build_dataset(table.frame, labels, table.names, [H], 1)
     folds = make_folds(table.frame["timestamp"], HORIZONS, FoldSpec())
     cfg = ModelsConfig()

@@ -12,7 +12,7 @@ import pytest
 from macd_ml.features.build import build_features
 from macd_ml.features.errors import ConfigError
 from macd_ml.features.ingest import load_market, panel_symbols
-from macd_ml.features.labels import make_labels
+from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import make_folds
 from macd_ml.features.synth import synth_market, write_market
 from macd_ml.flows.config import RetrainConfig, load_config
@@ -29,7 +29,7 @@ def _dataset(data_dir: Path, symbol: str, cross: list[str], names: list[str] | N
     market = load_market(data_dir, symbol, cross)
     table = build_features(market)
     labels = make_labels(market.target.frame, H)
-    labels = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    labels = align_labels(table.frame, labels)
     return build_dataset(table.frame, labels, names or own_features(table.names), H, 1)
 
 

@@ -13,7 +13,7 @@ import pytest
 from macd_ml.features.build import build_features
 from macd_ml.features.errors import ConfigError
 from macd_ml.features.ingest import Candles, Market
-from macd_ml.features.labels import label_name, make_labels
+from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
 from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import load_config
@@ -48,7 +48,7 @@ def _inputs(hours=3_000, signal=1.0, seed=5):
     market = Market(Candles("ETHUSDT", None, "e", m["ETHUSDT"]), (Candles("BTCUSDT", None, "b", m["BTCUSDT"]),))
     table = build_features(market)
     labels = make_labels(m["ETHUSDT"], [5, 12, 24])
-    labels = table.frame.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    labels = align_labels(table.frame, labels)
     folds = make_folds(table.frame["timestamp"], [5, 12, 24], FoldSpec(n_folds=3))
     return table.frame, labels, folds
 
