@@ -398,10 +398,14 @@ def test_ui_retry_reruns_only_the_failed_write(stack, page, candles):
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     failed_state = failed["state"]["id"]
     confirm = page.get_by_role("dialog").get_by_role("button", name="Retry")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     def retry_accepted() -> bool:
         if confirm.is_visible():  # some UI versions ask again in a dialog
-            confirm.click()
+            try:  # the dialog may close (or re-render) between the check and the click; the next round looks again
+                confirm.click(timeout=2000)
+            except PlaywrightTimeout:
+                pass
         return stack.flow_run(run_id)["state"]["id"] != failed_state
 
     assert _click_until(page, page.get_by_role("button", name="Retry").first, retry_accepted, timeout=60), (
