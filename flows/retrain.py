@@ -43,7 +43,7 @@ from macd_ml.models.device import cuda_available, parallel_tasks
 from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
 from macd_ml.models.metrics import Decision, Metrics, metrics_schema
 from macd_ml.models.reference import reference_scores
-from macd_ml.models.registry import SEQUENCE_MODELS
+from macd_ml.models.registry import FIT_COST, SEQUENCE_MODELS
 from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task
 from macd_ml.tasks.features import features_task, folds_task, labels_task
@@ -148,21 +148,28 @@ def _panel(config: RetrainConfig, market: MarketRef, cached: dict, out: str) -> 
 def _train(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember], out: str, cached: dict):
     """Submit every (model, fold) task and every refit at once; the task runner bounds the parallelism: the flow's
     thread pool, or a Dask cluster with ``scale.runner = "dask"`` (flows/scale.py; the same tasks and options).
-    Models in ``models.pooled`` also get the panel."""
+    Models in ``models.pooled`` also get the panel. Longest first (the costliest model's refit, then its latest,
+    largest folds): the pool's FIFO queue then ends on short tasks instead of one long one on an idle core."""
     m = config.models
-    fold_futures, refit_futures = [], []
+    n_folds = config.folds.n_folds
+    jobs = [(name, k) for name in m.trained() for k in [*range(n_folds), None]]  # fold k; None = the refit
+    order = sorted(jobs, key=lambda j: (-FIT_COST[j[0]], -(n_folds if j[1] is None else j[1])))
+    futures = {}
     with scale.task_runner(config.scale) as runner:
-        for name in m.trained():
+        for name, k in order:
             opts = {**cached, "tags": ["gpu"] if name in SEQUENCE_MODELS else ["cpu"]}
             common: dict[str, Any] = dict(
                 params=m.params_for(name), feature_set=m.feature_set(name), inputs=inputs, out_dir=out
             )
             if name in m.pooled:
                 common["panel"] = panel
-            for k in range(config.folds.n_folds):
-                fold_futures.append(scale.submit(runner, fit_fold_task.with_options(**opts), name, fold=k, **common))
-            refit_futures.append(scale.submit(runner, refit_task.with_options(**opts), name, **common))
-        return [f.result() for f in fold_futures], [f.result() for f in refit_futures]
+            if k is None:
+                futures[name, k] = scale.submit(runner, refit_task.with_options(**opts), name, **common)
+            else:
+                futures[name, k] = scale.submit(runner, fit_fold_task.with_options(**opts), name, fold=k, **common)
+        folds = [futures[j].result() for j in jobs if j[1] is not None]
+        refits = [futures[j].result() for j in jobs if j[1] is None]
+        return folds, refits
 
 
 def _metrics(config, market, feats, labels, folds, tables, training, refits, stack: StackResult) -> Metrics:

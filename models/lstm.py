@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from macd_ml.models.sequence import SequenceModel, SequenceParams
+from macd_ml.models.sequence import SeededDropout, SequenceModel, SequenceParams
 
 
 class LSTMNet(nn.Module):
@@ -15,7 +15,7 @@ class LSTMNet(nn.Module):
         super().__init__()
         self.inp = nn.Linear(n_features, hidden)
         self.encoder = nn.LSTM(hidden, hidden, batch_first=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = SeededDropout(dropout)
         self.heads = nn.Linear(hidden, n_horizons)  # one logit per horizon
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, F) -> (B, H) logits

@@ -24,6 +24,10 @@ MODEL_CLASSES: dict[str, type[Model]] = {
     REFERENCE: ReferenceModel,
 }
 SEQUENCE_MODELS = ("lstm", "tft")
+# Rough fit seconds per fold at the defaults, relative (this CPU, real candles, issue 14's timings.json): only
+# the order matters. The flow submits the costliest tasks first so the last task to finish is a short one.
+FIT_COST = {"tft": 20.0, "lstm": 5.0, "lgb_cross": 2.0, "xgb": 1.0, "lgb": 1.0, REFERENCE: 0.5}
+assert set(FIT_COST) == set(MODEL_CLASSES), "FIT_COST must list MODEL_CLASSES"
 
 FeatureSet = Literal["own", "all"]
 # what a training task is told to read: a user's choice for the five, the fixed small set for the reference

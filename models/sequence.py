@@ -34,6 +34,7 @@ from torch import nn
 
 from macd_ml.artifacts.store import read_json, write_json
 from macd_ml.features.form import OptionalRows, optional_field
+from macd_ml.features.segments import window_index
 from macd_ml.models.base import Dataset, Model, Rows
 from macd_ml.models.device import configure_torch_threads, torch_device
 
@@ -70,13 +71,6 @@ class SequenceParams(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-def window_index(rows: np.ndarray, segment_start: np.ndarray, window: int) -> np.ndarray:
-    """(len(rows), window) row indices: the window ending at each row, clamped at its segment start."""
-    offsets = np.arange(-(window - 1), 1, dtype=np.int64)
-    idx = rows[:, None] + offsets[None, :]
-    return np.maximum(idx, segment_start[rows][:, None])
 
 
 def fit_normaliser(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,10 +141,26 @@ EpochCallback = Callable[[EpochInfo], None]
 # --------------------------------------------------------------------------------------------- model
 
 
-# torch's RNG (weight init, dropout) is process-global: two fits interleaving in threads would draw from it in
-# an order that changes run to run. One sequence fit at a time per process keeps a seed's result reproducible
-# (and a GPU has one `gpu`-tagged task at a time anyway).
-_FIT_LOCK = threading.Lock()
+# torch's RNG is process-global: two fits in two threads drawing from it would interleave in an order that changes
+# run to run. So a fit draws its initial weights under this lock (a few ms), and everything random afterwards
+# (dropout masks, batch order, augmentation) from its own generators: fits run side by side, each reproducible.
+_INIT_LOCK = threading.Lock()
+
+
+class SeededDropout(nn.Module):
+    """``nn.Dropout`` whose masks come from ``generator`` (the fit's own) instead of torch's process-global RNG.
+    With no generator it uses the global one; in eval mode it is the identity (and exports to ONNX as nothing)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None  # set by SequenceModel._build; not part of the state dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep / (1 - self.p)
 
 
 class SequenceModel(Model):
@@ -206,16 +216,22 @@ class SequenceModel(Model):
                 out.append(self._forward(xb, device).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.horizons)), np.float32)
 
-    def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "SequenceModel":
-        with _FIT_LOCK:
-            return self._fit(data, fit_rows, early_stop_rows)
+    def _build(self, device: str) -> nn.Module:
+        """The initial net for this seed, its dropout wired to a generator of its own (see ``_INIT_LOCK``)."""
+        with _INIT_LOCK:
+            torch.manual_seed(self.params.seed)
+            net = self.build_net()
+        dropout_gen = torch.Generator(device=device).manual_seed(self.params.seed + 1)
+        for module in net.modules():
+            if isinstance(module, SeededDropout):
+                module.generator = dropout_gen
+        return net.to(device)
 
-    def _fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "SequenceModel":
+    def fit(self, data: Dataset, fit_rows: Rows, early_stop_rows: Rows) -> "SequenceModel":
         p: SequenceParams = self.params
         t0 = time.perf_counter()
         configure_torch_threads()
         device = torch_device(p.device)
-        torch.manual_seed(p.seed)
         np_rng = np.random.default_rng(p.seed)
         gen = torch.Generator().manual_seed(p.seed)
 
@@ -232,7 +248,7 @@ class SequenceModel(Model):
         seg = data.segment_start
         Y = torch.from_numpy(data.labels.astype(np.float32))
 
-        self.net = self.build_net().to(device)
+        self.net = self._build(device)
         opt = torch.optim.AdamW(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         es_y = data.labels[es_idx]
         # higher is better for both: the negated loss, or the AUC

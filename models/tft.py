@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from macd_ml.models.sequence import SequenceModel, SequenceParams
+from macd_ml.models.sequence import SeededDropout, SequenceModel, SequenceParams
 
 
 class GLU(nn.Module):
@@ -41,7 +41,7 @@ class GRN(nn.Module):
         self.skip = nn.Linear(d_in, d_out) if d_in != d_out else nn.Identity()
         self.fc1 = nn.Linear(d_in, d_hidden)
         self.fc2 = nn.Linear(d_hidden, d_hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = SeededDropout(dropout)
         self.gate = GLU(d_hidden, d_out)
         self.norm = nn.LayerNorm(d_out)
 
@@ -78,7 +78,7 @@ class InterpretableAttention(nn.Module):
         self.k = nn.Linear(d_model, self.d_head * n_heads)
         self.v = nn.Linear(d_model, self.d_head)
         self.out = nn.Linear(self.d_head, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = SeededDropout(dropout)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """``query`` holds the last Lq bars of ``memory`` (B, L, d); each query bar attends to bars <= itself."""

@@ -145,6 +145,14 @@ MUTATIONS = [
         "time warp does nothing",
     ),
     Mutation(
+        "dropout-global-rng",
+        "models/sequence.py",
+        "                module.generator = dropout_gen",
+        "                pass",
+        ("tests/test_models.py::test_sequence_fits_are_reproducible_under_threads",),
+        "dropout draws from torch's process-global RNG, so concurrent fits are not reproducible",
+    ),
+    Mutation(
         "direct-write",
         "artifacts/store.py",
         "tmp = dest.with_name(temp_name(dest.name))",
