@@ -108,8 +108,8 @@ def _onnx_scoring(model, data, hold) -> dict:
     """The exported LSTM (normalisation inside the graph) scored on the holdout with each provider that answers."""
     import onnxruntime as ort
 
+    from macd_ml.features.segments import window_index
     from macd_ml.models.onnx_export import input_window, sequence_onnx
-    from macd_ml.models.sequence import window_index
 
     graph = sequence_onnx(model).SerializeToString()
     w = input_window(model)

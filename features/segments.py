@@ -2,7 +2,7 @@
 
 A gap of more than ``gap_tolerance_hours`` missing hours starts a new segment; no indicator window, label or
 sequence window crosses a segment start. Features and labels use :func:`segment_ids` (polars); sequence models
-use :func:`segment_starts`, derived from the same ids.
+use :func:`segment_starts`, derived from the same ids, and :func:`window_index` to cut their windows.
 """
 
 from __future__ import annotations
@@ -34,3 +34,10 @@ def segment_starts(timestamps_us: np.ndarray, gap_tolerance_hours: int) -> np.nd
     ids = segment_ids(ts, gap_tolerance_hours).to_numpy()
     new = np.concatenate([[True], ids[1:] != ids[:-1]])
     return np.maximum.accumulate(np.where(new, np.arange(n), 0)).astype(np.int64)
+
+
+def window_index(rows: np.ndarray, segment_start: np.ndarray, window: int) -> np.ndarray:
+    """(len(rows), window) row indices: the window ending at each row, clamped at its segment start."""
+    offsets = np.arange(-(window - 1), 1, dtype=np.int64)
+    idx = rows[:, None] + offsets[None, :]
+    return np.maximum(idx, segment_start[rows][:, None])

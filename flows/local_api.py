@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 PR_SET_PDEATHSIG = 1
 
@@ -61,8 +61,9 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def local_api(timeout_s: float = 120.0) -> Iterator[str]:
+def local_api(timeout_s: float = 120.0, while_starting: Callable[[], object] | None = None) -> Iterator[str]:
     """Start the child server, wait until it answers and point Prefect at it for the block's duration.
+    ``while_starting`` runs while the child boots (the caller's own imports: seconds the server takes anyway).
 
     The server is stopped at interpreter exit, after Prefect's log and event workers have sent their last
     batches (they drain in ``threading``'s exit hooks, which run before ``atexit``'s)."""
@@ -84,6 +85,8 @@ def local_api(timeout_s: float = 120.0) -> Iterator[str]:
         stdin=subprocess.DEVNULL,
     )
     atexit.register(_stop, proc)
+    if while_starting is not None:
+        while_starting()
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + timeout_s
     while not _healthy(url):

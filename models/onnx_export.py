@@ -25,7 +25,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from macd_ml.models.base import Model
-from macd_ml.models.gbdt import LGBModel
 from macd_ml.models.predictor import EPS, Predictor
 
 OPSET = 17  # the default-domain opset of every graph here (trees are converted at 15, then brought up)
@@ -88,6 +87,8 @@ def _inline(graph: onnx.GraphProto, sub: onnx.GraphProto, inputs: dict[str, str]
 def _booster_onnx(model: Model, h: int) -> onnx.ModelProto:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
+
+    from macd_ml.models.gbdt import LGBModel  # here: the scorer imports this module and needs no LightGBM
 
     f = len(model.feature_names)
     booster = model.boosters[h]  # type: ignore[attr-defined]

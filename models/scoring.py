@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from macd_ml.features.segments import window_index
 from macd_ml.models.device import cuda_available
 from macd_ml.models.onnx_export import EnsembleSpec
-from macd_ml.models.sequence import window_index
 from macd_ml.models.train import inference_view
 
 log = logging.getLogger(__name__)

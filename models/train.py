@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from sklearn.metrics import roc_auc_score
 
 from macd_ml.features.labels import label_name
 from macd_ml.features.segments import segment_starts
@@ -62,6 +61,8 @@ def auc(y: np.ndarray, p: np.ndarray) -> float | None:
     y, p = y[ok], p[ok]
     if len(y) < 2 or y.min() == y.max():
         return None
+    from sklearn.metrics import roc_auc_score  # here, not at the top: the scorer imports this module (1 s)
+
     return float(roc_auc_score(y, p))
 
 

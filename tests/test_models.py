@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from macd_ml.features.segments import window_index
 from macd_ml.models.base import Rows
 from macd_ml.models.registry import MODEL_CLASSES, make_model, select_features
-from macd_ml.models.sequence import fit_normaliser, window_index
+from macd_ml.models.sequence import fit_normaliser
 from macd_ml.models.train import auc, train_fold
 from tests.modelutil import HORIZONS, constant_like, fast_config, synthetic_dataset
 

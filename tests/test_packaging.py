@@ -66,3 +66,23 @@ def test_wheel_installs_one_namespace_beside_a_bots_own_models_package(tmp_path)
     ) % str(site)
     proc = subprocess.run([str(python), "-c", code], cwd=bot, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_the_bots_import_and_the_cli_load_no_training_stack():
+    """A bot imports the scorer next to its own code, and every CLI command starts by importing the CLI: neither
+    may pull in torch, LightGBM, XGBoost or scikit-learn (seconds of import and a GPU-sized dependency a bot
+    scoring ONNX does not need). Only the training flow imports them."""
+    heavy = ["torch", "lightgbm", "xgboost", "sklearn", "pandas"]
+    code = (
+        "import sys\n"
+        "from macd_ml.serving import Scorer, open_bundle\n"
+        "import macd_ml.flows.cli\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+        "import macd_ml.flows.retrain\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    before, after = proc.stdout.splitlines()
+    assert before == "[]", f"the scorer or the CLI imported {before}"
+    assert after != "[]", "positive control: the training flow does import the training stack"

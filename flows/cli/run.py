@@ -102,7 +102,11 @@ def run(config, run_id: str) -> int:
     check_key_outside(config.out_dir)
     signing_key()
     preflight(config)
-    with nullcontext() if api_configured() else local_api():
+
+    def import_flow() -> None:  # its imports (torch, LightGBM, Prefect's engine) overlap the server's start
+        import macd_ml.flows.retrain  # noqa: F401
+
+    with nullcontext() if api_configured() else local_api(while_starting=import_flow):
         from macd_ml.flows.retrain import retrain as retrain_flow
         from macd_ml.tasks.publish import run_record_path
 
