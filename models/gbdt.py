@@ -15,60 +15,18 @@ from typing import ClassVar
 import lightgbm as lgb
 import numpy as np
 import xgboost as xgb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from macd_ml.artifacts.store import read_json, write_json
 from macd_ml.models.base import Dataset, Model, Rows, labelled
 from macd_ml.models.device import cpu_threads, cuda_available
-
-
-class BoostingParams(BaseModel):
-    """What both boosters share: step size, the round budget, early stopping on the inner slice, the seed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float = Field(default=0.03, gt=0, le=1, description="shrinkage per boosting round")
-    max_rounds: int = Field(default=600, ge=1, description="most boosting rounds")
-    early_stopping_rounds: int = Field(
-        default=50, ge=1, description="stop after this many rounds without a better inner-slice loss"
-    )
-    # 50: at learning_rate 0.03 that is 1 - 0.97**50 ~ 78 % of a full step, enough to move off the base rate;
-    # on the synthetic market at 3,000-6,000 h a floor of 50 scored best per fold (100 and 200 slightly worse).
-    min_rounds: int = Field(
-        default=50,
-        ge=1,
-        description="fewest boosting rounds kept (capped at max_rounds): early stopping only looks for the best "
-        "inner-slice loss from this round on, so a small, noisy inner slice cannot stop at a handful of trees",
-    )
-    seed: int = Field(default=0, description="random seed (bagging, feature sampling)")
-
-
-class LGBParams(BoostingParams):
-    num_leaves: int = Field(default=15, ge=2, description="leaves per tree")
-    min_data_in_leaf: int = Field(default=100, ge=1, description="fewest rows in a leaf")
-    feature_fraction: float = Field(default=0.7, gt=0, le=1, description="share of features each tree sees")
-    bagging_fraction: float = Field(default=0.8, gt=0, le=1, description="share of rows each tree sees")
-    lambda_l2: float = Field(default=1.0, ge=0, description="L2 penalty on leaf values")
-
-
-class XGBParams(BoostingParams):
-    max_depth: int = Field(default=4, ge=1, description="deepest tree")
-    min_child_weight: float = Field(default=20.0, ge=0, description="smallest hessian sum in a child")
-    subsample: float = Field(default=0.8, gt=0, le=1, description="share of rows each tree sees")
-    colsample_bytree: float = Field(default=0.7, gt=0, le=1, description="share of features each tree sees")
-    reg_lambda: float = Field(default=1.0, ge=0, description="L2 penalty on leaf weights")
-
+from macd_ml.models.params import BoostingParams, LGBParams, XGBParams
 
 # LightGBM's native library is not safe when two Python threads train or predict at once (a Dataset built in one
 # thread while another predicts segfaulted here; LightGBM's own docs warn against concurrent jobs in one process).
 # Fold tasks run in threads, so every LightGBM call in this process takes this lock; XGBoost and torch tasks still
 # run beside it.
 _LGB_LOCK = threading.Lock()
-
-
-def own_features(names: list[str]) -> list[str]:
-    """The target's own features (the cross block's columns are prefixed ``SYMBOL__``)."""
-    return [n for n in names if "__" not in n]
 
 
 def _floor(params: BoostingParams) -> int:
@@ -253,6 +211,12 @@ class LGBModel(BoosterPerHorizon):
                 str(h): dict(zip(self.feature_names, b.feature_importance("gain").astype(float).tolist()))
                 for h, b in self.boosters.items()
             }
+
+
+class ReferenceModel(LGBModel):
+    """The fixed reference (models/reference.py: its name, features and parameters)."""
+
+    name: ClassVar[str] = "reference"
 
 
 class LGBCrossModel(LGBModel):

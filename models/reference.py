@@ -14,10 +14,8 @@ volume z-score and the bar's range, as far as the feature table has them.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from macd_ml.models.evaluate import auc_se
-from macd_ml.models.gbdt import LGBModel, LGBParams
+from macd_ml.models.params import LGBParams
 
 REFERENCE = "reference"
 FEATURES = (
@@ -48,10 +46,6 @@ PARAMS = LGBParams(
     lambda_l2=5.0,
     seed=0,
 )
-
-
-class ReferenceModel(LGBModel):
-    name: ClassVar[str] = REFERENCE
 
 
 def reference_features(names: list[str]) -> list[str]:

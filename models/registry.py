@@ -3,26 +3,57 @@ fixed reference model (models/reference.py) that every run trains beside them.""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from macd_ml.models.base import Model
-from macd_ml.models.gbdt import LGBCrossModel, LGBModel, LGBParams, XGBModel, XGBParams, own_features
-from macd_ml.models.lstm import LSTMModel
+from macd_ml.models.params import LGBParams, SequenceParams, TFTParams, XGBParams
 from macd_ml.models.reference import PARAMS as REFERENCE_PARAMS
-from macd_ml.models.reference import REFERENCE, ReferenceModel, reference_features
-from macd_ml.models.sequence import SequenceParams
-from macd_ml.models.tft import TFTModel, TFTParams
+from macd_ml.models.reference import REFERENCE, reference_features
 
-MODEL_CLASSES: dict[str, type[Model]] = {
-    "lgb": LGBModel,
-    "xgb": XGBModel,
-    "lgb_cross": LGBCrossModel,
-    "lstm": LSTMModel,
-    "tft": TFTModel,
-    REFERENCE: ReferenceModel,
-}
+if TYPE_CHECKING:
+    from macd_ml.models.base import Model
+
+
+def _load_classes() -> "dict[str, type[Model]]":
+    # imports here, not at the top: see _ModelClasses. They stay import statements on purpose: the code version
+    # of every module that uses the registry (artifacts/codehash.py reads imports, these included) covers them.
+    from macd_ml.models.gbdt import LGBCrossModel, LGBModel, ReferenceModel, XGBModel
+    from macd_ml.models.lstm import LSTMModel
+    from macd_ml.models.tft import TFTModel
+
+    return {
+        "lgb": LGBModel,
+        "xgb": XGBModel,
+        "lgb_cross": LGBCrossModel,
+        "lstm": LSTMModel,
+        "tft": TFTModel,
+        REFERENCE: ReferenceModel,
+    }
+
+
+class _ModelClasses(Mapping[str, "type[Model]"]):
+    """name -> model class, the libraries imported on first use: the config, the CLI and an unchanged run
+    validate and plan without loading LightGBM, XGBoost or torch (seconds of import each)."""
+
+    NAMES = ("lgb", "xgb", "lgb_cross", "lstm", "tft", REFERENCE)
+
+    def __getitem__(self, name: str) -> "type[Model]":
+        if name not in self.NAMES:
+            raise KeyError(name)
+        return _load_classes()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+
+MODEL_CLASSES: Mapping[str, "type[Model]"] = _ModelClasses()
+
+
 SEQUENCE_MODELS = ("lstm", "tft")
 # Rough fit seconds per fold at the defaults, relative (this CPU, real candles, issue 14's timings.json): only
 # the order matters. The flow submits the costliest tasks first so the last task to finish is a short one.
@@ -117,13 +148,18 @@ class ModelsConfig(BaseModel):
         return "reference" if name == REFERENCE else getattr(self.feature_sets, name)
 
 
+def own_features(names: list[str]) -> list[str]:
+    """The target's own features (the cross block's columns are prefixed ``SYMBOL__``)."""
+    return [n for n in names if "__" not in n]
+
+
 def select_features(names: list[str], feature_set: FeatureSelection) -> list[str]:
     if feature_set == "reference":
         return reference_features(names)
     return own_features(names) if feature_set == "own" else list(names)
 
 
-def make_model(name: str, params: BaseModel, feature_names: list[str], horizons: list[int]) -> Model:
+def make_model(name: str, params: BaseModel, feature_names: list[str], horizons: list[int]) -> "Model":
     cls = MODEL_CLASSES[name]
     return cls(cls.Params.model_validate(params.model_dump()), feature_names, horizons)
 
@@ -141,7 +177,7 @@ def min_fit_rows(name: str, params: BaseModel) -> tuple[int, str]:
     raise TypeError(f"no minimum known for {name} ({type(params).__name__})")
 
 
-def load_run_model(run_path, name: str) -> Model:
+def load_run_model(run_path, name: str) -> "Model":
     """Load one model of a published run, after verifying the whole run against its signed manifest."""
     from pathlib import Path
 
@@ -151,5 +187,5 @@ def load_run_model(run_path, name: str) -> Model:
     return load_model(name, Path(run_path) / "models" / name)
 
 
-def load_model(name: str, folder) -> Model:
+def load_model(name: str, folder) -> "Model":
     return MODEL_CLASSES[name].load(folder)

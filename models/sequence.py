@@ -23,51 +23,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from macd_ml.artifacts.store import read_json, write_json
-from macd_ml.features.form import OptionalRows, optional_field
 from macd_ml.features.segments import window_index
 from macd_ml.models.base import Dataset, Model, Rows
 from macd_ml.models.device import configure_torch_threads, torch_device
+from macd_ml.models.params import SequenceParams
 
 log = logging.getLogger(__name__)
-
-
-class SequenceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    window: int = Field(default=48, ge=2, description="bars per input window")
-    hidden: int = Field(default=32, ge=2, description="hidden units")
-    dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout rate while training")
-    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
-    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
-    batch_size: int = Field(default=256, ge=8, description="windows per training batch")
-    max_epochs: int = Field(default=20, ge=1, description="most passes over the training rows")
-    patience: int = Field(default=4, ge=1, description="stop after this many epochs without a better inner-slice score")
-    min_epochs: int = Field(default=1, ge=1, description="epochs always run before early stopping may end the fit")
-    early_stop_metric: Literal["loss", "auc"] = Field(
-        default="loss",
-        description="what picks the best epoch on the inner slice: its BCE loss, or its AUC (mean over horizons, "
-        "scored within the slice): a net whose ranking still improves while its loss rises keeps training",
-    )
-    grad_clip: float = Field(default=1.0, gt=0, description="gradient norm clip")
-    loss: Literal["bce", "focal"] = Field(default="bce", description="training loss: binary cross-entropy or focal")
-    focal_gamma: float = Field(default=2.0, ge=0, description="focal loss gamma (loss = focal only)")
-    augment_noise: float = Field(default=0.0, ge=0, description="Gaussian noise std on normalised inputs (0 = off)")
-    augment_time_warp: float = Field(default=0.0, ge=0, lt=0.5, description="max time-warp stretch (0 = off)")
-    max_train_rows: OptionalRows = optional_field("fit on only the latest N rows of each training span; empty = all")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="auto = CUDA (bf16 autocast) when a GPU answers, else CPU"
-    )
-    seed: int = Field(default=0, description="random seed (initial weights, dropout, batch order)")
 
 
 # --------------------------------------------------------------------------------------------- data

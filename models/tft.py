@@ -14,13 +14,13 @@ constant, which is how the system we replace ended up emitting 0.0.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from macd_ml.models.sequence import SeededDropout, SequenceModel, SequenceParams
+from macd_ml.models.params import SequenceParams, TFTParams
+from macd_ml.models.sequence import SeededDropout, SequenceModel
 
 
 class GLU(nn.Module):
@@ -120,19 +120,6 @@ class TFTNet(nn.Module):
         att = self.attn_norm(last + self.attn_gate(self.attn(last, enc)))
         out = self.out_norm(last + self.out_gate(self.ff(att)))
         return self.heads(out[:, -1, :])
-
-
-class TFTParams(SequenceParams):
-    hidden: int = Field(default=16, ge=4, description="model width (d_model)")
-    heads: int = Field(default=4, ge=1, description="attention heads")
-    # chosen out of fold on every real symbol (bench/bench_defaults.py, issue 13's note): stopping on the inner
-    # slice's loss ended the TFT at epoch 2 while its ranking still improved; on AUC, after at least 3 epochs,
-    # its OOF AUC at 5 h rose on all five symbols (+0.010 ± 0.004 on average). The LSTM showed no such gain.
-    min_epochs: int = Field(default=3, ge=1, description="epochs always run before early stopping may end the fit")
-    early_stop_metric: Literal["loss", "auc"] = Field(
-        default="auc",
-        description="what picks the best epoch on the inner slice: its BCE loss, or its AUC (mean over horizons)",
-    )
 
 
 class TFTModel(SequenceModel):

@@ -23,11 +23,13 @@ import logging
 import re
 import sys
 import threading
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 from uuid import UUID
 
 from macd_ml.models.base import Model
-from macd_ml.models.sequence import EpochInfo, SequenceModel
+
+if TYPE_CHECKING:  # torch loads only when a sequence model is fitted
+    from macd_ml.models.sequence import EpochInfo
 
 log = logging.getLogger("prefect.macd_ml.progress")
 
@@ -154,6 +156,8 @@ class EpochProgress:
 def attach_progress(model: Model, label: str) -> EpochProgress | None:
     """Report ``model``'s per-epoch progress as ``label`` (e.g. ``lstm fold 2``) if it is a sequence model;
     other models (GBDT fits take seconds) report nothing."""
+    from macd_ml.models.sequence import SequenceModel  # loaded already: ``model`` exists
+
     if not isinstance(model, SequenceModel):
         return None
     progress = EpochProgress(label)

@@ -12,7 +12,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
 from macd_ml.models.metrics import Decision, Metrics
-from macd_ml.models.plots import render_plots
 from macd_ml.models.report import render_promotion, render_report
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.results import cached_task
@@ -31,6 +30,8 @@ def write_report(
     meta = metrics.meta
     weights = {h: m.weights for h, m in meta.items() if m.weights}
     with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
+        from macd_ml.models.plots import render_plots  # matplotlib + sklearn: only when a report is drawn
+
         rendered = render_plots(
             Path(scratch),
             horizons=horizons,

@@ -18,8 +18,8 @@ from macd_ml.features.synth import synth_market, write_market
 from macd_ml.flows.config import RetrainConfig, load_config
 from macd_ml.flows.preflight import preflight
 from macd_ml.models.base import Dataset
-from macd_ml.models.gbdt import LGBParams, own_features
-from macd_ml.models.registry import make_model
+from macd_ml.models.params import LGBParams
+from macd_ml.models.registry import make_model, own_features
 from macd_ml.models.train import build_dataset, fold_fit_rows, pool, train_fold
 
 H = [5, 12, 24]

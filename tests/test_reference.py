@@ -19,8 +19,9 @@ from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import load_config
 from macd_ml.models.base import Rows
 from macd_ml.models.evaluate import model_metrics, per_fold_auc
+from macd_ml.models.gbdt import ReferenceModel
 from macd_ml.models.onnx_export import model_onnx
-from macd_ml.models.reference import FEATURES, PARAMS, REFERENCE, ReferenceModel, reference_features, reference_scores
+from macd_ml.models.reference import FEATURES, PARAMS, REFERENCE, reference_features, reference_scores
 from macd_ml.models.registry import ModelName, load_model, make_model, select_features
 from macd_ml.models.train import build_dataset, train_fold
 
