@@ -21,7 +21,9 @@ POLL_SECONDS = 2
 
 
 def deployment_parameters(config: RetrainConfig, require_data: bool = False) -> dict[str, Any]:
-    return {"config": config.model_dump(mode="json"), "require_data": require_data}
+    """A scheduled run on real candles must have them (``require_data``) and ends at once when nothing changed
+    since the current run (``skip_unchanged``, flows/unchanged.py)."""
+    return {"config": config.model_dump(mode="json"), "require_data": require_data, "skip_unchanged": require_data}
 
 
 def build(config: RetrainConfig, cron: str = DEFAULT_CRON, timezone: str = TIMEZONE):

@@ -39,6 +39,7 @@ from macd_ml.flows import logs, scale
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.preflight import preflight
+from macd_ml.flows.unchanged import fingerprint, published_config, remember, unchanged_run
 from macd_ml.models.device import cuda_available, parallel_tasks
 from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
 from macd_ml.models.metrics import Decision, Metrics, metrics_schema
@@ -237,6 +238,7 @@ def retrain(
     config: RetrainConfig = RetrainConfig(),  # noqa: B008 (the UI form)
     run_id: str = "",
     require_data: bool = False,
+    skip_unchanged: bool = False,
 ) -> str:
     """Retrain the ensemble on the candles in ``config.data_dir`` (or a generated market), publish the run
     folder ``OUT/runs/RUN_ID`` and promote it to ``OUT/current``. Returns the run folder's path.
@@ -250,6 +252,9 @@ def retrain(
             task that finished comes back Cached, and only what failed, and what depends on it, runs again.
         require_data: fail at once when no candle folder is given (config.data_dir or the Prefect Variable
             macd_ml_data_dir) instead of training on the synthetic market; the nightly deployment sets it.
+        skip_unchanged: when the current run is exactly what this config, code and candle folder produce (and
+            still verifies), end here with that run instead of looking up every cached task (flows/unchanged.py);
+            the nightly deployment sets it. Ignored with config.force.
     """
     logs.install()
     log = get_run_logger()
@@ -257,6 +262,10 @@ def retrain(
     out = Path(config.out_dir).resolve()
     run_id = validate_run_id(run_id) if run_id else _run_id()
     check_key_outside(out)
+    fp = fingerprint(config)
+    if skip_unchanged and not config.force and (same := unchanged_run(out, fp)) is not None:
+        log.info("nothing changed since run %s (same config, code and candles; it is current): %s", same.name, same)
+        return str(same)
     preflight(config)  # everything knowable from the config and the data's shape, before the first write
     for p in clean_stale_temp(out):
         log.info("removed %s, left by a writer that was killed", p)
@@ -311,8 +320,7 @@ def retrain(
     for r in refits:
         for fname, ref in r.files.items():
             artifacts[f"models/{r.model}/{fname}"] = ref
-    # where the tasks ran (scale) and --force are not content: a run that differs only in them publishes nothing new
-    run_config = config.model_dump(mode="json", exclude={"force": True, "scale": True, "promotion": {"force"}})
+    run_config = published_config(config)
     health = health_task.with_options(**cached)(
         artifacts, metrics, run_config, config.health, config.models.collapse_std, market.data_dir, str(out)
     )
@@ -367,6 +375,7 @@ def retrain(
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")
     promote_task(str(out), run)
     bundle_task.with_options(**cached)(run, str(out))
+    remember(out, fp, run.run_id)
     log.info("run folder: %s", run.path)
     return run.path
 

@@ -23,12 +23,13 @@ def test_served_deployment_has_its_own_name_and_schedules_only_real_data():
     assert [s.schedule.cron for s in dep.schedules] == [DEFAULT_CRON]
     assert dep.schedules[0].schedule.timezone == "UTC"
     assert dep.parameters["config"]["data_dir"] == "/data/candles"
-    assert dep.parameters["require_data"] is True
+    assert dep.parameters["require_data"] is True and dep.parameters["skip_unchanged"] is True
     assert dep.concurrency_limit == 1
     berlin = build(cfg, timezone="Europe/Berlin")
     assert berlin.schedules[0].schedule.timezone == "Europe/Berlin"
     synthetic = build(RetrainConfig())
     assert synthetic.schedules == [] and synthetic.parameters["require_data"] is False
+    assert synthetic.parameters["skip_unchanged"] is False
 
 
 def _form():
@@ -53,7 +54,7 @@ def _fields(schema):
 
 def test_ui_form_is_the_pydantic_config():
     schema = _form()
-    assert list(schema["properties"]) == ["config", "run_id", "require_data"]
+    assert list(schema["properties"]) == ["config", "run_id", "require_data", "skip_unchanged"]
     assert schema.get("required", []) == []
     form = schema["definitions"]["RetrainConfig"]["properties"]
     for key in ("data_dir", "target", "cross", "horizons", "folds", "features", "force"):
@@ -141,7 +142,7 @@ def test_prefect_yaml_deployments_load_by_module_path():
     }
     nightly = deps["retrain-nightly"]
     assert nightly["schedules"][0]["cron"] == DEFAULT_CRON and nightly["schedules"][0]["timezone"] == "UTC"
-    assert nightly["parameters"] == {"require_data": True}
+    assert nightly["parameters"] == {"require_data": True, "skip_unchanged": True}
     assert "schedules" not in deps["retrain"]
     assert spec["pull"] == [{"macd_ml.deployments.steps.enter_home": {}}]
     assert "served" not in deps

@@ -441,7 +441,7 @@ def test_nightly_cron_is_registered_and_refuses_to_run_without_candles(stack, pa
     nightly = stack.get("/deployments/name/retrain/retrain-nightly")
     crons = [(s["schedule"].get("cron"), s["schedule"].get("timezone")) for s in nightly["schedules"]]
     assert crons == [("30 0 * * *", "UTC")] and all(s["active"] for s in nightly["schedules"])
-    assert nightly["parameters"] == {"require_data": True}
+    assert nightly["parameters"] == {"require_data": True, "skip_unchanged": True}
     page.goto(f"{stack.ui}/deployments/deployment/{nightly['id']}")
     page.get_by_text("At 12:30 AM every day").first.wait_for(timeout=30_000)  # the schedule as the UI shows it
     _shot(page, "nightly-deployment")

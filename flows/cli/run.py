@@ -101,6 +101,13 @@ def run(config, run_id: str) -> int:
 
     check_key_outside(config.out_dir)
     signing_key()
+    if not config.force:  # nothing changed, nothing paid: no server, no task, no training library
+        from macd_ml.flows.unchanged import fingerprint, unchanged_run
+
+        same = unchanged_run(config.out_dir, fingerprint(config))
+        if same is not None:
+            print(f"nothing changed since run {same.name} (same config, code and candles; it is current)")
+            return _done(str(same), same.name)
     preflight(config)
 
     def import_flow() -> None:  # its imports (torch, LightGBM, Prefect's engine) overlap the server's start
@@ -125,6 +132,10 @@ def run(config, run_id: str) -> int:
                 advice = "run the same retrain command again"
             print(f"macd-ml: finished stages are cached; after fixing the cause, {advice}", file=sys.stderr)
             return EXIT_ERROR
+    return _done(path, run_id)
+
+
+def _done(path: str, run_id: str) -> int:
     from macd_ml.serving.bundle import default_bundle_path
 
     manifest = json.loads((Path(path) / "manifest.json").read_text())
