@@ -54,10 +54,11 @@ lint: $(STAMP)
 	for d in $(PKGS); do ln -s ../../$$d .typecheck/macd_ml/$$d; done
 	MYPYPATH=.typecheck $(VENV)/bin/mypy --namespace-packages --explicit-package-bases -p macd_ml
 
-## benchmarks (print figures; never gate CI)
+## benchmarks: every figure of issue 14 beside its target (print figures; never gate CI; ~15 min on 2 cores)
 bench: $(STAMP)
-	$(PY) bench/bench_features.py
-	$(PY) bench/bench_models.py
+	$(PY) bench/bench_features.py --quick
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_gpu.py --epochs 3
 	$(PY) bench/bench_resume.py
 	test -e $(OUT)/current || $(MAKE) run
 	$(PY) bench/bench_onnx.py $(OUT)/current

@@ -255,6 +255,23 @@ def print_table(rows: list[Row]) -> None:
     )
 
 
+def print_targets(rows: list[Row]) -> None:
+    """Issue 14's feature targets, each beside what this run measured (medians)."""
+    synth = {r.case.split(" ", 2)[2]: r for r in rows if r.case.startswith("synth ")}
+    real = [r for r in rows if not r.case.startswith("synth ")]
+    print("| feature figure | measured | target |\n|---|---|---|")
+    if "+ 1 cross" in synth:
+        r = synth["+ 1 cross"]
+        print(f"| build, {r.bars:,} bars + 1 cross | {med(r.t_pl):.2f} s | < 1.5 s |")
+    if "target only" in synth and synth["target only"].load:
+        r = synth["target only"]
+        print(f"| load + validate a {r.bars:,}-row CSV | {med(r.load):.2f} s | < 1 s |")
+    for label, group in (("real candles (median over symbols)", real), ("synthetic", list(synth.values()))):
+        if group:
+            ratio = statistics.median(med(r.t_pd) / med(r.t_pl) for r in group)
+            print(f"| pandas / polars, {label} | {ratio:.2f}x | >= 5x (see the README for what limits it) |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -284,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_synth:
         rows += synth_part(args, spec)
     print_table(rows)
+    print_targets(rows)
     if args.breakdown:
         breakdown(args, spec)
     print(
