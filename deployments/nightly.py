@@ -22,8 +22,10 @@ POLL_SECONDS = 2
 
 def deployment_parameters(config: RetrainConfig, require_data: bool = False) -> dict[str, Any]:
     """A scheduled run on real candles must have them (``require_data``) and ends at once when nothing changed
-    since the current run (``skip_unchanged``, flows/unchanged.py)."""
-    return {"config": config.model_dump(mode="json"), "require_data": require_data, "skip_unchanged": require_data}
+    since the current run (``skip_unchanged``, flows/unchanged.py). Unset optional fields are left out: the form
+    shows them as plain integers (features/form.py), so a ``null`` default fails the API's schema check (422)."""
+    config_values = config.model_dump(mode="json", exclude_none=True)
+    return {"config": config_values, "require_data": require_data, "skip_unchanged": require_data}
 
 
 def build(config: RetrainConfig, cron: str = DEFAULT_CRON, timezone: str = TIMEZONE):

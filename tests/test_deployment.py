@@ -27,6 +27,11 @@ def test_served_deployment_has_its_own_name_and_schedules_only_real_data():
     assert dep.concurrency_limit == 1
     berlin = build(cfg, timezone="Europe/Berlin")
     assert berlin.schedules[0].schedule.timezone == "Europe/Berlin"
+    # the API checks a deployment's parameters against its form's schema (a null optional field was a 422)
+    from prefect._internal.schemas.validators import validate_values_conform_to_schema
+
+    validate_values_conform_to_schema(dep.parameters, dep._parameter_openapi_schema.model_dump(), ignore_required=True)
+    assert RetrainConfig.model_validate(dep.parameters["config"]) == cfg
     synthetic = build(RetrainConfig())
     assert synthetic.schedules == [] and synthetic.parameters["require_data"] is False
     assert synthetic.parameters["skip_unchanged"] is False
