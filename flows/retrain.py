@@ -375,7 +375,10 @@ def retrain(
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")
     promote_task(str(out), run)
     bundle_task.with_options(**cached)(run, str(out))
-    remember(out, fp, run.run_id)
+    try:
+        remember(out, fp, run.run_id)
+    except OSError as exc:  # only a shortcut for the next unchanged run: never fail a promoted run over it
+        log.warning("could not record run %s for the nothing-changed shortcut (%s)", run.run_id, exc)
     log.info("run folder: %s", run.path)
     return run.path
 

@@ -110,7 +110,7 @@ def run(config, run_id: str) -> int:
             return _done(str(same), same.name)
     preflight(config)
 
-    def import_flow() -> None:  # its imports (torch, LightGBM, Prefect's engine) overlap the server's start
+    def import_flow() -> None:  # its imports (Prefect's engine, the tasks) overlap the server's start
         import macd_ml.flows.retrain  # noqa: F401
 
     with nullcontext() if api_configured() else local_api(while_starting=import_flow):
