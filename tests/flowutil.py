@@ -39,6 +39,15 @@ def run_flow(config, strict: bool = False):
     return path, state.state_details.flow_run_id
 
 
+def forget_unchanged(out) -> None:
+    """Drop the nothing-changed records (flows/unchanged.py), so that the same command runs the flow again: for
+    tests about what the flow's own cache does on an unchanged run (the CLI would otherwise answer at once)."""
+    import shutil
+    from pathlib import Path
+
+    shutil.rmtree(Path(out) / "cache" / "unchanged", ignore_errors=True)
+
+
 def _task_runs(flow_run_id):
     with get_client(sync_client=True) as client:
         return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))

@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from macd_ml.flows.config import load_config
 from macd_ml.flows.scale import ScaleOut, local_cluster_kwargs
 from macd_ml.tasks.policy import canonical
-from tests.flowutil import latest_flow_run_id, run_cli, task_states
+from tests.flowutil import forget_unchanged, latest_flow_run_id, run_cli, task_states
 
 pytest.importorskip("prefect_dask")
 
@@ -115,6 +115,7 @@ def test_dask_runner_matches_threads(market, tmp_path, monkeypatch):
         dask_states = task_states(latest_flow_run_id())
         dask_run = (tmp_path / "dask" / "current").resolve()
         # the runner is not part of any training task's cache key: threads reuse what the Dask workers computed
+        forget_unchanged(tmp_path / "dask")  # (the flow must run for that, not the nothing-changed shortcut)
         _run(market, tmp_path / "dask")
         again = task_states(latest_flow_run_id())
     assert {t: dask_states[t] for t in TASK_RUNS} == dict.fromkeys(TASK_RUNS, "Completed")

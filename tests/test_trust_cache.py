@@ -13,7 +13,7 @@ import pytest
 
 from macd_ml.artifacts import signing, store
 from macd_ml.tasks import results
-from tests.flowutil import flow_logs, latest_flow_run_id, task_states
+from tests.flowutil import flow_logs, forget_unchanged, latest_flow_run_id, task_states
 from tests.test_faults import _chattr_works, immutable
 from tests.trustutil import FAST, _flip, _holds_pickle, _records, _retrain, _spawn_cli
 
@@ -74,6 +74,7 @@ def test_forged_cache_records_never_run_and_the_run_still_succeeds(forge, market
     header = b"macd-ml-signed-v1 " + signing.sign(results.PURPOSE, "other-key", b"x").encode() + b"\n"
     victim.write_bytes(header + forge(victim.name, marker))
 
+    forget_unchanged(out)  # the flow must run and meet the forged records
     code, _, err = _retrain(market, out)
     assert code == 0, err
     assert not marker.exists(), "a forged cache record executed code"

@@ -18,7 +18,7 @@ import pytest
 from macd_ml.artifacts import store
 from macd_ml.artifacts.store import IntegrityError, verify_run
 from macd_ml.models.registry import load_run_model
-from tests.flowutil import flow_logs, latest_flow_run_id, run_cli, task_states
+from tests.flowutil import flow_logs, forget_unchanged, latest_flow_run_id, run_cli, task_states
 from tests.trustutil import FAST, _flip, _retrain, _spawn_cli
 
 # --------------------------------------------------------------------------------------------- 3. run ids
@@ -105,6 +105,7 @@ def test_corrupted_cache_artifact_is_a_cache_miss(market, tmp_path):
     states = task_states(fr)
     assert states["features"] == "Completed" and states["ingest"] == "Cached", states
     assert "\n".join(flow_logs(fr)).count(str(feat)) >= 1, "the log names the damaged file"
+    forget_unchanged(out)  # the flow must run and look its cache up
     code, _, err = _retrain(market, out, "--set", "models.lgb.num_leaves=5")  # and it stays repaired
     assert code == 0 and task_states(latest_flow_run_id())["features"] == "Cached", err
 
