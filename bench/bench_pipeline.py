@@ -25,7 +25,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _timed(cmd: list[str], env: dict, log: Path) -> float:
@@ -151,6 +144,8 @@ def _flow_seconds(mode: str, data: str, out: Path, env: dict, log: Path) -> floa
 def _deployment(data: str, base: Path, env: dict, log: Path) -> tuple[float, float, float]:
     """(cold, unchanged, start delay) seconds from submission to a final state of ``retrain/served`` runs."""
     import httpx
+
+    from macd_ml.flows.local_api import _free_port
 
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
