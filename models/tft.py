@@ -110,8 +110,16 @@ class TFTNet(nn.Module):
         self.out_norm = nn.LayerNorm(d_model)
         self.heads = nn.Linear(d_model, n_horizons)  # one logit per horizon
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, F) -> (B, H) logits
+    def encode_bars(self, x: torch.Tensor) -> torch.Tensor:  # (..., F) -> (..., d): each bar on its own
+        """Variable selection, bar by bar (no bar reads another): the trainer computes it once per distinct bar
+        of a batch and gathers the windows from it (``SequenceModel``), instead of once per window position."""
         emb, _ = self.vsn(x)
+        return emb
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, F) -> (B, H) logits
+        return self.from_bars(self.encode_bars(x))
+
+    def from_bars(self, emb: torch.Tensor) -> torch.Tensor:  # (B, L, d) encoded bars -> (B, H) logits
         enc, _ = self.encoder(emb)
         enc = self.enc_norm(emb + self.enc_gate(enc))
         # We classify the last bar, so only its query is computed (the causal mask still applies to it;

@@ -5,8 +5,10 @@ one the training tasks hand it (:func:`attach_progress`).
 
 - **Prefect UI**: inside a task or flow run, one progress artifact per fit (key ``macd-ml-lstm-fold2-progress``,
   ``macd-ml-tft-refit-progress``; each run adds a version under the key), created at 0 % and moved to
-  ``epoch / max_epochs`` after every epoch, to 100 % on the last one (early stopping included); its description
-  says the epoch and losses. Outside a run nothing is sent (no ephemeral API is started for it).
+  ``epoch / max_epochs`` after an epoch when the last update is at least ``ARTIFACT_EVERY_S`` old, and always to
+  100 % on the last one (early stopping included); its description says the epoch and losses. (Epochs take well
+  under a second on small data: an API call for each one cost the run more than it told the UI.) Outside a run
+  nothing is sent (no ephemeral API is started for it).
 - **Console** (stderr): one plain line per epoch, ``lstm fold 2: epoch 3/20 train 0.6912 early-stop 0.6930``,
   the last one ending with ``done`` or ``stopped early`` and the best epoch; when stderr is a terminal, one
   ``\\r``-redrawn bar per fit instead, ended by a newline after the last epoch. Writes hold a lock, so lines of
@@ -23,6 +25,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, TextIO, cast
 from uuid import UUID
 
@@ -36,6 +39,7 @@ log = logging.getLogger("prefect.macd_ml.progress")
 _console_lock = threading.Lock()
 _warned = threading.Event()  # the artifact API's first failure is a warning, later ones (other fits) debug
 _BAR_WIDTH = 20
+ARTIFACT_EVERY_S = 2.0  # at most one progress-artifact update per fit this often, besides the last epoch's
 
 
 def artifact_key(label: str) -> str:
@@ -86,6 +90,7 @@ class EpochProgress:
         self.console = console
         self.stream = stream
         self.artifact_id: UUID | None = None
+        self._sent_at = time.monotonic()
         self._artifact_failed = not (artifact and _in_run())
         self._console_failed = False
         self._artifact(self._create)
@@ -144,7 +149,10 @@ class EpochProgress:
             stream.flush()
 
     def __call__(self, info: EpochInfo) -> None:
-        self._artifact(lambda: self._update(info))
+        now = time.monotonic()
+        if info.last or now - self._sent_at >= ARTIFACT_EVERY_S:
+            self._sent_at = now
+            self._artifact(lambda: self._update(info))
         if self.console and not self._console_failed:
             try:
                 self._write(info)

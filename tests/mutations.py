@@ -153,6 +153,14 @@ MUTATIONS = [
         "dropout draws from torch's process-global RNG, so concurrent fits are not reproducible",
     ),
     Mutation(
+        "tft-bar-gather-shifted",
+        "models/sequence.py",
+        "                return encoder.from_bars(encoder.encode_bars(bars)[where])",
+        "                return encoder.from_bars(encoder.encode_bars(bars)[where.clamp(min=1) - 1])",
+        ("tests/test_models.py::test_tft_encodes_each_bar_once_and_predicts_as_its_windows_do",),
+        "the TFT's shared per-bar encoding is gathered one bar off: windows no longer hold their own bars",
+    ),
+    Mutation(
         "direct-write",
         "artifacts/store.py",
         "tmp = dest.with_name(temp_name(dest.name))",

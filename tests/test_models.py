@@ -117,10 +117,11 @@ def test_windows_never_cross_a_segment_start():
     assert idx.tolist() == [[0, 1, 2, 3], [4, 4, 4, 5], [6, 7, 8, 9]]
 
 
-def test_window_reads_past_rows_only(fitted):
+@pytest.mark.parametrize("name", ["lstm", "tft"])
+def test_window_reads_past_rows_only(fitted, name):
     """Changing a later row never changes an earlier row's sequence prediction."""
     data, folds, models = fitted
-    model, _ = models["lstm"]
+    model, _ = models[name]
     rows = Rows(np.arange(folds.holdout.start, folds.holdout.start + 50))
     before = model.predict(data, rows)
     from macd_ml.models.base import Dataset
@@ -129,6 +130,30 @@ def test_window_reads_past_rows_only(fitted):
     X[folds.holdout.start + 50 :] = 99.0
     after = model.predict(Dataset(X, data.Y, data.feature_names, data.horizons, data.segment_start), rows)
     np.testing.assert_array_equal(before, after)
+
+
+def test_tft_encodes_each_bar_once_and_predicts_as_its_windows_do(fitted):
+    """The TFT's variable selection runs once per distinct bar of a batch (``encode_bars``) and the windows are
+    gathered from it: the same probabilities as the net applied to whole windows (which ONNX exports)."""
+    import torch
+
+    from macd_ml.models.sequence import normalise
+
+    data, folds, models = fitted
+    model, _ = models["tft"]
+    assert model._shares_bars(training=False)
+    rows = np.arange(folds.holdout.start, folds.holdout.start + 300)
+    shared = model.predict(data, Rows(rows))
+    Xn = normalise(data.columns(model.feature_names), model.mean, model.std)
+    windows = torch.from_numpy(Xn[window_index(rows, data.segment_start, model.params.window)])
+    with torch.no_grad():
+        whole = torch.sigmoid(model.net(windows)).numpy()
+    np.testing.assert_allclose(shared, whole, atol=1e-6)
+    # augmentations change a bar per window: then training feeds whole windows
+    noisy = make_model("tft", fast_config(tft={"augment_noise": 0.1}).params_for("tft"), model.feature_names, HORIZONS)
+    noisy.net = noisy.build_net()
+    assert noisy._shares_bars(training=False) and not noisy._shares_bars(training=True)
+    assert not models["lstm"][0]._shares_bars(training=False)  # no per-bar encoder: windows as they are
 
 
 def test_augmentation_runs_and_is_off_by_default(fitted):

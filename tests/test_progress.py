@@ -220,6 +220,24 @@ def test_artifact_errors_are_logged_once_and_never_raise(monkeypatch, fresh_warn
     assert [r.levelno for r in fresh_warning.records] == [logging.WARNING]
 
 
+@pytest.mark.parametrize(("every_s", "expected"), [(3600.0, [100.0]), (0.0, [25.0, 50.0, 75.0, 100.0])])
+def test_artifact_updates_are_throttled_but_the_last_always_sent(monkeypatch, every_s, expected):
+    """Fast epochs send no API call each: at most one update per ``ARTIFACT_EVERY_S``, and always the last."""
+    import prefect.artifacts
+
+    sent: list[float] = []
+    monkeypatch.setattr(progress_mod, "_in_run", lambda: True)
+    monkeypatch.setattr(progress_mod, "ARTIFACT_EVERY_S", every_s)
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda **kw: uuid4())
+    monkeypatch.setattr(
+        prefect.artifacts, "update_progress_artifact", lambda _id, progress, **kw: sent.append(progress)
+    )
+    p = EpochProgress("tft fold 1", stream=io.StringIO())
+    for e in (1, 2, 3, 4):
+        p(_info(e, 4))
+    assert sent == expected
+
+
 def test_no_artifact_outside_a_run(monkeypatch):
     import prefect.artifacts
 
