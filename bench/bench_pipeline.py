@@ -95,7 +95,6 @@ def _direct(config, run_id: str) -> str:
         if name.startswith("macd_ml.tasks.") and hasattr(module, "current_key"):
             module.current_key = lambda: local.key  # type: ignore[attr-defined]
     flow_mod._cache_options = lambda config, out: {"result_storage": None}
-    flow_mod._ensure_gpu_limit = lambda: None
     flow_mod.publish_ui_artifacts = lambda *a, **k: None
     report_mod.create_markdown_artifact = lambda *a, **k: None
     report_mod.create_table_artifact = lambda *a, **k: None

@@ -117,17 +117,38 @@ def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref:
     }
 
 
-def _ensure_gpu_limit() -> None:
-    """With a GPU, let one `gpu`-tagged task run at a time (a tag concurrency limit on the Prefect API)."""
-    if not cuda_available():
-        return
-    from prefect.client.orchestration import get_client
+def _concurrency_tags() -> dict[str, list[str]]:
+    """The tags of the training tasks, by kind: ``gpu`` (LSTM, TFT) and ``cpu`` (the rest), each only when the API
+    holds a concurrency limit for it. With a GPU in this process, the ``gpu`` limit (1) is created first.
 
+    Why not always: Prefect asks the API for concurrency slots at the start of every tagged task (it remembers "no
+    limit" for 5 s only), and on the SQLite server two such calls at once are refused as busy (503) and retried
+    after about 2 s: 25 s of worker time in a cold run measured on 2 cores, a task start in three. A tag without
+    a limit orders nothing, so a CPU run without limits carries none. Create the limit before the run to have
+    it enforced (``prefect concurrency-limit create gpu 1``, README "Scale-out"); an API that cannot answer keeps
+    the tags (Prefect then enforces whatever exists)."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.exceptions import ObjectNotFound
+
+    tags: dict[str, list[str]] = {"gpu": [], "cpu": []}
+    if FlowRunContext.get() is None:  # the flow body called as a function (bench --mode direct): no API to ask
+        return tags
     with get_client(sync_client=True) as client:
-        try:
-            client.read_concurrency_limit_by_tag("gpu")
-        except Exception:
-            client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+        if cuda_available():
+            try:
+                client.read_concurrency_limit_by_tag("gpu")
+            except ObjectNotFound:
+                client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+        for tag in tags:
+            try:
+                client.read_concurrency_limit_by_tag(tag)
+                tags[tag] = [tag]
+            except ObjectNotFound:
+                pass
+            except Exception:  # noqa: BLE001 - cannot tell: keep the tag, as before this check existed
+                tags[tag] = [tag]
+    return tags
 
 
 def _panel(config: RetrainConfig, market: MarketRef, cached: dict, out: str) -> list[PanelMember]:
@@ -156,9 +177,10 @@ def _train(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember]
     jobs = [(name, k) for name in m.trained() for k in [*range(n_folds), None]]  # fold k; None = the refit
     order = sorted(jobs, key=lambda j: (-FIT_COST[j[0]], -(n_folds if j[1] is None else j[1])))
     futures = {}
+    tags = _concurrency_tags()
     with scale.task_runner(config.scale) as runner:
         for name, k in order:
-            opts = {**cached, "tags": ["gpu"] if name in SEQUENCE_MODELS else ["cpu"]}
+            opts = {**cached, "tags": tags["gpu"] if name in SEQUENCE_MODELS else tags["cpu"]}
             common: dict[str, Any] = dict(
                 params=m.params_for(name), feature_set=m.feature_set(name), inputs=inputs, out_dir=out
             )
@@ -281,7 +303,6 @@ def retrain(
     )
     folds = folds_task.with_options(**cached)(feats, config.horizons, config.folds, str(out))
 
-    _ensure_gpu_limit()
     inputs = TrainingData(
         features=feats,
         labels=labels,

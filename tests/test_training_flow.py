@@ -78,13 +78,36 @@ def test_model_files_published(trained):
         assert {f"models/{name}/{name}.safetensors", f"models/{name}/{name}_meta.json"} <= manifest
 
 
-def test_fold_tasks_are_tagged_and_named(trained):
+def test_fold_tasks_are_named_and_untagged_without_limits(trained):
+    """No concurrency limit on this API (and no GPU): the training tasks carry no tags, so no task start asks the
+    API for slots (see ``_concurrency_tags``)."""
     _, _, fr = trained
     states, tags = task_states(fr), task_tags(fr)
     for name in MODEL_CLASSES:
         for run in [f"{name}-fold{k}" for k in range(3)] + [f"{name}-refit"]:
             assert states[run] == "Completed", run
-            assert ("gpu" in tags[run]) == (name in ("lstm", "tft")), (run, tags[run])
+            assert tags[run] == set(), (run, tags[run])
+
+
+def test_tasks_are_tagged_by_kind_where_a_limit_exists():
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from macd_ml.flows.retrain import _concurrency_tags
+
+    @flow
+    def tags_now() -> dict:
+        return _concurrency_tags()
+
+    assert tags_now() == {"gpu": [], "cpu": []}
+    assert _concurrency_tags() == {"gpu": [], "cpu": []}  # outside a flow run: no API is asked
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+        try:
+            assert tags_now() == {"gpu": ["gpu"], "cpu": []}
+        finally:
+            client.delete_concurrency_limit_by_tag("gpu")
+    assert tags_now() == {"gpu": [], "cpu": []}
 
 
 def test_changing_xgb_params_retrains_only_xgb(trained):
