@@ -5,8 +5,8 @@
 scheduler at ``dask_address`` (``dask scheduler`` + ``dask worker`` on other machines). Every other stage stays in
 the flow's thread pool. The tasks are the same ones with the same options (signed result storage, content cache
 key, ``gpu``/``cpu`` tags where a limit for them exists, such as the ``gpu`` concurrency limit, which Prefect
-enforces through its API in any process): what they receive and return are small pydantic references that pickle, and their files go to
-``OUT/cache`` (a folder every worker must see at the same path).
+enforces through its API in any process): what they receive and return are small pydantic references that
+pickle, and their files go to ``OUT/cache`` (a folder every worker must see at the same path).
 
 Where the tasks run is not content: this section is no parameter of a training task, so it never enters their
 cache keys, and a run on Dask reuses the fits of a run on threads and the other way round (tests/test_dask.py).
