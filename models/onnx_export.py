@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from macd_ml.models.base import Model
+from macd_ml.models.calibration import Calibrator
 from macd_ml.models.predictor import EPS, Predictor
 
 OPSET = 17  # the default-domain opset of every graph here (trees are converted at 15, then brought up)
@@ -215,9 +216,9 @@ def predictor_onnx(predictors: dict[str, Predictor], horizons: list[int], models
         g.initializer.append(_const(f"j{h}", np.array(j, dtype=np.int64)))
         parts = []
         for m in pred.models:
-            g.node.append(helper.make_node("Gather", [m, f"j{h}"], [f"h{h}_{m}"], axis=1))
-            g.node.append(helper.make_node("Unsqueeze", [f"h{h}_{m}", "axis1"], [f"h{h}_{m}_col"]))
-            parts.append(f"h{h}_{m}_col")
+            g.node.append(helper.make_node("Gather", [m, f"j{h}"], [f"h{h}_in_{m}"], axis=1))
+            g.node.append(helper.make_node("Unsqueeze", [f"h{h}_in_{m}", "axis1"], [f"h{h}_in_{m}_col"]))
+            parts.append(f"h{h}_in_{m}_col")
         g.node.append(helper.make_node("Concat", parts, [f"h{h}_P"], axis=1))
         out = f"h{h}_out"
         if pred.kind == "best":
@@ -246,11 +247,55 @@ def predictor_onnx(predictors: dict[str, Predictor], horizons: list[int], models
                     helper.make_node("Sigmoid", [f"h{h}_logit"], [out]),
                 ]
             )
-        cols.append(out)
+        cols.append(_calibrated(g, pred.calibration, f"h{h}", out))
     g.node.append(helper.make_node("Concat", cols, ["shipped"], axis=1))
     return _model(
         g, {"horizons": json.dumps(horizons), "predictors": json.dumps({h: p.label for h, p in predictors.items()})}
     )
+
+
+def _calibrated(g: onnx.GraphProto, cal: Calibrator, name: str, p: str) -> str:
+    """Append ``cal`` (models/calibration.py) to the [N, 1] probability ``p``; returns the calibrated output."""
+    if cal.kind == "none":
+        return p
+    out = f"{name}_cal"
+    if cal.kind == "platt":  # sigmoid(a * logit(clip(p)) + b)
+        g.initializer.extend(
+            [_const(f"{name}_ca", np.array(cal.a, dtype=np.float32)), _const(f"{name}_cb", np.array(cal.b, np.float32))]
+        )
+        g.node.extend(
+            [
+                helper.make_node("Clip", [p, "lo", "hi"], [f"{name}_cpc"]),
+                helper.make_node("Sub", ["one_f", f"{name}_cpc"], [f"{name}_cq"]),
+                helper.make_node("Div", [f"{name}_cpc", f"{name}_cq"], [f"{name}_codds"]),
+                helper.make_node("Log", [f"{name}_codds"], [f"{name}_cl"]),
+                helper.make_node("Mul", [f"{name}_cl", f"{name}_ca"], [f"{name}_cal_z"]),
+                helper.make_node("Add", [f"{name}_cal_z", f"{name}_cb"], [f"{name}_cal_zb"]),
+                helper.make_node("Sigmoid", [f"{name}_cal_zb"], [out]),
+            ]
+        )
+        return out
+    # isotonic: y0 + sum_k slope_k * min(max(p - x_k, 0), dx_k)  [N,1] - [K] -> [N,K] -> MatMul [K,1]
+    x0, dx, slope = cal.segments()
+    g.initializer.extend(
+        [
+            _const(f"{name}_ix", x0.astype(np.float32)),
+            _const(f"{name}_idx", dx.astype(np.float32)),
+            _const(f"{name}_islope", slope.astype(np.float32).reshape(-1, 1)),
+            _const(f"{name}_iy0", np.array([cal.y[0]], dtype=np.float32)),
+            _const(f"{name}_zero", np.array(0.0, dtype=np.float32)),
+        ]
+    )
+    g.node.extend(
+        [
+            helper.make_node("Sub", [p, f"{name}_ix"], [f"{name}_id"]),
+            helper.make_node("Max", [f"{name}_id", f"{name}_zero"], [f"{name}_ipos"]),
+            helper.make_node("Min", [f"{name}_ipos", f"{name}_idx"], [f"{name}_iclip"]),
+            helper.make_node("MatMul", [f"{name}_iclip", f"{name}_islope"], [f"{name}_isum"]),
+            helper.make_node("Add", [f"{name}_isum", f"{name}_iy0"], [out]),
+        ]
+    )
+    return out
 
 
 # --------------------------------------------------------------------------------------------- the ensemble

@@ -13,6 +13,8 @@ from typing import Literal
 
 import numpy as np
 
+from macd_ml.models.calibration import Calibrator
+
 EPS = 1e-4
 
 
@@ -36,13 +38,18 @@ class Predictor:
     mean: list[float] = field(default_factory=list)  # standardisation of the logits (fitted on OOF rows)
     std: list[float] = field(default_factory=list)
     C: float | None = None
+    calibration: Calibrator = field(default_factory=Calibrator)  # applied to the output (models/calibration.py)
 
     @property
     def label(self) -> str:
         return f"best:{self.models[0]}" if self.kind == "best" else self.kind
 
     def predict(self, P: np.ndarray) -> np.ndarray:
-        """P: (n, len(models)) base-model probabilities in ``models`` order."""
+        """P: (n, len(models)) base-model probabilities in ``models`` order; calibrated (if it has a calibration)."""
+        return self.calibration.apply(self.predict_raw(P))
+
+    def predict_raw(self, P: np.ndarray) -> np.ndarray:
+        """The predictor's output before calibration."""
         if self.kind == "mean":
             return P.mean(axis=1)
         if self.kind == "best":
@@ -59,6 +66,7 @@ class Predictor:
             "logit_mean": self.mean,
             "logit_std": self.std,
             "C": self.C,
+            "calibration": self.calibration.to_json(),
         }
 
     @classmethod
@@ -71,6 +79,7 @@ class Predictor:
             mean=d["logit_mean"],
             std=d["logit_std"],
             C=d["C"],
+            calibration=Calibrator.from_json(d.get("calibration")),
         )
 
 
