@@ -19,6 +19,7 @@ from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec
 from macd_ml.features.synth import SynthSpec
 from macd_ml.flows.scale import ScaleOut
+from macd_ml.models.backtest import BacktestSpec
 from macd_ml.models.health import HealthSpec
 from macd_ml.models.promotion import PromotionSpec
 from macd_ml.models.registry import ModelsConfig
@@ -64,6 +65,13 @@ class RetrainConfig(BaseModel):
         default_factory=SynthSpec, description="the generated market used when there is no candle folder"
     )
     health: HealthSpec = Field(default_factory=HealthSpec, description="the gates a run must pass to be promoted")
+    backtest: BacktestSpec = Field(
+        default_factory=BacktestSpec,
+        description="the bot's MACD strategy on the holdout, always and gated by the shipped probability",
+    )
+    drift_window_hours: int = Field(
+        default=720, ge=24, description="drift: the newest bars compared with the training span (PSI per feature)"
+    )
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="champion / challenger")
     shadow: ShadowTargets = Field(
         default_factory=ShadowTargets, description="the production targets shadow-report checks a shadow log against"

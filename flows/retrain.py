@@ -45,6 +45,7 @@ from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_
 from macd_ml.models.metrics import Decision, Metrics, metrics_schema
 from macd_ml.models.reference import reference_scores
 from macd_ml.models.registry import FIT_COST, SEQUENCE_MODELS
+from macd_ml.tasks.backtest import backtest_task, drift_task
 from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task
 from macd_ml.tasks.features import features_task, folds_task, labels_task
@@ -326,6 +327,13 @@ def retrain(
         str(out),
     )
     metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack)
+    backtest = backtest_task.with_options(**cached)(
+        market, stack.files, config.primary_horizon(), config.backtest, str(out)
+    )
+    drift = drift_task.with_options(**cached)(
+        feats.data, feats.names, folds, config.drift_window_hours, config.health.max_feature_psi, str(out)
+    )
+    metrics = metrics.model_copy(update={"backtest": backtest.summary, "drift": drift})
     exported = export_task.with_options(**cached)(
         feats, refits, tables, stack.files, config.horizons, config.gap_tolerance_hours, str(out)
     )
@@ -337,6 +345,7 @@ def retrain(
         **tables,
         **stack.files,
         **exported.files,
+        **backtest.files,
     }
     for r in refits:
         for fname, ref in r.files.items():
@@ -349,7 +358,7 @@ def retrain(
     importance = {
         r.model: r.files[f"{r.model}_importance.json"] for r in refits if f"{r.model}_importance.json" in r.files
     }
-    report = report_task.with_options(**cached)(metrics, tables, stack.files, importance, str(out))
+    report = report_task.with_options(**cached)(metrics, tables, stack.files, importance, str(out), backtest.files)
     artifacts.update({"health.json": health.file, **report})
 
     if health.report.passed:
@@ -389,7 +398,7 @@ def retrain(
         metrics.model_copy(update={"run_id": run.run_id}),
         read_text(report["report.md"]),
         decision,
-        images={name: read_bytes(ref) for name, ref in report.items() if name.endswith(".png")},
+        images={name: read_bytes(ref) for name, ref in {**report, **backtest.files}.items() if name.endswith(".png")},
     )
     if not decision.promote:
         detail = "; ".join(f"{c.name}: {c.detail}" for c in health.report.failures()) or decision.reason

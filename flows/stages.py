@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from macd_ml.artifacts.store import (
     IntegrityError,
+    copy_file,
     read_json,
     read_parquet,
     read_text,
@@ -30,6 +31,8 @@ from macd_ml.models.reference import REFERENCE
 from macd_ml.models.report import render_promotion
 from macd_ml.models.stacking import stack_all
 from macd_ml.tasks.report import write_report
+
+EXTRA_PLOTS = ("plots/equity.png",)
 
 
 def _load(run: Path) -> dict:
@@ -59,6 +62,8 @@ def _load(run: Path) -> dict:
         "holdout": read_parquet(refs["holdout_predictions.parquet"]),
         "shipped": read_parquet(refs["shipped_holdout.parquet"]),
         "promotion": read_json(refs["promotion.json"]) if "promotion.json" in refs else None,
+        # plots other stages drew (the backtest's equity curve): the report links them, a re-render copies them
+        "extra_plots": {rel: ref for rel, ref in refs.items() if rel in EXTRA_PLOTS},
         "features": read_parquet(refs["features.parquet"]),
         "feature_names": read_json(refs["features.json"])["names"],
         "importance": {
@@ -103,6 +108,8 @@ def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict[
     }
     write_json(out / "stack.json", stack_doc)
     write_parquet(out / "shipped_holdout.parquet", outcome.shipped)
+    if outcome.oof_shipped is not None:
+        write_parquet(out / "shipped_oof.parquet", outcome.oof_shipped)
     return outcome.metrics
 
 
@@ -110,7 +117,11 @@ def run_report(run: Path, out: Path) -> Path:
     """Re-render report.md and the plots of a run into ``out``."""
     out = _fresh(out, run)
     r = _load(run)
-    refs = write_report(out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"])
+    for rel, ref in r["extra_plots"].items():
+        copy_file(ref, out / rel)
+    refs = write_report(
+        out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"], list(r["extra_plots"])
+    )
     if r["promotion"] is not None:  # the decision made when the run was published ends its report
         text = read_text(refs["report.md"]) + render_promotion(Decision.model_validate(r["promotion"]))
         write_bytes(out / "report.md", text.encode())

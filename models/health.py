@@ -59,6 +59,12 @@ class HealthSpec(BaseModel):
     live_check: bool = Field(default=True, description="score the newest bars in a fresh process and compare")
     live_bars: int = Field(default=48, ge=1, description="bars the live check scores")
     live_tolerance: float = Field(default=1e-3, gt=0, description="largest difference the live check accepts")
+    max_feature_psi: float = Field(
+        default=0.25, gt=0, description="drift: a feature whose newest window has a PSI above this has drifted"
+    )
+    max_drifted_share: float = Field(
+        default=0.2, ge=0, le=1, description="drift: largest share of drifted features before the drift warning"
+    )
 
 
 REQUIRED = (
@@ -220,6 +226,23 @@ def evaluate(
             "warning",
         )
     )
+
+    def drift():
+        d = metrics.drift
+        if d is None:
+            return True, "not measured"
+        f, parts, ok = d.get("features") or {}, [], True
+        if f:
+            share = f.get("drifted_share", 0.0)
+            ok = ok and share <= spec.max_drifted_share
+            top = ", ".join(f"{t['feature']} {t['psi']:.2f}" for t in f.get("top", [])[:3])
+            parts.append(
+                f"{len(f.get('drifted', []))} features with PSI > {spec.max_feature_psi:g} ({share:.0%}; limit "
+                f"{spec.max_drifted_share:.0%}); top {top}"
+            )
+        return ok, "; ".join(parts) or "not measured"
+
+    checks.append(_check("drift", drift, "warning"))
 
     def live_check():
         if not live or not spec.live_check:

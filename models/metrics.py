@@ -47,6 +47,17 @@ class Candidate(_Doc):
     note: str | None = None
 
 
+class Calibration(_Doc):
+    """How the shipped probability is calibrated (models/calibration.py): chosen and fitted on OOF rows only."""
+
+    kind: str = Field(description="'none', 'platt' or 'isotonic': the lowest inner walk-forward Brier score")
+    inner_brier: dict[str, float] = Field(description="size-weighted Brier score over the inner blocks, per kind")
+    holdout_brier_raw: float | None = Field(description="holdout Brier score before calibration (reporting only)")
+    holdout_brier: float | None = Field(description="holdout Brier score of the shipped (calibrated) probability")
+    reliability_raw: list[dict] = Field(description="holdout reliability bins before calibration")
+    reliability: list[dict] = Field(description="holdout reliability bins after calibration")
+
+
 class Shipped(_Doc):
     """What ships at one horizon and how it was chosen."""
 
@@ -67,6 +78,7 @@ class Shipped(_Doc):
     n_test: int
     train_last: str | None
     holdout_first: str | None
+    calibration: Calibration | None = None
 
 
 class Diversity(_Doc):
@@ -165,6 +177,10 @@ class Decision(BaseModel):
     champion_auc: float | None = None
     se: float | None = None
     margin_se: float
+    prediction_shift: dict | None = Field(
+        default=None,
+        description="drift: the shipped probability of champion and challenger on the same bars (PSI, mean, std)",
+    )
 
 
 class Metrics(_Doc):
@@ -193,6 +209,10 @@ class Metrics(_Doc):
     reference: dict[str, ReferenceScore] | None = Field(
         default=None, description="the reference model per horizon: what the ensemble adds over a simple model"
     )
+    backtest: dict | None = Field(
+        default=None, description="the MACD strategy on the holdout, always and gated (models/backtest.py)"
+    )
+    drift: dict | None = Field(default=None, description="feature PSI and prediction shift (models/drift.py)")
     parity: dict | None = Field(default=None, description="ONNX parity on the holdout (models/export.py)")
     health: HealthReport | None = None
 

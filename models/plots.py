@@ -361,3 +361,33 @@ def render_plots(
     if meta_weights and any(_get(meta_weights, h) for h in horizons):
         put("meta_weights.png", plot_meta_weights, meta_weights, horizons, models)
     return out
+
+
+def plot_equity(path: Path, timestamps: list[str], equity: dict[str, list[float]], result: dict) -> Path:
+    """Equity curves of the backtest (models/backtest.py): gated and ungated variants and buy-and-hold."""
+    import datetime as _dt
+
+    fig = _new_figure((10, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    # UTC times as naive datetime64 (numpy keeps no time zone)
+    t = np.array([_dt.datetime.fromisoformat(s).replace(tzinfo=None) for s in timestamps], dtype="datetime64[us]")
+    styles = {
+        "buy_and_hold": ("black", "-"),
+        "ungated_long_flat": ("tab:blue", "--"),
+        "gated_long_flat": ("tab:blue", "-"),
+        "ungated_long_short": ("tab:orange", "--"),
+        "gated_long_short": ("tab:orange", "-"),
+    }
+    for name, curve in equity.items():
+        color, ls = styles.get(name, ("gray", ":"))
+        ax.plot(t, curve, color=color, linestyle=ls, linewidth=1.2, label=name.replace("_", " "))
+    ax.axhline(1.0, color="gray", linewidth=0.6)
+    ax.set_ylabel("equity (start = 1, after costs)")
+    thr = "per run" if result["threshold"] is None else f"{result['threshold']:.2f}"
+    ax.set_title(
+        f"MACD, h={result['horizon']}: gate threshold {thr} (chosen on OOF rows), costs {result['cost_bps']:g} bps "
+        "per side"
+    )
+    ax.legend(loc="best", fontsize=8)
+    fig.autofmt_xdate()
+    return _save(fig, path)

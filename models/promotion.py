@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from macd_ml.artifacts.store import ArtifactRef, IntegrityError, read_json, read_parquet, run_artifacts, verify_run
 from macd_ml.features.errors import DataError
+from macd_ml.models.drift import prediction_shift
 from macd_ml.models.evaluate import auc_se
 from macd_ml.models.metrics import Decision, Metrics
 from macd_ml.models.train import auc
@@ -35,6 +36,12 @@ class PromotionSpec(BaseModel):
         default=100, ge=1, description="fewer comparable rows: no comparison, the gates decide"
     )
     force: bool = Field(default=False, description="promote whatever the comparison says (a logged human override)")
+    max_prediction_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="drift: PSI of the challenger's shipped probability against the champion's on the same bars "
+        "above this is flagged (a warning in promotion.json and the report; it decides nothing)",
+    )
 
 
 def decide(
@@ -100,6 +107,10 @@ def decide(
     if forced:
         reason += "; promoted anyway (force)"
     first, last = window["timestamp"].min(), window["timestamp"].max()
+    shift = prediction_shift(window["champion"].to_numpy(), window[f"shipped_h{horizon}"].to_numpy())
+    if shift is not None and shift["psi"] is not None:
+        shift["limit"] = spec.max_prediction_psi
+        shift["flagged"] = shift["psi"] > spec.max_prediction_psi
     return Decision(
         promote=promote or spec.force,
         reason=reason,
@@ -114,6 +125,7 @@ def decide(
         champion_auc=a_old,
         se=se,
         margin_se=spec.margin_se,
+        prediction_shift=shift,
     )
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from macd_ml.models.metrics import Decision, Metrics
 
 
-def _f(x) -> str:
-    return "–" if x is None else f"{x:.3f}"
+def _f(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def _candidate_order(label: str) -> tuple[int, str]:
@@ -186,6 +186,9 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
         for check in metrics.health.checks:
             result = "ok" if check.passed else ("**FAIL**" if check.severity == "error" else "warning")
             lines.append(f"| {check.name} | {result} | {check.detail.replace('|', '/')} |")
+    lines += _calibration_section(metrics, h)
+    lines += _backtest_section(metrics.backtest)
+    lines += _drift_section(metrics.drift)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in sorted(plots)]
@@ -199,6 +202,118 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
             f"(longest {gaps['longest_hours']} h, {gaps['missing_hours']} h missing)"
         )
     return "\n".join(lines) + "\n"
+
+
+def _calibration_section(metrics: Metrics, h: list[str]) -> list[str]:
+    rows = [(x, c) for x in h if x in metrics.meta and (c := metrics.meta[x].calibration) is not None]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Calibration",
+        "",
+        "Chosen per horizon on the inner walk-forward of the OOF rows (lowest Brier score; `none` wins ties), "
+        "refitted on every OOF row and applied inside `ensemble.onnx`. Holdout Brier scores report only.",
+        "",
+        "| horizon | calibration | inner Brier none / platt / isotonic | holdout Brier before | after |",
+        "|---|---|---|---|---|",
+    ]
+    for x, c in rows:
+        inner = " / ".join(_f(c.inner_brier.get(k), 4) for k in ("none", "platt", "isotonic"))
+        lines.append(f"| {x} | {c.kind} | {inner} | {_f(c.holdout_brier_raw, 4)} | {_f(c.holdout_brier, 4)} |")
+    lines += ["", "Reliability on the holdout (mean predicted -> observed frequency, rows), after calibration:", ""]
+    for x, c in rows:
+        bins = "; ".join(f"{b['predicted']:.2f} -> {b['observed']:.2f} ({b['n']})" for b in c.reliability)
+        lines.append(f"- h={x}: {bins}")
+    return lines
+
+
+_VARIANTS = [
+    ("buy_and_hold", "buy and hold"),
+    ("ungated_long_flat", "MACD long/flat, every signal"),
+    ("gated_long_flat", "MACD long/flat, gated"),
+    ("ungated_long_short", "MACD long/short, every signal"),
+    ("gated_long_short", "MACD long/short, gated"),
+]
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f} %"
+
+
+def _oof_span(choice: dict) -> str:
+    return f" ({choice['oof_first'][:10]} to {choice['oof_last'][:10]})" if choice.get("oof_first") else ""
+
+
+def _thr(bt: dict) -> str:
+    return "each run's own threshold" if bt.get("threshold") is None else f"{bt['threshold']:.2f}"
+
+
+def _backtest_section(bt: dict | None) -> list[str]:
+    if not bt:
+        return []
+    choice = bt.get("threshold_choice", {})
+    lines = [
+        "",
+        "## Does the gate help the bot? (holdout backtest)",
+        "",
+        f"MACD(12,26,9) crossovers of the target, {bt['first'][:16]} to {bt['last'][:16]} UTC ({bt['bars']} "
+        f"bars, {bt['signals']} signals), decided at a bar's close and traded at the next open, exits on the "
+        f"opposite signal or after {bt['horizon']} h, costs {bt['cost_bps']:g} bps per side. Gated: taken only when "
+        f"the calibrated probability of the signal's direction at h={bt['horizon']} is >= {_thr(bt)}, a "
+        f"threshold chosen on the OOF rows{_oof_span(choice)}, never on the backtest's bars. "
+        "Intervals: 95 % moving-block bootstrap.",
+        "",
+        "| strategy | trades | hit rate | mean / trade | cumulative | Sharpe (95 % interval) | max drawdown | "
+        "exposure | turnover / day |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in _VARIANTS:
+        v = bt["variants"].get(key)
+        if v is None:
+            continue
+        lo, hi = v["sharpe_interval"]
+        hit = "–" if v["hit_rate"] is None else f"{100 * v['hit_rate']:.0f} %"
+        lines.append(
+            f"| {label} | {v['trades']} | {hit} | {_pct(v['mean_trade_return'])} | {_pct(v['cumulative_return'])} "
+            f"| {v['sharpe']:.2f} ({lo:.2f} to {hi:.2f}) | {100 * v['max_drawdown']:.1f} % | "
+            f"{100 * v['exposure']:.0f} % | {v['turnover_per_day']:.2f} |"
+        )
+    lines += ["", "| gated - ungated | Sharpe (95 % interval) | annual return (95 % interval) |", "|---|---|---|"]
+    for mode, d in bt["gated_minus_ungated"].items():
+        lo, hi = d["sharpe_interval"]
+        rlo, rhi = d["annual_return_interval"]
+        lines.append(
+            f"| {mode.replace('_', '/')} | {d['sharpe']:+.2f} ({lo:+.2f} to {hi:+.2f}) | "
+            f"{_pct(d['annual_return'])} ({_pct(rlo)} to {_pct(rhi)}) |"
+        )
+    if bt.get("lookahead_suspect"):
+        lines += [
+            "",
+            f"**Look-ahead suspected**: {', '.join(bt['lookahead_suspect'])} score(s) too well for an hourly "
+            "MACD gate (Sharpe > 5 or hit rate >= 80 %); check the data and labels before trusting this run.",
+        ]
+    return lines
+
+
+def _drift_section(drift: dict | None) -> list[str]:
+    if not drift:
+        return []
+    f = drift.get("features") or {}
+    lines = ["", "## Drift", ""]
+    if f:
+        top = ", ".join(f"`{t['feature']}` {t['psi']:.2f}" for t in f.get("top", [])[:5])
+        flag = " **(drift)**" if f.get("drifted") else ""
+        lines.append(
+            f"- Features, newest rows {f['newest_rows'][0]}-{f['newest_rows'][1]} vs the training rows "
+            f"{f['train_rows'][0]}-{f['train_rows'][1]}: {len(f.get('drifted', []))} with PSI > {f['limit']:g} "
+            f"({100 * f.get('drifted_share', 0):.0f} %){flag}; highest: {top}."
+        )
+    lines.append(
+        "- The shipped probability against the champion's, on the same bars: see Promotion (it depends on which "
+        "run is current)."
+    )
+    return lines
 
 
 def render_promotion(decision: Decision) -> str:
@@ -222,5 +337,14 @@ def render_promotion(decision: Decision) -> str:
             f"| champion | {decision.champion} | {_f(decision.champion_auc)} | same |",
             "",
             f"Margin: {decision.margin_se:g} SE of the AUC (SE {_f(decision.se)}), horizon {decision.horizon} h.",
+        ]
+    shift = decision.prediction_shift
+    if shift and shift.get("psi") is not None:
+        flag = " **(drift: above the limit)**" if shift.get("flagged") else ""
+        lines += [
+            "",
+            f"Shipped probability, champion -> challenger on these rows: PSI {shift['psi']:.3f} (limit "
+            f"{shift['limit']:g}){flag}, mean {shift['mean_champion']:.3f} -> {shift['mean_challenger']:.3f}, "
+            f"std {shift['std_champion']:.3f} -> {shift['std_challenger']:.3f}.",
         ]
     return "\n".join(lines) + "\n"

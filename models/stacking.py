@@ -32,6 +32,7 @@ from scipy.optimize import minimize
 from macd_ml.features.errors import NothingToShip
 from macd_ml.features.labels import label_name
 from macd_ml.features.segments import HOUR_US
+from macd_ml.models import calibration
 from macd_ml.models.evaluate import auc_se, prediction_columns
 from macd_ml.models.metrics import Diversity, Shipped
 from macd_ml.models.predictor import Predictor, logit, sigmoid
@@ -130,6 +131,9 @@ class HorizonStack:
     train_last: str | None = None
     n_train: int = 0
     n_val: int = 0
+    calibration_brier: dict[str, float] | None = None  # inner walk-forward Brier per calibration kind
+    oof_shipped: np.ndarray | None = None  # the shipped (calibrated) probability on every OOF row, time-sorted
+    oof_timestamps: pl.Series | None = None
 
 
 def diversity(P: np.ndarray, models: list[str], threshold: float, collapsed: dict[str, bool]) -> dict:
@@ -226,7 +230,11 @@ def stack_horizon(
     if shipped is None:
         shipped = Predictor("best", [best_model]) if single_v > mean_v else Predictor("mean", kept)
     shipped_val = candidates[shipped.label]["val_auc"]
-    in_sample = shipped.predict(rows.select(prediction_columns_for(shipped.models, h)).to_numpy().astype(np.float64))
+    P_shipped = rows.select(prediction_columns_for(shipped.models, h)).to_numpy().astype(np.float64)
+    # calibration: chosen on the same inner blocks, from the shipped predictor's output on the OOF rows
+    cal = calibration.choose(shipped.predict_raw(P_shipped), y, blocks)
+    shipped.calibration = cal.calibrator
+    in_sample = shipped.predict(P_shipped)
     return HorizonStack(
         horizon=h,
         shipped=shipped,
@@ -240,6 +248,9 @@ def stack_horizon(
         train_last=rows["timestamp"][-1].isoformat() if rows.height else None,
         n_train=rows.height,
         n_val=len(test_idx),
+        calibration_brier=cal.inner_brier,
+        oof_shipped=in_sample,
+        oof_timestamps=rows["timestamp"],
     )
 
 
@@ -282,6 +293,19 @@ class StackOutcome:
     diversity: dict[str, Diversity]
     predictors: dict[str, Predictor]
     shipped: pl.DataFrame
+    oof_shipped: pl.DataFrame | None = None  # timestamp + shipped_h{h} on OOF rows (calibrated; null where undefined)
+
+
+def _calibration_report(st: HorizonStack, raw: np.ndarray, p: np.ndarray, y: np.ndarray) -> dict:
+    ok = ~np.isnan(y)
+    return {
+        "kind": st.shipped.calibration.kind,
+        "inner_brier": st.calibration_brier or {},
+        "holdout_brier_raw": calibration.brier(raw[ok], y[ok]) if ok.any() else None,
+        "holdout_brier": calibration.brier(p[ok], y[ok]) if ok.any() else None,
+        "reliability_raw": calibration.reliability(raw[ok], y[ok]),
+        "reliability": calibration.reliability(p[ok], y[ok]),
+    }
 
 
 def stack_all(
@@ -298,6 +322,7 @@ def stack_all(
     metrics: dict[str, Shipped] = {}
     div: dict[str, Diversity] = {}
     shipped_cols: dict[str, object] = {"timestamp": holdout["timestamp"]}
+    oof_frames: list[pl.DataFrame | None] = []
     for h in horizons:
         # the fitting code is handed the OOF rows only; the holdout appears below, for reporting
         st = stack_horizon(oof, models, h, spec, embargo_hours, collapsed)
@@ -306,6 +331,13 @@ def stack_all(
             test[label] = evaluate_holdout(candidate_predictor(st, label, oof, spec), holdout, h)[0]
         test_auc, p = evaluate_holdout(st.shipped, holdout, h)
         shipped_cols[f"shipped_h{h}"] = p
+        raw = st.shipped.predict_raw(holdout.select(prediction_columns_for(st.shipped.models, h)).to_numpy())
+        y_hold = holdout[label_name(h)].cast(pl.Float64).to_numpy()
+        oof_frames.append(
+            pl.DataFrame({"timestamp": st.oof_timestamps, f"shipped_h{h}": st.oof_shipped})
+            if st.oof_timestamps is not None
+            else None
+        )
         n_test = int(holdout[f"y_{h}"].drop_nulls().len())
         se = float(np.hypot(auc_se(st.n_val, h), auc_se(n_test, h)))
         gap = None if st.val_auc is None or test_auc is None else st.val_auc - test_auc
@@ -328,8 +360,15 @@ def stack_all(
                 "n_test": n_test,
                 "train_last": st.train_last,
                 "holdout_first": holdout["timestamp"][0].isoformat(),
+                "calibration": _calibration_report(st, raw, p, y_hold),
             }
         )
         div[str(h)] = Diversity.model_validate(st.diversity)
         predictors[str(h)] = st.shipped
-    return StackOutcome(metrics, div, predictors, pl.DataFrame(shipped_cols))
+    oof_shipped = None
+    for f in oof_frames:  # one frame per horizon (rows with that horizon's label): outer-joined on time
+        if f is not None:
+            oof_shipped = f if oof_shipped is None else oof_shipped.join(f, on="timestamp", how="full", coalesce=True)
+    if oof_shipped is not None:
+        oof_shipped = oof_shipped.sort("timestamp")
+    return StackOutcome(metrics, div, predictors, pl.DataFrame(shipped_cols), oof_shipped)

@@ -24,6 +24,7 @@ def write_report(
     holdout: pl.DataFrame,
     shipped: pl.DataFrame,
     importance: dict[str, dict],
+    extra_plots: list[str] | None = None,
 ) -> dict[str, ArtifactRef]:
     """Render the plots and report.md into ``folder`` through the store; returns relative path -> ref."""
     horizons = metrics.horizons
@@ -46,7 +47,7 @@ def write_report(
         )
         # every artifact goes through the store (atomic, retried, clear errors), plots included
         refs = {f"plots/{name}": write_bytes(folder / "plots" / name, p.read_bytes()) for name, p in rendered.items()}
-    text = render_report(metrics, list(refs))
+    text = render_report(metrics, [*refs, *(extra_plots or [])])
     refs["report.md"] = write_bytes(folder / "report.md", text.encode())
     return refs
 
@@ -58,7 +59,9 @@ def report_task(
     stack_files: dict[str, ArtifactRef],
     importance: dict[str, ArtifactRef],
     out_dir: str,
+    extra_plots: dict[str, ArtifactRef] | None = None,
 ) -> dict[str, ArtifactRef]:
+    """``extra_plots``: PNGs drawn by other stages (the backtest's equity curve), linked from the report."""
     return write_report(
         cache_dir(out_dir, "report", current_key()),
         metrics,
@@ -66,6 +69,7 @@ def report_task(
         read_parquet(tables["holdout_predictions.parquet"]),
         read_parquet(stack_files["shipped_holdout.parquet"]),
         {name: read_json(ref) for name, ref in importance.items()},
+        [name for name in (extra_plots or {}) if name.endswith(".png")],
     )
 
 

@@ -36,4 +36,6 @@ def stack_task(
         "stack.json": write_json(d / "stack.json", doc),
         "shipped_holdout.parquet": write_parquet(d / "shipped_holdout.parquet", outcome.shipped),
     }
+    if outcome.oof_shipped is not None:  # the gate's threshold is chosen on these rows (models/backtest.py)
+        files["shipped_oof.parquet"] = write_parquet(d / "shipped_oof.parquet", outcome.oof_shipped)
     return StackResult(files=files, meta=outcome.metrics, diversity=outcome.diversity)

@@ -161,6 +161,25 @@ MUTATIONS = [
         "the TFT's shared per-bar encoding is gathered one bar off: windows no longer hold their own bars",
     ),
     Mutation(
+        "backtest-trades-on-the-signal-bar",
+        "models/backtest.py",
+        "        pos[t + 1] = new",
+        "        pos[t] = new",
+        (
+            "tests/test_backtest.py::test_hand_computed_long_flat_trade",
+            "tests/test_backtest.py::test_decisions_trade_at_the_next_open_so_shifting_prices_changes_results",
+        ),
+        "a crossover decided at a bar's close trades at that bar's own open: look-ahead",
+    ),
+    Mutation(
+        "calibration-ships-collapsed",
+        "models/calibration.py",
+        '    return c.kind != "none" and p is not None and len(p) > 1 and float(np.std(c.apply(p))) < MIN_STD',
+        "    return False",
+        ("tests/test_calibration.py::test_a_calibration_that_squeezes_a_weak_signal_flat_never_ships",),
+        "a calibration that squeezes the shipped probability flat can ship",
+    ),
+    Mutation(
         "direct-write",
         "artifacts/store.py",
         "tmp = dest.with_name(temp_name(dest.name))",

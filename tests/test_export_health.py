@@ -156,8 +156,10 @@ def test_a_healthy_run_is_published_with_its_gate_and_onnx(run):
         "holdout-auc",
         "val-holdout-drop",
         "oof-rows",
+        "drift",
         "live",
     }
+    assert names["drift"]["severity"] == "warning" and "features with PSI >" in names["drift"]["detail"]
     assert names["live"]["passed"] and "fresh process" in names["live"]["detail"], names["live"]
     listed = {a["path"] for a in verify_run(folder)["artifacts"]}
     assert {

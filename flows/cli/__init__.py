@@ -11,11 +11,11 @@ import os
 import sys
 
 from macd_ml.features.errors import ConfigError, DataError, Refused
-from macd_ml.flows.cli import data, run, serve, serving, stages
+from macd_ml.flows.cli import backtest, data, run, serve, serving, stages
 from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, one_line
 from macd_ml.serving.bundle import BundleError
 
-COMMANDS = (run, stages, serving, serve, data)
+COMMANDS = (run, stages, serving, backtest, serve, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

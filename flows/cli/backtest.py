@@ -1,0 +1,64 @@
+"""``backtest``: the bot's MACD strategy, always and gated by a run's probabilities, on a span it never trained on;
+``--chain OUT`` stitches every promoted run (serving/backtest.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from macd_ml.flows.cli.common import EXIT_OK, command
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "backtest",
+        "MACD strategy with and without the ML gate on bars a run never trained on",
+        "Score the span with the run's ensemble.onnx from raw candles, then trade MACD(12,26,9) crossovers "
+        "always and only when the calibrated probability clears the run's threshold (chosen on its OOF rows): "
+        "trades, hit rate, returns, Sharpe with bootstrap intervals, drawdown, exposure, turnover. A span that "
+        "starts before the run's holdout is refused (exit 3). --chain OUT replays every promoted run in order.",
+        backtest,
+    )
+    p.add_argument("run", metavar="RUN_DIR|BUNDLE", nargs="?", help="a run folder or a bundle .tar.gz")
+    p.add_argument("--chain", metavar="OUT", help="every promoted run in OUT/runs, each until the next one's data")
+    p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the run's target and cross)")
+    p.add_argument("--from", dest="first", metavar="T", help="first bar (ISO time, UTC); default the holdout start")
+    p.add_argument("--to", dest="last", metavar="T", help="last bar (ISO time, UTC); default the newest bar")
+    p.add_argument("--json", metavar="FILE", help="also write the full result (equity curves included) here")
+    p.add_argument("--plot", metavar="PNG", help="write the equity curves to this PNG")
+
+
+def backtest(args: argparse.Namespace) -> int:
+    from macd_ml.features.errors import ConfigError
+    from macd_ml.serving.backtest import Source, backtest_chain, backtest_span
+
+    if bool(args.run) == bool(args.chain):
+        raise ConfigError("give either RUN_DIR|BUNDLE or --chain OUT")
+    if args.chain:
+        if args.first:
+            raise ConfigError("--from does not apply to --chain (each run starts after its own data)")
+        result = backtest_chain(args.chain, args.data, args.last)
+    else:
+        result = backtest_span(Source.load(args.run), args.data, args.first, args.last)
+    if args.plot:
+        from macd_ml.models.plots import plot_equity
+
+        plot_equity(Path(args.plot), result["timestamps"], result["equity"], result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    print(table(result))
+    return EXIT_OK
+
+
+def table(result: dict) -> str:
+    from macd_ml.models.report import _backtest_section
+
+    head = [f"backtest {result['first'][:16]} .. {result['last'][:16]} UTC, {result['bars']} bars"]
+    for seg in result.get("segments", []):
+        head.append(
+            f"  run {seg['run_id']}: {seg['first'][:16]} .. {seg['last'][:16]} ({seg['bars']} bars), "
+            f"threshold {seg['threshold']:.2f}"
+        )
+    return "\n".join(head + _backtest_section(result)[2:])

@@ -1,0 +1,172 @@
+"""``macd-ml backtest``: the holdout backtest of a run (models/backtest.py) on any span it did not train on, and the
+chain of promoted runs stitched into one equity curve (issue 15).
+
+- **One run or bundle**: the bundle's ``ensemble.onnx`` scores the span's bars from raw candles (the bot's own
+  path: :class:`~macd_ml.serving.scorer.Scorer`), then the MACD strategy runs always and gated, with the run's
+  own threshold (chosen on its OOF rows) and backtest settings. A span that starts before the run's holdout is
+  refused: those bars trained the models (or chose the stacker), so their figures would not be honest.
+- **Chain** (``--chain OUT``): every promoted run in ``OUT/runs`` (verified), ordered by the last candle it
+  trained on; each scores the bars after that candle until the next run's last candle (the bot would have
+  switched to it then), each with its own threshold. One equity curve, as a bot retrained nightly would have
+  traded; in a historical replay a run's "promotion time" is the end of its data, not the wall clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from macd_ml.features.errors import DataError, Refused
+from macd_ml.features.ingest import load_market
+from macd_ml.models.backtest import BacktestSpec, evaluate, macd_signals
+from macd_ml.serving.bundle import Bundle, build_bundle, open_bundle, read_bundle
+from macd_ml.serving.scorer import Scorer
+
+
+@dataclass
+class Source:
+    """A bundle and what the backtest reads from it."""
+
+    bundle: Bundle
+    horizon: int
+    threshold: float
+    spec: BacktestSpec
+    holdout_first: datetime
+    data_last: datetime
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Source":
+        p = Path(path)
+        bundle = read_bundle(build_bundle(p), str(p)) if p.is_dir() else open_bundle(p)
+        config, metrics = bundle.json("config.json"), bundle.json("metrics.json")
+        h = (config.get("health") or {}).get("primary_horizon") or metrics["horizons"][0]
+        bt = metrics.get("backtest") or {}
+        if "threshold" not in bt:
+            raise Refused(f"{p}: run {bundle.run_id} has no backtest threshold (trained before backtests existed)")
+        return cls(
+            bundle=bundle,
+            horizon=int(h),
+            threshold=float(bt["threshold"]),
+            spec=BacktestSpec.model_validate(config.get("backtest") or {}),
+            holdout_first=datetime.fromisoformat(metrics["holdout"]["first"]),
+            data_last=datetime.fromisoformat(metrics["input"]["span"][metrics["target"]][1]),
+        )
+
+
+def _scores(scorer: Scorer, market, first: datetime, last: datetime, h: int) -> pl.DataFrame:
+    """The shipped probability at ``h`` for every target bar in [first, last] (null where nothing scored)."""
+    frame = market.target.frame
+    upto = frame.filter(pl.col("timestamp") <= last)
+    n = upto.filter(pl.col("timestamp") >= first).height
+    if n == 0:
+        return pl.DataFrame(schema={"timestamp": frame["timestamp"].dtype, "p": pl.Float64})
+    cut = type(market)(
+        type(market.target)(market.target.symbol, market.target.path, market.target.sha256, upto),
+        tuple(type(c)(c.symbol, c.path, c.sha256, c.frame.filter(pl.col("timestamp") <= last)) for c in market.cross),
+    )
+    bars = scorer.score(cut, last=n)
+    return pl.DataFrame(
+        {
+            "timestamp": [b.timestamp for b in bars],
+            "p": [None if b.probabilities is None else b.probabilities[str(h)] for b in bars],
+        },
+        schema={"timestamp": frame["timestamp"].dtype, "p": pl.Float64},
+    )
+
+
+def _when(text: str | None, default: datetime, tz) -> datetime:
+    if not text:
+        return default
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=tz)
+
+
+def backtest_span(source: Source, data_dir: str, first: str | None = None, last: str | None = None) -> dict:
+    """The run's backtest on [first, last] (default: its holdout start to the newest bar)."""
+    scorer = Scorer(source.bundle)
+    market = load_market(data_dir, scorer.target, scorer.cross)
+    candles = market.target.frame
+    tz = source.holdout_first.tzinfo
+    start = _when(first, source.holdout_first, tz)
+    end = _when(last, candles["timestamp"][-1], tz)
+    if start < source.holdout_first:
+        raise Refused(
+            f"run {source.bundle.run_id} trained on bars up to its holdout ({source.holdout_first.isoformat()}); "
+            f"a backtest from {start.isoformat()} would score bars it learned from. Start at or after its holdout"
+        )
+    if end <= start:
+        raise DataError(data_dir, f"the span {start.isoformat()} .. {end.isoformat()} is empty")
+    probs = _scores(scorer, market, start, end, source.horizon)
+    bars = candles.select("timestamp", "open", "close").join(probs, on="timestamp", how="left")
+    signals = macd_signals(bars["close"], source.spec)
+    out = evaluate(bars, signals, source.horizon, source.threshold, source.spec, (start, end))
+    out["run_id"] = source.bundle.run_id
+    return out
+
+
+def promoted_runs(out_dir: Path | str) -> list[Path]:
+    """Published runs whose promotion record says promoted, verified, oldest data first."""
+    from macd_ml.artifacts.store import read_json, verify_run
+
+    runs = []
+    for run in sorted((Path(out_dir) / "runs").glob("*")):
+        decision = run / "promotion.json"
+        if not decision.is_file() or not read_json(decision).get("promote"):
+            continue
+        verify_run(run)
+        runs.append(run)
+    if not runs:
+        raise DataError(out_dir, "no promoted run to backtest")
+    return runs
+
+
+def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) -> dict:
+    """Each promoted run on the bars after its data until the next run's data end, stitched (module docstring)."""
+    sources = sorted((Source.load(r) for r in promoted_runs(out_dir)), key=lambda s: s.data_last)
+    first = sources[0]
+    scorer0 = Scorer(first.bundle)
+    market = load_market(data_dir, scorer0.target, scorer0.cross)
+    candles = market.target.frame
+    end = _when(last, candles["timestamp"][-1], first.data_last.tzinfo)
+    pieces, thresholds, segments = [], [], []
+    for i, src in enumerate(sources):
+        if src.horizon != first.horizon:
+            raise DataError(out_dir, f"run {src.bundle.run_id} gates at h={src.horizon}, the chain at {first.horizon}")
+        seg_end = min(sources[i + 1].data_last, end) if i + 1 < len(sources) else end
+        after = candles.filter(pl.col("timestamp") > src.data_last)["timestamp"]
+        if not after.len() or after[0] > seg_end:
+            continue
+        probs = _scores(Scorer(src.bundle), market, after[0], seg_end, src.horizon)
+        pieces.append(probs)
+        thresholds.append(pl.DataFrame({"timestamp": probs["timestamp"], "thr": [src.threshold] * probs.height}))
+        segments.append(
+            {
+                "run_id": src.bundle.run_id,
+                "first": after[0].isoformat(),
+                "last": seg_end.isoformat(),
+                "threshold": src.threshold,
+                "bars": probs.height,
+            }
+        )
+    if not pieces:
+        raise DataError(data_dir, "no bar comes after the data of any promoted run: nothing to replay")
+    probs = pl.concat(pieces)
+    bars = (
+        candles.select("timestamp", "open", "close")
+        .join(probs, on="timestamp", how="left")
+        .join(pl.concat(thresholds), on="timestamp", how="left")
+    )
+    signals = macd_signals(bars["close"], first.spec)
+    span = (datetime.fromisoformat(segments[0]["first"]), datetime.fromisoformat(segments[-1]["last"]))
+    a = int(bars["timestamp"].search_sorted(span[0], side="left"))
+    b = int(bars["timestamp"].search_sorted(span[1], side="right"))
+    thr = np.ones(bars.height)
+    thr[a:b] = bars["thr"].fill_null(1.0).to_numpy()[a:b]  # (a bar no run scored is never taken gated)
+    out = evaluate(bars, signals, first.horizon, thr, first.spec, span)
+    out["threshold"] = None
+    out["segments"] = segments
+    return out

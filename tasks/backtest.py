@@ -1,0 +1,91 @@
+"""Backtest task: the bot's MACD strategy on the holdout, always and gated by the shipped probability
+(models/backtest.py), with the gate's threshold chosen on the OOF rows."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import polars as pl
+from prefect import get_run_logger
+from pydantic import BaseModel
+
+from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json
+from macd_ml.features.ingest import find_symbol_file, read_candles
+from macd_ml.models.backtest import BacktestSpec, choose_threshold, evaluate, macd_signals
+from macd_ml.tasks.policy import current_key
+from macd_ml.tasks.refs import MarketRef
+from macd_ml.tasks.results import cached_task, result_type
+
+
+@result_type
+class BacktestResult(BaseModel):
+    summary: dict  # backtest.json without the equity curves (for metrics.json and the report)
+    files: dict[str, ArtifactRef]  # backtest.json, plots/equity.png
+
+
+def run_backtest(candles: pl.DataFrame, oof: pl.DataFrame, holdout: pl.DataFrame, h: int, spec: BacktestSpec):
+    """Threshold on the OOF span, evaluation on the holdout span; both from the shipped probability at ``h``."""
+    col = f"shipped_h{h}"
+    probs = pl.concat([oof.select("timestamp", col), holdout.select("timestamp", col)]).unique("timestamp")
+    bars = candles.select("timestamp", "open", "close").join(probs.rename({col: "p"}), on="timestamp", how="left")
+    signals = macd_signals(bars["close"], spec)
+    oof_rows = oof.filter(pl.col(col).is_not_null())
+    choice = choose_threshold(bars, signals, h, spec, (oof_rows["timestamp"][0], oof_rows["timestamp"][-1]))
+    result = evaluate(bars, signals, h, choice["threshold"], spec, (holdout["timestamp"][0], holdout["timestamp"][-1]))
+    result["threshold_choice"] = choice
+    return result
+
+
+@cached_task(name="backtest")
+def backtest_task(
+    market: MarketRef, stack_files: dict[str, ArtifactRef], horizon: int, spec: BacktestSpec, out_dir: str
+) -> BacktestResult:
+    candles = read_candles(find_symbol_file(Path(market.data_dir), market.target), market.target).frame
+    result = run_backtest(
+        candles,
+        read_parquet(stack_files["shipped_oof.parquet"]),
+        read_parquet(stack_files["shipped_holdout.parquet"]),
+        horizon,
+        spec,
+    )
+    equity, stamps = result.pop("equity"), result.pop("timestamps")
+    d = cache_dir(out_dir, "backtest", current_key())
+    with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
+        from macd_ml.models.plots import plot_equity  # matplotlib only when drawn
+
+        png = plot_equity(Path(scratch) / "equity.png", stamps, equity, result)
+        files = {"plots/equity.png": write_bytes(d / "plots" / "equity.png", png.read_bytes())}
+    files["backtest.json"] = write_json(d / "backtest.json", result)
+    log = get_run_logger()
+    v = result["variants"]
+    log.info(
+        "backtest h=%s on the holdout (threshold %.2f, chosen on OOF rows): Sharpe ungated %.2f, gated %.2f "
+        "(long/flat); buy and hold %.2f",
+        horizon,
+        result["threshold"],
+        v["ungated_long_flat"]["sharpe"],
+        v["gated_long_flat"]["sharpe"],
+        v["buy_and_hold"]["sharpe"],
+    )
+    if result["lookahead_suspect"]:
+        log.warning("backtest: %s look too good to be true (look-ahead?)", ", ".join(result["lookahead_suspect"]))
+    return BacktestResult(summary=result, files=files)
+
+
+@cached_task(name="drift")
+def drift_task(
+    features: ArtifactRef, names: list[str], folds: ArtifactRef, window_hours: int, max_feature_psi: float, out_dir: str
+) -> dict:
+    """Feature PSI of the newest ``window_hours`` rows against the refit's training rows. (The shipped
+    probability against the champion's is measured by champion / challenger, on the same bars: it depends on
+    which run is current, so it stays out of the run's content, as the promotion decision does.)"""
+    from macd_ml.models.drift import feature_drift
+    from macd_ml.tasks.refs import load_folds
+
+    frame = read_parquet(features)
+    fit = load_folds(folds).refit.fit
+    n = frame.height
+    X = frame.select(names).to_numpy().astype(float)
+    newest = slice(max(0, n - window_hours), n)
+    return {"features": feature_drift(X, names, slice(fit.start, fit.stop), newest, max_feature_psi)}

@@ -1,0 +1,164 @@
+"""The gated-strategy backtest: hand-computed cases, no look-ahead, costs, an oracle recognised, OOF-only threshold."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+
+from macd_ml.features.synth import synth_market
+from macd_ml.models.backtest import (
+    BacktestSpec,
+    choose_threshold,
+    evaluate,
+    gate,
+    macd_signals,
+    simulate,
+    summary,
+)
+
+COST = 0.001
+
+
+def test_hand_computed_long_flat_trade():
+    """Buy signal at bar 1 -> long from open 2; sell signal at bar 3 -> flat at open 4."""
+    open_ = np.array([100.0, 100.0, 100.0, 110.0, 121.0, 121.0])
+    sig = np.array([0, 1, 0, -1, 0, 0])
+    run = simulate(open_, sig, np.ones(6, bool), horizon=24, mode="long_flat", cost=COST)
+    assert run.positions.tolist() == [0, 0, 1, 1, 0, 0]
+    assert len(run.trades) == 1
+    t = run.trades[0]
+    assert (t["entry"], t["exit"], t["side"]) == (2, 4, 1)
+    assert t["return"] == pytest.approx(1.21 * (1 - COST) ** 2 - 1)
+    # hourly: bar 2 earns +10 % less the entry cost, bar 3 +10 %, bar 4 pays the exit cost
+    np.testing.assert_allclose(run.returns, [0, 0, 0.1 - COST, 0.1, -COST, 0])
+
+
+def test_hand_computed_short_and_time_exit():
+    open_ = np.array([100.0, 100.0, 100.0, 90.0, 81.0, 81.0, 81.0])
+    sig = np.array([0, -1, 0, 0, 0, 0, 0])
+    flat = simulate(open_, sig, np.ones(7, bool), horizon=2, mode="long_flat", cost=0.0)
+    assert not flat.trades  # a sell signal opens nothing long/flat
+    short = simulate(open_, sig, np.ones(7, bool), horizon=2, mode="long_short", cost=0.0)
+    assert short.positions.tolist() == [0, 0, -1, -1, 0, 0, 0]  # closed after 2 bars held
+    assert short.trades[0]["return"] == pytest.approx((1 + 0.1) * (1 + 0.1) - 1)
+
+
+def test_decisions_trade_at_the_next_open_so_shifting_prices_changes_results():
+    """A jump at the open right after the signal bar is earned only because the trade happens at that open;
+    moving the jump one bar earlier (onto the signal bar's own open) leaves it out."""
+    sig = np.array([0, 1, 0, 0, -1, 0])
+    late = np.array([100.0, 100.0, 100.0, 150.0, 150.0, 150.0])
+    early = np.array([100.0, 150.0, 150.0, 150.0, 150.0, 150.0])
+    take = np.ones(6, bool)
+    assert simulate(late, sig, take, 24, "long_flat", 0.0).trades[0]["return"] == pytest.approx(0.5)
+    assert simulate(early, sig, take, 24, "long_flat", 0.0).trades[0]["return"] == pytest.approx(0.0)
+
+
+def test_zero_signal_loses_exactly_the_costs():
+    n = 500
+    open_ = np.full(n, 100.0)
+    sig = np.zeros(n, dtype=int)
+    sig[10::40] = 1
+    sig[30::40] = -1
+    run = simulate(open_, sig, np.ones(n, bool), 24, "long_short", COST)
+    s = summary(run)
+    turnover = np.abs(np.diff(np.concatenate([[0.0], run.positions]))).sum()
+    assert s["cumulative_return"] == pytest.approx(
+        np.prod(1 - COST * np.abs(np.diff(np.concatenate([[0.0], run.positions])))) - 1
+    )
+    assert turnover > 0 and s["cumulative_return"] < 0
+    assert all(t["return"] == pytest.approx((1 - COST) ** 2 - 1) for t in run.trades)
+
+
+def test_gate_uses_the_probability_of_the_signal_direction():
+    sig = np.array([1, 1, -1, -1, 1])
+    p = np.array([0.6, 0.5, 0.3, 0.46, np.nan])
+    assert gate(sig, p, 0.55).tolist() == [True, False, True, False, False]
+
+
+def _bars(hours: int, seed: int, signal: float):
+    m = synth_market(hours=hours, seed=seed, signal=signal)["ETHUSDT"]
+    return m.select("timestamp", "open", "close")
+
+
+def _oracle(bars: pl.DataFrame, h: int) -> np.ndarray:
+    """Perfect foresight: 1 when the close h bars ahead is higher (what no honest model can know)."""
+    c = bars["close"].to_numpy()
+    p = np.full(len(c), np.nan)
+    p[:-h] = (c[h:] > c[:-h]).astype(float)
+    return p
+
+
+def test_a_perfect_foresight_oracle_is_flagged():
+    spec = BacktestSpec(bootstrap=200)
+    bars = _bars(4000, 1, 0.0)
+    frame = bars.with_columns(pl.Series("p", _oracle(bars, 12)))
+    sig = macd_signals(frame["close"], spec)
+    span = (frame["timestamp"][100], frame["timestamp"][-1])
+    out = evaluate(frame, sig, 12, 0.55, spec, span)
+    assert out["lookahead_suspect"]
+    honest = frame.with_columns(pl.Series("p", np.full(frame.height, 0.6)))
+    assert not evaluate(honest, sig, 12, 0.55, spec, span)["lookahead_suspect"]
+
+
+def test_threshold_never_reads_the_evaluation_span():
+    """The threshold comes from the OOF span alone: any change to the bars after it changes nothing."""
+    spec = BacktestSpec(bootstrap=200)
+    bars = _bars(5000, 2, 1.0)
+    rng = np.random.default_rng(0)
+    frame = bars.with_columns(pl.Series("p", rng.random(bars.height)))
+    sig = macd_signals(frame["close"], spec)
+    oof = (frame["timestamp"][50], frame["timestamp"][3000])
+    a = choose_threshold(frame, sig, 12, spec, oof)
+    changed = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) > 3001).then(1 - pl.col("p")).otherwise(pl.col("p")).alias("p"),
+        pl.when(pl.int_range(pl.len()) > 3001).then(pl.col("open") * 3).otherwise(pl.col("open")).alias("open"),
+    )
+    assert choose_threshold(changed, sig, 12, spec, oof) == a
+
+
+def test_on_a_driftless_market_the_gated_sharpe_is_within_its_interval_of_zero():
+    """No signal in prices and a gate of noise: after costs, the gated strategy has no edge its interval excludes."""
+    spec = BacktestSpec(bootstrap=500)
+    bars = _bars(8000, 3, 0.0)
+    rng = np.random.default_rng(1)
+    frame = bars.with_columns(pl.Series("p", rng.random(bars.height)))
+    sig = macd_signals(frame["close"], spec)
+    oof = (frame["timestamp"][50], frame["timestamp"][4000])
+    thr = choose_threshold(frame, sig, 12, spec, oof)["threshold"]
+    out = evaluate(frame, sig, 12, thr, spec, (frame["timestamp"][4001], frame["timestamp"][-1]))
+    for m in ("long_flat", "long_short"):
+        lo, hi = out["variants"][f"gated_{m}"]["sharpe_interval"]
+        assert lo <= 0 <= hi or hi < 0, (m, lo, hi)  # never a significant gain on a market with nothing to gain
+        dlo, dhi = out["gated_minus_ungated"][m]["sharpe_interval"]
+        assert dlo < dhi
+
+
+def test_macd_crossings_alternate_and_are_causal():
+    spec = BacktestSpec()
+    bars = _bars(3000, 4, 1.0)
+    sig = macd_signals(bars["close"], spec)
+    nz = sig[sig != 0]
+    assert len(nz) > 20 and np.all(nz[1:] != nz[:-1])  # up, down, up, ...
+    cut = macd_signals(bars["close"][:2000], spec)
+    np.testing.assert_array_equal(cut, sig[:2000])  # later bars never change an earlier signal
+
+
+def test_timestamps_are_the_bars():
+    spec = BacktestSpec(bootstrap=100)
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    frame = pl.DataFrame(
+        {
+            "timestamp": [t0 + timedelta(hours=i) for i in range(300)],
+            "open": np.linspace(100, 130, 300),
+            "close": np.linspace(100, 130, 300),
+            "p": np.full(300, 0.7),
+        }
+    )
+    sig = macd_signals(frame["close"], spec)
+    out = evaluate(frame, sig, 12, 0.55, spec, (t0 + timedelta(hours=50), t0 + timedelta(hours=299)))
+    assert out["bars"] == 250 and out["first"] == (t0 + timedelta(hours=50)).isoformat()
+    assert out["variants"]["buy_and_hold"]["cumulative_return"] > 0
