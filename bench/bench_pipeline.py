@@ -168,8 +168,7 @@ def _deployment(data: str, base: Path, env: dict, log: Path) -> tuple[float, flo
             dep = _wait(lambda: _deployment_id(httpx, api), 180, "the served deployment")
             runs = []
             for _ in range(2):
-                r = httpx.post(f"{api}/deployments/{dep}/create_flow_run", json={}, timeout=30)
-                r.raise_for_status()
+                r = _post_retrying(httpx, f"{api}/deployments/{dep}/create_flow_run")
                 run_id = r.json()["id"]
                 t0 = time.perf_counter()
                 final = _wait(lambda r=run_id: _final(httpx, api, r), 900, "the deployment's run")
@@ -185,6 +184,18 @@ def _deployment(data: str, base: Path, env: dict, log: Path) -> tuple[float, flo
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
     return runs[0][0], runs[1][0], max(d for _, d in runs)
+
+
+def _post_retrying(httpx, url: str, tries: int = 5):
+    """POST, retried on 503: the SQLite server answers 503 while another writer holds the database (Prefect's
+    own client retries these the same way)."""
+    for attempt in range(tries):
+        r = httpx.post(url, json={}, timeout=30)
+        if r.status_code != 503 or attempt == tries - 1:
+            r.raise_for_status()
+            return r
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _seconds(iso: str) -> float:
