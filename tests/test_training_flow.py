@@ -157,6 +157,13 @@ def test_null_market_every_auc_within_band(tmp_path_factory):
                 assert band <= 0.06, f"data too short for a narrow band ({band:.3f})"
                 assert abs(m[kind] - 0.5) <= band, f"{name} h={h} {kind}={m[kind]:.3f} outside 0.5±{band:.3f} (n={n})"
     assert math.isclose(auc_se(300, 3), math.sqrt(3 / 900))
+    # the run's own holdout backtest: after costs, the gate finds no edge its interval excludes from zero
+    bt = metrics["backtest"]
+    for mode in ("long_flat", "long_short"):
+        lo, hi = bt["variants"][f"gated_{mode}"]["sharpe_interval"]
+        assert lo <= 0, (mode, lo, hi)  # zero inside the interval, or a loss (the costs)
+        assert bt["gated_minus_ungated"][mode]["sharpe_interval"][0] <= 0, bt["gated_minus_ungated"][mode]
+    assert not bt["lookahead_suspect"]
 
 
 def test_report_shows_what_cross_features_add(trained):
