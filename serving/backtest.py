@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from macd_ml.features.errors import DataError, Refused
-from macd_ml.features.ingest import load_market
+from macd_ml.features.ingest import Candles, Market, load_market
 from macd_ml.models.backtest import BacktestSpec, evaluate, macd_signals
 from macd_ml.serving.bundle import Bundle, build_bundle, open_bundle, read_bundle
 from macd_ml.serving.scorer import Scorer
@@ -57,16 +57,16 @@ class Source:
         )
 
 
-def _scores(scorer: Scorer, market, first: datetime, last: datetime, h: int) -> pl.DataFrame:
+def _scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: int) -> pl.DataFrame:
     """The shipped probability at ``h`` for every target bar in [first, last] (null where nothing scored)."""
     frame = market.target.frame
     upto = frame.filter(pl.col("timestamp") <= last)
     n = upto.filter(pl.col("timestamp") >= first).height
     if n == 0:
         return pl.DataFrame(schema={"timestamp": frame["timestamp"].dtype, "p": pl.Float64})
-    cut = type(market)(
-        type(market.target)(market.target.symbol, market.target.path, market.target.sha256, upto),
-        tuple(type(c)(c.symbol, c.path, c.sha256, c.frame.filter(pl.col("timestamp") <= last)) for c in market.cross),
+    cut = Market(
+        Candles(market.target.symbol, market.target.path, market.target.sha256, upto),
+        tuple(Candles(c.symbol, c.path, c.sha256, c.frame.filter(pl.col("timestamp") <= last)) for c in market.cross),
     )
     bars = scorer.score(cut, last=n)
     return pl.DataFrame(
