@@ -61,6 +61,7 @@ def _load(run: Path) -> dict:
         "oof": read_parquet(refs["oof.parquet"]),
         "holdout": read_parquet(refs["holdout_predictions.parquet"]),
         "shipped": read_parquet(refs["shipped_holdout.parquet"]),
+        "meta": read_json(refs["meta.json"]),
         "promotion": read_json(refs["promotion.json"]) if "promotion.json" in refs else None,
         # plots other stages drew (the backtest's equity curve): the report links them, a re-render copies them
         "extra_plots": {rel: ref for rel, ref in refs.items() if rel in EXTRA_PLOTS},
@@ -120,7 +121,7 @@ def run_report(run: Path, out: Path) -> Path:
     for rel, ref in r["extra_plots"].items():
         copy_file(ref, out / rel)
     refs = write_report(
-        out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"], list(r["extra_plots"])
+        out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"], list(r["extra_plots"]), r["meta"]
     )
     if r["promotion"] is not None:  # the decision made when the run was published ends its report
         text = read_text(refs["report.md"]) + render_promotion(Decision.model_validate(r["promotion"]))

@@ -27,6 +27,7 @@ IMPORTANCE_HEIGHT_PER_MODEL = 5  # inches -> 500 px per model
 TOP_FEATURES = 20
 CALIBRATION_BINS = 10
 SHIPPED_COLOR = "black"
+RAW_COLOR = "#8c8c8c"  # the shipped predictor before calibration
 
 
 # ---------------------------------------------------------------- small helpers
@@ -78,7 +79,12 @@ def _labelled(frame: pl.DataFrame, h: int) -> np.ndarray | None:
 
 
 def _curves(
-    holdout: pl.DataFrame, h: int, models: list[str], shipped: dict | None, shipped_name: dict | None
+    holdout: pl.DataFrame,
+    h: int,
+    models: list[str],
+    shipped: dict | None,
+    shipped_name: dict | None,
+    shipped_raw: dict | None = None,
 ) -> tuple[np.ndarray, list[tuple[str, np.ndarray, str, bool]]] | None:
     """Labels and the prediction series to draw for horizon h on the holdout, label-null rows dropped.
 
@@ -101,6 +107,9 @@ def _curves(
         if len(ship) != holdout.height:
             raise ValueError(f"shipped predictions for h={h} have {len(ship)} rows, holdout has {holdout.height}")
         name = _get(shipped_name, h) or "ensemble"
+        raw = _get(shipped_raw, h)
+        if raw is not None:  # calibrated: the shipped predictor before its calibration, for before / after
+            series.append(("shipped before calibration", np.asarray(raw, dtype=float)[mask], RAW_COLOR, False))
         series.append((f"shipped: {name}", ship[mask], SHIPPED_COLOR, True))
     return y, series
 
@@ -332,6 +341,7 @@ def render_plots(
     correlations: dict[str, dict] | None = None,
     importance: dict[str, dict[str, dict[str, float]]] | None = None,
     meta_weights: dict[str, dict[str, float]] | None = None,
+    shipped_raw: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Path]:
     """Write the run's diagnostic PNGs into ``folder``; returns file name -> path for those written.
 
@@ -346,7 +356,7 @@ def render_plots(
         out[name] = draw(folder / name, *args)
 
     for h in horizons:
-        drawn = _curves(holdout, h, models, shipped, shipped_name)
+        drawn = _curves(holdout, h, models, shipped, shipped_name, shipped_raw)
         if drawn is not None and drawn[1]:
             y, series = drawn
             put(f"roc_h{h}.png", plot_roc, h, y, series)

@@ -7,11 +7,13 @@ import base64
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
 from macd_ml.models.metrics import Decision, Metrics
+from macd_ml.models.predictor import Predictor
 from macd_ml.models.report import render_promotion, render_report
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.results import cached_task
@@ -25,6 +27,7 @@ def write_report(
     shipped: pl.DataFrame,
     importance: dict[str, dict],
     extra_plots: list[str] | None = None,
+    predictors: dict | None = None,
 ) -> dict[str, ArtifactRef]:
     """Render the plots and report.md into ``folder`` through the store; returns relative path -> ref."""
     horizons = metrics.horizons
@@ -44,12 +47,24 @@ def write_report(
             correlations={h: d.model_dump() for h, d in metrics.diversity.items()},
             importance=importance,
             meta_weights=weights or None,
+            shipped_raw=uncalibrated(predictors, holdout),
         )
         # every artifact goes through the store (atomic, retried, clear errors), plots included
         refs = {f"plots/{name}": write_bytes(folder / "plots" / name, p.read_bytes()) for name, p in rendered.items()}
     text = render_report(metrics, [*refs, *(extra_plots or [])])
     refs["report.md"] = write_bytes(folder / "report.md", text.encode())
     return refs
+
+
+def uncalibrated(predictors: dict | None, holdout: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Per horizon whose shipped predictor is calibrated: its holdout output before the calibration (``meta.json``
+    document ``predictors``), for the calibration plot's before / after."""
+    out = {}
+    for h, doc in (predictors or {}).get("predictors", {}).items():
+        pred = Predictor.from_json(doc)
+        if pred.calibration.kind != "none":
+            out[h] = pred.predict_raw(holdout.select([f"{m}_h{h}" for m in pred.models]).to_numpy().astype(float))
+    return out
 
 
 @cached_task(name="report")
@@ -70,6 +85,7 @@ def report_task(
         read_parquet(stack_files["shipped_holdout.parquet"]),
         {name: read_json(ref) for name, ref in importance.items()},
         [name for name in (extra_plots or {}) if name.endswith(".png")],
+        read_json(stack_files["meta.json"]),
     )
 
 

@@ -125,3 +125,28 @@ def trained_stack_inputs():
         )
 
     return frame(slice(0, n)), frame(slice(n, n + m)), ["a", "b"]
+
+
+def test_the_report_draws_the_shipped_probability_before_and_after_calibration(tmp_path):
+    import polars as pl
+
+    from macd_ml.models.plots import _curves, render_plots
+    from macd_ml.models.predictor import predictors_document
+    from macd_ml.tasks.report import uncalibrated
+
+    p, y = _market(2000, 9)
+    holdout = pl.DataFrame({"y_5": y, "a_h5": p, "y_12": y, "a_h12": p})
+    cal = calibration.fit_platt(p, y)
+    doc = predictors_document([5, 12], {"5": Predictor("mean", ["a"], calibration=cal), "12": Predictor("mean", ["a"])})
+    raw = uncalibrated(doc, holdout)
+    assert list(raw) == ["5"]  # only the calibrated horizon has a "before"
+    np.testing.assert_allclose(raw["5"], p)
+    shipped = {"5": cal.apply(p), "12": p}
+    _, series = _curves(holdout, 5, ["a"], shipped, {"5": "mean"}, raw)
+    assert [s[0] for s in series] == ["a", "shipped before calibration", "shipped: mean"]
+    _, series12 = _curves(holdout, 12, ["a"], shipped, {"12": "mean"}, raw)
+    assert "shipped before calibration" not in [s[0] for s in series12]
+    out = render_plots(
+        tmp_path, horizons=[5], oof=holdout, holdout=holdout, models=["a"], shipped=shipped, shipped_raw=raw
+    )
+    assert out["calibration_h5.png"].stat().st_size > 1000
