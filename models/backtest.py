@@ -205,12 +205,10 @@ def interval(values: np.ndarray) -> list[float]:
 # --------------------------------------------------------------------------------------------- evaluation
 
 
-def bars_with_probability(candles: pl.DataFrame, probs: pl.DataFrame, column: str) -> pl.DataFrame:
-    """The target's candles (timestamp, open, close) with the probability ``column`` of ``probs`` joined by time
-    (null where there is none)."""
-    return candles.select("timestamp", "open", "close").join(
-        probs.select("timestamp", pl.col(column).alias("p")), on="timestamp", how="left"
-    )
+def bars_with_probability(candles: pl.DataFrame, probs: pl.DataFrame) -> pl.DataFrame:
+    """The target's candles (timestamp, open, close) with ``probs`` (timestamp, ``p``, any other per-bar column)
+    joined by time; ``p`` is null on bars nothing scored (a gate never takes them)."""
+    return candles.select("timestamp", "open", "close").join(probs, on="timestamp", how="left")
 
 
 def _span(frame: pl.DataFrame, first, last) -> tuple[int, int]:

@@ -46,11 +46,9 @@ def feature_drift(X: np.ndarray, names: list[str], train: slice, newest: slice, 
     }
 
 
-def prediction_shift(champion: np.ndarray | None, challenger: np.ndarray) -> dict | None:
+def prediction_shift(champion: np.ndarray, challenger: np.ndarray) -> dict:
     """The shipped probability's distribution: the challenger's against the champion's, on the same bars (champion
     / challenger's comparison window, models/promotion.py)."""
-    if champion is None:
-        return None
     c, n = np.asarray(champion, float), np.asarray(challenger, float)
     c, n = c[np.isfinite(c)], n[np.isfinite(n)]
     return {

@@ -108,7 +108,7 @@ def decide(
         reason += "; promoted anyway (force)"
     first, last = window["timestamp"].min(), window["timestamp"].max()
     shift = prediction_shift(window["champion"].to_numpy(), window[f"shipped_h{horizon}"].to_numpy())
-    if shift is not None and shift["psi"] is not None:
+    if shift["psi"] is not None:
         shift["limit"] = spec.max_prediction_psi
         shift["flagged"] = shift["psi"] > spec.max_prediction_psi
     return Decision(

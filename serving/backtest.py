@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from macd_ml.features.errors import DataError, Refused
 from macd_ml.features.ingest import Candles, Market, load_market
-from macd_ml.models.backtest import BacktestSpec, evaluate, macd_signals
+from macd_ml.models.backtest import BacktestSpec, bars_with_probability, evaluate, macd_signals
 from macd_ml.serving.bundle import Bundle, build_bundle, open_bundle, read_bundle
 from macd_ml.serving.scorer import Scorer
 
@@ -101,7 +100,7 @@ def backtest_span(source: Source, data_dir: str, first: str | None = None, last:
     if end <= start:
         raise DataError(data_dir, f"the span {start.isoformat()} .. {end.isoformat()} is empty")
     probs = _scores(scorer, market, start, end, source.horizon)
-    bars = candles.select("timestamp", "open", "close").join(probs, on="timestamp", how="left")
+    bars = bars_with_probability(candles, probs)
     signals = macd_signals(bars["close"], source.spec)
     out = evaluate(bars, signals, source.horizon, source.threshold, source.spec, (start, end))
     out["run_id"] = source.bundle.run_id
@@ -128,11 +127,11 @@ def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) 
     """Each promoted run on the bars after its data until the next run's data end, stitched (module docstring)."""
     sources = sorted((Source.load(r) for r in promoted_runs(out_dir)), key=lambda s: s.data_last)
     first = sources[0]
-    scorer0 = Scorer(first.bundle)
-    market = load_market(data_dir, scorer0.target, scorer0.cross)
+    scorers = [Scorer(src.bundle) for src in sources]
+    market = load_market(data_dir, scorers[0].target, scorers[0].cross)
     candles = market.target.frame
     end = _when(last, candles["timestamp"][-1], first.data_last.tzinfo)
-    pieces, thresholds, segments = [], [], []
+    pieces, segments = [], []
     for i, src in enumerate(sources):
         if src.horizon != first.horizon:
             raise DataError(out_dir, f"run {src.bundle.run_id} gates at h={src.horizon}, the chain at {first.horizon}")
@@ -140,9 +139,8 @@ def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) 
         after = candles.filter(pl.col("timestamp") > src.data_last)["timestamp"]
         if not after.len() or after[0] > seg_end:
             continue
-        probs = _scores(Scorer(src.bundle), market, after[0], seg_end, src.horizon)
-        pieces.append(probs)
-        thresholds.append(pl.DataFrame({"timestamp": probs["timestamp"], "thr": [src.threshold] * probs.height}))
+        probs = _scores(scorers[i], market, after[0], seg_end, src.horizon)
+        pieces.append(probs.with_columns(pl.lit(src.threshold).alias("thr")))  # each run gates with its own
         segments.append(
             {
                 "run_id": src.bundle.run_id,
@@ -154,18 +152,10 @@ def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) 
         )
     if not pieces:
         raise DataError(data_dir, "no bar comes after the data of any promoted run: nothing to replay")
-    probs = pl.concat(pieces)
-    bars = (
-        candles.select("timestamp", "open", "close")
-        .join(probs, on="timestamp", how="left")
-        .join(pl.concat(thresholds), on="timestamp", how="left")
-    )
+    bars = bars_with_probability(candles, pl.concat(pieces))
     signals = macd_signals(bars["close"], first.spec)
     span = (datetime.fromisoformat(segments[0]["first"]), datetime.fromisoformat(segments[-1]["last"]))
-    a = int(bars["timestamp"].search_sorted(span[0], side="left"))
-    b = int(bars["timestamp"].search_sorted(span[1], side="right"))
-    thr = np.ones(bars.height)
-    thr[a:b] = bars["thr"].fill_null(1.0).to_numpy()[a:b]  # (a bar no run scored is never taken gated)
+    thr = bars["thr"].fill_null(1.0).to_numpy()  # bars no run scored have no probability: never taken gated
     out = evaluate(bars, signals, first.horizon, thr, first.spec, span)
     out["threshold"] = None
     out["segments"] = segments

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json
 from macd_ml.features.ingest import find_symbol_file, read_candles
-from macd_ml.models.backtest import BacktestSpec, choose_threshold, evaluate, macd_signals
+from macd_ml.models.backtest import BacktestSpec, bars_with_probability, choose_threshold, evaluate, macd_signals
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import MarketRef
 from macd_ml.tasks.results import cached_task, result_type
@@ -28,7 +28,7 @@ def run_backtest(candles: pl.DataFrame, oof: pl.DataFrame, holdout: pl.DataFrame
     """Threshold on the OOF span, evaluation on the holdout span; both from the shipped probability at ``h``."""
     col = f"shipped_h{h}"
     probs = pl.concat([oof.select("timestamp", col), holdout.select("timestamp", col)]).unique("timestamp")
-    bars = candles.select("timestamp", "open", "close").join(probs.rename({col: "p"}), on="timestamp", how="left")
+    bars = bars_with_probability(candles, probs.rename({col: "p"}))
     signals = macd_signals(bars["close"], spec)
     oof_rows = oof.filter(pl.col(col).is_not_null())
     choice = choose_threshold(bars, signals, h, spec, (oof_rows["timestamp"][0], oof_rows["timestamp"][-1]))

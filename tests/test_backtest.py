@@ -133,8 +133,6 @@ def test_on_a_driftless_market_the_gated_sharpe_is_within_its_interval_of_zero()
     for m in ("long_flat", "long_short"):
         lo, hi = out["variants"][f"gated_{m}"]["sharpe_interval"]
         assert lo <= 0, (m, lo, hi)  # zero inside the interval, or a loss (the costs): never a significant gain
-        dlo, dhi = out["gated_minus_ungated"][m]["sharpe_interval"]
-        assert dlo < dhi
 
 
 def test_macd_crossings_alternate_and_are_causal():

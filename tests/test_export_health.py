@@ -332,6 +332,10 @@ def test_a_worse_challenger_is_not_promoted_and_force_is_logged(run, tmp_path):
     d = decide(challenger, metrics, folder, metrics.input.data_dir, h, PromotionSpec(), "20990101T000000Z-00000000")
     assert not d.promote and d.n_rows > 100 and d.champion_auc > d.challenger_auc, d
     assert d.champion_auc == pytest.approx(metrics.meta[str(h)].test_auc, abs=1e-3)  # the champion's own ONNX
+    # drift of the shipped probability, champion -> challenger on the same bars: 0/1 answers are far from it
+    assert d.prediction_shift["flagged"] and d.prediction_shift["psi"] > d.prediction_shift["limit"], d.prediction_shift
+    twin = decide(files, metrics, folder, metrics.input.data_dir, h, PromotionSpec(), "20990101T000000Z-00000001")
+    assert twin.prediction_shift["psi"] < 0.01 and not twin.prediction_shift["flagged"], twin.prediction_shift
     forced = decide(
         challenger, metrics, folder, metrics.input.data_dir, h, PromotionSpec(force=True), "20990101T000000Z-00000000"
     )
