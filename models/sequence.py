@@ -8,7 +8,8 @@ safetensors + ``{name}_meta.json`` format.
 - Training: AdamW, gradient clipping, masked BCE (or focal) over all
   horizons, early stopping on the inner slice's loss or AUC (``early_stop_metric``) with patience, a minimum
   number of epochs and best-epoch restore; the head with the best inner-slice AUC is recorded.
-- CUDA with bf16 autocast and pinned memory when a GPU answers; CPU otherwise. Seeds fixed.
+- CUDA with bf16 autocast when a GPU answers, the normalised features and labels held on the device for the fit
+  (pinned host batches where augmentations draw on the CPU); CPU otherwise. Seeds fixed.
 - A net with a per-bar encoder (``encode_bars`` / ``from_bars``: the TFT's variable selection) gets each batch as
   its distinct bars plus their positions in the windows, so a bar shared by many windows is encoded once (the
   same numbers as whole windows in eval mode, which the ONNX export keeps; in training a bar's dropout mask is
@@ -171,18 +172,44 @@ class SequenceModel(Model):
         p = self.params
         return not training or (p.augment_time_warp == 0 and p.augment_noise == 0)
 
-    def _batches(self, Xn: np.ndarray, rows: np.ndarray, seg: np.ndarray, order: np.ndarray, share: bool):
+    def _batches(
+        self, Xn: np.ndarray | torch.Tensor, rows: np.ndarray, seg: np.ndarray, order: np.ndarray, share: bool
+    ):
         """``(rows, input)`` per batch of ``order``: input is the (B, L, F) windows, or with ``share`` a pair
-        (distinct bars (U, F), their (B, L) positions in the windows): the same windows, each bar once."""
+        (distinct bars (U, F), their (B, L) positions in the windows): the same windows, each bar once.
+
+        ``Xn`` is the normalised feature matrix: a numpy array (windows gathered on the CPU), or a tensor already
+        on the GPU (:meth:`_on_device`): then only the batch's row indices travel and the gather runs there, instead
+        of copying every bar ``window`` times per batch from host memory."""
         bs = self.params.batch_size
+        if isinstance(Xn, torch.Tensor):
+            dev = Xn.device
+
+            def gather(i: np.ndarray) -> torch.Tensor:
+                return Xn[torch.from_numpy(i).to(dev, non_blocking=True)]
+
+            def index(i: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(i).to(dev, non_blocking=True)
+        else:
+
+            def gather(i: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(Xn[i])
+
+            index = torch.from_numpy
         for k in range(0, len(order), bs):
             r = rows[order[k : k + bs]]
             idx = window_index(r, seg, self.params.window)
             if share:
                 bars, where = np.unique(idx, return_inverse=True)
-                yield r, (torch.from_numpy(Xn[bars]), torch.from_numpy(where.reshape(idx.shape)))
+                yield r, (gather(bars), index(where.reshape(idx.shape)))
             else:
-                yield r, torch.from_numpy(Xn[idx])
+                yield r, gather(idx)
+
+    @staticmethod
+    def _on_device(Xn: np.ndarray, device: str) -> np.ndarray | torch.Tensor:
+        """The feature matrix where the batches are gathered: kept on the GPU for a CUDA fit (a few MB), as is on
+        the CPU."""
+        return Xn if device == "cpu" else torch.from_numpy(Xn).to(device)
 
     def _module(self) -> nn.Module:
         if self.net is None:
@@ -209,11 +236,15 @@ class SequenceModel(Model):
     def _to(xb, device: str, pin: bool = False):
         if device == "cpu":
             return xb
+        if isinstance(xb, torch.Tensor) and xb.device.type != "cpu":  # gathered on the device already
+            return xb
         if isinstance(xb, tuple):
             return tuple(SequenceModel._to(t, device, pin) for t in xb)
         return (xb.pin_memory() if pin else xb).to(device, non_blocking=True)
 
-    def _predict_logits(self, Xn: np.ndarray, rows: np.ndarray, seg: np.ndarray, device: str) -> np.ndarray:
+    def _predict_logits(
+        self, Xn: np.ndarray | torch.Tensor, rows: np.ndarray, seg: np.ndarray, device: str
+    ) -> np.ndarray:
         self._module().eval()
         out = []
         with torch.no_grad():
@@ -253,6 +284,10 @@ class SequenceModel(Model):
         Xn = normalise(X, self.mean, self.std)
         seg = data.segment_start
         Y = torch.from_numpy(data.labels.astype(np.float32))
+        # on a GPU without augmentations (they draw on the CPU) features and labels live on the device for the fit
+        augment = p.augment_time_warp > 0 or p.augment_noise > 0
+        X_dev = Xn if augment else self._on_device(Xn, device)
+        Y_dev = Y if augment or device == "cpu" else Y.to(device)
 
         self.net = self._build(device)
         # fused: one kernel per step instead of a dozen small ops per parameter (same update rule)
@@ -266,26 +301,27 @@ class SequenceModel(Model):
         for epoch in range(1, p.max_epochs + 1):
             self.net.train()
             order = np_rng.permutation(len(fit_idx))
-            total, count = 0.0, 0
-            for r, xb in self._batches(Xn, fit_idx, seg, order, share):
+            # summed on the device: no sync per batch
+            total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+            for r, xb in self._batches(X_dev, fit_idx, seg, order, share):
                 if p.augment_time_warp > 0:
                     xb = _time_warp(xb, p.augment_time_warp, gen)
                 if p.augment_noise > 0:
                     xb = xb + torch.randn(xb.shape, generator=gen) * p.augment_noise
                 xb = self._to(xb, device, pin=True)
-                yb = Y[r].to(device)
+                yb = Y_dev[r if Y_dev.device.type == "cpu" else torch.from_numpy(r).to(device)].to(device)
                 loss = masked_loss(self._forward(xb, device), yb, p.loss, p.focal_gamma)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), p.grad_clip, foreach=True)
                 opt.step()
-                total += loss.item() * len(r)
+                total += loss.detach() * len(r)
                 count += len(r)
-            es_logits = self._predict_logits(Xn, es_idx, seg, device)
+            es_logits = self._predict_logits(X_dev, es_idx, seg, device)
             es_loss = float(masked_loss(torch.from_numpy(es_logits), Y[es_idx], "bce", 0.0))
             es_auc = float(np.mean(head_aucs(es_y, es_logits))) if p.early_stop_metric == "auc" else None
             score = -es_loss if es_auc is None else es_auc
-            history.append({"epoch": epoch, "train_loss": total / max(count, 1), "early_stop_loss": es_loss})
+            history.append({"epoch": epoch, "train_loss": total.item() / max(count, 1), "early_stop_loss": es_loss})
             if es_auc is not None:
                 history[-1]["early_stop_auc"] = es_auc
             if score > best_score + 1e-6:

@@ -117,6 +117,27 @@ def test_windows_never_cross_a_segment_start():
     assert idx.tolist() == [[0, 1, 2, 3], [4, 4, 4, 5], [6, 7, 8, 9]]
 
 
+@pytest.mark.parametrize("share", [False, True])
+def test_batches_gathered_from_a_device_tensor_equal_the_host_gather(fitted, share):
+    """A CUDA fit keeps the feature matrix on the device and sends only indices (``_on_device``); the batches
+    it gathers there are the host's, bar for bar (a CPU tensor stands in for the device here)."""
+    import torch
+
+    data, folds, models = fitted
+    model, _ = models["tft"]
+    Xn = np.random.default_rng(1).normal(size=(data.n_rows, 4)).astype(np.float32)
+    rows = np.arange(folds.holdout.start, folds.holdout.start + 600)
+    order = np.random.default_rng(2).permutation(len(rows))
+    host = list(model._batches(Xn, rows, data.segment_start, order, share))
+    dev = list(model._batches(torch.from_numpy(Xn), rows, data.segment_start, order, share))
+    assert len(host) == len(dev) > 1
+    for (r1, x1), (r2, x2) in zip(host, dev):
+        np.testing.assert_array_equal(r1, r2)
+        for a, b in zip(x1 if share else [x1], x2 if share else [x2]):
+            assert torch.equal(a, b)
+    assert model._on_device(Xn, "cpu") is Xn
+
+
 @pytest.mark.parametrize("name", ["lstm", "tft"])
 def test_window_reads_past_rows_only(fitted, name):
     """Changing a later row never changes an earlier row's sequence prediction."""
