@@ -195,7 +195,9 @@ class SequenceModel(Model):
             def gather(i: np.ndarray) -> torch.Tensor:
                 return torch.from_numpy(Xn[i])
 
-            index = torch.from_numpy
+            def index(i: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(i)
+
         for k in range(0, len(order), bs):
             r = rows[order[k : k + bs]]
             idx = window_index(r, seg, self.params.window)
