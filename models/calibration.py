@@ -1,11 +1,17 @@
 """Calibration of the shipped probability, fitted on OOF rows only (issue 15).
 
-Three candidates, chosen per horizon on the same inner walk-forward that chose the shipped predictor (time-ordered
-blocks of the OOF rows, each calibrated on the rows before it, purged by the embargo): ``none``, ``platt`` (a
-logistic regression on the probability's logit, slope >= 0 so the order of bars never changes) and ``isotonic``
-(scikit-learn's isotonic regression, stored as its breakpoints). The lowest size-weighted Brier score over the
-inner blocks wins; ``none`` wins ties, so calibration ships only where it helped out of sample. The chosen map is
-then refitted on every OOF row. The holdout never enters (it only reports the Brier score before and after).
+Up to three candidates (``stacking.calibrations``), chosen per horizon on the same inner walk-forward that chose
+the shipped predictor (time-ordered blocks of the OOF rows, each calibrated on the rows before it, purged by the
+embargo): ``none``, ``platt`` (a logistic regression on the probability's logit, slope >= 0 so the order of bars
+never changes) and ``isotonic`` (scikit-learn's isotonic regression, stored as its breakpoints; off by default).
+The lowest size-weighted Brier score over the inner blocks wins; ``none`` wins ties, so calibration ships only
+where it helped out of sample. The chosen map is then refitted on every OOF row. The holdout never enters (it
+only reports the Brier score before and after).
+
+Why isotonic is off by default: judged on later OOF blocks of the five real symbols (``bench/bench_choice.py``),
+isotonic maps fitted on the rows before each block lowered the Brier score less than Platt did and cost AUC
+(its flat steps tie bars the raw probability ranked), while Platt keeps the order; the inner walk-forward still
+chose isotonic in about one case in six when it could.
 
 A calibrator is a small JSON document inside ``meta.json`` (no pickle) and the same arithmetic runs in numpy and in
 ``ensemble.onnx`` (``models/onnx_export.py``): the isotonic map is evaluated as the piecewise-linear sum
@@ -15,6 +21,7 @@ breakpoints and clips outside them, as scikit-learn's ``out_of_bounds="clip"`` d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -130,12 +137,15 @@ class Choice:
     inner_brier: dict[str, float]  # kind -> size-weighted Brier over the inner blocks
 
 
-def choose(p: np.ndarray, y: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarray]]) -> Choice:
-    """Pick the calibration of the OOF probabilities ``p`` (labels ``y``, time-sorted rows) on the inner
-    walk-forward ``blocks`` [(train_idx, test_idx)], then refit it on every row."""
+def choose(
+    p: np.ndarray, y: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarray]], kinds: Sequence[Kind] = KINDS
+) -> Choice:
+    """Pick the calibration of the OOF probabilities ``p`` (labels ``y``, time-sorted rows) among ``kinds`` on
+    the inner walk-forward ``blocks`` [(train_idx, test_idx)], then refit it on every row."""
+    kinds = tuple(k for k in KINDS if k in kinds or k == "none")  # "none" is always a candidate
     scores: dict[str, float] = {}
     total = sum(len(t) for _, t in blocks)
-    for kind in KINDS:
+    for kind in kinds:
         s = 0.0
         for train, test in blocks:
             c = fit(kind, p[train], y[train]) if len(train) >= MIN_ROWS else Calibrator()
@@ -143,7 +153,7 @@ def choose(p: np.ndarray, y: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarr
                 c = Calibrator()
             s += brier(c.apply(p[test]), y[test]) * len(test)
         scores[kind] = s / max(total, 1)
-    best: Kind = min(KINDS, key=lambda k: (round(scores[k], 12), KINDS.index(k)))
+    best: Kind = min(kinds, key=lambda k: (round(scores[k], 12), KINDS.index(k)))
     chosen = fit(best, p, y)
     if collapsed(chosen, p):
         chosen = Calibrator()

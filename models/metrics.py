@@ -44,6 +44,10 @@ class Candidate(_Doc):
     val_auc: float | None = Field(description="inner walk-forward AUC over OOF rows (the choice is made on it)")
     test_auc: float | None = Field(default=None, description="holdout AUC (reported only)")
     C: float | None = Field(default=None, description="regularisation chosen for the meta-learner")
+    vs_reference: float | None = Field(
+        default=None, description="inner-CV AUC minus the reference model's on the same rows (paired, chunked)"
+    )
+    vs_reference_se: float | None = Field(default=None, description="standard error of vs_reference")
     note: str | None = None
 
 

@@ -26,6 +26,21 @@ def _describe(label: str, models: list[str]) -> str:
     return f"the single model {label.removeprefix('best:')}"
 
 
+def _reference_margin(m) -> str:
+    """The paired inner-CV comparison with the reference model that let the pick ship, or overruled it."""
+    for label, c in m.candidates.items():
+        if c.vs_reference is None:
+            continue
+        versus = f"{c.vs_reference:+.4f} ± {c.vs_reference_se:.4f} (SE, paired)"
+        if label == m.shipped:
+            return f" It beats the reference model on the same inner rows by {versus}, beyond the margin."
+        return (
+            f" The inner-CV pick was {label}, but against the reference model on the same inner rows it scores "
+            f"{versus}, inside the margin (`stacking.reference_margin_se`), so the reference ships."
+        )
+    return ""
+
+
 def _model_card(metrics: Metrics, h: list[str]) -> list[str]:
     """Per shipped predictor: what it is, what it beat on inner CV and by how much, its holdout AUC with 3·SE,
     and the reference model's holdout AUC."""
@@ -52,8 +67,11 @@ def _model_card(metrics: Metrics, h: list[str]) -> list[str]:
         )
         lines.append(
             f"- **h={x}: {m.shipped}**, {_describe(m.shipped, m.models)}. Chosen on the inner walk-forward with "
-            f"AUC {_f(m.val_auc)} over: {', '.join(others) or 'no other candidate'} (its margin in brackets). "
-            f"Holdout AUC {_f(m.test_auc)}" + (f" ± {3 * se:.3f} (3·SE)" if se is not None else "") + f"; {ref_text}."
+            f"AUC {_f(m.val_auc)} over: {', '.join(others) or 'no other candidate'} (its margin in brackets)."
+            + _reference_margin(m)
+            + f" Holdout AUC {_f(m.test_auc)}"
+            + (f" ± {3 * se:.3f} (3·SE)" if se is not None else "")
+            + f"; {ref_text}."
         )
     return lines
 

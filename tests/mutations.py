@@ -180,6 +180,14 @@ MUTATIONS = [
         "a calibration that squeezes the shipped probability flat can ship",
     ),
     Mutation(
+        "reference-margin-ignored",
+        "models/stacking.py",
+        "        wins = diff > spec.reference_margin_se * se",
+        "        wins = True",
+        ("tests/test_stacking.py::test_the_pick_replaces_the_reference_only_beyond_its_margin",),
+        "a noise-fitted blend replaces the reference model without beating it beyond noise",
+    ),
+    Mutation(
         "direct-write",
         "artifacts/store.py",
         "tmp = dest.with_name(temp_name(dest.name))",

@@ -36,6 +36,23 @@ def test_miscalibrated_probabilities_get_calibrated_and_it_holds_out_of_sample()
     assert calibration.brier(choice.calibrator.apply(p2), y2) < calibration.brier(p2, y2) - 0.01
 
 
+def test_the_choice_is_made_among_the_configured_kinds_and_isotonic_is_off_by_default():
+    """A probability bent so that only a non-logistic map fixes it: isotonic wins when allowed, never when the
+    stacker's default kinds (none, platt) leave it out."""
+    from macd_ml.models.stacking import StackSpec
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 1.0, 8000)
+    y = (rng.random(8000) < sigmoid(z)).astype(float)
+    p = np.clip(0.6 + 0.35 * np.tanh(z) ** 3, 0.01, 0.99)  # biased up, flat around the middle, steep at the ends
+    everything = calibration.choose(p, y, _blocks(len(p)))
+    assert everything.calibrator.kind == "isotonic"
+    assert "isotonic" not in StackSpec().calibrations
+    default = calibration.choose(p, y, _blocks(len(p)), StackSpec().calibrations)
+    assert default.calibrator.kind == "platt" and set(default.inner_brier) == {"none", "platt"}
+    assert calibration.choose(p, y, _blocks(len(p)), ["isotonic"]).inner_brier.keys() == {"none", "isotonic"}
+
+
 def test_platt_keeps_the_order_of_bars():
     p, y = _market(4000, 2)
     c = calibration.fit_platt(p, y)

@@ -17,6 +17,7 @@ from macd_ml.models.stacking import (
     evaluate_holdout,
     fit_logistic,
     inner_blocks,
+    paired_difference,
     stack_horizon,
 )
 
@@ -132,3 +133,68 @@ def test_predictor_json_roundtrip():
         again = Predictor.from_json(p.to_json())
         P = oof.select([f"{m}_h{H}" for m in p.models]).to_numpy()
         np.testing.assert_allclose(again.predict(P), p.predict(P))
+
+
+def test_the_pick_replaces_the_reference_only_beyond_its_margin():
+    """With the reference model in the stack, the plain inner-CV pick ships only where it beats the reference by
+    more than ``reference_margin_se`` SE of their paired difference; otherwise the reference ships, and the
+    candidate says why."""
+    strong = _table(6_000, 7, {"reference": 0.4, "a": 1.0, "b": 0.3})
+    st = stack_horizon(strong, ["reference", "a", "b"], H, StackSpec(), embargo_hours=24)
+    assert st.shipped.label != "best:reference" and "a" in st.shipped.models
+    c = st.candidates[st.shipped.label]
+    assert c["vs_reference"] > 2 * c["vs_reference_se"] > 0
+    # three equally informative models with independent errors: their average really is better, beyond noise
+    even = _table(6_000, 8, {"reference": 0.5, "a": 0.5, "b": 0.5})
+    assert stack_horizon(even, ["reference", "a", "b"], H, StackSpec(), embargo_hours=24).shipped.kind != "best"
+    # the others carry nothing: whatever edge the plain pick shows over the reference is noise
+    picks, plain = [], []
+    for seed in range(9, 17):
+        noise = _table(6_000, seed, {"reference": 0.5, "a": 0.0, "b": 0.0})
+        st = stack_horizon(noise, ["reference", "a", "b"], H, StackSpec(), embargo_hours=24)
+        picks.append(st.shipped.label)
+        if st.shipped.label == "best:reference" and len(st.candidates) > 3:  # a pick was overruled: it says why
+            assert any("not beyond 1.5 SE" in (c.get("note") or "") for c in st.candidates.values())
+        plain_spec = StackSpec(reference_margin_se=0)
+        plain.append(stack_horizon(noise, ["reference", "a", "b"], H, plain_spec, embargo_hours=24).shipped.label)
+    assert any(p != "best:reference" for p in plain)  # the plain choice ships noise-fitted blends at times
+    assert picks.count("best:reference") >= 7
+
+
+def test_paired_difference_se_holds_under_overlapping_labels():
+    """Two equally informative predictors of labels that overlap ``h`` rows: the paired AUC difference over its
+    SE behaves like a standard normal (a per-row SE would be too small by about sqrt(h))."""
+    h = 12
+    z = []
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        r = rng.normal(size=6_000 + h)
+        y = (np.convolve(r, np.ones(h), "valid")[1:6_001] > 0).astype(float)  # next h returns
+        signal = np.convolve(r, np.ones(h), "valid")[1:6_001]
+        # each predictor's error persists over h rows too, as a model's on overlapping windows does
+        p = signal + 2 * np.convolve(rng.normal(size=6_000 + h), np.ones(h), "valid")[1:6_001]
+        q = signal + 2 * np.convolve(rng.normal(size=6_000 + h), np.ones(h), "valid")[1:6_001]
+        diff, se = paired_difference(y, p, q, [1_500] * 4, h)
+        z.append(diff / se)
+    z = np.asarray(z)
+    assert 0.6 < z.std() < 1.5
+    assert np.mean(np.abs(z) > 2) < 0.15
+
+
+def test_the_model_card_says_whether_the_pick_beat_the_reference():
+    from macd_ml.models.metrics import Metrics
+    from macd_ml.models.report import render_report
+    from tests.test_report_fixture import metrics_document
+
+    doc = metrics_document()
+    doc["meta"]["12"]["candidates"]["meta"].update({"vs_reference": 0.012, "vs_reference_se": 0.004})
+    assert "beats the reference model on the same inner rows by +0.0120 ± 0.0040" in render_report(
+        Metrics.model_validate(doc)
+    )
+    overruled = metrics_document()
+    m = overruled["meta"]["12"]
+    m["candidates"]["meta"].update({"vs_reference": 0.003, "vs_reference_se": 0.004, "note": "inside"})
+    m["candidates"]["best:reference"] = {"val_auc": 0.547, "test_auc": 0.536}
+    m.update({"shipped": "best:reference", "models": ["reference"], "weights": None})
+    card = render_report(Metrics.model_validate(overruled))
+    assert "The inner-CV pick was meta, but against the reference model" in card and "so the reference ships" in card
