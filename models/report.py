@@ -31,7 +31,8 @@ def _reference_margin(m) -> str:
     for label, c in m.candidates.items():
         if c.vs_reference is None:
             continue
-        versus = f"{c.vs_reference:+.4f} ± {c.vs_reference_se:.4f} (SE, paired)"
+        se = "no SE" if c.vs_reference_se is None else f"± {c.vs_reference_se:.4f} (SE, paired)"
+        versus = f"{c.vs_reference:+.4f} {se}"
         if label == m.shipped:
             return f" It beats the reference model on the same inner rows by {versus}, beyond the margin."
         return (

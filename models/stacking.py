@@ -299,8 +299,8 @@ def stack_horizon(
         }[shipped.label]
         ref = P_all[test_idx, models.index("reference")]
         diff, se = paired_difference(y[test_idx], inner, ref, sizes, h)
-        wins = diff > spec.reference_margin_se * se
-        candidates[shipped.label].update({"vs_reference": diff, "vs_reference_se": se})
+        wins = diff > (spec.reference_margin_se * se if spec.reference_margin_se else 0.0)
+        candidates[shipped.label].update({"vs_reference": diff, "vs_reference_se": se if np.isfinite(se) else None})
         if not wins:
             candidates[shipped.label]["note"] = (
                 f"inner-CV AUC {diff:+.4f} vs the reference, not beyond {spec.reference_margin_se:g} SE ({se:.4f})"

@@ -182,7 +182,7 @@ MUTATIONS = [
     Mutation(
         "reference-margin-ignored",
         "models/stacking.py",
-        "        wins = diff > spec.reference_margin_se * se",
+        "        wins = diff > (spec.reference_margin_se * se if spec.reference_margin_se else 0.0)",
         "        wins = True",
         ("tests/test_stacking.py::test_the_pick_replaces_the_reference_only_beyond_its_margin",),
         "a noise-fitted blend replaces the reference model without beating it beyond noise",

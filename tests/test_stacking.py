@@ -179,6 +179,8 @@ def test_paired_difference_se_holds_under_overlapping_labels():
     z = np.asarray(z)
     assert 0.6 < z.std() < 1.5
     assert np.mean(np.abs(z) > 2) < 0.15
+    # no block with both classes: no difference can be shown (the reference keeps its place)
+    assert paired_difference(np.ones(400), p[:400], q[:400], [200, 200], h) == (0.0, float("inf"))
 
 
 def test_the_model_card_says_whether_the_pick_beat_the_reference():
