@@ -120,8 +120,9 @@ def main() -> int:
                 c = st.candidates[st.shipped.label]
                 z = None if c.get("vs_reference") is None else c["vs_reference"] / c["vs_reference_se"]
                 row = {"target": target, "h": h, "block": k, "n": len(y), "reference": ref, "z": z}
-                default = stacking.stack_horizon(train, models, h, stacking.StackSpec(), embargo)
-                row["calibration"] = _calibrations(default, train, test, h, spec, embargo)
+                # the run's own stacker (its margin is usually one of those above: no second fit then)
+                own = stacks.get(spec.reference_margin_se) or stacking.stack_horizon(train, models, h, spec, embargo)
+                row["calibration"] = _calibrations(own, train, test, h, spec, embargo)
                 for rule, label in picks.items():
                     pred = (
                         Predictor("best", ["reference"])
@@ -155,7 +156,7 @@ def main() -> int:
             for h in horizons
         )
         print(f"| {rule} | {mean:+.4f} | {se:.4f} | {share:.0%} | {by_h} |")
-    print("\nCalibration of the default stacker's pick on the same later blocks (fitted on the rows before), vs none\n")
+    print("\nCalibration of the run's stacker's pick on the same later blocks (fitted on the rows before), vs none\n")
     print("| calibration | Brier - none | AUC - none | chosen as |")
     print("|---|---|---|---|")
     for kind in [*calibration.KINDS, "chosen", "chosen:all"]:
