@@ -144,3 +144,25 @@ def labelled(data: Dataset, rows: Rows, h_index: int) -> np.ndarray:
     """The subset of ``rows`` whose label at horizon ``h_index`` is defined."""
     y = data.labels[rows.idx, h_index]
     return rows.idx[~np.isnan(y)]
+
+
+def files_digest(paths: list[Path]) -> str:
+    """sha256 over files' names and bytes, in name order: one fingerprint of a saved model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda p: p.name):
+        data = p.read_bytes()
+        h.update(f"{p.name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def fitted_digest(model: Model) -> str:
+    """The fingerprint of everything a fit chose (trees, weights, epoch, head, normaliser): the sha256 of the files
+    :meth:`Model.save` writes. Fold models are never kept, so this is how a run records what each fold fitted and
+    how the holdout-blindness tests prove a fit did not move (README "Leakage rules, as built")."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"macd-ml-{model.name}-digest-") as scratch:
+        return files_digest(model.save(Path(scratch)))

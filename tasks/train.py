@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json, write_parquet
 from macd_ml.features.labels import label_name
-from macd_ml.models.base import Rows
+from macd_ml.models.base import Rows, files_digest, fitted_digest
 from macd_ml.models.evaluate import prediction_columns
 from macd_ml.models.registry import FeatureSelection, load_model, make_model, select_features
 from macd_ml.models.train import build_dataset, pool, train_fold
@@ -56,10 +56,13 @@ def _dataset(inputs: TrainingData, feature_set: FeatureSelection, panel: list[Pa
     return frame, pool(data, others), data.n_rows
 
 
-def _summary(model, fold_result, panel: list[PanelMember]) -> dict:
+def _summary(model, fold_result, panel: list[PanelMember], fitted: str) -> dict:
+    """What the fit chose, for metrics.json's ``training``; ``fitted`` is the sha256 of the saved model, so two
+    runs can be compared fit by fit (the holdout-blindness tests do)."""
     d = model.describe()
     keep = ("device", "best_iteration", "best_head", "epochs", "n_features", "precision")
     out = {k: d[k] for k in keep if k in d}
+    out["fitted_sha256"] = fitted
     if panel:
         out["pooled_with"] = [m.symbol for m in panel]
         out["fit_rows"] = fold_result.fit_rows
@@ -98,7 +101,7 @@ def fit_fold_task(
         cache_dir(out_dir, "oof", current_key()) / f"{model_name}_fold{fold}.parquet",
         _prediction_frame(frame, result.rows, result.predictions, horizons),
     )
-    summary = _summary(model, result, panel)
+    summary = _summary(model, result, panel, fitted_digest(model))
     get_run_logger().info(
         "%s fold %d: %.1fs on %s, best %s",
         model_name,
@@ -140,6 +143,7 @@ def refit_task(
         if not np.allclose(again, result.predictions, rtol=0, atol=1e-6):
             raise RuntimeError(f"{model_name}: reloaded model does not reproduce its predictions")
         files = {p.name: write_bytes(folder / p.name, p.read_bytes()) for p in staged}
+        fitted = files_digest(staged)
     importance = getattr(model, "feature_importance", None)
     if importance is not None:
         files[f"{model_name}_importance.json"] = write_json(folder / f"{model_name}_importance.json", importance())
@@ -151,7 +155,7 @@ def refit_task(
         model=model_name,
         files=files,
         holdout=holdout,
-        summary=_summary(model, result, panel),
+        summary=_summary(model, result, panel, fitted),
         seconds=round(model.info.seconds, 3),
     )
 
