@@ -540,14 +540,28 @@ def _quarantine(folder: Path, why: str) -> Path:
 # --------------------------------------------------------------------------------------------- promotion
 
 CURRENT = "current"
+# ``promote(..., champion=ANY_CHAMPION)``: move ``current`` whatever it points at now (no run id is "*")
+ANY_CHAMPION = "*"
+# Called as hook(out_dir, run_id) inside the promotion lock, after the champion check and just before the swap:
+# tests hold one promotion there while another starts (the lock must make the second wait and then see the first).
+PROMOTE_HOOKS: list[Callable[[Path, str], None]] = []
 
 
-def promote(out_dir: Path | str, run_id: str) -> Path:
+class ChampionMoved(RuntimeError):
+    """``current`` no longer names the run a promotion was decided against (another run was promoted since)."""
+
+
+def promote(out_dir: Path | str, run_id: str, champion: str | None = ANY_CHAMPION) -> Path:
     """Point ``OUT/current`` at ``runs/RUN_ID`` atomically, one promotion at a time.
 
     Under an exclusive lock on ``OUT/.promote.lock`` the run is verified against its signed manifest, a new
     symlink is created beside ``current`` and renamed over it (``rename`` is atomic), so a reader always sees
-    the old run or the new one. Earlier runs are never touched."""
+    the old run or the new one. Earlier runs are never touched.
+
+    ``champion``: the run the champion/challenger decision compared this one with (None: there was none). If
+    ``current`` names another run by the time the lock is held, nothing moves and :class:`ChampionMoved` says
+    which: two runs compared with the same champion at once never both win, the later one silently replacing the
+    earlier without being compared with it. ``ANY_CHAMPION`` (the default) skips the check."""
     import fcntl
 
     out = Path(out_dir)
@@ -560,6 +574,15 @@ def promote(out_dir: Path | str, run_id: str) -> Path:
         raise _write_error(lock_path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if champion != ANY_CHAMPION:
+            now = current_champion(out)
+            if now not in (champion, run_id):
+                raise ChampionMoved(
+                    f"{out / CURRENT} moved to run {now} while run {run_id} was being compared with "
+                    f"{'run ' + champion if champion else 'no champion'}"
+                )
+        for hook in list(PROMOTE_HOOKS):
+            hook(out, run_id)
         link = out / CURRENT
         tmp = out / temp_name(CURRENT)
         try:
@@ -573,6 +596,12 @@ def promote(out_dir: Path | str, run_id: str) -> Path:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def current_champion(out_dir: Path | str) -> str | None:
+    """The run ``OUT/current`` points at, if it is a run folder (the champion a challenger is compared with)."""
+    link = Path(out_dir) / CURRENT
+    return current_run(out_dir) if link.is_symlink() and link.resolve().is_dir() else None
 
 
 def current_run(out_dir: Path | str) -> str | None:

@@ -403,7 +403,7 @@ def retrain(
     if not decision.promote:
         detail = "; ".join(f"{c.name}: {c.detail}" for c in health.report.failures()) or decision.reason
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")
-    promote_task(str(out), run)
+    promote_task(str(out), run, decision.champion)
     bundle_task.with_options(**cached)(run, str(out))
     try:
         remember(out, fp, run.run_id)

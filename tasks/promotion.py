@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from macd_ml.artifacts.store import CURRENT, ArtifactRef
+from macd_ml.artifacts.store import ArtifactRef, current_champion, run_dir
 from macd_ml.models.metrics import Decision, Metrics
 from macd_ml.models.promotion import PromotionSpec, decide
 
@@ -23,8 +21,8 @@ def champion_task(
     spec: PromotionSpec,
     run_id: str,
 ) -> Decision:
-    current = Path(out_dir) / CURRENT
-    champion = current.resolve() if current.is_symlink() and current.resolve().is_dir() else None
+    name = current_champion(out_dir)
+    champion = run_dir(out_dir, name).resolve() if name else None
     decision = decide(artifacts, metrics, champion, data_dir, horizon, spec, challenger_id=run_id)
     log = get_run_logger()
     (log.warning if decision.forced else log.info)(

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from macd_ml.artifacts.signing import sign, verify_signature
 from macd_ml.artifacts.store import (
     ArtifactRef,
+    ChampionMoved,
     IntegrityError,
     RunRef,
     copy_file,
@@ -22,6 +23,7 @@ from macd_ml.artifacts.store import (
     write_bytes,
     write_json,
 )
+from macd_ml.features.errors import PromotionRefused
 from macd_ml.models.metrics import Decision
 from macd_ml.models.report import render_promotion
 from macd_ml.tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, ContentKey, retry_on_oserror
@@ -78,10 +80,18 @@ def publish_run_task(
     retry_jitter_factor=RETRY_JITTER,
     retry_condition_fn=retry_on_oserror,
 )
-def promote_task(out_dir: str, run: RunRef) -> str:
-    """Move ``OUT/current`` to the published run (verified again, under a lock). Never cached: after every
-    successful run ``current`` points at the run it returned, even when an earlier run was promoted since."""
-    promote(out_dir, run.run_id)
+def promote_task(out_dir: str, run: RunRef, champion: str | None) -> str:
+    """Move ``OUT/current`` to the published run (verified again, under a lock), if ``current`` is still the
+    ``champion`` it was compared with. Never cached: after every successful run ``current`` points at the run it
+    returned, even when an earlier run was promoted since; a run that lost that race is refused (exit 3), and
+    ``macd-ml resume`` compares it with the new champion."""
+    try:
+        promote(out_dir, run.run_id, champion=champion)
+    except ChampionMoved as exc:
+        raise PromotionRefused(
+            f"run {run.run_id} published but not promoted ({run.path}): {exc}; to compare it with the new "
+            f"champion: macd-ml resume {run.run_id} --out {out_dir}"
+        ) from None
     get_run_logger().info("promoted %s to %s/current", run.run_id, out_dir)
     return run.run_id
 

@@ -159,6 +159,57 @@ def test_promotions_happen_one_at_a_time(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".current")] == []
 
 
+def test_two_challengers_of_one_champion_never_both_win(tmp_path):
+    """Runs A and B were both compared with champion C. A's promotion is held just before its swap; B's starts
+    meanwhile. B must wait for A and then find that ``current`` is no longer C: refused, nothing moved. Without
+    the one-at-a-time lock, B would swap first and A would then silently replace it, never compared with B."""
+    c, a, b = (f"20250101T000000Z-0000000{i}" for i in "cab")
+    for r in (c, a, b):
+        store.write_manifest(
+            tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})}
+        )
+    promote(tmp_path, c)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_a(out, run_id):
+        if run_id == a:
+            inside.set()
+            release.wait(10)
+
+    outcome: dict[str, object] = {}
+
+    def go(r):
+        try:
+            promote(tmp_path, r, champion=c)
+            outcome[r] = "promoted"
+        except store.ChampionMoved as exc:
+            outcome[r] = exc
+
+    store.PROMOTE_HOOKS.append(hold_a)
+    try:
+        ta = threading.Thread(target=go, args=(a,))
+        ta.start()
+        assert inside.wait(10)
+        tb = threading.Thread(target=go, args=(b,))
+        tb.start()
+        tb.join(1.0)  # with the lock B is still waiting here; without it, B has already swapped
+        release.set()
+        ta.join(10)
+        tb.join(10)
+    finally:
+        store.PROMOTE_HOOKS.remove(hold_a)
+    assert outcome[a] == "promoted" and isinstance(outcome[b], store.ChampionMoved), outcome
+    assert f"moved to run {a}" in str(outcome[b]) and f"compared with run {c}" in str(outcome[b])
+    assert store.current_run(tmp_path) == a
+    # compared with the new champion, B may move it; an unchecked promotion always may
+    promote(tmp_path, b, champion=a)
+    assert store.current_run(tmp_path) == b
+    with pytest.raises(store.ChampionMoved, match="no champion"):
+        promote(tmp_path, c, champion=None)
+    promote(tmp_path, c)
+    assert store.current_run(tmp_path) == c
+
+
 # --------------------------------------------------------------------------------------------- flow level
 
 FAST = ["--set", "folds.n_folds=3", "--set", 'models.enabled=["lgb","xgb"]']
@@ -321,3 +372,19 @@ def test_two_runs_at_once_write_separate_folders(market_dir, tmp_path):
         verify_run(r)
     assert store.current_run(out) in {r.name for r in runs}
     assert _temp_files(out) == []
+
+
+def test_a_run_that_lost_the_race_is_refused_with_the_command_that_compares_again(tmp_path):
+    from macd_ml.features.errors import PromotionRefused
+    from macd_ml.tasks.publish import promote_task
+
+    c, a, b = (f"20250101T000000Z-0000000{i}" for i in "cab")
+    for r in (c, a, b):
+        store.write_manifest(
+            tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})}
+        )
+    promote(tmp_path, c)
+    promote(tmp_path, a, champion=c)
+    with pytest.raises(PromotionRefused, match=f"macd-ml resume {b} --out {tmp_path}"):
+        promote_task.fn(str(tmp_path), store.run_ref(tmp_path / "runs" / b), c)
+    assert store.current_run(tmp_path) == a
