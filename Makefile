@@ -7,7 +7,7 @@ OUT     ?= out
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test test-fast lint bench install clean
+.PHONY: run test test-fast lint mutate bench install clean
 PKGS    := artifacts features models tasks flows deployments serving
 
 # Installs the CPU lock (every dependency and the dev/dask extras pinned ==, torch's CPU build, no nvidia-*
@@ -45,6 +45,11 @@ test: $(STAMP)
 ## the inner loop: everything but the end-to-end runs marked slow (under a minute)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+## the mutation check: plant each deliberate bug of tests/mutations.py (leaks, refusals, checks) in a copy of the
+## package and run the tests that must kill it; fails unless every one is killed (~30 min on 2 cores; not in CI)
+mutate: $(STAMP)
+	$(PY) tests/mutations.py
 
 ## ruff (lint + format check) and mypy on the package, as installed (macd_ml.*)
 lint: $(STAMP)

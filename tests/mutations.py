@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments", "serving")
 NET = "tests/test_leakage_net.py"
+BLIND = "tests/test_blindness.py"
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,125 @@ MUTATIONS = [
         ("tests/test_models.py::test_early_stopping_on_auc_restores_the_best_auc_epoch_after_min_epochs",),
         "early_stop_metric=auc still picks the best epoch by loss",
     ),
+    # ------------------------------------------------------------- one level up: the flow, the tasks, the second half
+    Mutation(
+        "refit-early-stops-on-holdout",
+        "tasks/train.py",
+        "model, data, load_folds(inputs.folds).refit, collapse_std",
+        'model, data, (lambda r: r.model_copy(update={"early_stop": r.test}))(load_folds(inputs.folds).refit), '
+        "collapse_std",
+        (f"{BLIND}::test_nothing_fitted_or_decided_reads_the_holdout",),
+        "the refit early-stops on the holdout: every holdout figure and the health gate silently optimistic",
+    ),
+    Mutation(
+        "backtest-threshold-on-holdout",
+        "tasks/backtest.py",
+        'choose_threshold(bars, signals, h, spec, (oof_rows["timestamp"][0], oof_rows["timestamp"][-1]))',
+        'choose_threshold(bars, signals, h, spec, (holdout["timestamp"][0], holdout["timestamp"][-1]))',
+        (
+            "tests/test_backtest.py::test_the_runs_backtest_chooses_its_threshold_on_the_oof_rows_alone",
+            f"{BLIND}::test_nothing_fitted_or_decided_reads_the_holdout",
+        ),
+        "the gate's backtest threshold chosen on the holdout: the report's 'does the gate help' optimistic",
+    ),
+    Mutation(
+        "health-reads-validation-auc",
+        "models/health.py",
+        "        test = shipped.test_auc\n",
+        "        test = shipped.val_auc\n",
+        ("tests/test_export_health.py::test_the_holdout_auc_gate_reads_the_holdout_not_the_validation",),
+        "the holdout-AUC gate reads the validation AUC: a model with no holdout skill promoted",
+    ),
+    Mutation(
+        "health-collapse-check-off",
+        "models/health.py",
+        "if np.std(col) < collapse_std or np.unique(np.round(col, 9)).size < 2:",
+        "if False:",
+        ("tests/test_export_health.py::test_a_shipped_probability_squeezed_flat_is_refused_though_every_model_varies",),
+        "a shipped probability squeezed to one value passes the health gate",
+    ),
+    Mutation(
+        "promotion-window-uncut",
+        "models/promotion.py",
+        '        window = window.filter(pl.col("timestamp") >= champ.holdout.first)\n',
+        "        pass\n",
+        ("tests/test_export_health.py::test_champion_challenger_never_scores_the_champion_on_bars_it_was_fitted_on",),
+        "champion/challenger scores the champion on bars it was fitted on: the champion favoured",
+    ),
+    Mutation(
+        "promotion-margin-ignored",
+        "models/promotion.py",
+        "promote = a_new >= a_old - spec.margin_se * se",
+        "promote = True",
+        ("tests/test_export_health.py::test_a_worse_challenger_is_not_promoted_and_force_is_logged",),
+        "a challenger worse than the champion by more than the margin is promoted",
+    ),
+    Mutation(
+        "promotion-lock-removed",
+        "artifacts/store.py",
+        "        fcntl.flock(fd, fcntl.LOCK_EX)\n",
+        "        pass\n",
+        ("tests/test_faults.py::test_two_challengers_of_one_champion_never_both_win",),
+        "two runs compared with one champion both promoted, the later never compared with the earlier",
+    ),
+    Mutation(
+        "parity-net-tolerance-x1e6",
+        "models/export.py",
+        "NET_TOL = 1e-4\n",
+        "NET_TOL = 1e-4 * 1e6\n",
+        (
+            "tests/test_export_health.py::test_a_sequence_net_whose_graph_is_off_by_more_than_its_tolerance_fails_parity",
+        ),
+        "a broken LSTM/TFT graph passes parity and ships",
+    ),
+    Mutation(
+        "fold-collapse-ignored",
+        "flows/retrain.py",
+        'any(r.summary["collapsed"].values()) or any(',
+        'any(r.summary["collapsed"].values()) or 0 * any(',
+        (f"{NET}::test_a_model_collapsed_in_any_fold_is_collapsed",),
+        "a model that collapsed in a fold (not in its refit) stays in the stack",
+    ),
+    Mutation(
+        "restack-drops-collapse-flags",
+        "flows/stages.py",
+        "collapsed = {name: t.collapsed for name, t in m.training.items()}",
+        "collapsed: dict = {}",
+        (f"{NET}::test_collapsed_flags_reach_the_stacker",),
+        "the stacking stage re-run alone puts a collapsed model back in the stack",
+    ),
+    Mutation(
+        "drift-against-itself",
+        "models/drift.py",
+        "psi(X[train, j], X[newest, j])",
+        "psi(X[newest, j], X[newest, j])",
+        ("tests/test_drift.py",),
+        "feature drift measured of the newest window against itself: the drift check can never fire",
+    ),
+    Mutation(
+        "bootstrap-hourly-blocks",
+        "models/backtest.py",
+        "block_indices(b - a, spec.block_hours or max(horizon, 24), spec.bootstrap, spec.seed)",
+        "block_indices(b - a, 1, spec.bootstrap, spec.seed)",
+        ("tests/test_backtest.py::test_bootstrap_interval_is_as_wide_as_an_autocorrelated_series_really_varies",),
+        "the backtest's bootstrap with blocks of one hour: intervals too narrow for overlapping trades",
+    ),
+    Mutation(
+        "publish-writes-in-place",
+        "serving/publish.py",
+        'tmp = f"{root}/bundles/.{uuid.uuid4().hex}.partial"',
+        "tmp = target",
+        ("tests/test_serving.py::test_a_publish_killed_mid_write_leaves_the_pointer_on_a_complete_bundle",),
+        "publish writes the bundle straight to its final name: a bot reads a partial bundle",
+    ),
+    Mutation(
+        "shadow-stuck-lstm-unseen",
+        "serving/shadow.py",
+        "            if k - start >= window:\n",
+        "            if False:\n",
+        ("tests/test_serving.py::test_shadow_report_counts_malformed_lines_and_stuck_lstm",),
+        "shadow-report never sees an LSTM stuck at one value",
+    ),
 ]
 
 
@@ -372,21 +492,21 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     if args.list:
         for m in chosen:
-            print(f"{m.name:22s} {m.file:24s} {m.why}")
+            print(f"{m.name:30s} {m.file:22s} {m.why}")
         return 0
     bad = 0
-    print(f"{'mutation':22s} {'result':9s} {'s':>6s}  tests' last line")
+    print(f"{'mutation':30s} {'result':9s} {'s':>6s}  tests' last line")
     # first the control: every test the mutations rely on passes on the unchanged code, so a failure below is
     # the mutation's doing
     result, seconds, last = run_one(CONTROL)
-    print(f"{CONTROL.name:22s} {result:9s} {seconds:6.1f}  {last}", flush=True)
+    print(f"{CONTROL.name:30s} {result:9s} {seconds:6.1f}  {last}", flush=True)
     if result != "passed":
         print("the tests fail without any mutation; fix that first")
         return 1
     for m in chosen:
         result, seconds, last = run_one(m)
         bad += result != "killed"
-        print(f"{m.name:22s} {result:9s} {seconds:6.1f}  {last}", flush=True)
+        print(f"{m.name:30s} {result:9s} {seconds:6.1f}  {last}", flush=True)
     print(f"{len(chosen) - bad} of {len(chosen)} mutations killed")
     return 1 if bad else 0
 

@@ -160,3 +160,54 @@ def test_timestamps_are_the_bars():
     out = evaluate(frame, sig, 12, 0.55, spec, (t0 + timedelta(hours=50), t0 + timedelta(hours=299)))
     assert out["bars"] == 250 and out["first"] == (t0 + timedelta(hours=50)).isoformat()
     assert out["variants"]["buy_and_hold"]["cumulative_return"] > 0
+
+
+def test_bootstrap_interval_is_as_wide_as_an_autocorrelated_series_really_varies():
+    """Hourly returns that are a 12-hour moving sum of shocks (as overlapping trades and slow moves make them):
+    the Sharpe ratio of one path varies across paths about sqrt(12) times more than iid returns would suggest.
+    The moving-block bootstrap (blocks of at least a day) must see that spread; one of single hours would not
+    (its interval comes out about 3.5 times too narrow)."""
+    n, q, paths = 4_000, 12, 400
+    spec = BacktestSpec(bootstrap=1_000)
+    rng = np.random.default_rng(7)
+
+    def returns() -> np.ndarray:
+        e = rng.standard_normal(n + q - 1)
+        return 0.002 * np.convolve(e, np.ones(q) / np.sqrt(q), mode="valid")
+
+    true = [float(np.mean(r) / np.std(r) * np.sqrt(24 * 365)) for r in (returns() for _ in range(paths))]
+    lo, hi = np.percentile(true, [2.5, 97.5])
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    open_ = 100 * np.exp(np.concatenate([[0.0], np.cumsum(returns())]))[: n + 1]
+    frame = pl.DataFrame(
+        {
+            "timestamp": [t0 + timedelta(hours=i) for i in range(n + 1)],
+            "open": open_,
+            "close": open_,
+            "p": np.full(n + 1, 0.5),
+        }
+    )
+    out = evaluate(frame, np.zeros(n + 1, np.int8), 5, 0.55, spec, (frame["timestamp"][0], frame["timestamp"][-1]))
+    blo, bhi = out["variants"]["buy_and_hold"]["sharpe_interval"]
+    ratio = (bhi - blo) / (hi - lo)
+    assert 0.7 < ratio < 1.4, (ratio, (blo, bhi), (lo, hi))
+
+
+def test_the_runs_backtest_chooses_its_threshold_on_the_oof_rows_alone():
+    """The backtest stage (tasks/backtest.py) as the flow calls it: OOF and holdout tables of the shipped
+    probability. Mirroring the holdout's candles and inverting its probabilities moves the holdout figures and
+    leaves the threshold and its OOF table as they were."""
+    from macd_ml.tasks.backtest import run_backtest
+    from tests.mirror import mirror_from
+
+    h, spec = 12, BacktestSpec(bootstrap=200)
+    candles = synth_market(hours=5_000, seed=3, signal=1.0)["ETHUSDT"]
+    rng = np.random.default_rng(0)
+    probs = candles.select("timestamp", pl.Series(f"shipped_h{h}", rng.random(candles.height)))
+    oof, holdout = probs.slice(300, 3_500), probs.slice(3_850)
+    a = run_backtest(candles, oof, holdout, h, spec)
+    first = holdout["timestamp"][0]
+    flipped = holdout.with_columns(1 - pl.col(f"shipped_h{h}"))
+    b = run_backtest(mirror_from(candles, first), oof, flipped, h, spec)
+    assert a["threshold_choice"] == b["threshold_choice"] and a["threshold"] == b["threshold"]
+    assert a["variants"] != b["variants"]

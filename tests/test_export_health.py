@@ -99,6 +99,24 @@ def test_sequence_graph_holds_its_normalisation():
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], m.predict(data, Rows(rows)), atol=1e-5)
 
 
+def test_the_holdout_auc_gate_reads_the_holdout_not_the_validation():
+    """A run whose validation (inner walk-forward) and holdout AUCs disagree: the holdout-AUC gate passes or fails
+    on the holdout alone. (The other checks fail here for want of files; only these two are read.)"""
+    from tests.test_report_fixture import metrics_document
+
+    def gate(val: float, test: float) -> dict:
+        doc = metrics_document()
+        doc["meta"]["12"].update(val_auc=val, test_auc=test, n_test=3_000)
+        report = evaluate({}, Metrics.model_validate(doc), {}, HealthSpec(live_check=False), 1e-3, None, live=False)
+        return {c.name: c for c in report.checks}
+
+    overfit = gate(val=0.70, test=0.50)  # looked good on validation, no skill on the holdout
+    assert not overfit["holdout-auc"].passed and "holdout AUC 0.500" in overfit["holdout-auc"].detail
+    assert not overfit["val-holdout-drop"].passed
+    lucky = gate(val=0.50, test=0.60)  # the holdout alone clears min_test_auc and 0.5 + 2 SE
+    assert lucky["holdout-auc"].passed, lucky["holdout-auc"].detail
+
+
 # --------------------------------------------------------------------------------------------- a real run
 
 
@@ -216,6 +234,25 @@ def test_each_check_fails_on_purpose(run, tmp_path):
     broken = _reexport(tmp_path / "parity", files, {}, lambda h: shifted[str(h)], keep_native=True)
     report = _evaluate(folder, broken, live_check=False)
     assert "onnx-parity" in {c.name for c in report.failures()}, report.table()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_shipped_probability_squeezed_flat_is_refused_though_every_model_varies(run, tmp_path):
+    """A meta-learner with tiny (non-zero) weights over healthy base models: what ships is one value for every
+    bar. Only the check on the shipped output itself can see that."""
+    out, folder = run
+    files = _files(folder)
+    models = list(Metrics.model_validate(read_json(files["metrics.json"])).models)
+    k = len(models)
+    flat = _reexport(
+        tmp_path / "flat", files, {}, lambda h: Predictor("meta", models, [1e-6] * k, 0.2, [0.0] * k, [1.0] * k, 1.0)
+    )
+    report = _evaluate(folder, flat, live_check=False)
+    failed = {c.name: c for c in report.failures()}
+    assert "not-collapsed" in failed, report.table()  # (parity fails too: an AUC of a constant is float noise)
+    assert (
+        "shipped h=" in failed["not-collapsed"].detail and "ships but is constant" not in failed["not-collapsed"].detail
+    )
 
 
 def _reexport(where: Path, files: dict, replace_models: dict, predictor, keep_native: bool = False) -> dict:
@@ -342,6 +379,52 @@ def test_a_worse_challenger_is_not_promoted_and_force_is_logged(run, tmp_path):
     assert forced.promote and forced.forced and "force" in forced.reason
     same = decide(files, metrics, folder, metrics.input.data_dir, h, PromotionSpec(), folder.name)
     assert same.promote and "is the champion" in same.reason
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_champion_challenger_never_scores_the_champion_on_bars_it_was_fitted_on(run, tmp_path):
+    """A challenger whose holdout reaches back into the champion's development span (its OOF rows, which the
+    champion's refit was fitted on): the comparison window still starts at the champion's own holdout."""
+    out, folder = run
+    files = _files(folder)
+    metrics = Metrics.model_validate(read_json(files["metrics.json"]))
+    h = metrics.horizons[0]
+    y, p = f"y_{h}", f"shipped_h{h}"
+    oof, hold = store.read_parquet(files["oof.parquet"]), store.read_parquet(files["holdout_predictions.parquet"])
+    shipped = store.read_parquet(files["shipped_holdout.parquet"])
+    shipped_oof = store.read_parquet(files["shipped_oof.parquet"])
+    longer = dict(files)
+    longer["holdout_predictions.parquet"] = write_parquet(
+        tmp_path / "h.parquet", pl.concat([oof.select("timestamp", y), hold.select("timestamp", y)])
+    )
+    longer["shipped_holdout.parquet"] = write_parquet(
+        tmp_path / "s.parquet", pl.concat([shipped_oof.select("timestamp", p), shipped.select("timestamp", p)])
+    )
+    d = decide(longer, metrics, folder, metrics.input.data_dir, h, PromotionSpec(), "20990101T000000Z-00000000")
+    same = decide(files, metrics, folder, metrics.input.data_dir, h, PromotionSpec(), "20990101T000000Z-00000000")
+    assert d.window_first is not None and d.window_first >= metrics.holdout.first, (d.window_first, metrics.holdout)
+    assert (d.window_first, d.window_last, d.n_rows) == (same.window_first, same.window_last, same.n_rows)
+    assert d.n_rows == hold.filter(pl.col(y).is_not_null()).height
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_sequence_net_whose_graph_is_off_by_more_than_its_tolerance_fails_parity(run, tmp_path):
+    """The TFT's ONNX graph exported from a net whose output logits moved by 0.002 (probabilities by about 5e-4:
+    within what trees are allowed, float32 thresholds, far beyond a net's float32 arithmetic): parity fails for
+    the TFT, and the health gate refuses the run."""
+    out, folder = run
+    files = _files(folder)
+    tft = load_model("tft", Path(files["models/tft/tft.safetensors"].path).parent)
+    tft._module().heads.bias.data += 0.002
+    preds = load_predictors(files["meta.json"].path)
+    broken = _reexport(tmp_path / "off", files, {"tft": tft}, lambda h: preds[str(h)], keep_native=True)
+    parity = read_json(broken["parity.json"])
+    entry = parity["models"]["tft"]
+    assert 1e-4 < entry["max_abs_file"] < 1e-3, entry
+    assert not entry["passed"] and not parity["passed"], entry
+    assert all(parity["models"][m]["passed"] for m in parity["models"] if m != "tft")
+    report = _evaluate(folder, broken, live_check=False)
+    assert "onnx-parity" in {c.name for c in report.failures()}, report.table()
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -187,6 +187,42 @@ def test_collapsed_flags_reach_the_stacker(tmp_path, small_market_dir):
     for h in ("5", "12", "24"):
         assert metrics["meta"][h]["dropped"] == {"lgb": "collapsed"}, metrics["meta"][h]
         assert set(metrics["meta"][h]["models"]) <= {"xgb", "reference"}  # never the collapsed lgb
+    # the stacking stage re-run alone against the run (macd-ml stack) reads the same flags from the run
+    from macd_ml.flows.stages import run_stack
+
+    again = run_stack(Path(path), tmp_path / "restacked")
+    for h, shipped in again.items():
+        assert shipped.dropped == {"lgb": "collapsed"} and "lgb" not in shipped.models, (h, shipped)
+
+
+def test_a_model_collapsed_in_any_fold_is_collapsed():
+    """A model that collapses in one fold but not in its refit still leaves the stack: its OOF predictions, which
+    the stacker reads, hold that fold's constant."""
+    from macd_ml.artifacts.store import ArtifactRef
+    from macd_ml.flows.retrain import _training_summary
+    from macd_ml.tasks.refs import FoldOutput, RefitOutput
+
+    ref = ArtifactRef(path="/nonexistent", sha256="0" * 64, bytes=0)
+
+    def summary(collapsed: bool) -> dict:
+        return {"collapsed": {"5": collapsed, "12": False}}
+
+    folds = [
+        FoldOutput(model="lgb", fold=0, predictions=ref, summary=summary(False)),
+        FoldOutput(model="lgb", fold=1, predictions=ref, summary=summary(True)),
+        FoldOutput(model="xgb", fold=0, predictions=ref, summary=summary(False)),
+        FoldOutput(model="xgb", fold=1, predictions=ref, summary=summary(False)),
+    ]
+    refits = [
+        RefitOutput(model=m, files={}, holdout=ref, summary=summary(collapsed))
+        for m, collapsed in (("lgb", False), ("xgb", True))
+    ]
+    training = _training_summary(folds, refits)
+    assert training["lgb"]["collapsed"] and training["xgb"]["collapsed"]
+    fine = _training_summary(
+        folds[2:], refits[:1] + [RefitOutput(model="xgb", files={}, holdout=ref, summary=summary(False))]
+    )
+    assert not fine["xgb"]["collapsed"]
 
 
 # --------------------------------------------------------------------------------------------- folds and config

@@ -184,6 +184,36 @@ def test_publish_is_atomic_keeps_n_and_rolls_back(where, bundle_bytes, tmp_path)
     assert code == 0 and fetch_latest(dest) == bundles[1] and "rolled back from" in stdout, err
 
 
+class _Killed(BaseException):
+    """A publisher that dies mid-write (nothing of the publish's own code runs after it)."""
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_publish_killed_mid_write_leaves_the_pointer_on_a_complete_bundle(bundle_bytes, tmp_path, monkeypatch):
+    from fsspec.implementations.local import LocalFileSystem
+
+    dest = str(tmp_path / "dest")
+    old, new = bundle_bytes, _variant(bundle_bytes, 0)
+    publish(old, dest)
+    real_pipe = LocalFileSystem.pipe_file
+
+    def dies_halfway(self, path, value, **kwargs):
+        Path(path).write_bytes(value[: len(value) // 2])
+        raise _Killed
+
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", dies_halfway)
+    with pytest.raises(_Killed):
+        publish(new, dest)
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", real_pipe)
+    # a bot that looks now gets the old bundle, complete; no file under a bundle's name is partial
+    assert fetch_latest(dest) == old
+    for path in (tmp_path / "dest" / "bundles").glob("*.tar.gz"):
+        read_bundle(path.read_bytes())
+    # and publishing again puts the whole new bundle there
+    publish(new, dest)
+    assert fetch_latest(dest) == new
+
+
 def _repack(members: dict[str, bytes]) -> bytes:
     """A bundle of these members with a consistent index (what someone rewriting a bundle would do)."""
     members = {p: d for p, d in members.items() if p != "bundle.json"}
