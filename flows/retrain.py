@@ -118,9 +118,10 @@ def _summary(market: MarketRef, feats: TableRef, labels: ArtifactRef, folds_ref:
     }
 
 
-def _concurrency_tags() -> dict[str, list[str]]:
+def _concurrency_tags(gpu_tasks: bool = True) -> dict[str, list[str]]:
     """The tags of the training tasks, by kind: ``gpu`` (LSTM, TFT) and ``cpu`` (the rest), each only when the API
-    holds a concurrency limit for it. With a GPU in this process, the ``gpu`` limit (1) is created first.
+    holds a concurrency limit for it. With a GPU in this process and ``gpu_tasks`` (a sequence model trains), the
+    ``gpu`` limit (1) is created first; without ``gpu_tasks`` no GPU is probed (that imports torch: ~1 s).
 
     Why not always: Prefect asks the API for concurrency slots at the start of every tagged task (it remembers "no
     limit" for 5 s only), and on the SQLite server two such calls at once are refused as busy (503) and retried
@@ -136,7 +137,7 @@ def _concurrency_tags() -> dict[str, list[str]]:
     if FlowRunContext.get() is None:  # the flow body called as a function (bench --mode direct): no API to ask
         return tags
     with get_client(sync_client=True) as client:
-        if cuda_available():
+        if gpu_tasks and cuda_available():
             try:
                 client.read_concurrency_limit_by_tag("gpu")
             except ObjectNotFound:
@@ -178,7 +179,7 @@ def _train(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember]
     jobs = [(name, k) for name in m.trained() for k in [*range(n_folds), None]]  # fold k; None = the refit
     order = sorted(jobs, key=lambda j: (-FIT_COST[j[0]], -(n_folds if j[1] is None else j[1])))
     futures = {}
-    tags = _concurrency_tags()
+    tags = _concurrency_tags(gpu_tasks=any(name in SEQUENCE_MODELS for name in m.trained()))
     with scale.task_runner(config.scale) as runner:
         for name, k in order:
             opts = {**cached, "tags": tags["gpu"] if name in SEQUENCE_MODELS else tags["cpu"]}
