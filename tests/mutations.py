@@ -337,6 +337,14 @@ MUTATIONS = [
         "the refit early-stops on the holdout: every holdout figure and the health gate silently optimistic",
     ),
     Mutation(
+        "fold-early-stops-on-its-test-span",
+        "tasks/train.py",
+        "    f = load_folds(inputs.folds).folds[fold]\n",
+        '    f = (lambda f: f.model_copy(update={"early_stop": f.test}))(load_folds(inputs.folds).folds[fold])\n',
+        (f"{BLIND}::test_nothing_fitted_before_the_last_fold_reads_its_test_span",),
+        "a fold task early-stops on its own test span: OOF predictions (and all the stacker reads) optimistic",
+    ),
+    Mutation(
         "backtest-threshold-on-holdout",
         "tasks/backtest.py",
         'choose_threshold(bars, signals, h, spec, (oof_rows["timestamp"][0], oof_rows["timestamp"][-1]))',
