@@ -42,9 +42,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 3 --dist loadfile -m "not e2e"
 	$(PY) -m pytest -q -m e2e tests/test_e2e_ui.py
 
-## the inner loop: everything but the end-to-end runs marked slow (under a minute)
+## the inner loop: everything but the flow runs and other tests marked slow (under a minute on 2 cores)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 ## the mutation check: plant each deliberate bug of tests/mutations.py (leaks, refusals, checks) in a copy of the
 ## package and run the tests that must kill it; fails unless every one is killed (~30 min on 2 cores; not in CI)

@@ -34,7 +34,7 @@ def _prefix(src: Path, dest: Path, rows: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory):
+def nights(tmp_path_factory, prefect_server):
     """Two promoted runs on two nights' data (the second forced over the first), and the full data after them."""
     from macd_ml.features.synth import synth_market, write_market
 

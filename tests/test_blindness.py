@@ -15,8 +15,8 @@ last fold's test span is byte-identical, and so is that fold's own fit; its OOF 
 These two tests are the contract for every later change that fits or decides anything: a new stage that reads the
 holdout (or a fold's test span) where it must not makes one of them fail, naming the file and the key.
 
-They also prove determinism: A and B are separate processes' worth of work (separate output folders, no shared
-cache) and agree byte for byte on every fit. LightGBM runs with ``deterministic=True`` and a fixed thread count,
+They also prove determinism: A and B share no cache (separate output folders, every fit made again) and agree
+byte for byte on every fit. LightGBM runs with ``deterministic=True`` and a fixed thread count,
 XGBoost with a fixed ``nthread``, torch on the CPU with a fixed thread count and per-fit generators
 (models/sequence.py). On CUDA, torch's LSTM and scatter kernels are not bit-reproducible, so these runs pin the
 sequence nets to the CPU.
@@ -88,7 +88,7 @@ def _first(span) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, prefect_server):
     """Runs A, B and C (module docstring). C runs first, in a folder of its own, and is then the champion that A
     and B are both compared with, so that champion/challenger runs in A and B on the same terms."""
     from macd_ml.flows.preflight import preflight

@@ -121,7 +121,7 @@ def test_the_holdout_auc_gate_reads_the_holdout_not_the_validation():
 
 
 @pytest.fixture(scope="module")
-def run(market, tmp_path_factory):
+def run(market, tmp_path_factory, prefect_server):
     """A published run (lgb, xgb, tft) with the live check on, AUC gates off (a tiny market)."""
     out = tmp_path_factory.mktemp("health-out")
     code, stdout, err = run_cli(

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run(market, tmp_path_factory):
+def run(market, tmp_path_factory, prefect_server):
     """A promoted run with trees on the target's own features (lgb, xgb) and an LSTM on all features."""
     out = tmp_path_factory.mktemp("serving-out")
     code, _, err = run_cli(
@@ -283,6 +283,7 @@ def test_predict_equals_the_runs_own_holdout_predictions(run, bundle_bytes, mark
     assert float((both["p"] - both["shipped_h5"]).abs().max()) < 1e-5
 
 
+@pytest.mark.slow  # a retrain on the real candles in a subprocess
 def test_predict_on_the_real_candles_equals_the_run(tmp_path):
     data = real_data_or_skip()
     pytest.importorskip("prefect")

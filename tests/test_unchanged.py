@@ -26,7 +26,7 @@ def _config(data_dir, out_dir, **kw) -> RetrainConfig:
 
 
 @pytest.fixture(scope="module")
-def promoted(small_market_dir, tmp_path_factory):
+def promoted(small_market_dir, tmp_path_factory, prefect_server):
     """A copy of the small market (tests edit it), one promoted run on it, and its config."""
     base = tmp_path_factory.mktemp("unchanged")
     data = base / "data"
