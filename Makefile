@@ -47,7 +47,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 ## the mutation check: plant each deliberate bug of tests/mutations.py (leaks, refusals, checks) in a copy of the
-## package and run the tests that must kill it; fails unless every one is killed (~30 min on 2 cores; not in CI)
+## package and run the tests that must kill it; fails unless every one is killed (~16 min on 2 cores; not in CI)
 mutate: $(STAMP)
 	$(PY) tests/mutations.py
 
