@@ -83,14 +83,15 @@ def publish_run_task(
 def promote_task(out_dir: str, run: RunRef, champion: str | None) -> str:
     """Move ``OUT/current`` to the published run (verified again, under a lock), if ``current`` is still the
     ``champion`` it was compared with. Never cached: after every successful run ``current`` points at the run it
-    returned, even when an earlier run was promoted since; a run that lost that race is refused (exit 3), and
-    ``macd-ml resume`` compares it with the new champion."""
+    returned, even when an earlier run was promoted since; a run that lost that race is refused (exit 3). The same
+    retrain started again reuses every stage from the cache, returns this run folder and compares it with the new
+    champion."""
     try:
         promote(out_dir, run.run_id, champion=champion)
     except ChampionMoved as exc:
         raise PromotionRefused(
             f"run {run.run_id} published but not promoted ({run.path}): {exc}; to compare it with the new "
-            f"champion: macd-ml resume {run.run_id} --out {out_dir}"
+            "champion, start the same retrain again (every finished stage comes from the cache)"
         ) from None
     get_run_logger().info("promoted %s to %s/current", run.run_id, out_dir)
     return run.run_id

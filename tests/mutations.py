@@ -396,6 +396,14 @@ MUTATIONS = [
         "two runs compared with one champion both promoted, the later never compared with the earlier",
     ),
     Mutation(
+        "promotion-champion-unchecked",
+        "artifacts/store.py",
+        "            if now not in (champion, run_id):",
+        "            if False:",
+        ("tests/test_faults.py::test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares_again",),
+        "a run promoted over a champion it was never compared with (another run was promoted meanwhile)",
+    ),
+    Mutation(
         "parity-net-tolerance-x1e6",
         "models/export.py",
         "NET_TOL = 1e-4\n",

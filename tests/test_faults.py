@@ -372,7 +372,7 @@ def test_two_runs_at_once_write_separate_folders(market_dir, tmp_path):
     assert 0 in codes and set(codes) <= {0, 3}, [log[-3000:] for log in logs]
     for code, log in zip(codes, logs):
         if code == 3:
-            assert "moved to run" in log and "macd-ml resume" in log, log[-3000:]
+            assert "moved to run" in log and "start the same retrain again" in log, log[-3000:]
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 2
     for r in runs:
@@ -392,6 +392,45 @@ def test_a_run_that_lost_the_race_is_refused_with_the_command_that_compares_agai
         )
     promote(tmp_path, c)
     promote(tmp_path, a, champion=c)
-    with pytest.raises(PromotionRefused, match=f"macd-ml resume {b} --out {tmp_path}"):
+    with pytest.raises(PromotionRefused, match=f"run {b} published but not promoted.*start the same retrain again"):
         promote_task.fn(str(tmp_path), store.run_ref(tmp_path / "runs" / b), c)
     assert store.current_run(tmp_path) == a
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares_again(
+    market_dir, tmp_path, monkeypatch
+):
+    """Through the CLI: another run is promoted between this run's champion/challenger decision and its
+    promotion. The run is published, not promoted (exit 3, one line naming the new champion and what to do); the
+    same command started again reuses every stage, compares that run folder with the new champion, promotes it."""
+    import macd_ml.flows.retrain as retrain_module
+
+    out = tmp_path / "out"
+    code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST])
+    assert code == 0, err
+    first = store.current_run(out)
+    other = "20250101T000000Z-0000000f"  # a run promoted by someone else meanwhile (minimal, signed)
+    store.write_manifest(out / "runs" / other, {"a.json": store.write_json(out / "runs" / other / "a.json", {})})
+    decide = retrain_module.champion_task
+
+    def decide_then_lose_the_race(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        promote(out, other)
+        return decision
+
+    again = ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=5"]
+    monkeypatch.setattr(retrain_module, "champion_task", decide_then_lose_the_race)
+    code, _, err = _cli(again)
+    monkeypatch.undo()
+    line = next(ln for ln in err.splitlines() if ln.startswith("macd-ml:"))
+    assert code == 3 and f"moved to run {other}" in line and f"compared with run {first}" in line, err
+    assert "start the same retrain again" in line, line
+    refused = re.search(r"run (\S+) published but not promoted", line).group(1)
+    assert store.current_run(out) == other and (out / "runs" / refused / "manifest.json").is_file()
+
+    code, _, err = _cli(again)
+    assert code == 0, err
+    assert store.current_run(out) == refused
+    states = task_states(latest_flow_run_id())
+    assert {k for k, v in states.items() if v != "Cached"} <= ALWAYS_RUN | {"bundle"}, states
