@@ -59,7 +59,7 @@ lint: $(STAMP)
 	for d in $(PKGS); do ln -s ../../$$d .typecheck/macd_ml/$$d; done
 	MYPYPATH=.typecheck $(VENV)/bin/mypy --namespace-packages --explicit-package-bases -p macd_ml
 
-## benchmarks: every figure of issue 14 beside its target (print figures; never gate CI; ~15 min on 2 cores)
+## benchmarks: every figure of README "Performance" beside its target (print figures; never gate CI; ~15 min on 2 cores)
 bench: $(STAMP)
 	$(PY) bench/bench_features.py --quick
 	$(PY) bench/bench_pipeline.py

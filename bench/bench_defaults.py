@@ -9,7 +9,7 @@ folds; the model trains on every fold with its default parameters ("default") an
 up to each fold's end, scored on the target's folds only). Per symbol and variant: the OOF AUC per horizon scored
 within each fold (as ``metrics.json``'s ``oof_auc``), the best epoch or iteration, and the fit seconds; then per
 variant the mean over symbols and its paired difference from the default with the SE of that mean difference.
-The holdout is never read: defaults are chosen on OOF rows across every symbol, never on one holdout (issue 13).
+The holdout is never read: defaults are chosen on OOF rows across every symbol, never on one holdout.
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def print_targets(rows: list[Row]) -> None:
-    """Issue 14's feature targets, each beside what this run measured (medians)."""
+    """The feature targets (README "Performance"), each beside what this run measured (medians)."""
     synth = {r.case.split(" ", 2)[2]: r for r in rows if r.case.startswith("synth ")}
     real = [r for r in rows if not r.case.startswith("synth ")]
     print("| feature figure | measured | target |\n|---|---|---|")

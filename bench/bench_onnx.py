@@ -1,4 +1,4 @@
-"""Scoring through ensemble.onnx vs the native models, one bar and 1,000 bars (issue 10's benchmark).
+"""Scoring through ensemble.onnx vs the native models, one bar and 1,000 bars.
 
     .venv/bin/python bench/bench_onnx.py [RUN_DIR]      # default: out/current (make run makes one)
 

@@ -1,4 +1,4 @@
-"""Benchmark: what ships vs the reference model, every symbol of the real candles as target (issue 13's targets).
+"""Benchmark: what ships vs the reference model, every symbol of the real candles as target.
 
     python bench/bench_quality.py [--data ../shared/data/binance_spot_1h] [--models lgb,xgb,...] [--horizon 5]
                                   [--out DIR] [--set key=value ...]
@@ -7,7 +7,7 @@ For each symbol in the folder as target (BTCUSDT as cross; ETHUSDT as cross for 
 with the default config (or --models / --set), then one on the driftless synthetic market (signal 0). Prints per
 target: what ships at the horizon, its holdout AUC, the reference model's, their difference in SE of the holdout
 AUC, the validation -> holdout gap against its combined SE, and whether a constant shipped. Figures only: the
-health gate may refuse a run (exit 3), which is reported, not an error here. Targets (issue 13): mean of
+health gate may refuse a run (exit 3), which is reported, not an error here. Targets: mean of
 (ships - reference) >= 0, none below -2 SE, every gap within 2 SE, no constant anywhere, the null market within
 0.5 +- 3 SE.
 """

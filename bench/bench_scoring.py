@@ -1,4 +1,4 @@
-"""From candles to probabilities for one new bar, as a bot does it (issue 11's benchmark).
+"""From candles to probabilities for one new bar, as a bot does it.
 
     .venv/bin/python bench/bench_scoring.py [RUN_DIR | BUNDLE.tar.gz] [--data DIR] [--repeats N]
 

@@ -1,4 +1,5 @@
-"""Everything knowable from the config and the data's shape, checked before the first write (DESIGN.md §5).
+"""Everything knowable from the config and the data's shape, checked before the first write (README "Running on
+your own candles").
 
 The CLI calls :func:`preflight` before it starts a Prefect server and the flow calls it again first thing (runs
 from the UI or a schedule never pass through the CLI), so bad input ends with one line naming the file, row or

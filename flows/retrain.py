@@ -198,7 +198,7 @@ def _train(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember]
 
 
 def _metrics(config, market, feats, labels, folds, tables, training, refits, stack: StackResult) -> Metrics:
-    """metrics.json (DESIGN.md §3): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
+    """metrics.json (README "Outputs"): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
     n_oof, n_test, plus what the report needs; validated against the Metrics schema."""
     summary = _summary(market, feats, labels, folds, config)
     scores = model_metrics(

@@ -1,4 +1,4 @@
-"""Nothing changed, nothing paid (issue 14): recognise a run that would reproduce the promoted one exactly, before
+"""Nothing changed, nothing paid: recognise a run that would reproduce the promoted one exactly, before
 any server, task or training library starts, and answer with that run.
 
 What a run publishes is decided by its config (as published: without where tasks ran or ``--force``), the

@@ -1,4 +1,4 @@
-"""Does the ML gate make the MACD bot better? A gated-strategy backtest (issue 15). Pure numpy; no Prefect.
+"""Does the ML gate make the MACD bot better? A gated-strategy backtest. Pure numpy; no Prefect.
 
 The bot's strategy: MACD(12, 26, 9) crossovers of the target's close. A crossover decided at the close of bar t
 trades at the open of bar t+1 (never at a price the decision could not see). Two ways to take them:

@@ -1,4 +1,4 @@
-"""Calibration of the shipped probability, fitted on OOF rows only (issue 15).
+"""Calibration of the shipped probability, fitted on OOF rows only.
 
 Up to three candidates (``stacking.calibrations``), chosen per horizon on the same inner walk-forward that chose
 the shipped predictor (time-ordered blocks of the OOF rows, each calibrated on the rows before it, purged by the

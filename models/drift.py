@@ -1,4 +1,4 @@
-"""Drift between nightly runs (issue 15): population stability of the newest features against the training span,
+"""Drift between nightly runs: population stability of the newest features against the training span,
 and the shift of the shipped probability against the current champion's. Pure numpy; no Prefect.
 
 PSI (population stability index) of a sample ``a`` against a reference ``e``: bins at the reference's deciles,

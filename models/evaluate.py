@@ -16,7 +16,8 @@ def prediction_columns(model: str, horizons: list[int]) -> list[str]:
 
 
 def auc_se(n: int, h: int) -> float:
-    """Standard error of an AUC over n rows of h-bar overlapping labels (DESIGN.md §4): sqrt(h / (3 n))."""
+    """Standard error of an AUC over n rows of h-bar overlapping labels: sqrt(h / (3 n)) (README "Leakage rules,
+    as built")."""
     return math.sqrt(h / (3 * n)) if n > 0 else float("inf")
 
 
@@ -60,7 +61,7 @@ def model_metrics(
     horizons: list[int],
     fold_spans: list[tuple[int, int]] | None = None,
 ) -> dict:
-    """``models.{name}.{h}.{oof_auc, oof_auc_pooled, test_auc, n_oof, n_test}`` (DESIGN.md §3). ``oof_auc`` is
+    """``models.{name}.{h}.{oof_auc, oof_auc_pooled, test_auc, n_oof, n_test}`` (README "Outputs"). ``oof_auc`` is
     scored within each fold and averaged (see :func:`per_fold_auc`) when ``fold_spans`` is given; the pooled
     figure is kept beside it."""
     result: dict[str, dict] = {}

@@ -1,5 +1,5 @@
 """The base learners' parameter models, importable without LightGBM, XGBoost or torch: the run config, the UI form
-and the CLI validate them before any training library is loaded (issue 14: an unchanged run pays no import)."""
+and the CLI validate them before any training library is loaded (an unchanged run pays no import)."""
 
 from __future__ import annotations
 
@@ -77,13 +77,13 @@ class SequenceParams(BaseModel):
 
 
 class TFTParams(SequenceParams):
-    # 24 bars, not the LSTM's 48: chosen out of fold on every real symbol (bench/bench_defaults.py, issue 14's
-    # note): OOF AUC 24 vs 48 bars +0.0001 ± 0.0024 at 5 h, -0.0014 ± 0.0034 at 12 h, -0.0044 ± 0.0065 at 24 h
-    # (mean over five symbols ± SE), for about half the fit time: its per-bar variable selection is most of it.
+    # 24 bars, not the LSTM's 48: chosen out of fold on every real symbol (bench/bench_defaults.py): OOF AUC 24 vs
+    # 48 bars +0.0001 ± 0.0024 at 5 h, -0.0014 ± 0.0034 at 12 h, -0.0044 ± 0.0065 at 24 h (mean over five symbols
+    # ± SE), for about half the fit time: its per-bar variable selection is most of it.
     window: int = Field(default=24, ge=2, description="bars per input window")
     hidden: int = Field(default=16, ge=4, description="model width (d_model)")
     heads: int = Field(default=4, ge=1, description="attention heads")
-    # chosen out of fold on every real symbol (bench/bench_defaults.py, issue 13's note): stopping on the inner
+    # chosen out of fold on every real symbol (bench/bench_defaults.py): stopping on the inner
     # slice's loss ended the TFT at epoch 2 while its ranking still improved; on AUC, after at least 3 epochs,
     # its OOF AUC at 5 h rose on all five symbols (+0.010 ± 0.004 on average). The LSTM showed no such gain.
     min_epochs: int = Field(default=3, ge=1, description="epochs always run before early stopping may end the fit")

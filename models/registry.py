@@ -55,7 +55,7 @@ MODEL_CLASSES: Mapping[str, "type[Model]"] = _ModelClasses()
 
 
 SEQUENCE_MODELS = ("lstm", "tft")
-# Rough fit seconds per fold at the defaults, relative (this CPU, real candles, issue 14's timings.json): only
+# Rough fit seconds per fold at the defaults, relative (this CPU, real candles, a run's timings.json): only
 # the order matters. The flow submits the costliest tasks first so the last task to finish is a short one.
 FIT_COST = {"tft": 20.0, "lstm": 5.0, "lgb_cross": 2.0, "xgb": 1.0, "lgb": 1.0, REFERENCE: 0.5}
 assert set(FIT_COST) == set(MODEL_CLASSES), "FIT_COST must list MODEL_CLASSES"
@@ -94,7 +94,7 @@ class ModelsConfig(BaseModel):
         json_schema_extra={"uniqueItems": True},
     )
     # smaller, more regularised trees than LGBParams' defaults for the plain LightGBM: out of fold on all five real
-    # symbols they scored +0.004 ± 0.002 (5 h) and +0.005 ± 0.002 (12 h) AUC (bench/bench_defaults.py, issue 13);
+    # symbols they scored +0.004 ± 0.002 (5 h) and +0.005 ± 0.002 (12 h) AUC (bench/bench_defaults.py);
     # the same change did nothing beyond noise for lgb_cross or (as depth 3) for XGBoost, which keep theirs
     lgb: LGBParams = Field(
         default_factory=lambda: LGBParams(num_leaves=7, min_data_in_leaf=200, lambda_l2=5.0),

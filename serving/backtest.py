@@ -1,5 +1,5 @@
 """``macd-ml backtest``: the holdout backtest of a run (models/backtest.py) on any span it did not train on, and the
-chain of promoted runs stitched into one equity curve (issue 15).
+chain of promoted runs stitched into one equity curve.
 
 - **One run or bundle**: the bundle's ``ensemble.onnx`` scores the span's bars from raw candles (the bot's own
   path: :class:`~macd_ml.serving.scorer.Scorer`), then the MACD strategy runs always and gated, with the run's

@@ -1,5 +1,5 @@
 """``macd-ml backtest``: a run's holdout backtest reproduced from its bundle, spans it trained on refused, and the
-chain of promoted runs (issue 15)."""
+chain of promoted runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cache validity that cannot go stale (issue 9.1): each task's code version is derived from the source of the
+"""Cache validity that cannot go stale: each task's code version is derived from the source of the
 project modules it runs, and every key is made in one CachePolicy. Tested on a copy of the package, edited
 between runs of the real flow (each run a separate process on the session's Prefect server)."""
 

@@ -1,4 +1,4 @@
-"""The second half of the DAG, part 1 (issue 10): ONNX export with parity, the health gate before promotion, a
+"""The second half of the DAG, part 1: ONNX export with parity, the health gate before promotion, a
 refused run published but not promoted (exit 3), champion / challenger, and the stages alone (CLI)."""
 
 from __future__ import annotations

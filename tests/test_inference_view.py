@@ -1,4 +1,4 @@
-"""The inference view (issue 9.4): candles from memory validated like files, a dataset without labels, the
+"""The inference view: candles from memory validated like files, a dataset without labels, the
 shipped predictor saved and loaded on its own, and a clear error from any model used before it is fitted."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Input data (DESIGN.md §3): every accepted file shape reads to the same normalised frame; every bad input
-fails through the CLI with exit code 2, one line naming the file and the row or column, and nothing written;
-gap reporting on the real Binance candles."""
+"""Input data (README "Running on your own candles"): every accepted file shape reads to the same normalised
+frame; every bad input fails through the CLI with exit code 2, one line naming the file and the row or column,
+and nothing written; gap reporting on the real Binance candles."""
 
 from __future__ import annotations
 

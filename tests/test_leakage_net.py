@@ -1,4 +1,4 @@
-"""The net that catches leaks (issue 9, step 0). Each test kills at least one mutation in
+"""The net that catches leaks. Each test kills at least one mutation in
 ``tests/mutations.py`` that an earlier version of the suite let through: early stopping, head choice or the
 collapse check reading the test span (the holdout, for the refit); what ships re-chosen by holdout AUC; inner-CV
 candidates scored on rows they were fitted on; the normaliser fitted beyond the fitting rows; parquet loads that

@@ -1,5 +1,5 @@
 """The planted signal is learnable at every market size the tests and ``make run`` use, out of fold, within every
-fold; the driftless market stays at chance (issue 13, defect 2).
+fold; the driftless market stays at chance.
 
 LightGBM and XGBoost with their default parameters, through the model functions (``train_fold``) on the
 pipeline's default purged walk-forward folds, no Prefect. Scores are per fold, averaged weighted by rows (a model

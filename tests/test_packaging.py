@@ -1,4 +1,4 @@
-"""One namespace when installed (issue 9.8): the wheel installs macd_ml.* only, never top-level `features`,
+"""One namespace when installed: the wheel installs macd_ml.* only, never top-level `features`,
 `models`, `tasks` or `flows`, so a trading bot's own `models` package and ours live side by side."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The second half of the DAG, part 2 (issue 11): bundles, publish and rollback, scoring with fallbacks, shadow
+"""The second half of the DAG, part 2: bundles, publish and rollback, scoring with fallbacks, shadow
 mode and the shadow report."""
 
 from __future__ import annotations

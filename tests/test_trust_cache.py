@@ -1,7 +1,7 @@
-"""Trust nothing on disk (issue 8), part 1: forged cache records never run code, nothing pickled is left behind, result
+"""Trust nothing on disk, part 1: forged cache records never run code, nothing pickled is left behind, result
 writes that cannot happen fail the run, identical content publishes no duplicate.
 
-Every test here failed on the code before the fix (see the closing note of issue 8)."""
+Every test here failed on the code before its fix."""
 
 from __future__ import annotations
 

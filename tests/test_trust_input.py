@@ -1,6 +1,6 @@
-"""Trust nothing on disk (issue 8), part 3: bad input found before anything is written, resume for every run, messages.
+"""Trust nothing on disk, part 3: bad input found before anything is written, resume for every run, messages.
 
-Every test here failed on the code before the fix (see the closing note of issue 8)."""
+Every test here failed on the code before its fix."""
 
 from __future__ import annotations
 

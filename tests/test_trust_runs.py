@@ -1,7 +1,7 @@
-"""Trust nothing on disk (issue 8), part 2: run ids stay inside OUT/runs, what is served or promoted is verified, killed
+"""Trust nothing on disk, part 2: run ids stay inside OUT/runs, what is served or promoted is verified, killed
 writers leave nothing that looks finished, the temporary server dies with its command.
 
-Every test here failed on the code before the fix (see the closing note of issue 8)."""
+Every test here failed on the code before its fix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nothing changed, nothing paid (issue 14): a run whose config, code and candles produced the current run ends at
+"""Nothing changed, nothing paid: a run whose config, code and candles produced the current run ends at
 once, through the CLI (no server, no task) and the nightly's flow (``skip_unchanged``); anything that could change
 the result, or a current run that no longer verifies, runs the flow as before."""
 

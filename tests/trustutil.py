@@ -1,4 +1,4 @@
-"""What the trust tests (issue 8: test_trust_*.py) share: a small market, the fast config, helpers."""
+"""What the trust tests (test_trust_*.py) share: a small market, the fast config, helpers."""
 
 from __future__ import annotations
 

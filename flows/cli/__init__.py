@@ -1,4 +1,5 @@
-"""``macd-ml``: the command line (DESIGN.md §3), one module per group of subcommands.
+"""``macd-ml``: the command line (README "Running on your own candles" and the sections after it), one
+module per group of subcommands.
 
 Exit codes: 0 success; 2 bad input or config (one line naming the file, row or key); 3 refused (nothing may
 ship, or the health gate refused promotion); 1 anything else.
