@@ -134,12 +134,15 @@ def test_tampered_run_artifact_is_refused(tmp_path):
     assert not (tmp_path / "current").exists()
 
 
+def _minimal_runs(out: Path, *run_ids: str) -> None:
+    """Complete, signed run folders holding one small file each: enough for promotion, which verifies them."""
+    for r in run_ids:
+        store.write_manifest(out / "runs" / r, {"a.json": store.write_json(out / "runs" / r / "a.json", {"r": r})})
+
+
 def test_promotions_happen_one_at_a_time(tmp_path):
     ids = [f"20250101T000000Z-0000000{i}" for i in range(8)]
-    for r in ids:
-        store.write_manifest(
-            tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})}
-        )
+    _minimal_runs(tmp_path, *ids)
     errors = []
 
     def go(r):
@@ -164,10 +167,7 @@ def test_two_challengers_of_one_champion_never_both_win(tmp_path):
     meanwhile. B must wait for A and then find that ``current`` is no longer C: refused, nothing moved. Without
     the one-at-a-time lock, B would swap first and A would then silently replace it, never compared with B."""
     c, a, b = (f"20250101T000000Z-0000000{i}" for i in "cab")
-    for r in (c, a, b):
-        store.write_manifest(
-            tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})}
-        )
+    _minimal_runs(tmp_path, c, a, b)
     promote(tmp_path, c)
     inside, release = threading.Event(), threading.Event()
 
@@ -386,10 +386,7 @@ def test_a_run_that_lost_the_race_is_refused_with_the_command_that_compares_agai
     from macd_ml.tasks.publish import promote_task
 
     c, a, b = (f"20250101T000000Z-0000000{i}" for i in "cab")
-    for r in (c, a, b):
-        store.write_manifest(
-            tmp_path / "runs" / r, {"a.json": store.write_json(tmp_path / "runs" / r / "a.json", {"r": r})}
-        )
+    _minimal_runs(tmp_path, c, a, b)
     promote(tmp_path, c)
     promote(tmp_path, a, champion=c)
     with pytest.raises(PromotionRefused, match=f"run {b} published but not promoted.*start the same retrain again"):
@@ -411,7 +408,7 @@ def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares
     assert code == 0, err
     first = store.current_run(out)
     other = "20250101T000000Z-0000000f"  # a run promoted by someone else meanwhile (minimal, signed)
-    store.write_manifest(out / "runs" / other, {"a.json": store.write_json(out / "runs" / other / "a.json", {})})
+    _minimal_runs(out, other)
     decide = retrain_module.champion_task
 
     def decide_then_lose_the_race(*args, **kwargs):
