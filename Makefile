@@ -7,7 +7,7 @@ OUT     ?= out
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test test-fast lint mutate bench install clean
+.PHONY: run test test-fast test-heavy lint mutate bench install clean
 PKGS    := artifacts features models tasks flows deployments serving
 
 # Installs the CPU lock (every dependency and the dev/dask extras pinned ==, torch's CPU build, no nvidia-*
@@ -36,15 +36,20 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/macd-ml retrain --out $(OUT)
 
-## run the test suite (all of it; CI runs this after `make lint`): the unit and flow tests, then the end-to-end
-## module (real Prefect server, worker, deployments, Chromium, PostgreSQL; it skips what is not installed)
+## the test suite (under 5 minutes on 2 cores): every unit and flow test but those marked heavy or e2e
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadfile -m "not e2e"
+	$(PY) -m pytest -q -n 3 --dist loadfile -m "not heavy and not e2e"
+
+## the tests that cost minutes of CPU each (statistical power, worker processes, real candles, kills), then the
+## end-to-end module (real Prefect server, worker, deployments, Chromium, PostgreSQL; it skips what is not
+## installed). CI runs make test, then this.
+test-heavy: $(STAMP)
+	$(PY) -m pytest -q -n 3 --dist load -m "heavy and not e2e"
 	$(PY) -m pytest -q -m e2e tests/test_e2e_ui.py
 
-## the inner loop: everything but the flow runs and other tests marked slow (under a minute on 2 cores)
+## the inner loop: no flow runs, nothing heavy (under a minute on 2 cores)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not heavy"
 
 ## the mutation check: plant each deliberate bug of tests/mutations.py (leaks, refusals, checks) in a copy of the
 ## package and run the tests that must kill it; fails unless every one is killed (~16 min on 2 cores; not in CI)

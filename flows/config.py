@@ -27,6 +27,17 @@ from macd_ml.models.stacking import StackSpec
 from macd_ml.serving.shadow import Targets as ShadowTargets
 
 
+class ReportSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plots: bool = Field(
+        default=True,
+        description="draw the report's PNG plots (ROC, calibration, correlation, importance, weights, equity); off "
+        "saves about a second of CPU per run where nobody reads them (fleets, tests); the figures stay in "
+        "metrics.json and report.md",
+    )
+
+
 class RetrainConfig(BaseModel):
     """Nightly retraining run: data, target, horizons, folds and feature set."""
 
@@ -69,6 +80,7 @@ class RetrainConfig(BaseModel):
         default_factory=BacktestSpec,
         description="the bot's MACD strategy on the holdout, always and gated by the shipped probability",
     )
+    report: ReportSpec = Field(default_factory=ReportSpec, description="what the run's report draws")
     drift_window_hours: int = Field(
         default=720, ge=24, description="drift: the newest bars compared with the training span (PSI per feature)"
     )

@@ -329,7 +329,7 @@ def retrain(
     )
     metrics = _metrics(config, market, feats, labels, folds, tables, training, refits, stack)
     backtest = backtest_task.with_options(**cached)(
-        market, stack.files, config.primary_horizon(), config.backtest, str(out)
+        market, stack.files, config.primary_horizon(), config.backtest, str(out), config.report.plots
     )
     drift = drift_task.with_options(**cached)(
         feats.data, feats.names, folds, config.drift_window_hours, config.health.max_feature_psi, str(out)
@@ -359,7 +359,9 @@ def retrain(
     importance = {
         r.model: r.files[f"{r.model}_importance.json"] for r in refits if f"{r.model}_importance.json" in r.files
     }
-    report = report_task.with_options(**cached)(metrics, tables, stack.files, importance, str(out), backtest.files)
+    report = report_task.with_options(**cached)(
+        metrics, tables, stack.files, importance, str(out), backtest.files, config.report.plots
+    )
     artifacts.update({"health.json": health.file, **report})
 
     if health.report.passed:

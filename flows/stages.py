@@ -120,8 +120,17 @@ def run_report(run: Path, out: Path) -> Path:
     r = _load(run)
     for rel, ref in r["extra_plots"].items():
         copy_file(ref, out / rel)
+    plots = bool(r["config"].get("report", {}).get("plots", True))
     refs = write_report(
-        out, r["metrics"], r["oof"], r["holdout"], r["shipped"], r["importance"], list(r["extra_plots"]), r["meta"]
+        out,
+        r["metrics"],
+        r["oof"],
+        r["holdout"],
+        r["shipped"],
+        r["importance"],
+        list(r["extra_plots"]),
+        r["meta"],
+        plots,
     )
     if r["promotion"] is not None:  # the decision made when the run was published ends its report
         text = read_text(refs["report.md"]) + render_promotion(Decision.model_validate(r["promotion"]))

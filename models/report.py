@@ -77,7 +77,7 @@ def _model_card(metrics: Metrics, h: list[str]) -> list[str]:
     return lines
 
 
-def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
+def render_report(metrics: Metrics, plots: list[str] | None = None, plots_drawn: bool = True) -> str:
     h = [str(x) for x in metrics.horizons]
     span = metrics.input.span[metrics.target]
     lines = [
@@ -211,6 +211,8 @@ def render_report(metrics: Metrics, plots: list[str] | None = None) -> str:
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in sorted(plots)]
+    elif not plots_drawn:
+        lines += ["", "## Plots", "", "Not drawn: this run's configuration has `report.plots = false`."]
     lines += ["", "## Data", ""]
     for sym in [metrics.target, *metrics.cross]:
         gaps = metrics.input.gaps.get(sym)

@@ -39,8 +39,14 @@ def run_backtest(candles: pl.DataFrame, oof: pl.DataFrame, holdout: pl.DataFrame
 
 @cached_task(name="backtest")
 def backtest_task(
-    market: MarketRef, stack_files: dict[str, ArtifactRef], horizon: int, spec: BacktestSpec, out_dir: str
+    market: MarketRef,
+    stack_files: dict[str, ArtifactRef],
+    horizon: int,
+    spec: BacktestSpec,
+    out_dir: str,
+    plots: bool = True,
 ) -> BacktestResult:
+    """``plots``: the run's ``report.plots`` (off: no equity curve PNG; backtest.json is written either way)."""
     candles = read_candles(find_symbol_file(Path(market.data_dir), market.target), market.target).frame
     result = run_backtest(
         candles,
@@ -51,11 +57,13 @@ def backtest_task(
     )
     equity, stamps = result.pop("equity"), result.pop("timestamps")
     d = cache_dir(out_dir, "backtest", current_key())
-    with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
-        from macd_ml.models.plots import plot_equity  # matplotlib only when drawn
+    files: dict[str, ArtifactRef] = {}
+    if plots:
+        with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
+            from macd_ml.models.plots import plot_equity  # matplotlib only when drawn
 
-        png = plot_equity(Path(scratch) / "equity.png", stamps, equity, result)
-        files = {"plots/equity.png": write_bytes(d / "plots" / "equity.png", png.read_bytes())}
+            png = plot_equity(Path(scratch) / "equity.png", stamps, equity, result)
+            files["plots/equity.png"] = write_bytes(d / "plots" / "equity.png", png.read_bytes())
     files["backtest.json"] = write_json(d / "backtest.json", result)
     log = get_run_logger()
     v = result["variants"]

@@ -28,30 +28,37 @@ def write_report(
     importance: dict[str, dict],
     extra_plots: list[str] | None = None,
     predictors: dict | None = None,
+    plots: bool = True,
 ) -> dict[str, ArtifactRef]:
-    """Render the plots and report.md into ``folder`` through the store; returns relative path -> ref."""
+    """Render the plots (unless ``plots`` is off) and report.md into ``folder`` through the store; returns
+    relative path -> ref."""
     horizons = metrics.horizons
     meta = metrics.meta
     weights = {h: m.weights for h, m in meta.items() if m.weights}
+    refs: dict[str, ArtifactRef] = {}
     with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
-        from macd_ml.models.plots import render_plots  # matplotlib + sklearn: only when a report is drawn
+        if not plots:
+            rendered = {}
+        else:
+            from macd_ml.models.plots import render_plots  # matplotlib + sklearn: only when a report is drawn
 
-        rendered = render_plots(
-            Path(scratch),
-            horizons=horizons,
-            oof=oof,
-            holdout=holdout,
-            models=list(metrics.models),
-            shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
-            shipped_name={h: m.shipped for h, m in meta.items()},
-            correlations={h: d.model_dump() for h, d in metrics.diversity.items()},
-            importance=importance,
-            meta_weights=weights or None,
-            shipped_raw=uncalibrated(predictors, holdout),
-        )
+            rendered = render_plots(
+                Path(scratch),
+                horizons=horizons,
+                oof=oof,
+                holdout=holdout,
+                models=list(metrics.models),
+                shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
+                shipped_name={h: m.shipped for h, m in meta.items()},
+                correlations={h: d.model_dump() for h, d in metrics.diversity.items()},
+                importance=importance,
+                meta_weights=weights or None,
+                shipped_raw=uncalibrated(predictors, holdout),
+            )
         # every artifact goes through the store (atomic, retried, clear errors), plots included
-        refs = {f"plots/{name}": write_bytes(folder / "plots" / name, p.read_bytes()) for name, p in rendered.items()}
-    text = render_report(metrics, [*refs, *(extra_plots or [])])
+        for name, p in rendered.items():
+            refs[f"plots/{name}"] = write_bytes(folder / "plots" / name, p.read_bytes())
+    text = render_report(metrics, [*refs, *(extra_plots or [])], plots_drawn=plots)
     refs["report.md"] = write_bytes(folder / "report.md", text.encode())
     return refs
 
@@ -75,8 +82,10 @@ def report_task(
     importance: dict[str, ArtifactRef],
     out_dir: str,
     extra_plots: dict[str, ArtifactRef] | None = None,
+    plots: bool = True,
 ) -> dict[str, ArtifactRef]:
-    """``extra_plots``: PNGs drawn by other stages (the backtest's equity curve), linked from the report."""
+    """``extra_plots``: PNGs drawn by other stages (the backtest's equity curve), linked from the report.
+    ``plots``: the run's ``report.plots`` (off: report.md alone)."""
     return write_report(
         cache_dir(out_dir, "report", current_key()),
         metrics,
@@ -86,6 +95,7 @@ def report_task(
         {name: read_json(ref) for name, ref in importance.items()},
         [name for name in (extra_plots or {}) if name.endswith(".png")],
         read_json(stack_files["meta.json"]),
+        plots,
     )
 
 

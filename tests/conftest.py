@@ -26,8 +26,15 @@ def real_data_or_skip() -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One ephemeral Prefect API (SQLite) for the whole session; start-up costs several seconds."""
+    """One ephemeral Prefect API (SQLite) for the whole session; start-up costs several seconds.
+
+    Its event services that no test here reads (automations, their actions, the event history) are off: they
+    take about a quarter of the server's CPU. Task runs' states still reach the API (the task run recorder stays
+    on). The end-to-end module starts its own servers with everything on."""
     from prefect.testing.utilities import prefect_test_harness
+
+    for service in ("TRIGGERS", "ACTIONS", "EVENT_PERSISTER"):
+        os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
@@ -53,9 +60,31 @@ def small_market_dir(tmp_path_factory) -> Path:
     return d
 
 
+# modules whose flow runs cost the most CPU (a minute or more each on 2 cores), longest first
+LONGEST_FIRST = ("test_training_flow", "test_faults", "test_blindness")
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that runs the flow on a Prefect server is an end-to-end run: marked ``slow`` (make test-fast
-    leaves them out; make test and CI run everything)."""
+    leaves them out; make test runs them).
+
+    Modules with flow runs are also moved to the front, the longest (measured: ``LONGEST_FIRST``) first, then by
+    their number of flow tests: pytest-xdist hands whole modules to its workers in collection order (``--dist
+    loadfile``), so the long modules start at once and the many quick ones fill the workers' ends, instead of one
+    long module alone at the end of the suite. Only the order changes, never what runs."""
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    slow_per_module: dict[str, int] = {}
+    for item in items:
+        slow_per_module.setdefault(item.path.stem, 0)
+        if item.get_closest_marker("slow") is not None:
+            slow_per_module[item.path.stem] += 1
+    order = {name: i for i, name in enumerate(slow_per_module)}
+
+    def rank(item) -> tuple:
+        name = item.path.stem
+        first = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return (first, -slow_per_module[name], order[name])
+
+    items.sort(key=rank)

@@ -12,29 +12,35 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 # The markets of these tests are tiny (3,000-12,000 h): their holdout AUCs cannot clear the production gates
 # (0.52 and 0.5 + 2 SE), and the live check costs a process per run. Runs made here relax both unless a test asks
 # for the real gate (``strict=True``, the health-gate tests); every integrity, collapse and parity check still runs.
-# A challenger is also kept from losing to an earlier run of another test's config (a margin of 1000 SE).
+# A challenger is also kept from losing to an earlier run of another test's config (a margin of 1000 SE). The
+# report's PNGs (a second of CPU per run) are drawn only where a test reads them (``plots=True``, strict runs).
 LENIENT = ["--set", "health.auc_gates=false", "--set", "health.live_check=false", "--set", "promotion.margin_se=1000"]
+NO_PLOTS = ["--set", "report.plots=false"]
 
 
 # Tasks that run on every run, by design: they act on OUT/current, which is not part of any cache key.
 ALWAYS_RUN = {"champion-challenger", "promote"}
 
 
-def lenient(config):
+def lenient(config, plots: bool = False):
     health = config.health.model_copy(update={"auc_gates": False, "live_check": False})
     promotion = config.promotion.model_copy(update={"margin_se": 1000})
-    return config.model_copy(update={"health": health, "promotion": promotion})
+    report = config.report.model_copy(update={"plots": plots})
+    return config.model_copy(update={"health": health, "promotion": promotion, "report": report})
 
 
-def _with_lenient(args: list[str], strict: bool) -> list[str]:
-    return [*args, *LENIENT] if args and args[0] == "retrain" and not strict else list(args)
+def _with_lenient(args: list[str], strict: bool, plots: bool = False) -> list[str]:
+    if not args or args[0] != "retrain" or strict:
+        return list(args)
+    return [*args, *LENIENT, *([] if plots else NO_PLOTS)]
 
 
-def run_flow(config, strict: bool = False):
-    """Run the retrain flow; return (run folder path, flow run id)."""
+def run_flow(config, strict: bool = False, plots: bool = False):
+    """Run the retrain flow; return (run folder path, flow run id). Lenient unless ``strict``; no PNGs unless
+    ``plots`` (or ``strict``)."""
     from macd_ml.flows.retrain import retrain
 
-    state = retrain(config if strict else lenient(config), return_state=True)
+    state = retrain(config if strict else lenient(config, plots), return_state=True)
     path = state.result()
     return path, state.state_details.flow_run_id
 
@@ -81,13 +87,13 @@ def latest_flow_run_id():
 _OUT, _ERR = io.StringIO(), io.StringIO()
 
 
-def run_cli(args: list[str], strict: bool = False) -> tuple[int, str, str]:
+def run_cli(args: list[str], strict: bool = False, plots: bool = False) -> tuple[int, str, str]:
     """Run ``macd-ml ARGS`` in-process; return (exit code, its stdout, its stderr)."""
     from macd_ml.flows.cli import main
 
     o, e = _OUT.tell(), _ERR.tell()
     with redirect_stdout(_OUT), redirect_stderr(_ERR):
-        code = main(_with_lenient(args, strict))
+        code = main(_with_lenient(args, strict, plots))
     return code, _OUT.getvalue()[o:], _ERR.getvalue()[e:]
 
 
@@ -102,7 +108,15 @@ def flow_logs(flow_run_id) -> list[str]:
     return [entry.message for entry in sorted(logs, key=lambda e: e.timestamp)]
 
 
-def spawn_cli(args: list[str], log, home=None, shared_api: bool = False, strict: bool = False, **env_extra: str):
+def spawn_cli(
+    args: list[str],
+    log,
+    home=None,
+    shared_api: bool = False,
+    strict: bool = False,
+    plots: bool = False,
+    **env_extra: str,
+):
     """``macd-ml ARGS`` in its own process and session, like a user's shell, with its own Prefect home and its own
     temporary Prefect server, or (``shared_api``) the session's test server, which saves a server start when the
     test is not about the server. Output goes to the file ``log``, never a pipe: an orphaned server child would
@@ -122,7 +136,7 @@ def spawn_cli(args: list[str], log, home=None, shared_api: bool = False, strict:
         env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     with open(log, "w") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "macd_ml.flows.cli", *_with_lenient(args, strict)],
+            [sys.executable, "-m", "macd_ml.flows.cli", *_with_lenient(args, strict, plots)],
             cwd=Path(__file__).parents[1],
             env=env,
             stdout=fh,

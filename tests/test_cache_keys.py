@@ -14,7 +14,7 @@ import pytest
 
 from macd_ml.artifacts.codehash import closure, code_version
 from macd_ml.features.synth import synth_market, write_market
-from tests.flowutil import ALWAYS_RUN, LENIENT, latest_flow_run_id, task_states
+from tests.flowutil import ALWAYS_RUN, LENIENT, NO_PLOTS, latest_flow_run_id, task_states
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments")
@@ -53,6 +53,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # a copy of the package and three CLI runs in subprocesses
 def test_editing_the_code_reruns_exactly_what_depends_on_it(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
@@ -81,6 +82,7 @@ def test_editing_the_code_reruns_exactly_what_depends_on_it(tmp_path):
                 "--set",
                 'models.enabled=["lgb"]',
                 *LENIENT,
+                *NO_PLOTS,
             ],
             cwd=tmp_path,
             env=env,

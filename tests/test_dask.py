@@ -101,6 +101,7 @@ def test_scale_is_not_in_the_training_tasks_inputs():
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # a local Dask cluster: worker processes that import the training stack
 def test_dask_runner_matches_threads(market, tmp_path, monkeypatch):
     import dask
 

@@ -265,6 +265,7 @@ def test_write_that_keeps_failing_then_resume_runs_only_what_failed(market_dir, 
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # a tmpfs filled mid-run, then a rerun
 def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_path):
     if not IS_ROOT or not _can(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(_probe(tmp_path))]):
         pytest.skip("needs root and tmpfs mounts for a real ENOSPC")
@@ -294,6 +295,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # a CLI process killed mid-stage, then resumed
 def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "killed.log"
@@ -344,6 +346,7 @@ def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # two CLI processes, each with its own Prefect server
 def test_two_runs_at_once_write_separate_folders(market_dir, tmp_path):
     out = tmp_path / "out"
     procs = [

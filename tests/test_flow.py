@@ -65,6 +65,8 @@ def test_run_folder_contract(small_market_dir, tmp_path):
     assert holdout["reference_h5"].null_count() == 0
     report = (run / "report.md").read_text()
     assert "| reference |" in report and "## Model card" in report
+    # drawn with report.plots = false (the tests' default): report.md says so, and no PNG was written
+    assert "`report.plots = false`" in report and not any(p.startswith("plots/") for p in listed)
     for h in ("5", "12", "24"):
         assert f"**h={h}: {metrics['meta'][h]['shipped']}**" in report
 

@@ -284,12 +284,13 @@ def test_predict_equals_the_runs_own_holdout_predictions(run, bundle_bytes, mark
 
 
 @pytest.mark.slow  # a retrain on the real candles in a subprocess
+@pytest.mark.heavy  # a retrain on the real candles in a subprocess
 def test_predict_on_the_real_candles_equals_the_run(tmp_path):
     data = real_data_or_skip()
     pytest.importorskip("prefect")
     # a small real run: lgb only, 3 folds (the real candles' holdout, the real feature code)
     out = tmp_path / "out"
-    from tests.flowutil import LENIENT
+    from tests.flowutil import LENIENT, NO_PLOTS
 
     proc = subprocess.run(
         [
@@ -306,6 +307,7 @@ def test_predict_on_the_real_candles_equals_the_run(tmp_path):
             "--set",
             'models.enabled=["lgb"]',
             *LENIENT,
+            *NO_PLOTS,
         ],
         cwd=ROOT,
         capture_output=True,

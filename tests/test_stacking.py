@@ -162,6 +162,7 @@ def test_the_pick_replaces_the_reference_only_beyond_its_margin():
 
 
 @pytest.mark.slow  # 200 simulated markets
+@pytest.mark.heavy  # 200 simulated markets
 def test_paired_difference_se_holds_under_overlapping_labels():
     """Two equally informative predictors of labels that overlap ``h`` rows: the paired AUC difference over its
     SE behaves like a standard normal (a per-row SE would be too small by about sqrt(h))."""

@@ -88,6 +88,7 @@ def _holdout_auc(signal: float, h: int, seed: int, hours: int) -> tuple[float, i
 
 
 @pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.heavy  # three GBDTs per seed on 30,000 bars
 def test_planted_signal_is_learnable(seed):
     """A plain LightGBM reaches a holdout AUC of roughly 0.55-0.68 (mean over the three horizons; a single
     holdout of ~4,500 overlapping labels has an SE of about 0.03, so one horizon alone is too noisy). The market is

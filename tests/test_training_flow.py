@@ -37,7 +37,7 @@ def trained(signal_dir, tmp_path_factory):
     cfg = RetrainConfig.model_validate(
         {"data_dir": str(signal_dir), "out_dir": str(out), "folds": {"n_folds": 3}, "models": FAST_MODELS}
     )
-    path, fr = run_flow(cfg)
+    path, fr = run_flow(cfg, plots=True)  # the report's plots are read by a test below
     return cfg, Path(path), fr
 
 
@@ -123,6 +123,7 @@ def test_changing_xgb_params_retrains_only_xgb(trained):
     assert states["features"] == states["labels"] == states["folds"] == "Cached"
 
 
+@pytest.mark.heavy  # every model on 40,000 bars: a band narrow enough to mean something
 def test_null_market_every_auc_within_band(tmp_path_factory):
     """A driftless random walk: every OOF and holdout AUC within 0.5 ± 3·SE, SE = sqrt(h / (3 n)).
 

@@ -59,20 +59,22 @@ def _decoder_record(key: str, marker: Path) -> bytes:
 
 
 @pytest.mark.usefixtures("prefect_server")
-@pytest.mark.parametrize("forge", [_pickle_record, _decoder_record], ids=["pickle", "json-object-decoder"])
-def test_forged_cache_records_never_run_and_the_run_still_succeeds(forge, market, tmp_path):
+def test_forged_cache_records_never_run_and_the_run_still_succeeds(market, tmp_path):
+    """Every record replaced by a forgery, the two kinds taking turns (one rerun meets both): a pickle payload, and
+    JSON that names ``subprocess.run`` as its object decoder."""
     out = tmp_path / "out"
     code, _, err = _retrain(market, out)
     assert code == 0, err
     marker = tmp_path / "owned"
-    records = _records(out)
-    assert records
-    victim = next(p for p in records if p.name.startswith("features-"))
-    for p in records:
-        p.write_bytes(forge(p.name, marker))
+    records = sorted(_records(out))
+    assert len(records) >= 2
+    forges = (_pickle_record, _decoder_record)
+    for i, p in enumerate(records):
+        p.write_bytes(forges[i % 2](p.name, marker))
     # a forged record that copies a genuine signature header is refused too (the signature binds the key)
+    victim = next(p for p in records if p.name.startswith("features-"))
     header = b"macd-ml-signed-v1 " + signing.sign(results.PURPOSE, "other-key", b"x").encode() + b"\n"
-    victim.write_bytes(header + forge(victim.name, marker))
+    victim.write_bytes(header + _pickle_record(victim.name, marker))
 
     forget_unchanged(out)  # the flow must run and meet the forged records
     code, _, err = _retrain(market, out)
@@ -82,6 +84,8 @@ def test_forged_cache_records_never_run_and_the_run_still_succeeds(forge, market
     assert states["features"] == "Completed", states
     logs = "\n".join(flow_logs(latest_flow_run_id()))
     assert f"cache record {victim}" in logs and "not used" in logs
+    decoder_victim = next(p for i, p in enumerate(records) if i % 2 == 1 and p != victim)
+    assert f"cache record {decoder_victim}" in logs, "a record naming another decoder is refused and named too"
 
 
 def test_signed_record_naming_another_serializer_is_refused(tmp_path):

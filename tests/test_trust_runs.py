@@ -114,6 +114,7 @@ def test_corrupted_cache_artifact_is_a_cache_miss(market, tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # a CLI process killed while it writes
 def test_run_killed_while_its_folder_is_written_is_never_mistaken_for_a_run(market, tmp_path):
     out, home = tmp_path / "out", tmp_path / "home"
     proc = _spawn_cli(
@@ -188,6 +189,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the server process")
+@pytest.mark.heavy  # a CLI process with its own server, killed
 def test_temporary_server_dies_when_the_command_is_killed(market, tmp_path):
     out = tmp_path / "out"
     proc = _spawn_cli(
