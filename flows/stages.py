@@ -39,10 +39,9 @@ def _load(run: Path) -> dict:
     run = Path(run)
     if not (run / "manifest.json").is_file():
         raise ConfigError(f"{run}: not a published run folder (no manifest.json)")
-    try:
-        manifest = verify_run(run, signed=False)  # a run read as input (possibly made elsewhere): checksums hold
-    except IntegrityError as exc:
-        raise ConfigError(str(exc)) from None
+    # checksums and the manifest's signature: a run edited after it was written (its manifest rewritten to match,
+    # the signature replaced) is refused by every stage command, exit 3 (flows/cli)
+    manifest = verify_run(run)
     refs = run_artifacts(run, manifest)
     config = read_json(refs["config.json"])
     try:
@@ -171,7 +170,7 @@ def run_health(run: Path, data_dir: str | None = None, live: bool = True) -> Hea
 
     run = Path(run)
     try:
-        manifest = verify_run(run, signed=False)
+        manifest = verify_run(run)  # checksums and the manifest's signature
     except IntegrityError as exc:
         report = HealthReport(
             passed=False, primary_horizon=0, checks=[Check(name="artifacts", passed=False, detail=str(exc))]

@@ -12,7 +12,9 @@ Two locks, both for CPython 3.11 on linux x86_64 (manylinux_2_28), both covering
 Each lock records the SHA-256 of the dependency set it was made from (`# pyproject-deps-sha256:`);
 tests/test_image.py and `make install` (`--check`) refuse a lock whose hash is not current.
 
-    python requirements/lock.py              # regenerate both (needs PyPI; uses `uv`, `pip install uv` first)
+    python requirements/lock.py              # regenerate both (needs PyPI; uses `uv`, `pip install uv` first),
+                                             # keeping every pin of the current lock that still fits
+    python requirements/lock.py --upgrade    # the same, each package at its newest version
     python requirements/lock.py cpu          # one of them
     python requirements/lock.py --check      # only check the recorded hashes (no network, stdlib only)
 """
@@ -132,13 +134,41 @@ def uv_args(lock: Lock, overrides: str | None) -> list[str]:
     return args
 
 
-def generate(lock: Lock) -> None:
+def current_pins(lock: Lock) -> list[str]:
+    """``name==version`` of every package the current lock pins (empty when there is none)."""
+    if not lock.path.exists():
+        return []
+    return [line.split(" ")[0] for line in lock.path.read_text().splitlines() if "==" in line and line[:1].isalnum()]
+
+
+def _without_pins_source(body: str) -> str:
+    """uv names the constraints file as a source of every pin ("# via -c pins.txt"); the lock names only the
+    packages that need each one, as without the constraints."""
+    lines = [line for line in body.splitlines() if line.strip() != "#   -c pins.txt"]
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        after = lines[i + 2] if i + 2 < len(lines) else ""
+        if line == "    # via" and nxt.startswith("    #   ") and not after.startswith("    #   "):
+            out.append("    # via " + nxt.removeprefix("    #   "))
+        elif out and out[-1].startswith("    # via ") and line.startswith("    #   ") and lines[i - 1] == "    # via":
+            continue
+        else:
+            out.append(line)
+    return "\n".join(out) + ("\n" if body.endswith("\n") else "")
+
+
+def generate(lock: Lock, upgrade: bool = False) -> None:
     override = f"torch=={torch_pin()}+cpu" if lock.cpu_torch else None
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "overrides.txt"
         if override:
             overrides.write_text(override + "\n")
         args = uv_args(lock, str(overrides) if override else None)
+        pins = [] if upgrade else [p for p in current_pins(lock) if not p.startswith("torch==")]
+        if pins:  # a new dependency adds its own packages; every package already locked keeps its version
+            (Path(tmp) / "pins.txt").write_text("\n".join(pins) + "\n")
+            args += ["--constraint", str(Path(tmp) / "pins.txt")]
         try:
             body = subprocess.run(
                 [sys.executable, "-m", "uv", *args], cwd=ROOT, check=True, capture_output=True, text=True
@@ -146,7 +176,10 @@ def generate(lock: Lock) -> None:
         except subprocess.CalledProcessError as exc:
             raise SystemExit(f"uv pip compile failed for {lock.path.name} (is uv installed?):\n{exc.stderr}") from None
     body = body.replace(str(overrides), "overrides.txt")  # uv's "# via --override" names the temporary file
-    shown = " ".join("overrides.txt" if a == str(overrides) else a for a in args)
+    body = _without_pins_source(body.replace(str(Path(tmp) / "pins.txt"), "pins.txt"))
+    shown = " ".join(
+        "overrides.txt" if a == str(overrides) else "pins.txt" if a.endswith("pins.txt") else a for a in args
+    )
     header = [
         f"# macd-ml dependency lock '{lock.name}': CPython {PYTHON_VERSION}, linux x86_64 ({UV_PLATFORM}).",
         f"# {lock.about}.",
@@ -156,6 +189,7 @@ def generate(lock: Lock) -> None:
         f"# Regenerate: {REGENERATE}",
         f"#   which runs: uv {shown}",
         *([f"#   with overrides.txt: {override}"] if override else []),
+        *(["#   and pins.txt: the previous lock's pins (make lock keeps them; --upgrade drops them)"] if pins else []),
         *(f"# Left out (install with --no-deps): {pkg}" for pkg in lock.no_emit),
         f"{HASH_PREFIX}{deps_hash()}",
         "",
@@ -186,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("locks", nargs="*", metavar="LOCK", help=f"which locks: {', '.join(LOCKS)} (default: all)")
     p.add_argument("--check", action="store_true", help="only check that the recorded hashes are current")
+    p.add_argument("--upgrade", action="store_true", help="newest versions, not the current lock's pins")
     args = p.parse_args(argv)
     names = args.locks or list(LOCKS)
     if unknown := sorted(set(names) - set(LOCKS)):
@@ -193,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return check(names)
     for name in names:
-        generate(LOCKS[name])
+        generate(LOCKS[name], upgrade=args.upgrade)
     return 0
 
 

@@ -38,9 +38,18 @@ class Source:
     data_last: datetime
 
     @classmethod
-    def load(cls, path: Path | str) -> "Source":
+    def load(cls, path: Path | str, trust=None) -> "Source":
+        """A bundle file (verified against ``trust``), or a run folder of this machine (bundled and signed here,
+        its manifest's HMAC checked)."""
+        from macd_ml.serving.trust import Trust, public_key_path, publish_signer
+
         p = Path(path)
-        bundle = read_bundle(build_bundle(p), str(p)) if p.is_dir() else open_bundle(p)
+        if p.is_dir():
+            signer = publish_signer(create=True, out_dir=p.resolve().parent.parent)
+            own = Trust([signer.public_key], source=str(public_key_path()))
+            bundle = read_bundle(build_bundle(p, signer), str(p), signed=True, trust=own)
+        else:
+            bundle = open_bundle(p, trust)
         config, metrics = bundle.json("config.json"), bundle.json("metrics.json")
         h = (config.get("health") or {}).get("primary_horizon") or metrics["horizons"][0]
         bt = metrics.get("backtest") or {}

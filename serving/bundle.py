@@ -4,12 +4,16 @@ it cannot verify.
 Members (paths inside the archive, under ``bundle/``): ``ensemble.onnx``, every model's ONNX (``onnx/``) and
 native files (``models/``), ``meta.json`` (the shipped predictors), ``features.json`` (feature names, spec,
 fingerprint), ``manifest.json`` (the run's), ``metrics.json``, ``health.json``, ``report.md``, the holdout
-predictions the shadow report compares against, and ``bundle.json``: every other member with its bytes and sha256,
-the run id and the sha256 of the run's manifest.
+predictions the shadow report compares against, ``bundle.json``: every other member with its bytes and sha256,
+the run id and the sha256 of the run's manifest, and ``bundle.sig``: the publishing key's Ed25519 signature over
+``bundle.json`` (``serving/trust.py``), which a bot verifies with the public key alone.
 
-Reproducible: entries sorted, mtime 0, owner root/root (uid/gid 0), mode 0644, gzip without a name or time, so
-the same run always gives the same bytes. Opening verifies every member against ``bundle.json`` in memory before
-anything is used, and refuses links, absolute paths, ``..``, duplicates and members ``bundle.json`` does not list.
+Reproducible: entries sorted, mtime 0, owner root/root (uid/gid 0), mode 0644, gzip without a name or time, and
+Ed25519 signatures are deterministic, so the same run and key always give the same bytes. Opening checks the
+signature and every member against ``bundle.json`` in memory before anything is used; it refuses links, absolute
+paths, ``..``, duplicates and members ``bundle.json`` does not list, and bounds what it reads before reading it
+(``MAX_BUNDLE_BYTES`` compressed, ``MAX_MEMBER_BYTES`` per member, ``MAX_TOTAL_BYTES`` in all, ``MAX_MEMBERS``):
+a small archive that unpacks to gigabytes is refused at its first oversized header.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from macd_ml.artifacts.store import manifest_signature_ok, read_manifest, verify
 
 ROOT = "bundle"
 INDEX = "bundle.json"
-FORMAT = 1
+SIGNATURE = "bundle.sig"
+FORMAT = 2
+# Far above a real bundle (a few MB: ONNX graphs, GBDT text, small torch weights), far below what hurts a bot.
+MAX_BUNDLE_BYTES = 512 * 2**20
+MAX_MEMBER_BYTES = 256 * 2**20
+MAX_TOTAL_BYTES = 1024 * 2**20
+MAX_MEMBERS = 4096
 # what the bot needs, and what the shadow report compares against; everything else in a run stays home
 FILES = (
     "manifest.json",
@@ -101,9 +111,13 @@ def save_bundle(run_dir: Path | str, dest: Path | str | None = None):
     return write_bytes(dest or default_bundle_path(run_dir), build_bundle(run_dir))
 
 
-def build_bundle(run_dir: Path | str) -> bytes:
-    """The bundle of a run, as bytes: the same run always gives the same bytes."""
+def build_bundle(run_dir: Path | str, signer=None) -> bytes:
+    """The bundle of a run, as bytes, signed with ``signer`` (default: this machine's publishing key, created on
+    first use outside the run's output folder): the same run and key always give the same bytes."""
+    from macd_ml.serving.trust import publish_signer, sign_index
+
     run = Path(run_dir)
+    signer = signer or publish_signer(create=True, out_dir=run.resolve().parent.parent)
     members = bundle_members(run)
     manifest = read_manifest(run)
     index = {
@@ -113,6 +127,7 @@ def build_bundle(run_dir: Path | str) -> bytes:
         "members": [{"path": p, "bytes": len(d), "sha256": _sha(d)} for p, d in sorted(members.items())],
     }
     members[INDEX] = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+    members[SIGNATURE] = sign_index(members[INDEX], signer)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(members):
@@ -135,16 +150,22 @@ def _safe_name(name: str) -> str:
     return str(PurePosixPath(*p.parts[1:]))
 
 
-def read_bundle(data: bytes, source: str = "bundle", signed: bool = False) -> Bundle:
-    """Open a bundle from its bytes: every member must be a plain file inside ``bundle/``, match ``bundle.json``
-    and the run's manifest (the manifest itself must match the index). ``signed``: the manifest must also carry
-    this installation's signature (``publish`` checks it on the machine that trained the run; a bot, which has no
-    key, relies on the sha256 that ``LATEST`` names). Nothing is written to disk."""
+def read_bundle(data: bytes, source: str = "bundle", signed: bool = False, trust=None) -> Bundle:
+    """Open a bundle from its bytes: within the size bounds, every member a plain file inside ``bundle/``,
+    ``bundle.sig`` a valid signature of ``bundle.json`` by a key ``trust`` holds (default
+    ``Trust.resolve()``: ``MACD_ML_TRUSTED_KEYS``, else this machine's own public key), every member matching
+    ``bundle.json`` and the run's manifest. ``signed``: the manifest must also carry this installation's HMAC
+    signature (the training machine's own check of a run it made). Nothing is written to disk."""
+    from macd_ml.serving.trust import Trust, verify_index
+
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{source}: {len(data)} bytes, more than a bundle may be ({MAX_BUNDLE_BYTES}); refusing it")
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleError(f"{source}: not a readable tar.gz ({exc})") from None
     members: dict[str, bytes] = {}
+    total = 0
     with tar:
         try:
             for info in tar:
@@ -153,14 +174,22 @@ def read_bundle(data: bytes, source: str = "bundle", signed: bool = False) -> Bu
                     raise BundleError(f"{source}: member {info.name!r} is a link or special file; refusing the bundle")
                 if name in members:
                     raise BundleError(f"{source}: member {info.name!r} appears twice; refusing the bundle")
+                total += info.size
+                if len(members) >= MAX_MEMBERS or info.size > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:
+                    raise BundleError(
+                        f"{source}: member {info.name!r} declares {info.size} bytes ({total} so far, member "
+                        f"{len(members) + 1}); more than a bundle may hold (bounds in serving/bundle.py); refusing it"
+                    )
                 fh = tar.extractfile(info)
                 members[name] = fh.read() if fh else b""
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise BundleError(f"{source}: damaged archive ({exc})") from None
     if INDEX not in members:
         raise BundleError(f"{source}: no {INDEX}; not a macd-ml bundle")
+    raw_index = members.pop(INDEX)
+    verify_index(members.pop(SIGNATURE, None), raw_index, trust or Trust.resolve(), source)
     try:
-        index = json.loads(members.pop(INDEX))
+        index = json.loads(raw_index)
         listed = {e["path"]: e for e in index["members"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{source}: {INDEX} is unreadable ({exc})") from None
@@ -198,10 +227,19 @@ def _check_against_manifest(members: dict[str, bytes], index: dict, source: str,
         )
 
 
-def open_bundle(path: Path | str) -> Bundle:
+def open_bundle(path: Path | str, trust=None) -> Bundle:
+    """Read and open a bundle file (see :func:`read_bundle`); a file larger than a bundle may be is refused
+    before it is read."""
     p = Path(path)
+    if not p.is_file():
+        from macd_ml.features.errors import ConfigError
+
+        raise ConfigError(f"{p}: no such bundle file")
     try:
+        size = p.stat().st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{p}: {size} bytes, more than a bundle may be ({MAX_BUNDLE_BYTES}); refusing it")
         data = p.read_bytes()
     except OSError as exc:
         raise BundleError(f"{p}: cannot read the bundle ({exc.strerror or exc})") from None
-    return read_bundle(data, str(p))
+    return read_bundle(data, str(p), trust=trust)

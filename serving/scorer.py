@@ -112,8 +112,10 @@ class Scorer:
             )
 
     @classmethod
-    def load(cls, path: Path | str, stacking: bool | None = None) -> Scorer:
-        return cls(open_bundle(path), stacking)
+    def load(cls, path: Path | str, stacking: bool | None = None, trust=None) -> Scorer:
+        """Open, verify (signature against ``trust``, default ``Trust.resolve()``; every member's sha256) and load
+        a bundle file."""
+        return cls(open_bundle(path, trust), stacking)
 
     @property
     def bars_needed(self) -> int:

@@ -12,7 +12,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MACD_ML_WRITE_RETRY_BASE", "0.01")  # fast back-off in tests (in-place write retries)
 os.environ.setdefault("MACD_ML_RETRY_BACKOFF_S", "0.05")  # and between Prefect's task retries
 # the signing key of cache records and manifests: one per test session, outside every output folder
-os.environ.setdefault("MACD_ML_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="macd-ml-key-"), "signing.key"))
+_KEYS = tempfile.mkdtemp(prefix="macd-ml-key-")
+os.environ.setdefault("MACD_ML_KEY_FILE", os.path.join(_KEYS, "signing.key"))
+# the Ed25519 publishing key bundles are signed with (its public key beside it), and what a bot has seen
+os.environ.setdefault("MACD_ML_PUBLISH_KEY_FILE", os.path.join(_KEYS, "publish-ed25519.pem"))
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_KEYS, "cache"))
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "binance_spot_1h"

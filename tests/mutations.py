@@ -255,10 +255,90 @@ MUTATIONS = [
     Mutation(
         "publish-unsigned",
         "serving/publish.py",
-        'bundle = read_bundle(bundle_bytes, "bundle", signed=True)',
-        'bundle = read_bundle(bundle_bytes, "bundle")',
-        ("tests/test_serving.py::test_a_consistently_rewritten_bundle_is_still_refused",),
-        "publish ships a bundle whose manifest this installation never signed",
+        'bundle = read_bundle(bundle_bytes, "bundle", trust=trust or Trust.resolve(allow_unsigned=False))',
+        'bundle = read_bundle(bundle_bytes, "bundle", trust=Trust.resolve(allow_unsigned=True))',
+        ("tests/test_trust_bot.py::test_unsigned_and_wrongly_signed_bundles_are_refused",),
+        "publish ships a bundle no trusted key signed",
+    ),
+    Mutation(
+        "bundle-signature-unchecked",
+        "serving/bundle.py",
+        "verify_index(members.pop(SIGNATURE, None), raw_index, trust or Trust.resolve(), source)",
+        "members.pop(SIGNATURE, None)",
+        ("tests/test_trust_bot.py::test_unsigned_and_wrongly_signed_bundles_are_refused",),
+        "a bot loads a bundle whatever its signature says",
+    ),
+    Mutation(
+        "bundle-signature-of-another-index",
+        "serving/trust.py",
+        "if env.payload_type != PAYLOAD_TYPE or env.payload != index:",
+        "if env.payload_type != PAYLOAD_TYPE:",
+        ("tests/test_trust_bot.py::test_unsigned_and_wrongly_signed_bundles_are_refused",),
+        "a genuine signature copied from another bundle vouches for this one",
+    ),
+    Mutation(
+        "bundle-size-unbounded",
+        "serving/bundle.py",
+        "if len(members) >= MAX_MEMBERS or info.size > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES:",
+        "if False:",
+        ("tests/test_trust_bot.py::test_a_bundle_that_unpacks_to_too_much_is_refused_before_it_is_read",),
+        "a small bundle that unpacks to gigabytes is read into the bot's memory",
+    ),
+    Mutation(
+        "bot-forgets-what-it-saw",
+        "serving/publish.py",
+        "state = Path(state_dir) if state_dir is not None else default_state_dir(dest)",
+        'state = Path(__import__("tempfile").mkdtemp())',
+        ("tests/test_trust_bot.py::test_a_bot_refuses_a_pointer_older_than_one_it_has_seen",),
+        "a bot keeps no record of the metadata it has seen: an older, validly signed pointer is a rollback it takes",
+    ),
+    Mutation(
+        "metadata-never-expires",
+        "serving/publish.py",
+        "expires = now + timedelta(days=expires_days)",
+        "expires = now + timedelta(days=3650)",
+        ("tests/test_trust_bot.py::test_a_bot_refuses_metadata_past_its_expiry",),
+        "the pointer's expiry is not the one asked for: a frozen repository is served for years",
+    ),
+    Mutation(
+        "publish-unlocked",
+        "serving/publish.py",
+        "    with _publish_lock(fs, root):\n        repo = _Repo(fs, root, dest)",
+        "    with contextlib.nullcontext():\n        repo = _Repo(fs, root, dest)",
+        ("tests/test_trust_bot.py::test_concurrent_publishes_never_leave_the_pointer_on_a_pruned_bundle",),
+        "publishes at once: the pointer can name a bundle another publisher's prune deleted",
+    ),
+    Mutation(
+        "publish-outside-dest",
+        "serving/publish.py",
+        "    if not _is_local(fs):\n        return\n    base = Path(root).resolve()",
+        "    return\n    base = Path(root).resolve()",
+        ("tests/test_trust_bot.py::test_publish_never_writes_or_deletes_outside_dest",),
+        "publish follows DEST/bundles where a symlink points and prunes a user's files there",
+    ),
+    Mutation(
+        "publish-trusts-a-file-by-its-name",
+        "serving/publish.py",
+        "if not (fs.exists(target) and _sha_of(fs, target) == sha):",
+        "if not fs.exists(target):",
+        ("tests/test_trust_bot.py::test_a_partial_file_under_a_bundles_name_is_rewritten_not_trusted",),
+        "a partial file under a bundle's final name is kept and pointed at",
+    ),
+    Mutation(
+        "rollback-unverified",
+        "serving/publish.py",
+        'raise BundleError(f"{path}: does not match its sha256 in the signed metadata; nothing rolled back")',
+        "pass",
+        ("tests/test_trust_bot.py::test_rollback_refuses_a_damaged_previous_bundle",),
+        "rollback points the bots at a bundle whose bytes changed since it was published",
+    ),
+    Mutation(
+        "key-file-any-kind",
+        "serving/trust.py",
+        "if not stat.S_ISREG(st.st_mode):",
+        "if False:",
+        ("tests/test_trust_bot.py::test_unusable_key_files_are_refused_at_once",),
+        "a key file that is a FIFO hangs the command; one that is a device is read without end",
     ),
     Mutation(
         "nightly-trains-synthetic",
@@ -448,7 +528,7 @@ MUTATIONS = [
     Mutation(
         "publish-writes-in-place",
         "serving/publish.py",
-        'tmp = f"{root}/bundles/.{uuid.uuid4().hex}.partial"',
+        'tmp = f"{root}/{BUNDLES}/.{uuid.uuid4().hex}.partial"',
         "tmp = target",
         ("tests/test_serving.py::test_a_publish_killed_mid_write_leaves_the_pointer_on_a_complete_bundle",),
         "publish writes the bundle straight to its final name: a bot reads a partial bundle",
@@ -467,7 +547,9 @@ MUTATIONS = [
 CONTROL = Mutation("(no mutation)", "models/train.py", "", "", (), "control: the tests pass on the unchanged copy")
 
 
-def run_one(m: Mutation, keep: bool = False) -> tuple[str, float, str]:
+def run_one(m: Mutation, keep: bool = False, chosen: list[Mutation] | None = None) -> tuple[str, float, str]:
+    """Plant ``m`` in a copy of the package and run its tests. The control (no mutation) runs the tests of
+    ``chosen`` (default every mutation)."""
     work = Path(tempfile.mkdtemp(prefix=f"mutant-{m.name}-"))
     try:
         pkg = work / "macd_ml"
@@ -479,7 +561,7 @@ def run_one(m: Mutation, keep: bool = False) -> tuple[str, float, str]:
             if text.count(m.old) != 1:
                 return "STALE", 0.0, f"snippet found {text.count(m.old)} times in {m.file}"
             target.write_text(text.replace(m.old, m.new))
-        tests = m.tests or tuple(dict.fromkeys(t for mut in MUTATIONS for t in mut.tests))
+        tests = m.tests or tuple(dict.fromkeys(t for mut in chosen or MUTATIONS for t in mut.tests))
         env = {**os.environ, "PYTHONPATH": str(work), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -512,9 +594,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     bad = 0
     print(f"{'mutation':30s} {'result':9s} {'s':>6s}  tests' last line")
-    # first the control: every test the mutations rely on passes on the unchanged code, so a failure below is
-    # the mutation's doing
-    result, seconds, last = run_one(CONTROL)
+    # first the control: every test the chosen mutations rely on passes on the unchanged code, so a failure below
+    # is the mutation's doing
+    result, seconds, last = run_one(CONTROL, chosen=chosen)
     print(f"{CONTROL.name:30s} {result:9s} {seconds:6.1f}  {last}", flush=True)
     if result != "passed":
         print("the tests fail without any mutation; fix that first")

@@ -197,6 +197,36 @@ def test_a_healthy_run_is_published_with_its_gate_and_onnx(run):
 
 
 @pytest.mark.usefixtures("prefect_server")
+def test_a_run_edited_with_its_manifest_is_refused_by_every_command_that_reads_it(run, tmp_path):
+    """A model file edited, its sha256 updated in the manifest, the signature replaced by zeros: health, the
+    stage commands and bundle refuse it (exit 3) and say what to do."""
+    import shutil
+
+    _, folder = run
+    copy = tmp_path / "out" / "runs" / folder.name
+    shutil.copytree(folder, copy)
+    model = copy / "models" / "lgb" / "lgb_h5.txt"
+    model.write_bytes(model.read_bytes().replace(b"leaf_value", b"leaf_valuf", 1))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["path"] == "models/lgb/lgb_h5.txt":
+            entry["sha256"], entry["bytes"] = store.sha256_file(model), model.stat().st_size
+    manifest["signature"] = "0" * len(manifest["signature"])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    for argv in (
+        ["health", str(copy), "--json"],
+        ["report", str(copy), "--out", str(tmp_path / "r")],
+        ["bundle", str(copy), "--out", str(tmp_path / "b.tar.gz")],
+    ):
+        code, stdout, err = run_cli(argv)
+        assert code == 3, (argv, code, stdout, err)
+        assert "signature" in (err + stdout), (argv, err, stdout)
+    assert not (tmp_path / "b.tar.gz").exists()
+    code, _, err = run_cli(["bundle", str(copy), "--out", str(tmp_path / "b.tar.gz")])
+    assert "macd-ml retrain" in err, err
+
+
+@pytest.mark.usefixtures("prefect_server")
 def test_each_check_fails_on_purpose(run, tmp_path):
     out, folder = run
     # a tampered file

@@ -214,9 +214,12 @@ def test_a_publish_killed_mid_write_leaves_the_pointer_on_a_complete_bundle(bund
     assert fetch_latest(dest) == new
 
 
-def _repack(members: dict[str, bytes]) -> bytes:
-    """A bundle of these members with a consistent index (what someone rewriting a bundle would do)."""
-    members = {p: d for p, d in members.items() if p != "bundle.json"}
+def _repack(members: dict[str, bytes], sign: bool = True) -> bytes:
+    """A bundle of these members with a consistent index (what someone rewriting a bundle would do), signed with
+    this machine's publishing key when ``sign`` (what only the publisher can do)."""
+    from macd_ml.serving.trust import publish_signer, sign_index
+
+    members = {p: d for p, d in members.items() if p not in ("bundle.json", "bundle.sig")}
     manifest = json.loads(members["manifest.json"])
     index = {
         "format": 1,
@@ -227,6 +230,8 @@ def _repack(members: dict[str, bytes]) -> bytes:
         ],
     }
     members["bundle.json"] = json.dumps(index).encode()
+    if sign:
+        members["bundle.sig"] = sign_index(members["bundle.json"], publish_signer())
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for p, d in sorted(members.items()):
@@ -252,12 +257,18 @@ def test_a_consistently_rewritten_bundle_is_still_refused(bundle_bytes, tmp_path
     members["meta.json"] = members["meta.json"].replace(b"0", b"1", 1)  # index rewritten to match
     with pytest.raises(BundleError, match="meta.json is not the run's artifact"):
         read_bundle(_repack(members))
-    # a manifest edited with the index (another run id, not re-signed): readable, but never published
+    # the same rewrite by someone without the publishing key: refused by every reader, never published
+    with pytest.raises(BundleError, match="not signed"):
+        read_bundle(_repack(members, sign=False))
+    with pytest.raises(BundleError, match="not signed"):
+        publish(_repack(dict(read_bundle(bundle_bytes).members), sign=False), str(tmp_path / "dest"))
+    assert not (tmp_path / "dest" / "metadata").exists()
+    # a manifest edited with the index and signed by the publisher, but not by the training side's HMAC key: the
+    # training machine's own check of a run it made (``signed=True``) still refuses it
     unsigned = _variant(bundle_bytes, 2, sign=False)
     assert read_bundle(unsigned).run_id != read_bundle(bundle_bytes).run_id
     with pytest.raises(BundleError, match="not signed by this installation"):
-        publish(unsigned, str(tmp_path / "dest"))
-    assert not (tmp_path / "dest" / "LATEST").exists()
+        read_bundle(unsigned, signed=True)
 
 
 # --------------------------------------------------------------------------------------------- scoring

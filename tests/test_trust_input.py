@@ -209,7 +209,8 @@ def test_corrupt_manifest_is_named(tmp_path):
     run.mkdir(parents=True)
     (run / "manifest.json").write_text('{"artifacts": [')
     code, _, err = run_cli(["report", str(run), "--out", str(tmp_path / "r")])
-    assert code == 2 and str(run / "manifest.json") in err and "not valid JSON" in err, err
+    # a damaged run folder is refused like a tampered one (exit 3), naming the file and what to do
+    assert code == 3 and str(run / "manifest.json") in err and "not valid JSON" in err and "retrain" in err, err
 
 
 def test_write_error_hints_tell_immutable_from_permissions(tmp_path):

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from macd_ml.artifacts.store import IntegrityError
 from macd_ml.features.errors import ConfigError, DataError, Refused
 from macd_ml.flows.cli import backtest, data, run, serve, serving, stages
 from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, one_line
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_GATE
     except Refused as exc:
         print(f"macd-ml: refused: {one_line(exc)}", file=sys.stderr)
+        return EXIT_GATE
+    except IntegrityError as exc:  # a run folder changed after it was written, or signed with another key
+        print(
+            f"macd-ml: refused: {one_line(exc)}; do not use this run: the same `macd-ml retrain` rebuilds it "
+            "(finished stages come from the cache; the damaged folder is quarantined), or restore it from a copy",
+            file=sys.stderr,
+        )
         return EXIT_GATE
     except KeyboardInterrupt:
         return 130

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="last", metavar="T", help="last bar (ISO time, UTC); default the newest bar")
     p.add_argument("--json", metavar="FILE", help="also write the full result (equity curves included) here")
     p.add_argument("--plot", metavar="PNG", help="write the equity curves to this PNG")
+    from macd_ml.flows.cli.serving import add_trust_args
+
+    add_trust_args(p)
 
 
 def backtest(args: argparse.Namespace) -> int:
@@ -41,7 +44,9 @@ def backtest(args: argparse.Namespace) -> int:
             raise ConfigError("--from does not apply to --chain (each run starts after its own data)")
         result = backtest_chain(args.chain, args.data, args.last)
     else:
-        result = backtest_span(Source.load(args.run), args.data, args.first, args.last)
+        from macd_ml.flows.cli.serving import trust_from
+
+        result = backtest_span(Source.load(args.run, trust_from(args)), args.data, args.first, args.last)
     if args.plot:
         from macd_ml.models.plots import plot_equity
 

@@ -1,13 +1,34 @@
-"""``bundle``, ``publish``, ``rollback``, ``predict``, ``shadow``, ``shadow-report``: from a run to the bot."""
+"""``bundle``, ``keys``, ``publish``, ``rollback``, ``fetch``, ``predict``, ``shadow``, ``shadow-report``: from a
+run to the bot."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from macd_ml.flows.cli.common import EXIT_GATE, EXIT_OK, add_config_args, command, config_from
+
+
+def add_trust_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trusted-keys",
+        metavar="FILE",
+        help="public key file(s) bundles must be signed with (default: MACD_ML_TRUSTED_KEYS, else this machine's own)",
+    )
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="load a bundle whose signature is missing or unknown (local experiments only; warns on every load)",
+    )
+
+
+def trust_from(args: argparse.Namespace):
+    from macd_ml.serving.trust import Trust
+
+    return Trust.resolve(args.trusted_keys, True if args.allow_unsigned else None)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,24 +45,55 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = command(
         sub,
+        "keys",
+        "show the publishing key pair (the public key file is what bots hold)",
+        "Print where the Ed25519 publishing key is (MACD_ML_PUBLISH_KEY_FILE), its public key file and key id. "
+        "The key is made by the first bundle, or here with --create. See README 'Trust'.",
+        keys,
+    )
+    p.add_argument("--create", action="store_true", help="create the key pair if there is none yet")
+
+    p = command(
+        sub,
         "publish",
-        "put a bundle where bots fetch it and point LATEST at it",
-        "Copy a verified bundle to DEST (a folder or an fsspec URL) under bundles/, then switch the small "
-        "LATEST pointer in one write; keeps the newest --keep bundles.",
+        "put a signed bundle where bots fetch it and point LATEST at it (signed, versioned, expiring)",
+        "Copy a bundle signed by a trusted key to DEST (a folder or an fsspec URL) under bundles/, then sign new "
+        "TUF metadata whose LATEST names it (timestamp.json written last); keeps the newest --keep bundles. "
+        "--refresh signs the same pointer again with a new expiry.",
         publish,
     )
-    p.add_argument("bundle_file", metavar="BUNDLE", help="a bundle .tar.gz")
+    p.add_argument("bundle_file", metavar="BUNDLE", nargs="?", help="a bundle .tar.gz (not with --refresh)")
     p.add_argument("--to", metavar="DEST", required=True, help="folder or fsspec URL (s3://bucket/path, ...)")
     p.add_argument("--keep", type=int, default=5, help="bundles to keep (default 5)")
+    p.add_argument("--expires-days", type=float, default=7.0, help="bots refuse the metadata after this (default 7)")
+    p.add_argument("--refresh", action="store_true", help="re-sign the current pointer with a new expiry")
+    add_trust_args(p)
 
     p = command(
         sub,
         "rollback",
-        "point LATEST back at the previous bundle",
-        "Move DEST's LATEST pointer to the previous published bundle.",
+        "point LATEST back at the previous bundle (a new signed version)",
+        "Sign new metadata whose LATEST names the previous bundle of the history, after checking that bundle "
+        "(present, the sha256 the signed metadata holds, a valid signature).",
         rollback,
     )
     p.add_argument("--to", metavar="DEST", required=True, help="folder or fsspec URL the bundles were published to")
+    p.add_argument("--expires-days", type=float, default=7.0, help="bots refuse the metadata after this (default 7)")
+    add_trust_args(p)
+
+    p = command(
+        sub,
+        "fetch",
+        "what a bot runs: the bundle LATEST names, verified with the public key alone",
+        "TUF's client workflow against DEST (refuses rollback, freeze and mix-and-match, says which in one line), "
+        "then the bundle LATEST names, checked against the signed metadata and its own signature; written to "
+        "--out atomically.",
+        fetch,
+    )
+    p.add_argument("--from", dest="source", metavar="DEST", required=True, help="where the bundles are published")
+    p.add_argument("--out", metavar="FILE", required=True, help="the .tar.gz to write")
+    p.add_argument("--state", metavar="DIR", help="the metadata this bot has seen (default ~/.cache/macd-ml/bot/...)")
+    add_trust_args(p)
 
     p = command(
         sub,
@@ -52,6 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         predict,
     )
     p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
+    add_trust_args(p)
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the bundle's target and cross)")
     p.add_argument("--last", type=int, default=1, help="how many of the newest bars to score (default 1)")
     p.add_argument(
@@ -77,6 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bars", type=int, help="stop after logging this many bars (--follow)")
     p.add_argument("--timeout", type=float, help="stop after this many seconds (--follow)")
     p.add_argument("--no-stacking", action="store_true", help="never take the stacked path")
+    add_trust_args(p)
 
     p = command(
         sub,
@@ -91,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-bars", type=int, help="fewer bars than this fails (config shadow.min_bars, default 1)")
     p.add_argument("--data", metavar="DIR", help="candle folder, for the realised AUC of bars whose outcome is known")
     p.add_argument("--bundle", metavar="FILE", help="the bundle logged, for drift against its holdout")
+    add_trust_args(p)
     p.add_argument("--target", metavar="SYMBOL", help="symbol the logs score (default: the bundle's, else ETHUSDT)")
     p.add_argument("--min-coverage", type=float, help="ML coverage target (config shadow.coverage, default 0.80)")
     p.add_argument(
@@ -122,20 +177,57 @@ def _bundle_bytes(path: str) -> bytes:
         raise BundleError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
 
 
-def publish(args: argparse.Namespace) -> int:
-    from macd_ml.serving.publish import publish as do_publish
+def keys(args: argparse.Namespace) -> int:
+    from macd_ml.serving.trust import TrustError, private_key_path, public_key_path, publish_signer
 
-    pointer = do_publish(_bundle_bytes(args.bundle_file), args.to, keep=args.keep)
-    print(f"{args.to}/LATEST -> {pointer['bundle']} (run {pointer['run_id']}, sha256 {pointer['sha256'][:12]})")
+    try:
+        signer = publish_signer(create=args.create)
+    except TrustError as exc:
+        if args.create or os.path.lexists(private_key_path()):
+            raise
+        print(f"no publishing key yet at {private_key_path()} ({exc}); the first bundle makes one, or --create")
+        return EXIT_OK
+    print(f"private key  {private_key_path()}  (keep it on the training side, mode 0600, outside OUT)")
+    print(f"public key   {public_key_path()}  (copy this file to each bot: MACD_ML_TRUSTED_KEYS)")
+    print(f"key id       {signer.public_key.keyid}")
+    return EXIT_OK
+
+
+def publish(args: argparse.Namespace) -> int:
+    from macd_ml.features.errors import ConfigError
+    from macd_ml.serving.publish import publish as do_publish
+    from macd_ml.serving.publish import refresh
+
+    if args.refresh == (args.bundle_file is not None):
+        raise ConfigError("publish: give a BUNDLE file, or --refresh (not both)")
+    if args.refresh:
+        pointer = refresh(args.to, expires_days=args.expires_days)
+        print(f"{args.to}: LATEST -> {pointer['bundle']} signed again for {args.expires_days:g} days")
+        return EXIT_OK
+    pointer = do_publish(
+        _bundle_bytes(args.bundle_file), args.to, keep=args.keep, expires_days=args.expires_days, trust=trust_from(args)
+    )
+    print(f"{args.to}: LATEST -> {pointer['bundle']} (run {pointer['run_id']}, sha256 {pointer['sha256'][:12]})")
+    return EXIT_OK
+
+
+def fetch(args: argparse.Namespace) -> int:
+    from macd_ml.artifacts.store import write_bytes
+    from macd_ml.serving.bundle import read_bundle
+    from macd_ml.serving.publish import fetch_latest
+
+    data = fetch_latest(args.source, args.state, trust_from(args))
+    ref = write_bytes(args.out, data)
+    print(f"{args.out}: run {read_bundle(data, args.out, trust=trust_from(args)).run_id}, sha256 {ref.sha256[:12]}")
     return EXIT_OK
 
 
 def rollback(args: argparse.Namespace) -> int:
     from macd_ml.serving.publish import rollback as do_rollback
 
-    pointer = do_rollback(args.to)
+    pointer = do_rollback(args.to, expires_days=args.expires_days, trust=trust_from(args))
     print(
-        f"{args.to}/LATEST -> {pointer['bundle']} (run {pointer['run_id']}); rolled back from "
+        f"{args.to}: LATEST -> {pointer['bundle']} (run {pointer['run_id']}); rolled back from "
         f"{pointer['rolled_back_from']['bundle']}"
     )
     return EXIT_OK
@@ -144,7 +236,7 @@ def rollback(args: argparse.Namespace) -> int:
 def _scorer(args: argparse.Namespace):
     from macd_ml.serving import Scorer
 
-    return Scorer.load(args.bundle, stacking=False if args.no_stacking else None)
+    return Scorer.load(args.bundle, stacking=False if args.no_stacking else None, trust=trust_from(args))
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -177,7 +269,7 @@ def shadow_report(args: argparse.Namespace) -> int:
 
     holdout, target = None, args.target
     if args.bundle:
-        b = open_bundle(args.bundle)
+        b = open_bundle(args.bundle, trust_from(args))
         holdout = b.frame("shipped_holdout.parquet")
         target = target or b.json("features.json")["target"]
     flags = {
