@@ -130,7 +130,7 @@ class _Repo:
     """The repository's current metadata, verified with its own root, plus what a commit needs."""
 
     def __init__(self, fs, root: str, dest: str):
-        from tuf.api.metadata import Metadata
+        from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
         self.fs, self.root, self.dest = fs, root, dest
         self.root_md: Metadata[Root] | None = None

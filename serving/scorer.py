@@ -29,7 +29,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +79,55 @@ class InsufficientData(DataError):
     """Too few bars for any model to score."""
 
 
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+
+
+def check_graph(data: bytes, name: str):
+    """The ONNX model of a bundle member, refused (BundleError) when it could make the bot's machine do more than
+    arithmetic: a tensor stored as external data (onnxruntime would read that file from the bot's disk), or an
+    operator outside the standard domains (a custom op runs native code). Returns the loaded model."""
+    from macd_ml.serving.bundle import BundleError
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a refusal
+        raise BundleError(f"{name}: not an ONNX model ({exc}); refusing the bundle") from None
+
+    def graphs(g):
+        yield g
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(attr.g)
+                for sub in attr.graphs:
+                    yield from graphs(sub)
+
+    for fn in model.functions:
+        for node in fn.node:
+            if node.domain not in STANDARD_DOMAINS:
+                raise BundleError(f"{name}: operator {node.domain}.{node.op_type} is not standard ONNX; refusing")
+    for g in graphs(model.graph):
+        tensors = [*g.initializer, *(s.values for s in g.sparse_initializer)]
+        tensors += [a.t for node in g.node for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+                where = {e.key: e.value for e in t.external_data}.get("location", "?")
+                raise BundleError(
+                    f"{name}: tensor {t.name!r} is stored as external data ({where!r}); a bundle's graphs hold all "
+                    "their data; refusing the bundle"
+                )
+        for node in g.node:
+            if node.domain not in STANDARD_DOMAINS and node.domain not in {f.domain for f in model.functions}:
+                raise BundleError(
+                    f"{name}: operator {node.domain}.{node.op_type} is not standard ONNX (custom code); refusing"
+                )
+    return model
+
+
+def _in_unit(p) -> bool:
+    return bool(np.all(np.isfinite(p)) and np.all(p >= 0.0) and np.all(p <= 1.0))
+
+
 @dataclass
 class _ModelGraph:
     name: str
@@ -99,14 +148,15 @@ class Scorer:
         self.spec = FeatureSpec.model_validate(meta["spec"])
         self.gap_tolerance_hours = int(meta.get("gap_tolerance_hours", 1))
         ens_bytes = bundle.members["onnx/ensemble.onnx"]
-        self.ensemble: EnsembleSpec = ensemble_spec(onnx.load_from_string(ens_bytes))
+        self.ensemble: EnsembleSpec = ensemble_spec(check_graph(ens_bytes, "onnx/ensemble.onnx"))
         self.horizons = [str(h) for h in self.ensemble.horizons]
         self._ensemble, self.provider = session(ens_bytes)
+        self._ensemble_error = ""
         self.predictors = {h: Predictor.from_json(d) for h, d in bundle.json("meta.json")["predictors"].items()}
         self.models: dict[str, _ModelGraph] = {}
         for m in self.ensemble.models:
             data = bundle.members[f"onnx/{m}.onnx"]
-            props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+            props = {p.key: p.value for p in check_graph(data, f"onnx/{m}.onnx").metadata_props}
             self.models[m] = _ModelGraph(
                 m, session(data)[0], json.loads(props["feature_names"]), int(props.get("window", "1"))
             )
@@ -153,6 +203,13 @@ class Scorer:
         """Scores for the newest ``last`` bars of the target (oldest first)."""
         t0 = time.perf_counter()
         market = self._market(candles, HISTORY_BARS + self.ensemble.lookback + last)
+        now = datetime.now(timezone.utc)
+        for c in (market.target, *market.cross):
+            newest = c.frame["timestamp"].max() if c.frame.height else None
+            if newest is not None and newest > now:
+                raise DataError(
+                    str(c.path or c.symbol), f"{c.symbol}'s newest bar is dated {newest}, in the future; bad candles"
+                )
         n_bars = market.target.frame.height
         if n_bars < self.bars_needed:
             raise InsufficientData(
@@ -187,25 +244,43 @@ class Scorer:
         ts_list = wanted.to_list()
         rows = np.array([pos[t] for t in ts_list if t in pos], dtype=np.int64)
         stacked: dict = {}
+        self._ensemble_error = ""
         if self.stacking and len(rows):
             try:
                 outs = self._ensemble.run(None, {"bars": windows(X, seg, rows, self.ensemble.lookback)})
                 names_out = [o.name for o in self._ensemble.get_outputs()]
                 res = dict(zip(names_out, outs))
                 stacked = {int(r): {n: v[k] for n, v in res.items()} for k, r in enumerate(rows)}
-            except Exception:  # noqa: BLE001 - an ONNX failure falls back to the models one by one
+            except Exception as exc:  # noqa: BLE001 - an ONNX failure falls back to the models one by one
+                self._ensemble_error = f"ensemble.onnx failed ({type(exc).__name__})"
                 stacked = {}
         scores = []
         for t in ts_list:
             scores.append(self._score_bar(t, pos.get(t), prow.get(t), X, seg, partial, stacked))
         return scores
 
+    def _why_not_stacked(self, row, prow, partial) -> str:
+        """Why a bar with a probability did not take the stacked path (every fallback says why)."""
+        if not self.stacking:
+            return "stacking is off"
+        if self._ensemble_error:
+            return self._ensemble_error
+        if row is None:
+            missing = []
+            if prow is not None:
+                values = partial.row(prow, named=True)
+                missing = [n for n in self.ensemble.feature_names if values.get(n) is None]
+            what = f" ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''} missing)" if missing else ""
+            return f"no complete feature row for this bar{what}: a cross symbol's bar not there yet, or a gap"
+        return "ensemble.onnx gave an output outside [0, 1]"
+
     def _score_bar(self, t, row, prow, X, seg, partial, stacked) -> BarScore:
         if row is not None and row in stacked:
             out = stacked[row]
-            all_base = {m: {h: float(out[m][j]) for j, h in enumerate(self.horizons)} for m in self.models}
-            probs = {h: float(out["shipped"][j]) for j, h in enumerate(self.horizons)}
-            return BarScore(t, probs, "stacked", list(self.models), all_base)
+            if all(_in_unit(out[k]) for k in ["shipped", *self.models] if k in out):
+                all_base = {m: {h: float(out[m][j]) for j, h in enumerate(self.horizons)} for m in self.models}
+                probs = {h: float(out["shipped"][j]) for j, h in enumerate(self.horizons)}
+                return BarScore(t, probs, "stacked", list(self.models), all_base)
         base: dict[str, dict[str, float]] = {}
         failures: dict[str, str] = {}
         for m, g in self.models.items():
@@ -222,16 +297,17 @@ class Scorer:
             if not np.all(np.isfinite(p)):
                 failures[m] = "non-finite output"
                 continue
+            if not _in_unit(p):
+                failures[m] = "output outside [0, 1]"
+                continue
             base[m] = {h: float(p[j]) for j, h in enumerate(self.horizons)}
         if not base:
             why = "; ".join(f"{m}: {r}" for m, r in failures.items()) or "no feature row for this bar"
             return BarScore(t, None, "none", [], {}, reason=why)
         probs = {h: float(np.mean([b[h] for b in base.values()])) for h in self.horizons}
         path: Path_ = "single" if len(base) == 1 else "mean"
-        reason = None if not failures else "; ".join(f"{m}: {r}" for m, r in failures.items())
-        if not self.stacking and not failures:
-            reason = "stacking is off"
-        return BarScore(t, probs, path, list(base), base, reason=reason)
+        reasons = [self._why_not_stacked(row, prow, partial), *(f"{m}: {r}" for m, r in failures.items())]
+        return BarScore(t, probs, path, list(base), base, reason="; ".join(reasons))
 
     def _model_input(self, g: _ModelGraph, row, prow, X, seg, partial) -> np.ndarray:
         cols = [self.ensemble.feature_names.index(n) for n in g.features]

@@ -27,7 +27,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -190,11 +190,52 @@ class ShadowReport:
 
 
 _REQUIRED = {"time": str, "path": str, "models": list}
+PATHS = ("stacked", "mean", "single", "none")
 
 
-def read_logs(source: Path) -> tuple[pl.DataFrame, list[tuple[str, int, str]]]:
-    """Every well-formed line of a log file (or of every ``*.jsonl``/``*.log`` in a folder), and the malformed ones
-    as (file, line number, why)."""
+def _probability(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"{what} is {v!r}, not a probability in [0, 1]")
+    return float(v)
+
+
+def check_line(d: dict, now: datetime) -> datetime:
+    """A parsed log line against the shadow line's schema (README "Shadow mode"); returns its bar time. Raises
+    ValueError naming the field: a probability outside [0, 1], probabilities missing where the path took one (or
+    present where it took none), an unknown path, a time without a zone or in the future, a negative latency."""
+    for k, kind in _REQUIRED.items():
+        if not isinstance(d.get(k), kind):
+            raise ValueError(f"'{k}' missing or not a {kind.__name__}")
+    t = datetime.fromisoformat(d["time"])
+    if t.tzinfo is None:
+        raise ValueError(f"'time' {d['time']!r} has no time zone")
+    if t > now:
+        raise ValueError(f"'time' {d['time']} is in the future")
+    if d["path"] not in PATHS:
+        raise ValueError(f"'path' {d['path']!r} is not one of {', '.join(PATHS)}")
+    probs = d.get("probabilities")
+    if probs is None and d["path"] != "none":
+        raise ValueError(f"'probabilities' is null where the path says {d['path']}")
+    if probs is not None:
+        if d["path"] == "none" or not isinstance(probs, dict) or not probs:
+            raise ValueError("'probabilities' is not an object of horizon -> probability on a scored path")
+        for h, v in probs.items():
+            _probability(v, f"probabilities[{h}]")
+    for m, per_h in (d.get("base") or {}).items():
+        if not isinstance(per_h, dict):
+            raise ValueError(f"'base'[{m}] is not an object")
+        for h, v in per_h.items():
+            _probability(v, f"base[{m}][{h}]")
+    lat = d.get("latency_ms")
+    if lat is not None and (isinstance(lat, bool) or not isinstance(lat, (int, float)) or not lat >= 0):
+        raise ValueError(f"'latency_ms' is {lat!r}, not a duration")
+    return t
+
+
+def read_logs(source: Path, now: datetime | None = None) -> tuple[pl.DataFrame, list[tuple[str, int, str]]]:
+    """Every well-formed line of a log file (or of every ``*.jsonl``/``*.log`` in a folder), one per bar (a bar
+    logged again counts once, as its newest line), and the malformed ones as (file, line number, why)."""
+    now = now or datetime.now(timezone.utc)
     if not source.exists():
         raise DataError(str(source), "no such shadow log or folder")
     files = sorted(p for p in source.iterdir() if p.suffix in (".jsonl", ".log")) if source.is_dir() else [source]
@@ -208,13 +249,8 @@ def read_logs(source: Path) -> tuple[pl.DataFrame, list[tuple[str, int, str]]]:
                     d = json.loads(text)
                     if not isinstance(d, dict):
                         raise ValueError("not an object")
-                    for k, kind in _REQUIRED.items():
-                        if not isinstance(d.get(k), kind):
-                            raise ValueError(f"'{k}' missing or not a {kind.__name__}")
-                    t = datetime.fromisoformat(d["time"])
+                    t = check_line(d, now)
                     probs = d.get("probabilities")
-                    if probs is not None and not isinstance(probs, dict):
-                        raise ValueError("'probabilities' is not an object")
                 except (ValueError, TypeError) as exc:
                     bad.append((f.name, n, str(exc)))
                     continue
@@ -251,6 +287,8 @@ def read_logs(source: Path) -> tuple[pl.DataFrame, list[tuple[str, int, str]]]:
         if rows
         else pl.DataFrame()
     )
+    if frame.height:  # a bar logged twice (a restarted replay, two shadows on one log) counts once
+        frame = frame.unique(subset="time", keep="last", maintain_order=True)
     return frame, bad
 
 

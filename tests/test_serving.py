@@ -374,6 +374,7 @@ def test_each_fallback_path(bundle_bytes, market):
     (bar,) = scorer.score(no_btc)
     trees = {"lgb", "xgb", "reference"}
     assert bar.path == "mean" and set(bar.models) == trees and "lstm" in bar.reason, bar
+    assert "no complete feature row" in bar.reason and "btc" in bar.reason.lower(), bar.reason
     assert bar.probabilities["5"] == pytest.approx(np.mean([bar.base[m]["5"] for m in trees]))
 
     # one tree's graph fails: the other scores alone
@@ -401,6 +402,80 @@ def test_each_fallback_path(bundle_bytes, market):
     # too little data for any model: an error naming how many bars are needed
     with pytest.raises(InsufficientData, match=f"needs at least {scorer.bars_needed}"):
         scorer.score({k: v.tail(50) for k, v in frames.items()})
+
+    # a graph that answers outside [0, 1]: never a probability; the ensemble's, a fallback that says why
+    wild = Scorer(read_bundle(bundle_bytes))
+
+    class Wild:
+        def __init__(self, real, only=None):
+            self.real, self.only = real, only
+
+        def get_outputs(self):
+            return self.real.get_outputs()
+
+        def run(self, names, feeds):
+            outs = self.real.run(names, feeds)
+            if self.only is None:
+                return [np.full_like(o, 7.5) for o in outs]
+            return [np.full_like(o, 7.5) if o_.name == self.only else o for o, o_ in zip(outs, self.get_outputs())]
+
+    wild.models["xgb"].session = Wild(wild.models["xgb"].session)
+    (bar,) = wild.score(no_btc)
+    assert "xgb" not in bar.models and "xgb: output outside [0, 1]" in bar.reason, bar
+    wild._ensemble = Wild(wild._ensemble, only="shipped")
+    (bar,) = wild.score(frames)
+    assert bar.path != "stacked" and "outside [0, 1]" in bar.reason, bar
+    assert all(0 <= p <= 1 for p in bar.probabilities.values())
+
+    # a candle dated in the future is bad input, not a warm-up
+    future = frames["ETHUSDT"].with_columns(
+        pl.when(pl.int_range(pl.len()) == pl.len() - 1)
+        .then(pl.datetime(2999, 1, 1, time_zone="UTC"))
+        .otherwise(pl.col("timestamp"))
+        .alias("timestamp")
+    )
+    from macd_ml.features.errors import DataError
+
+    with pytest.raises(DataError, match="in the future"):
+        scorer.score({**frames, "ETHUSDT": future})
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("attack", ["external-data", "custom-op"])
+def test_a_graph_that_reads_files_or_runs_custom_code_is_refused(attack, bundle_bytes, tmp_path, monkeypatch):
+    """Even signed (a compromised publisher): a tensor stored as external data named ``secret.txt`` would make
+    onnxruntime read that file from the bot's folder; a custom-domain operator runs native code."""
+    import onnx
+
+    members = dict(read_bundle(bundle_bytes).members)
+    model = onnx.load_from_string(members["onnx/lgb.onnx"])
+    if attack == "external-data":
+        t = next(t for t in model.graph.initializer if t.raw_data or t.float_data or t.int64_data)
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        t.ClearField("int64_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", "secret.txt"
+    else:
+        model.graph.node[0].domain = "com.evil"
+    members["onnx/lgb.onnx"] = model.SerializeToString()
+    manifest = json.loads(members["manifest.json"])
+    for e in manifest["artifacts"]:
+        if e["path"] == "onnx/lgb.onnx":
+            e["sha256"], e["bytes"] = (
+                hashlib.sha256(members["onnx/lgb.onnx"]).hexdigest(),
+                len(members["onnx/lgb.onnx"]),
+            )
+    members["manifest.json"] = json.dumps(store.sign_manifest(manifest)).encode()
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(_repack(members))
+    (tmp_path / "secret.txt").write_bytes(b"\x00\x00\x80\x3f" * 4096)  # what a stolen file would decode as
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleError, match="external data" if attack == "external-data" else "not standard ONNX"):
+        Scorer.load(bad)
+    code, stdout, err = run_cli(["predict", "--bundle", str(bad), "--data", str(tmp_path)])
+    assert code == 3 and stdout == "" and "refusing" in err, err
 
 
 # --------------------------------------------------------------------------------------------- shadow
@@ -510,6 +585,35 @@ def test_shadow_report_counts_malformed_lines_and_stuck_lstm(tmp_path):
     (tmp_path / "b" / "b.jsonl").write_text("\n".join(moving) + "\n")
     rep = report(tmp_path / "b", Targets())
     assert rep.lstm_normal == 1.0 and rep.passed, rep.table()
+
+
+def test_shadow_report_counts_schema_breaks_as_malformed_and_each_bar_once(tmp_path):
+    good = {
+        "time": "2024-01-01T00:00:00+00:00",
+        "probabilities": {"5": 0.5},
+        "path": "stacked",
+        "models": ["lgb"],
+        "base": {"lgb": {"5": 0.5}},
+        "latency_ms": 3.0,
+        "error": None,
+    }
+    lines = [json.dumps(good)] * 21  # one bar logged 21 times (a restarted replay)
+    lines += [
+        json.dumps({**good, "time": "2024-01-01T01:00:00+00:00", "probabilities": {"5": 7.5}}),
+        json.dumps({**good, "time": "2024-01-01T02:00:00+00:00", "probabilities": None}),
+        json.dumps({**good, "time": "2999-01-01T00:00:00+00:00"}),
+        json.dumps({**good, "time": "2024-01-01T03:00:00+00:00", "latency_ms": -4}),
+        json.dumps({**good, "time": "2024-01-01T04:00:00+00:00", "base": {"lgb": {"5": -0.1}}}),
+        json.dumps({**good, "time": "2024-01-01T05:00:00+00:00", "path": "teleport"}),
+        json.dumps({**good, "time": "2024-01-01T06:00:00"}),
+    ]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    rep = report(tmp_path / "a.jsonl", Targets())
+    assert [n for _, n, _ in rep.malformed] == list(range(22, 29)), rep.malformed
+    why = " | ".join(w for _, _, w in rep.malformed)
+    for part in ("not a probability", "null where the path says stacked", "in the future", "latency_ms", "path"):
+        assert part in why, why
+    assert rep.bars == 1 and rep.coverage == 1.0
 
 
 @pytest.mark.usefixtures("prefect_server")
