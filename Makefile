@@ -38,7 +38,7 @@ run: $(STAMP)
 
 ## the test suite (under 5 minutes on 2 cores): every unit and flow test but those marked heavy or e2e
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadfile -m "not heavy and not e2e"
+	$(PY) -m pytest -q -n 3 --dist loadfile -m "not heavy and not e2e" --durations=10
 
 ## the tests that cost minutes of CPU each (statistical power, worker processes, real candles, kills), then the
 ## end-to-end module (real Prefect server, worker, deployments, Chromium, PostgreSQL; it skips what is not

@@ -8,6 +8,7 @@ possible). Every error names the key at fault.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, get_args
@@ -140,7 +141,9 @@ class RetrainConfig(BaseModel):
     def _horizons(cls, v: list[int]) -> list[int]:
         if not v or any(h <= 0 for h in v):
             raise ValueError("horizons must be a non-empty list of positive hours")
-        return sorted(set(v))
+        if len(set(v)) != len(v):
+            raise ValueError(f"horizons repeat a value ({v}); list each horizon once")
+        return sorted(v)
 
     @model_validator(mode="after")
     def _cross_not_target(self) -> "RetrainConfig":
@@ -179,6 +182,8 @@ class RetrainConfig(BaseModel):
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"--set value {text[:40]!r}...: nested too deeply") from None
     except json.JSONDecodeError:
         if "," in text and not text.startswith(("[", "{")):
             return [_parse_value(t) for t in text.split(",")]
@@ -210,6 +215,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: not UTF-8 text (invalid byte at line {line})") from None
         try:
             data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
+        except RecursionError:
+            raise ConfigError(f"{p}: nested too deeply to be a config") from None
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{p}: not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
         if not isinstance(data, dict):
@@ -255,6 +262,10 @@ def _reject_booleans(model: type[BaseModel], data: Any, path: str = "") -> None:
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, bool) for v in values) and not _allows_bool(ann):
             raise ConfigError(f"config key '{key}': expected a number, got a boolean ({value!r})")
+        if ann is bool and not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
 
 
 def _allows_bool(ann: Any) -> bool:

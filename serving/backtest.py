@@ -89,7 +89,12 @@ def _scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: 
 def _when(text: str | None, default: datetime, tz) -> datetime:
     if not text:
         return default
-    t = datetime.fromisoformat(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        from macd_ml.features.errors import ConfigError
+
+        raise ConfigError(f"--from/--to {text!r}: not an ISO time (e.g. 2024-06-01 or 2024-06-01T12:00Z)") from None
     return t if t.tzinfo else t.replace(tzinfo=tz)
 
 

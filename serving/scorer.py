@@ -206,7 +206,7 @@ class Scorer:
         now = datetime.now(timezone.utc)
         for c in (market.target, *market.cross):
             newest = c.frame["timestamp"].max() if c.frame.height else None
-            if newest is not None and newest > now:
+            if isinstance(newest, datetime) and newest > now:
                 raise DataError(
                     str(c.path or c.symbol), f"{c.symbol}'s newest bar is dated {newest}, in the future; bad candles"
                 )

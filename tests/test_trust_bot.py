@@ -305,6 +305,7 @@ def test_concurrent_publishes_never_leave_the_pointer_on_a_pruned_bundle(bundles
         assert fs.exists(f"{root.rstrip('/')}/bundles/{entry['bundle']}"), entry
 
 
+@pytest.mark.heavy  # six CLI processes
 def test_publish_in_two_processes_at_once(bundles, tmp_path):
     """Two CLI publishes of different bundles into one folder, three times: the pointer always names a bundle
     that is there and verifies."""

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from macd_ml.flows.cli.common import EXIT_OK, command
+from macd_ml.flows.cli.common import EXIT_OK, command, iso_time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN_DIR|BUNDLE", nargs="?", help="a run folder or a bundle .tar.gz")
     p.add_argument("--chain", metavar="OUT", help="every promoted run in OUT/runs, each until the next one's data")
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the run's target and cross)")
-    p.add_argument("--from", dest="first", metavar="T", help="first bar (ISO time, UTC); default the holdout start")
-    p.add_argument("--to", dest="last", metavar="T", help="last bar (ISO time, UTC); default the newest bar")
+    p.add_argument(
+        "--from", dest="first", metavar="T", type=iso_time, help="first bar (ISO time, UTC); default the holdout start"
+    )
+    p.add_argument(
+        "--to", dest="last", metavar="T", type=iso_time, help="last bar (ISO time, UTC); default the newest bar"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the full result (equity curves included) here")
     p.add_argument("--plot", metavar="PNG", help="write the equity curves to this PNG")
     from macd_ml.flows.cli.serving import add_trust_args

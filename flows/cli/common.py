@@ -13,6 +13,30 @@ def symbols(text: str) -> list[str]:
     return [t.strip().upper() for t in text.split(",") if t.strip()]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (``--last -1`` is refused with exit 2, naming the value)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not at least 1")
+    return n
+
+
+def iso_time(text: str) -> str:
+    """argparse type: an ISO time (``2024-06-01``, ``2024-06-01T12:00Z``); the text itself is passed on."""
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO time (e.g. 2024-06-01 or 2024-06-01T12:00Z)"
+        ) from None
+    return text
+
+
 def one_line(exc: BaseException) -> str:
     """The first non-empty line of an error: the CLI promises one line per failure."""
     return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)

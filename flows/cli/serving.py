@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from macd_ml.flows.cli.common import EXIT_GATE, EXIT_OK, add_config_args, command, config_from
+from macd_ml.flows.cli.common import EXIT_GATE, EXIT_OK, add_config_args, command, config_from, positive_int
 
 
 def add_trust_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
     add_trust_args(p)
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the bundle's target and cross)")
-    p.add_argument("--last", type=int, default=1, help="how many of the newest bars to score (default 1)")
+    p.add_argument("--last", type=positive_int, default=1, help="how many of the newest bars to score (default 1)")
     p.add_argument(
         "--no-stacking",
         action="store_true",
@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder")
     p.add_argument("--log", metavar="FILE", required=True, help="JSON-lines log to append to")
     p.add_argument("--follow", action="store_true", help="watch the folder and score new bars as they appear")
-    p.add_argument("--last", type=int, help="replay only the newest N bars")
+    p.add_argument("--last", type=positive_int, help="replay only the newest N bars")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between looks at the folder (--follow)")
     p.add_argument("--max-bars", type=int, help="stop after logging this many bars (--follow)")
     p.add_argument("--timeout", type=float, help="stop after this many seconds (--follow)")
