@@ -58,9 +58,11 @@ def signing_key() -> bytes:
         if str(path) in _cache:
             return _cache[str(path)]
         try:
-            if not path.exists():
+            if not os.path.lexists(path):
                 _create(path)
             st = path.stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the read, a device never end it
+                raise ConfigError(f"{path}: the signing key is not a regular file; point {KEY_ENV} at a key file")
             if st.st_mode & 0o077:
                 raise ConfigError(
                     f"{path}: signing key is readable by others (mode {stat.filemode(st.st_mode)}); "
@@ -71,7 +73,8 @@ def signing_key() -> bytes:
                     f"{path}: signing key belongs to uid {st.st_uid}, not to this user; "
                     f"point {KEY_ENV} at a key of your own"
                 )
-            raw = path.read_bytes().strip()
+            with open(path, "rb") as fh:
+                raw = fh.read(4096).strip()
         except OSError as exc:
             raise ConfigError(
                 f"{path}: cannot read or create the signing key ({exc.strerror or exc}); "

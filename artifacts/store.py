@@ -24,6 +24,7 @@ import pwd
 import random
 import re
 import shutil
+import socket
 import stat
 import time
 import uuid
@@ -285,14 +286,20 @@ def _json_default(o: Any) -> Any:
 # --------------------------------------------------------------------------------------------- temp files
 
 
+# The writer of a temp file is its host and pid: on an OUT shared between machines (NFS, a Dask worker on another
+# host), a pid says nothing about a process elsewhere. A short hash of the host name keeps file names plain.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def temp_name(name: str) -> str:
-    """``.NAME.PID.RANDOM.tmp``: the writer's pid lets a later run remove what a killed writer left behind
-    without touching the temp files of a run that is still going."""
-    return f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    """``.NAME.HOST-PID.RANDOM.tmp``: the writer's host and pid let a later run remove what a killed writer left
+    behind without touching the temp files of a run that is still going, on this machine or another."""
+    return f".{name}.{HOST}-{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
 
 
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
-_STAGING_RE = re.compile(r"^\.staging-.+-(\d+)-[0-9a-f]{8}$")
+_TEMP_RE = re.compile(r"^\..+\.(?:([0-9a-f]{8})-)?(\d+)\.[0-9a-f]{8}\.tmp$")
+_STAGING_RE = re.compile(r"^\.staging-\d{8}T\d{6}Z-[0-9a-f]{8}-(?:([0-9a-f]{8})-)?(\d+)-[0-9a-f]{8}$")
+# a temp file of another host (or of an older writer's name without a pid) is stale only after this long unchanged
 LEGACY_TEMP_AGE_S = 3600
 
 
@@ -318,9 +325,9 @@ def clean_stale_temp(out_dir: Path | str) -> list[Path]:
     for p in out.rglob(".*"):
         m = _TEMP_RE.match(p.name) or _STAGING_RE.match(p.name)
         try:
-            if m:
-                stale = not _pid_alive(int(m.group(1)))
-            elif p.name.endswith(".tmp") and p.is_file():  # an older writer's name without a pid
+            if m and m.group(1) in (None, HOST):  # written on this host (or before names carried one)
+                stale = not _pid_alive(int(m.group(2)))
+            elif m or (p.name.endswith(".tmp") and p.is_file()):  # another host's writer, or a name without a pid
                 stale = now - p.stat().st_mtime > LEGACY_TEMP_AGE_S
             else:
                 continue
@@ -494,7 +501,7 @@ def publish_run(out_dir: Path | str, run_id: str, fill: Callable[[Path], dict[st
             return run_ref(final)
         except IntegrityError as exc:
             _quarantine(final, str(exc))
-    staging = runs / f".staging-{run_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = runs / f".staging-{run_id}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         try:
             staging.mkdir(parents=True)

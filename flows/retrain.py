@@ -35,7 +35,7 @@ from macd_ml.artifacts.store import (
 from macd_ml.features.errors import PromotionRefused
 from macd_ml.features.ingest import panel_symbols
 from macd_ml.features.labels import label_name
-from macd_ml.flows import logs, scale
+from macd_ml.flows import logs, scale, stop
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.preflight import preflight
@@ -280,6 +280,7 @@ def retrain(
             still verifies), end here with that run instead of looking up every cached task (flows/unchanged.py);
             the nightly deployment sets it. Ignored with config.force.
     """
+    stop.inside_flow()  # run by the command: SIGTERM ends it at once (flows/stop.py); by a worker: Prefect's way
     logs.install()
     log = get_run_logger()
     config = resolve_locations(config, require_data)

@@ -373,6 +373,22 @@ MUTATIONS = [
         "a stage command works from a run whose files and manifest were rewritten together",
     ),
     Mutation(
+        "temp-judged-by-a-local-pid",
+        "artifacts/store.py",
+        "if m and m.group(1) in (None, HOST):",
+        "if m:",
+        ("tests/test_trust_runs.py::test_a_temp_file_of_another_host_is_judged_by_its_age_not_by_a_local_pid",),
+        "on a shared OUT, a run removes the temp file another host's worker is writing",
+    ),
+    Mutation(
+        "sigterm-waits-for-the-tasks",
+        "flows/retrain.py",
+        "    stop.inside_flow()",
+        "    pass",
+        ("tests/test_faults.py::test_sigterm_ends_a_retrain_within_seconds_with_one_line_and_it_resumes",),
+        "SIGTERM keeps a retrain alive for minutes while its tasks finish, and prints their tracebacks",
+    ),
+    Mutation(
         "key-file-any-kind",
         "serving/trust.py",
         "if not stat.S_ISREG(st.st_mode):",

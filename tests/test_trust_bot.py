@@ -136,9 +136,15 @@ def test_the_opt_out_is_explicit_and_loud(bundles, capsys):
 
 def test_without_any_trusted_key_a_bot_is_told_what_to_set(bundles, tmp_path, monkeypatch):
     monkeypatch.setenv("MACD_ML_PUBLISH_KEY_FILE", str(tmp_path / "none" / "publish-ed25519.pem"))
+    monkeypatch.setenv("MACD_ML_KEY_FILE", str(tmp_path / "none" / "signing.key"))
     monkeypatch.delenv("MACD_ML_TRUSTED_KEYS", raising=False)
     with pytest.raises(TrustError, match="MACD_ML_TRUSTED_KEYS"):
         read_bundle(bundles[0])
+    # a refused publish makes no key of either kind: keys are made only by a command that signs
+    (tmp_path / "b.tar.gz").write_bytes(bundles[0])
+    code, _, err = run_cli(["publish", str(tmp_path / "b.tar.gz"), "--to", str(tmp_path / "dest")])
+    assert code == 3 and "MACD_ML_TRUSTED_KEYS" in err, err
+    assert not (tmp_path / "none").exists()
 
 
 class _Zeros(io.RawIOBase):
@@ -394,3 +400,15 @@ def test_unusable_key_files_are_refused_at_once(kind, tmp_path, monkeypatch):
     msg = str(info.value)
     assert ("not a regular file" in msg) if kind != "others-readable" else ("chmod 600" in msg), msg
     assert "/dev/zero" not in msg or "chmod" not in msg
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_the_cache_signing_key_must_be_a_regular_file_too(kind, tmp_path, monkeypatch):
+    path = tmp_path / "signing.key"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    monkeypatch.setenv("MACD_ML_KEY_FILE", str(path))
+    code, _, err = run_cli(["retrain", "--out", str(tmp_path / "out"), "--set", "horizons=[5]"])
+    assert code == 2 and "not a regular file" in err and "chmod" not in err, err

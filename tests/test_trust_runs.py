@@ -164,6 +164,27 @@ def test_stale_temp_files_of_dead_writers_are_cleaned_live_ones_kept(tmp_path):
     assert live.exists()
 
 
+def test_a_temp_file_of_another_host_is_judged_by_its_age_not_by_a_local_pid(tmp_path):
+    """On a shared OUT a Dask worker on another host writes with its own pids: a pid that is dead here says nothing
+    about it. Its temp file is kept while fresh, removed once untouched for an hour."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other = "0" * 8 if store.HOST != "0" * 8 else "1" * 8
+    fresh = tmp_path / "cache" / f".model.txt.{other}-{int(dead.stdout)}.0123abcd.tmp"
+    old = tmp_path / "cache" / f".oof.parquet.{other}-{int(dead.stdout)}.0123abcd.tmp"
+    ours = tmp_path / "cache" / f".meta.json.{store.HOST}-{int(dead.stdout)}.0123abcd.tmp"
+    staging = tmp_path / "runs" / f".staging-20250101T000000Z-00000001-{other}-{int(dead.stdout)}-0123abcd"
+    for p in (fresh, old, ours):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    staging.mkdir(parents=True)
+    hour_ago = time.time() - store.LEGACY_TEMP_AGE_S - 60
+    os.utime(old, (hour_ago, hour_ago))
+    removed = store.clean_stale_temp(tmp_path)
+    assert set(removed) == {old, ours}, removed
+    assert fresh.exists() and staging.exists()
+    assert store.temp_name("x.json").startswith(f".x.json.{store.HOST}-{os.getpid()}.")
+
+
 # --------------------------------------------------------------------------------------------- 9. orphaned server
 
 

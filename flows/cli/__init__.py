@@ -31,9 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command as its own process: SIGTERM ends it at once (flows/stop.py)
+        from macd_ml.flows import stop
+
+        stop.install()
     # The local Prefect server must not try to phone home from a machine without internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except (DataError, ConfigError) as exc:
