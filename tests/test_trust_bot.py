@@ -115,9 +115,13 @@ def test_unsigned_and_wrongly_signed_bundles_are_refused(bundles, tmp_path, othe
         read_bundle(foreign)
     # and through the bot's commands: exit 3 and one line naming the refusal
     (tmp_path / "u.tar.gz").write_bytes(unsigned)
+    u = str(tmp_path / "u.tar.gz")
     for argv in (
-        ["predict", "--bundle", str(tmp_path / "u.tar.gz"), "--data", str(tmp_path)],
-        ["publish", str(tmp_path / "u.tar.gz"), "--to", str(tmp_path / "dest")],
+        ["predict", "--bundle", u, "--data", str(tmp_path)],
+        ["shadow", "--bundle", u, "--data", str(tmp_path), "--log", str(tmp_path / "s.jsonl")],
+        ["shadow-report", "--logs", str(tmp_path), "--bundle", u],
+        ["backtest", u, "--data", str(tmp_path)],
+        ["publish", u, "--to", str(tmp_path / "dest")],
     ):
         code, _, err = run_cli(argv)
         assert code == 3 and "not signed" in err, (argv, err)
@@ -361,6 +365,27 @@ def test_a_partial_file_under_a_bundles_name_is_rewritten_not_trusted(bundles, t
     publish(bundles[1], str(dest))
     assert (dest / "bundles" / name).read_bytes() == bundles[1]
     assert fetch_latest(str(dest), tmp_path / "bot") == bundles[1]
+
+
+def test_rollback_accepts_only_names_of_its_own_format_that_it_published(bundles, tmp_path):
+    """A history entry naming a path outside DEST (as a buggy or forged signer could write one) is refused
+    before anything is read or moved."""
+    from macd_ml.serving import publish as pub
+
+    dest = tmp_path / "dest"
+    publish(bundles[0], str(dest))
+    publish(bundles[1], str(dest))
+    before = read_pointer(str(dest))
+
+    def plant(repo, targets):
+        pointer = {**repo.pointer(), "history": [{"bundle": "../../../../etc/passwd", "run_id": "x"}]}
+        targets["LATEST"] = pub._target("LATEST", 1, "0" * 64, pointer)
+        return pointer
+
+    pub._commit(str(dest), plant, 7.0, None)  # signed with the real key: only the name is wrong
+    code, _, err = run_cli(["rollback", "--to", str(dest)])
+    assert code == 3 and "not a bundle this repository published" in err, err
+    assert read_pointer(str(dest))["bundle"] == before["bundle"]
 
 
 def test_rollback_refuses_a_damaged_previous_bundle(bundles, tmp_path):
