@@ -437,3 +437,38 @@ def test_the_cache_signing_key_must_be_a_regular_file_too(kind, tmp_path, monkey
     monkeypatch.setenv("MACD_ML_KEY_FILE", str(path))
     code, _, err = run_cli(["retrain", "--out", str(tmp_path / "out"), "--set", "horizons=[5]"])
     assert code == 2 and "not a regular file" in err and "chmod" not in err, err
+
+
+def test_the_lease_serialises_publishers_on_an_object_store(bundles, tmp_path):
+    """Object stores have no flock: publishers take a lease object in turn (a memory filesystem under another
+    protocol name stands in for s3:// or gs://)."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class ObjectStore(MemoryFileSystem):
+        protocol = ("macdmlobj",)
+        store: dict = {}
+        pseudo_dirs = [""]
+
+    fsspec.register_implementation("macdmlobj", ObjectStore, clobber=True)
+    dest = f"macdmlobj://bucket/{tmp_path.name}"
+    errors: list[Exception] = []
+
+    def go(b):
+        try:
+            publish(b, dest, keep=1)
+        except Exception as exc:  # pragma: no cover - the assertion reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(b,)) for b in bundles[:3]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert fetch_latest(dest, tmp_path / "bot") in bundles[:3]
+    pointer = read_pointer(dest)
+    assert pointer["history"] == [] and len(ObjectStore.store) > 0
+    fs, root = fsspec.core.url_to_fs(dest)
+    assert fs.exists(f"{root}/bundles/{pointer['bundle']}") and not fs.exists(f"{root}/.publish.lock")
+    assert json.loads(fs.cat_file(f"{root}/metadata/timestamp.json"))["signed"]["version"] == 3
