@@ -305,8 +305,8 @@ MUTATIONS = [
         "serving/publish.py",
         "    with _publish_lock(fs, root):\n        repo = _Repo(fs, root, dest)",
         "    with contextlib.nullcontext():\n        repo = _Repo(fs, root, dest)",
-        ("tests/test_trust_bot.py::test_concurrent_publishes_never_leave_the_pointer_on_a_pruned_bundle",),
-        "publishes at once: the pointer can name a bundle another publisher's prune deleted",
+        ("tests/test_trust_bot.py::test_a_publisher_that_read_the_repository_holds_the_others_until_it_has_written",),
+        "publishes at once: one overwrites the other, and the pointer can name a bundle another's prune deleted",
     ),
     Mutation(
         "publish-outside-dest",

@@ -315,6 +315,41 @@ def test_concurrent_publishes_never_leave_the_pointer_on_a_pruned_bundle(bundles
         assert fs.exists(f"{root.rstrip('/')}/bundles/{entry['bundle']}"), entry
 
 
+def test_a_publisher_that_read_the_repository_holds_the_others_until_it_has_written(bundles, tmp_path, monkeypatch):
+    """Deterministic form of the race: publisher A has read the repository and is held there; publisher B starts.
+    With publishers serialised, B reads only after A has written (its read comes too late to release A, who waits
+    out its hold), and both publishes count. Without it, both read version 1 and one overwrites the other: a lost
+    bundle, a pointer history missing it, and metadata one version short."""
+    from macd_ml.serving import publish as pub
+
+    dest = str(tmp_path / "dest")
+    publish(bundles[0], dest, keep=3)
+    real, loads, both = pub._Repo, [], threading.Event()
+
+    def held(*args, **kwargs):
+        repo = real(*args, **kwargs)
+        loads.append(repo)
+        if len(loads) == 2:
+            both.set()
+        both.wait(2.0)
+        return repo
+
+    monkeypatch.setattr(pub, "_Repo", held)
+    threads = [threading.Thread(target=publish, args=(b, dest), kwargs={"keep": 3}) for b in bundles[1:3]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.setattr(pub, "_Repo", real)
+    pointer = read_pointer(dest)
+    named = {pointer["bundle"], *(h["bundle"] for h in pointer["history"])}
+    shas = {hashlib.sha256(b).hexdigest()[:12] for b in bundles[:3]}
+    assert {n.rsplit("-", 1)[1].removesuffix(".tar.gz") for n in named} == shas, named
+    assert json.loads((tmp_path / "dest" / "metadata" / "timestamp.json").read_text())["signed"]["version"] == 3
+    for name in named:
+        assert (tmp_path / "dest" / "bundles" / name).is_file(), name
+
+
 @pytest.mark.heavy  # six CLI processes
 def test_publish_in_two_processes_at_once(bundles, tmp_path):
     """Two CLI publishes of different bundles into one folder, three times: the pointer always names a bundle
