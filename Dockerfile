@@ -23,6 +23,9 @@
 # MACD_ML_KEY_FILE  the signing key, a mounted secret outside /app/out: owned by uid 1000, mode 0600 (or 0400).
 #              It must persist across containers: a new key makes every cached record a miss and every
 #              published manifest unverifiable. Without it mounted the first run stops with a clear error.
+# MACD_ML_PUBLISH_KEY_FILE  the Ed25519 key bundles are signed with, a mounted secret like the one above (its public
+#              key file, publish-ed25519.pub.json, is what bots hold). A key made inside a container would be
+#              lost with it, and bots would refuse every bundle signed after; so it is a secret too.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
@@ -34,7 +37,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     MACD_ML_HOME=/app \
-    MACD_ML_KEY_FILE=/run/secrets/macd-ml-signing.key
+    MACD_ML_KEY_FILE=/run/secrets/macd-ml-signing.key \
+    MACD_ML_PUBLISH_KEY_FILE=/run/secrets/macd-ml-publish-ed25519.pem
 
 # libgomp1: OpenMP for lightgbm and xgboost (the distribution's current build: the base image is not pinned either)
 # hadolint ignore=DL3008

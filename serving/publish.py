@@ -194,8 +194,10 @@ def _commit(dest: str, change: Callable[[_Repo, dict], dict], expires_days: floa
     timestamp, each one version up and signed; prune what no longer is named."""
     from tuf.api.metadata import Metadata, MetaFile, Role, Root, Snapshot, Targets, Timestamp
 
-    if expires_days <= 0 and now is None:
-        raise ValueError("expires_days must be positive")
+    if not expires_days > 0:
+        from macd_ml.features.errors import ConfigError
+
+        raise ConfigError(f"--expires-days {expires_days}: must be a positive number of days")
     fs, root = _fs(dest)
     _check_inside(fs, root)
     signer = publish_signer(create=True)

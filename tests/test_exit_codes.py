@@ -55,3 +55,9 @@ def test_a_config_file_of_two_megabytes_of_brackets_is_bad_input(tmp_path):
 def test_flag_values_are_checked_before_anything_runs(argv):
     code, err = _argparse_exit(argv)
     assert code == 2 and argv[-1] in err, err
+
+
+def test_an_expiry_that_is_not_in_the_future_is_bad_input(tmp_path):
+    code, _, err = run_cli(["publish", "--refresh", "--to", str(tmp_path / "dest"), "--expires-days", "0"])
+    assert code == 2 and "--expires-days" in err, err
+    assert not (tmp_path / "dest").exists()
