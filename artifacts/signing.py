@@ -51,35 +51,51 @@ def _create(path: Path) -> None:
         os.close(fd)
 
 
+MAX_KEY_FILE = 64 * 1024
+
+
+def read_key_file(path: Path, what: str, secret: bool, env: str, error: type[Exception] = ConfigError) -> bytes:
+    """A key file's bytes, for this HMAC key and the publishing key alike: a regular file (never a FIFO that would
+    hang the read or a device that never ends it), at most 64 KiB, and for a ``secret`` one owned by this user
+    and unreadable by others. Raises ``error`` naming the file and what to do (``env``: where to point instead)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc}); set {env}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: the {what} is not a regular file; point {env} at a key file")
+        if secret and st.st_mode & 0o077:
+            raise error(
+                f"{path}: the {what} is readable by others (mode {stat.filemode(st.st_mode)}); "
+                f"run 'chmod 600 {path}' or delete it to have a new one made"
+            )
+        if secret and hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+            raise error(f"{path}: the {what} belongs to uid {st.st_uid}, not to this user; point {env} at your own")
+        if st.st_size > MAX_KEY_FILE:
+            raise error(f"{path}: the {what} is {st.st_size} bytes; a key file is well under 64 KiB")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(MAX_KEY_FILE + 1)
+    finally:
+        os.close(fd)
+
+
 def signing_key() -> bytes:
     """The secret, created on first use. Raises ConfigError (exit 2) if it exists but is unsafe or unreadable."""
     path = key_path()
     with _lock:
         if str(path) in _cache:
             return _cache[str(path)]
-        try:
-            if not os.path.lexists(path):
+        if not os.path.lexists(path):
+            try:
                 _create(path)
-            st = path.stat()
-            if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the read, a device never end it
-                raise ConfigError(f"{path}: the signing key is not a regular file; point {KEY_ENV} at a key file")
-            if st.st_mode & 0o077:
+            except OSError as exc:
                 raise ConfigError(
-                    f"{path}: signing key is readable by others (mode {stat.filemode(st.st_mode)}); "
-                    f"run 'chmod 600 {path}' or delete it to have a new one made"
-                )
-            if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-                raise ConfigError(
-                    f"{path}: signing key belongs to uid {st.st_uid}, not to this user; "
-                    f"point {KEY_ENV} at a key of your own"
-                )
-            with open(path, "rb") as fh:
-                raw = fh.read(4096).strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{path}: cannot read or create the signing key ({exc.strerror or exc}); "
-                f"set {KEY_ENV} to a writable location outside the output folder"
-            ) from None
+                    f"{path}: cannot create the signing key ({exc.strerror or exc}); "
+                    f"set {KEY_ENV} to a writable location outside the output folder"
+                ) from None
+        raw = read_key_file(path, "signing key", secret=True, env=KEY_ENV).strip()
         if len(raw) < 32:
             raise ConfigError(f"{path}: signing key is too short ({len(raw)} bytes); delete it to have a new one made")
         _cache[str(path)] = raw

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from macd_ml.artifacts import signing
 from macd_ml.serving.bundle import BundleError
 
 KEY_ENV = "MACD_ML_PUBLISH_KEY_FILE"
@@ -39,7 +39,6 @@ TRUSTED_ENV = "MACD_ML_TRUSTED_KEYS"
 UNSIGNED_ENV = "MACD_ML_ALLOW_UNSIGNED"
 PAYLOAD_TYPE = "application/vnd.macd-ml.bundle-index+json"
 SIGNATURE = "bundle.sig"
-_MAX_KEY_FILE = 64 * 1024
 _lock = threading.Lock()
 
 
@@ -61,28 +60,8 @@ def public_key_path(private: Path | None = None) -> Path:
 
 
 def read_key_file(path: Path, what: str, secret: bool) -> bytes:
-    """A key file's bytes: a regular file (never a FIFO that would hang or a device that never ends), at most
-    64 KiB, and for a ``secret`` one, owned by this user and unreadable by others."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise TrustError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise TrustError(f"{path}: the {what} is not a regular file; point {KEY_ENV} at a key file")
-        if secret and st.st_mode & 0o077:
-            raise TrustError(
-                f"{path}: the {what} is readable by others (mode {stat.filemode(st.st_mode)}); run 'chmod 600 {path}'"
-            )
-        if secret and hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-            raise TrustError(f"{path}: the {what} belongs to uid {st.st_uid}, not to this user")
-        if st.st_size > _MAX_KEY_FILE:
-            raise TrustError(f"{path}: the {what} is {st.st_size} bytes; a key file is well under 64 KiB")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read(_MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
+    """The checks of the cache's HMAC key file (artifacts/signing.py), refusing with a TrustError (exit 3)."""
+    return signing.read_key_file(path, what, secret, KEY_ENV if secret else TRUSTED_ENV, TrustError)
 
 
 def _create(path: Path) -> None:
@@ -229,7 +208,7 @@ def verify_index(envelope: bytes | None, index: bytes, trust: Trust, source: str
     (or not validly) signed, after a warning. Raises TrustError otherwise."""
     if trust.allow_unsigned:
         try:
-            return verify_index(envelope, index, Trust(trust.keys, False, trust.source), source) if trust.keys else None
+            return verify_index(envelope, index, Trust(trust.keys, False, trust.source), source)
         except TrustError as exc:
             print(f"WARNING: {exc}; loading it anyway (--allow-unsigned / {UNSIGNED_ENV})", file=sys.stderr)
             return None

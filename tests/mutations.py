@@ -390,7 +390,7 @@ MUTATIONS = [
     ),
     Mutation(
         "key-file-any-kind",
-        "serving/trust.py",
+        "artifacts/signing.py",
         "if not stat.S_ISREG(st.st_mode):",
         "if False:",
         ("tests/test_trust_bot.py::test_unusable_key_files_are_refused_at_once",),
