@@ -227,6 +227,7 @@ def _artifacts(run: Path) -> dict[str, str]:
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # a write failing through every retry, a failed run, then its resume: three runs
 def test_write_that_keeps_failing_then_resume_runs_only_what_failed(market_dir, tmp_path):
     if not _chattr_works(tmp_path):
         pytest.skip("needs root and chattr for a real permission failure")
@@ -398,6 +399,7 @@ def test_a_run_that_lost_the_race_is_refused_with_the_command_that_compares_agai
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # four CLI retrains around a champion moved mid-run
 def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares_again(
     market_dir, tmp_path, monkeypatch
 ):
