@@ -67,6 +67,8 @@ COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
 COPY serving ./serving
+# macd_ml/ links to the folders above (the package as Python and the wheel see it)
+COPY macd_ml ./macd_ml
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 
 # Unprivileged user, numeric so that Kubernetes' runAsNonRoot can check it; /app/out is where the output volume goes.

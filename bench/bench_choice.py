@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from macd_ml.features.labels import label_name
+from macd_ml.features.segments import HOUR_US
+from macd_ml.models import calibration, stacking
+from macd_ml.models.predictor import Predictor
+from macd_ml.models.train import auc
 
-from macd_ml.features.labels import label_name  # noqa: E402
-from macd_ml.features.segments import HOUR_US  # noqa: E402
-from macd_ml.models import calibration, stacking  # noqa: E402
-from macd_ml.models.predictor import Predictor  # noqa: E402
-from macd_ml.models.train import auc  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RULES = ["margin:0", "margin:1", "margin:1.5", "margin:2", "margin:3", "reference", "mean", "meta", "best"]
 

@@ -17,21 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from macd_ml.features.build import build_features
+from macd_ml.features.ingest import load_market, symbol_files
+from macd_ml.features.labels import align_labels, make_labels
+from macd_ml.features.splits import FoldSpec, make_folds
+from macd_ml.models.registry import ModelsConfig, make_model, select_features
+from macd_ml.models.train import auc_within, build_dataset, pool, train_fold
 
-from macd_ml.features.build import build_features  # noqa: E402
-from macd_ml.features.ingest import load_market, symbol_files  # noqa: E402
-from macd_ml.features.labels import align_labels, make_labels  # noqa: E402
-from macd_ml.features.splits import FoldSpec, make_folds  # noqa: E402
-from macd_ml.models.registry import ModelsConfig, make_model, select_features  # noqa: E402
-from macd_ml.models.train import auc_within, build_dataset, pool, train_fold  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HORIZONS = [5, 12, 24]
 

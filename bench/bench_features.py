@@ -32,11 +32,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import polars as pl
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from pandas_features import build_features_pd, compare, market_to_pandas
 
 from macd_ml.features.build import (
@@ -51,6 +46,8 @@ from macd_ml.features.ingest import Candles, Market, load_market, symbol_files
 from macd_ml.features.segments import segment_ids
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.synth import synth_market, write_market
+
+REPO = Path(__file__).resolve().parent.parent
 
 REAL_DIR = REPO / ".." / "shared" / "data" / "binance_spot_1h"
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT")

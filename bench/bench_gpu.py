@@ -205,5 +205,4 @@ def _onnx_scoring(model, data, hold) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

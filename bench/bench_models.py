@@ -18,18 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from macd_ml.features.build import build_features
+from macd_ml.features.ingest import load_market
+from macd_ml.features.labels import align_labels, make_labels
+from macd_ml.features.splits import FoldSpec, make_folds
+from macd_ml.models.base import Rows
+from macd_ml.models.device import cpu_threads, torch_device
+from macd_ml.models.evaluate import auc_se
+from macd_ml.models.registry import MODEL_CLASSES, ModelsConfig, make_model, select_features
+from macd_ml.models.train import auc, build_dataset, train_fold
 
-from macd_ml.features.build import build_features  # noqa: E402
-from macd_ml.features.ingest import load_market  # noqa: E402
-from macd_ml.features.labels import align_labels, make_labels  # noqa: E402
-from macd_ml.features.splits import FoldSpec, make_folds  # noqa: E402
-from macd_ml.models.base import Rows  # noqa: E402
-from macd_ml.models.device import cpu_threads, torch_device  # noqa: E402
-from macd_ml.models.evaluate import auc_se  # noqa: E402
-from macd_ml.models.registry import MODEL_CLASSES, ModelsConfig, make_model, select_features  # noqa: E402
-from macd_ml.models.train import auc, build_dataset, train_fold  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HORIZONS = [5, 12, 24]
 

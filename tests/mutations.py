@@ -609,6 +609,9 @@ def run_one(m: Mutation, keep: bool = False, chosen: list[Mutation] | None = Non
     work = Path(tempfile.mkdtemp(prefix=f"mutant-{m.name}-"))
     try:
         pkg = work / "macd_ml"
+        pkg.mkdir()
+        for f in (ROOT / "macd_ml").glob("*.py"):  # the package's own modules; the folders are copied, not linked
+            shutil.copy2(f, pkg / f.name)
         for p in PACKAGES:
             shutil.copytree(ROOT / p, pkg / p, ignore=shutil.ignore_patterns("__pycache__"))
         if m is not CONTROL:
@@ -618,7 +621,14 @@ def run_one(m: Mutation, keep: bool = False, chosen: list[Mutation] | None = Non
                 return "STALE", 0.0, f"snippet found {text.count(m.old)} times in {m.file}"
             target.write_text(text.replace(m.old, m.new))
         tests = m.tests or tuple(dict.fromkeys(t for mut in chosen or MUTATIONS for t in mut.tests))
-        env = {**os.environ, "PYTHONPATH": str(work), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        # PYTHONSAFEPATH: no `python -m` here or in the tests' subprocesses puts the checkout (whose macd_ml/ is the
+        # unmutated package) ahead of the copy on PYTHONPATH
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(work),
+            "PYTHONSAFEPATH": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],

@@ -114,7 +114,11 @@ def test_every_copy_source_exists_and_is_in_the_build_context(dockerfile):
 
 def test_every_package_folder_and_prefect_yaml_is_copied(dockerfile, pyproject):
     copied = {_norm(s) for s in copy_sources(dockerfile)}
-    wanted = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    root = ROOT
+    # macd_ml/ and every folder it links to (the package the wheel installs)
+    wanted = {"macd_ml"} | {
+        str(p.resolve().relative_to(root.resolve())) for p in (root / "macd_ml").iterdir() if p.is_symlink()
+    }
     # a sub-package (flows/cli) comes with its parent folder
     missing = {d for d in wanted if not any(d == c or d.startswith(c + "/") for c in copied)}
     assert not missing, f"package folders the wheel needs but the Dockerfile does not COPY: {sorted(missing)}"
