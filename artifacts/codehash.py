@@ -1,6 +1,6 @@
 """Code versions derived from the source itself, so a cached result can never outlive the code that made it.
 
-``code_version("macd_ml.models.stacking")`` is the sha256 of the source of that module and of every project
+``code_version("macd_ml.models.ensemble.stacking")`` is the sha256 of the source of that module and of every project
 module it imports, directly or not (found by reading the import statements, lazy ones inside functions
 included). Edit any of them and the version changes; edit a module it does not reach and it does not. Hand-bumped
 version strings drifted: an edit to the stacker without a bump silently reused stale results.

@@ -22,7 +22,7 @@ import stat
 import threading
 from pathlib import Path
 
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 
 KEY_ENV = "MACD_ML_KEY_FILE"
 _KEY_BYTES = 32

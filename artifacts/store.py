@@ -353,7 +353,7 @@ def validate_run_id(run_id: str) -> str:
     """Run ids name folders under ``OUT/runs``: only the project's own format (``20250101T003000Z-1a2b3c4d``)
     is accepted, so a run id can never point outside that folder."""
     if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
-        from macd_ml.features.errors import ConfigError
+        from macd_ml.errors import ConfigError
 
         raise ConfigError(f"run id {run_id!r} is not a macd-ml run id (expected YYYYMMDDTHHMMSSZ-xxxxxxxx)")
     return run_id

@@ -29,9 +29,9 @@ import polars as pl
 
 from macd_ml.features.labels import label_name
 from macd_ml.features.segments import HOUR_US
-from macd_ml.models import calibration, stacking
-from macd_ml.models.predictor import Predictor
-from macd_ml.models.train import auc
+from macd_ml.models.ensemble import calibration, stacking
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.evaluation.stats import auc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,9 @@ from macd_ml.features.build import build_features
 from macd_ml.features.ingest import load_market, symbol_files
 from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
-from macd_ml.models.registry import ModelsConfig, make_model, select_features
-from macd_ml.models.train import auc_within, build_dataset, pool, train_fold
+from macd_ml.models.evaluation.stats import auc_within
+from macd_ml.models.learners.registry import ModelsConfig, make_model, select_features
+from macd_ml.models.learners.train import build_dataset, pool, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -43,12 +43,13 @@ def main() -> int:
     from macd_ml.features.labels import align_labels, make_labels
     from macd_ml.features.splits import FoldSpec, make_folds
     from macd_ml.features.synth import synth_market
-    from macd_ml.models.base import Rows
-    from macd_ml.models.device import cuda_available
-    from macd_ml.models.lstm import LSTMModel
-    from macd_ml.models.sequence import SequenceParams
-    from macd_ml.models.tft import TFTModel, TFTParams
-    from macd_ml.models.train import auc, build_dataset
+    from macd_ml.models.evaluation.stats import auc
+    from macd_ml.models.learners.base import Rows
+    from macd_ml.models.learners.device import cuda_available
+    from macd_ml.models.learners.lstm import LSTMModel
+    from macd_ml.models.learners.sequence import SequenceParams
+    from macd_ml.models.learners.tft import TFTModel, TFTParams
+    from macd_ml.models.learners.train import build_dataset
 
     horizons = [5, 12, 24]
     gpu = cuda_available()
@@ -128,7 +129,7 @@ def _cuda_eval_gap(model, data, hold, p_cpu) -> float:
     encodes each distinct bar once) and its CPU float32 ``predict`` on the same holdout rows."""
     import torch
 
-    from macd_ml.models.sequence import normalise
+    from macd_ml.models.learners.sequence import normalise
 
     Xn = normalise(data.columns(model.feature_names), model.mean, model.std)
     model.net.to("cuda")
@@ -147,8 +148,8 @@ def _xgboost(data, names, horizons, fit_rows, es_rows, hold, rounds: int, gpu: b
     except ImportError:
         print("xgboost: not installed here; skipped", flush=True)
         return {"xgb": "not installed"}
-    import macd_ml.models.gbdt as gbdt
-    from macd_ml.models.train import auc
+    import macd_ml.models.learners.gbdt as gbdt
+    from macd_ml.models.evaluation.stats import auc
 
     out: dict = {}
     for device in (["cuda"] if gpu else []) + ["cpu"]:
@@ -177,7 +178,7 @@ def _onnx_scoring(model, data, hold) -> dict:
     import onnxruntime as ort
 
     from macd_ml.features.segments import window_index
-    from macd_ml.models.onnx_export import input_window, sequence_onnx
+    from macd_ml.models.release.onnx_export import input_window, sequence_onnx
 
     graph = sequence_onnx(model).SerializeToString()
     w = input_window(model)

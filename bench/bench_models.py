@@ -22,11 +22,11 @@ from macd_ml.features.build import build_features
 from macd_ml.features.ingest import load_market
 from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
-from macd_ml.models.base import Rows
-from macd_ml.models.device import cpu_threads, torch_device
-from macd_ml.models.evaluate import auc_se
-from macd_ml.models.registry import MODEL_CLASSES, ModelsConfig, make_model, select_features
-from macd_ml.models.train import auc, build_dataset, train_fold
+from macd_ml.models.evaluation.stats import auc, auc_se
+from macd_ml.models.learners.base import Rows
+from macd_ml.models.learners.device import cpu_threads, torch_device
+from macd_ml.models.learners.registry import MODEL_CLASSES, ModelsConfig, make_model, select_features
+from macd_ml.models.learners.train import build_dataset, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 

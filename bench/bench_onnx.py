@@ -19,12 +19,12 @@ import numpy as np
 import onnx
 
 from macd_ml.artifacts.store import read_json, read_parquet, run_artifacts, verify_run
-from macd_ml.models.base import Rows
-from macd_ml.models.onnx_export import ensemble_spec
-from macd_ml.models.predictor import load_predictors
-from macd_ml.models.registry import load_model
-from macd_ml.models.scoring import session, windows
-from macd_ml.models.train import inference_view
+from macd_ml.models.ensemble.predictor import load_predictors
+from macd_ml.models.learners.base import Rows
+from macd_ml.models.learners.registry import load_model
+from macd_ml.models.learners.train import inference_view
+from macd_ml.models.release.onnx_export import ensemble_spec
+from macd_ml.models.release.scoring import session, windows
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -65,7 +65,7 @@ def _direct(config, run_id: str) -> str:
 
     import macd_ml.flows.retrain as flow_mod
     import macd_ml.tasks.report as report_mod
-    from macd_ml.models.device import parallel_tasks
+    from macd_ml.models.learners.device import parallel_tasks
     from macd_ml.tasks.policy import make_key
 
     pool = ThreadPoolExecutor(parallel_tasks())

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from macd_ml.artifacts.codehash import code_version
-from macd_ml.features.errors import DataError
+from macd_ml.errors import DataError
 from macd_ml.features.indicators import atr, ema, log_return, macd_line, rsi, zscore
 from macd_ml.features.ingest import FLOAT32_MAX, Candles, Market
 from macd_ml.features.segments import segment_ids

@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from macd_ml.artifacts.store import sha256_file
-from macd_ml.features.errors import DataError
+from macd_ml.errors import DataError
 from macd_ml.features.segments import HOUR_US, missing_hours, segment_ids  # noqa: F401  (re-exported)
 
 TIME_COLUMNS = ("timestamp", "date", "datetime", "time", "open_time")

@@ -19,7 +19,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.features.form import OptionalPositiveInt, optional_field
 from macd_ml.features.segments import HOUR_US
 

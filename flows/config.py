@@ -15,16 +15,16 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec
 from macd_ml.features.synth import SynthSpec
 from macd_ml.flows.scale import ScaleOut
-from macd_ml.models.backtest import BacktestSpec
-from macd_ml.models.health import HealthSpec
-from macd_ml.models.promotion import PromotionSpec
-from macd_ml.models.registry import ModelsConfig
-from macd_ml.models.stacking import StackSpec
+from macd_ml.models.ensemble.stacking import StackSpec
+from macd_ml.models.evaluation.backtest import BacktestSpec
+from macd_ml.models.learners.registry import ModelsConfig
+from macd_ml.models.release.health import HealthSpec
+from macd_ml.models.release.promotion import PromotionSpec
 from macd_ml.serving.shadow import Targets as ShadowTargets
 
 

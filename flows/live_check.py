@@ -22,8 +22,8 @@ def main(job_path: str) -> int:
     from macd_ml.features.build import build_features
     from macd_ml.features.ingest import load_market
     from macd_ml.features.spec import FeatureSpec
-    from macd_ml.models.onnx_export import ensemble_spec
-    from macd_ml.models.scoring import score_features, session
+    from macd_ml.models.release.onnx_export import ensemble_spec
+    from macd_ml.models.release.scoring import score_features, session
 
     job = json.loads(Path(job_path).read_text())
     meta = json.loads(Path(job["features_json"]).read_text())

@@ -13,7 +13,7 @@ schedule) runs on a worker whose code may live anywhere (a checkout, ``/app`` in
 
 from __future__ import annotations
 
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.flows.config import RetrainConfig
 
 DATA_VARIABLE = "macd_ml_data_dir"

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import polars as pl
 
+from macd_ml.errors import ConfigError
 from macd_ml.features.build import build_features
-from macd_ml.features.errors import ConfigError
 from macd_ml.features.ingest import Candles, Market, default_cross, load_market, panel_symbols
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.splits import Folds, make_folds
 from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import RetrainConfig
-from macd_ml.models.registry import min_fit_rows
-from macd_ml.models.stacking import MIN_INNER_BLOCK, inner_block_size
+from macd_ml.models.ensemble.stacking import MIN_INNER_BLOCK, inner_block_size
+from macd_ml.models.learners.registry import min_fit_rows
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from macd_ml.artifacts.store import (
     read_text,
     validate_run_id,
 )
-from macd_ml.features.errors import PromotionRefused
+from macd_ml.errors import PromotionRefused
 from macd_ml.features.ingest import panel_symbols
 from macd_ml.features.labels import label_name
 from macd_ml.flows import logs, scale, stop
@@ -40,11 +40,12 @@ from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.preflight import preflight
 from macd_ml.flows.unchanged import fingerprint, published_config, remember, unchanged_run
-from macd_ml.models.device import cuda_available, parallel_tasks
-from macd_ml.models.evaluate import auc_se, cross_gain, importance_share, model_metrics
-from macd_ml.models.metrics import Decision, Metrics, metrics_schema
-from macd_ml.models.reference import reference_scores
-from macd_ml.models.registry import FIT_COST, SEQUENCE_MODELS
+from macd_ml.models.evaluation.evaluate import cross_gain, importance_share, model_metrics
+from macd_ml.models.evaluation.metrics import Decision, Metrics, metrics_schema
+from macd_ml.models.evaluation.stats import auc_se
+from macd_ml.models.learners.device import cuda_available, parallel_tasks
+from macd_ml.models.learners.reference import reference_scores
+from macd_ml.models.learners.registry import FIT_COST, SEQUENCE_MODELS
 from macd_ml.tasks.backtest import backtest_task, drift_task
 from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task

@@ -11,7 +11,7 @@ pickle, and their files go to ``OUT/cache`` (a folder every worker must see at t
 Where the tasks run is not content: this section is no parameter of a training task, so it never enters their
 cache keys, and a run on Dask reuses the fits of a run on threads and the other way round (tests/test_dask.py).
 
-Threads inside a model: each model sizes its thread pool with :func:`macd_ml.models.device.cpu_threads`
+Threads inside a model: each model sizes its thread pool with :func:`macd_ml.models.learners.device.cpu_threads`
 (cores // ``MACD_ML_PARALLEL_TASKS``). The workers of a local cluster get the flow's own value of
 ``MACD_ML_PARALLEL_TASKS`` and its own ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` (Dask's
 nanny would otherwise set these to 1 in every worker), so LightGBM, XGBoost and torch run with exactly the
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from macd_ml.models.device import parallel_tasks
+from macd_ml.models.learners.device import parallel_tasks
 
 # Dask's nanny sets these to 1 in each worker process it spawns (distributed.nanny.pre-spawn-environ); None leaves
 # the flow's own environment in place, as in threads mode (the models set their thread counts explicitly)

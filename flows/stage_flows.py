@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from macd_ml.features.errors import PromotionRefused
+from macd_ml.errors import PromotionRefused
 from macd_ml.flows import logs
 from macd_ml.flows.stages import run_export, run_health
 

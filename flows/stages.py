@@ -23,13 +23,13 @@ from macd_ml.artifacts.store import (
     write_json,
     write_parquet,
 )
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.flows.config import apply_overrides, validate_config
-from macd_ml.models.metrics import Check, Decision, HealthReport, Metrics, Shipped
-from macd_ml.models.predictor import predictors_document
-from macd_ml.models.reference import REFERENCE
-from macd_ml.models.report import render_promotion
-from macd_ml.models.stacking import stack_all
+from macd_ml.models.ensemble.predictor import predictors_document
+from macd_ml.models.ensemble.stacking import stack_all
+from macd_ml.models.evaluation.metrics import Check, Decision, HealthReport, Metrics, Shipped
+from macd_ml.models.evaluation.report import render_promotion
+from macd_ml.models.learners.reference import REFERENCE
 from macd_ml.tasks.report import write_report
 
 EXTRA_PLOTS = ("plots/equity.png",)
@@ -140,9 +140,9 @@ def run_report(run: Path, out: Path) -> Path:
 def run_export(run: Path, out: Path) -> dict:
     """Export a run's models to ONNX again (``onnx/*.onnx`` + ``parity.json`` into ``out``): a failed export is
     redone without retraining. Returns the parity report."""
-    from macd_ml.models.export import export_run
-    from macd_ml.models.predictor import load_predictors
-    from macd_ml.models.registry import load_model
+    from macd_ml.models.ensemble.predictor import load_predictors
+    from macd_ml.models.learners.registry import load_model
+    from macd_ml.models.release.export import export_run
 
     out = _fresh(out, run)
     r = _load(run)
@@ -166,7 +166,7 @@ def run_export(run: Path, out: Path) -> dict:
 
 def run_health(run: Path, data_dir: str | None = None, live: bool = True) -> HealthReport:
     """The health gate on a published run folder (every file checked against its manifest first)."""
-    from macd_ml.models.health import HealthSpec, evaluate
+    from macd_ml.models.release.health import HealthSpec, evaluate
 
     run = Path(run)
     try:

@@ -1,5 +1,5 @@
-"""``macd-ml backtest``: the holdout backtest of a run (models/backtest.py) on any span it did not train on, and the
-chain of promoted runs stitched into one equity curve.
+"""``macd-ml backtest``: the holdout backtest of a run (models/evaluation/backtest.py) on any span it did not train
+on, and the chain of promoted runs stitched into one equity curve.
 
 - **One run or bundle**: the bundle's ``ensemble.onnx`` scores the span's bars from raw candles (the bot's own
   path: :class:`~macd_ml.serving.scorer.Scorer`), then the MACD strategy runs always and gated, with the run's
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import polars as pl
 
-from macd_ml.features.errors import DataError, Refused
+from macd_ml.errors import DataError, Refused
 from macd_ml.features.ingest import Candles, Market, load_market
-from macd_ml.models.backtest import BacktestSpec, bars_with_probability, evaluate, macd_signals
+from macd_ml.models.evaluation.backtest import BacktestSpec, bars_with_probability, evaluate, macd_signals
 from macd_ml.serving.bundle import Bundle, build_bundle, open_bundle, read_bundle
 from macd_ml.serving.scorer import Scorer
 
@@ -92,7 +92,7 @@ def _when(text: str | None, default: datetime, tz) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        from macd_ml.features.errors import ConfigError
+        from macd_ml.errors import ConfigError
 
         raise ConfigError(f"--from/--to {text!r}: not an ISO time (e.g. 2024-06-01 or 2024-06-01T12:00Z)") from None
     return t if t.tzinfo else t.replace(tzinfo=tz)

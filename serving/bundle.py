@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from macd_ml.artifacts.store import manifest_signature_ok, read_manifest, verify_run
+from macd_ml.errors import BundleError  # (re-exported: macd_ml.serving.bundle.BundleError)
 
 ROOT = "bundle"
 INDEX = "bundle.json"
@@ -51,10 +52,6 @@ FILES = (
     "parity.json",
 )
 FOLDERS = ("onnx/", "models/")
-
-
-class BundleError(ValueError):
-    """A bundle that must not be used: tampered, incomplete, or with an unsafe path. The message names the member."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +229,7 @@ def open_bundle(path: Path | str, trust=None) -> Bundle:
     before it is read."""
     p = Path(path)
     if not p.is_file():
-        from macd_ml.features.errors import ConfigError
+        from macd_ml.errors import ConfigError
 
         raise ConfigError(f"{p}: no such bundle file")
     try:

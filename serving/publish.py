@@ -195,7 +195,7 @@ def _commit(dest: str, change: Callable[[_Repo, dict], dict], expires_days: floa
     from tuf.api.metadata import Metadata, MetaFile, Role, Root, Snapshot, Targets, Timestamp
 
     if not expires_days > 0:
-        from macd_ml.features.errors import ConfigError
+        from macd_ml.errors import ConfigError
 
         raise ConfigError(f"--expires-days {expires_days}: must be a positive number of days")
     fs, root = _fs(dest)

@@ -37,14 +37,14 @@ import numpy as np
 import onnx
 import polars as pl
 
+from macd_ml.errors import DataError
 from macd_ml.features.build import build_features
-from macd_ml.features.errors import DataError
 from macd_ml.features.ingest import Candles, Market, candles_from_frame, load_market
 from macd_ml.features.segments import segment_starts
 from macd_ml.features.spec import FeatureSpec
-from macd_ml.models.onnx_export import EnsembleSpec, ensemble_spec
-from macd_ml.models.predictor import Predictor
-from macd_ml.models.scoring import session, windows
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.release.onnx_export import EnsembleSpec, ensemble_spec
+from macd_ml.models.release.scoring import session, windows
 from macd_ml.serving.bundle import Bundle, open_bundle
 
 HISTORY_BARS = 800
@@ -86,7 +86,7 @@ def check_graph(data: bytes, name: str):
     """The ONNX model of a bundle member, refused (BundleError) when it could make the bot's machine do more than
     arithmetic: a tensor stored as external data (onnxruntime would read that file from the bot's disk), or an
     operator outside the standard domains (a custom op runs native code). Returns the loaded model."""
-    from macd_ml.serving.bundle import BundleError
+    from macd_ml.errors import BundleError
 
     try:
         model = onnx.load_from_string(data)

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from macd_ml.features.errors import DataError
+from macd_ml.errors import DataError
 from macd_ml.features.ingest import Candles, Market, load_market
 
 # --------------------------------------------------------------------------------------------- shadow
@@ -357,7 +357,7 @@ def report(
     probs = [json.loads(p) for p in frame["probs"].to_list()] if n else []
     if data_dir and n:
         from macd_ml.features.labels import label_name, make_labels
-        from macd_ml.models.train import auc
+        from macd_ml.models.evaluation.stats import auc
 
         market = load_market(data_dir, target_symbol or "ETHUSDT", [])
         horizons = sorted({int(h) for p in probs if p for h in p})

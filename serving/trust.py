@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from macd_ml.artifacts import signing
-from macd_ml.serving.bundle import BundleError
+from macd_ml.errors import BundleError
 
 KEY_ENV = "MACD_ML_PUBLISH_KEY_FILE"
 TRUSTED_ENV = "MACD_ML_TRUSTED_KEYS"

@@ -1,5 +1,5 @@
 """Backtest task: the bot's MACD strategy on the holdout, always and gated by the shipped probability
-(models/backtest.py), with the gate's threshold chosen on the OOF rows."""
+(models/evaluation/backtest.py), with the gate's threshold chosen on the OOF rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json
 from macd_ml.features.ingest import find_symbol_file, read_candles
-from macd_ml.models.backtest import BacktestSpec, bars_with_probability, choose_threshold, evaluate, macd_signals
+from macd_ml.models.evaluation.backtest import (
+    BacktestSpec,
+    bars_with_probability,
+    choose_threshold,
+    evaluate,
+    macd_signals,
+)
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import MarketRef
 from macd_ml.tasks.results import cached_task, result_type
@@ -60,7 +66,7 @@ def backtest_task(
     files: dict[str, ArtifactRef] = {}
     if plots:
         with tempfile.TemporaryDirectory(prefix="macd-ml-plots-") as scratch:
-            from macd_ml.models.plots import plot_equity  # matplotlib only when drawn
+            from macd_ml.models.evaluation.plots import plot_equity  # matplotlib only when drawn
 
             png = plot_equity(Path(scratch) / "equity.png", stamps, equity, result)
             files["plots/equity.png"] = write_bytes(d / "plots" / "equity.png", png.read_bytes())
@@ -88,7 +94,7 @@ def drift_task(
     """Feature PSI of the newest ``window_hours`` rows against the refit's training rows. (The shipped
     probability against the champion's is measured by champion / challenger, on the same bars: it depends on
     which run is current, so it stays out of the run's content, as the promotion decision does.)"""
-    from macd_ml.models.drift import feature_drift
+    from macd_ml.models.evaluation.drift import feature_drift
     from macd_ml.tasks.refs import load_folds
 
     frame = read_parquet(features)

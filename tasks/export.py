@@ -1,5 +1,5 @@
 """Export task: every base model, the shipped predictor and ``ensemble.onnx`` to ONNX, with parity on the
-holdout (models/export.py), into the content-addressed cache; published with the run under ``onnx/``."""
+holdout (models/release/export.py), into the content-addressed cache; published with the run under ``onnx/``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from prefect import get_run_logger
 from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, verify, write_bytes, write_json
-from macd_ml.models.export import export_run
-from macd_ml.models.predictor import load_predictors
-from macd_ml.models.registry import load_model
+from macd_ml.models.ensemble.predictor import load_predictors
+from macd_ml.models.learners.registry import load_model
+from macd_ml.models.release.export import export_run
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import RefitOutput, TableRef
 from macd_ml.tasks.results import cached_task, result_type

@@ -1,4 +1,5 @@
-"""Health task: the gate before promotion (models/health.py) on the run's artifacts, before they are published."""
+"""Health task: the gate before promotion (models/release/health.py) on the run's artifacts, before they are
+published."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from prefect import get_run_logger
 from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, write_json
-from macd_ml.models.health import HealthSpec, evaluate
-from macd_ml.models.metrics import HealthReport, Metrics
+from macd_ml.models.evaluation.metrics import HealthReport, Metrics
+from macd_ml.models.release.health import HealthSpec, evaluate
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.results import cached_task, result_type
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.store import ArtifactRef
-from macd_ml.features.errors import ConfigError, DataError
+from macd_ml.errors import ConfigError, DataError
 
 WRITE_RETRIES = 3
 # seconds before Prefect's first task retry (then doubling); MACD_ML_RETRY_BACKOFF_S shortens it in tests

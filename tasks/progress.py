@@ -29,10 +29,10 @@ import time
 from typing import TYPE_CHECKING, TextIO, cast
 from uuid import UUID
 
-from macd_ml.models.base import Model
+from macd_ml.models.learners.base import Model
 
 if TYPE_CHECKING:  # torch loads only when a sequence model is fitted
-    from macd_ml.models.sequence import EpochInfo
+    from macd_ml.models.learners.sequence import EpochInfo
 
 log = logging.getLogger("prefect.macd_ml.progress")
 
@@ -164,7 +164,7 @@ class EpochProgress:
 def attach_progress(model: Model, label: str) -> EpochProgress | None:
     """Report ``model``'s per-epoch progress as ``label`` (e.g. ``lstm fold 2``) if it is a sequence model;
     other models (GBDT fits take seconds) report nothing."""
-    from macd_ml.models.sequence import SequenceModel  # loaded already: ``model`` exists
+    from macd_ml.models.learners.sequence import SequenceModel  # loaded already: ``model`` exists
 
     if not isinstance(model, SequenceModel):
         return None

@@ -1,4 +1,4 @@
-"""Champion / challenger before ``current`` moves (models/promotion.py). Never cached: the champion is whatever
+"""Champion / challenger before ``current`` moves (models/release/promotion.py). Never cached: the champion is whatever
 ``OUT/current`` is when the run gets here."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from macd_ml.artifacts.store import ArtifactRef, current_champion, run_dir
-from macd_ml.models.metrics import Decision, Metrics
-from macd_ml.models.promotion import PromotionSpec, decide
+from macd_ml.models.evaluation.metrics import Decision, Metrics
+from macd_ml.models.release.promotion import PromotionSpec, decide
 
 
 @task(name="champion-challenger", cache_policy=NO_CACHE, persist_result=False)

@@ -23,9 +23,9 @@ from macd_ml.artifacts.store import (
     write_bytes,
     write_json,
 )
-from macd_ml.features.errors import PromotionRefused
-from macd_ml.models.metrics import Decision
-from macd_ml.models.report import render_promotion
+from macd_ml.errors import PromotionRefused
+from macd_ml.models.evaluation.metrics import Decision
+from macd_ml.models.evaluation.report import render_promotion
 from macd_ml.tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, ContentKey, retry_on_oserror
 from macd_ml.tasks.results import cached_task
 

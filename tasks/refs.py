@@ -10,10 +10,10 @@ import polars as pl
 from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, read_json, read_parquet, ref_for
-from macd_ml.features.errors import DataError
+from macd_ml.errors import DataError
 from macd_ml.features.ingest import Market, default_cross, load_market
 from macd_ml.features.splits import Folds
-from macd_ml.models.metrics import Diversity, Shipped
+from macd_ml.models.evaluation.metrics import Diversity, Shipped
 from macd_ml.tasks.results import result_type
 
 

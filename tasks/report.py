@@ -12,9 +12,9 @@ import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
-from macd_ml.models.metrics import Decision, Metrics
-from macd_ml.models.predictor import Predictor
-from macd_ml.models.report import render_promotion, render_report
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.evaluation.metrics import Decision, Metrics
+from macd_ml.models.evaluation.report import render_promotion, render_report
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.results import cached_task
 
@@ -40,7 +40,9 @@ def write_report(
         if not plots:
             rendered = {}
         else:
-            from macd_ml.models.plots import render_plots  # matplotlib + sklearn: only when a report is drawn
+            from macd_ml.models.evaluation.plots import (
+                render_plots,  # matplotlib + sklearn: only when a report is drawn
+            )
 
             rendered = render_plots(
                 Path(scratch),

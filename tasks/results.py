@@ -61,7 +61,7 @@ def result_type(cls: M) -> M:
 
 
 def _register_errors() -> None:
-    from macd_ml.features.errors import ConfigError, DataError, NothingToShip, PromotionRefused
+    from macd_ml.errors import ConfigError, DataError, NothingToShip, PromotionRefused
 
     for cls in (
         ValueError,

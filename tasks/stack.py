@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
-from macd_ml.models.predictor import predictors_document
-from macd_ml.models.stacking import StackSpec, stack_all
+from macd_ml.models.ensemble.predictor import predictors_document
+from macd_ml.models.ensemble.stacking import StackSpec, stack_all
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import StackResult
 from macd_ml.tasks.results import cached_task
@@ -36,6 +36,6 @@ def stack_task(
         "stack.json": write_json(d / "stack.json", doc),
         "shipped_holdout.parquet": write_parquet(d / "shipped_holdout.parquet", outcome.shipped),
     }
-    if outcome.oof_shipped is not None:  # the gate's threshold is chosen on these rows (models/backtest.py)
+    if outcome.oof_shipped is not None:  # the gate's threshold is chosen on these rows (models/evaluation/backtest.py)
         files["shipped_oof.parquet"] = write_parquet(d / "shipped_oof.parquet", outcome.oof_shipped)
     return StackResult(files=files, meta=outcome.metrics, diversity=outcome.diversity)

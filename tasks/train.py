@@ -19,10 +19,10 @@ from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json, write_parquet
 from macd_ml.features.labels import label_name
-from macd_ml.models.base import Rows, files_digest, fitted_digest
-from macd_ml.models.evaluate import prediction_columns
-from macd_ml.models.registry import FeatureSelection, load_model, make_model, select_features
-from macd_ml.models.train import build_dataset, pool, train_fold
+from macd_ml.models.evaluation.evaluate import prediction_columns
+from macd_ml.models.learners.base import Rows, files_digest, fitted_digest
+from macd_ml.models.learners.registry import FeatureSelection, load_model, make_model, select_features
+from macd_ml.models.learners.train import build_dataset, pool, train_fold
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.progress import attach_progress
 from macd_ml.tasks.refs import FoldOutput, PanelMember, RefitOutput, TrainingData, load_folds

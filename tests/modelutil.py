@@ -11,8 +11,8 @@ from macd_ml.features.ingest import Candles, Market
 from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
 from macd_ml.features.synth import synth_market
-from macd_ml.models.registry import ModelsConfig
-from macd_ml.models.train import build_dataset
+from macd_ml.models.learners.registry import ModelsConfig
+from macd_ml.models.learners.train import build_dataset
 
 HORIZONS = [5, 12, 24]
 # Small, fast sequence models for CPU tests; the defaults are for real runs.
@@ -40,6 +40,6 @@ def fast_config(**extra) -> ModelsConfig:
 
 def constant_like(data, value: float = 1.0):
     """The same dataset with every feature constant (a degenerate input)."""
-    from macd_ml.models.base import Dataset
+    from macd_ml.models.learners.base import Dataset
 
     return Dataset(np.full_like(data.X, value), data.Y, data.feature_names, data.horizons, data.segment_start)

@@ -42,7 +42,7 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "early-stop-on-test",
-        "models/train.py",
+        "models/learners/train.py",
         "model.fit(data, fit, es)",
         "model.fit(data, fit, test)",
         (f"{NET}::test_test_span_labels_reach_no_fit_no_early_stop_no_head_choice",),
@@ -50,7 +50,7 @@ MUTATIONS = [
     ),
     Mutation(
         "collapse-on-test",
-        "models/train.py",
+        "models/learners/train.py",
         "collapse_check(model, data, es, collapse_std)",
         "collapse_check(model, data, test, collapse_std)",
         (f"{NET}::test_collapse_check_reads_the_early_stopping_slice",),
@@ -58,7 +58,7 @@ MUTATIONS = [
     ),
     Mutation(
         "holdout-choice",
-        "models/stacking.py",
+        "models/ensemble/stacking.py",
         "        test_auc, p = evaluate_holdout(st.shipped, holdout, h)",
         "        st.shipped = candidate_predictor(st, max(test, key=lambda k: test[k] or 0), oof, spec)\n"
         "        test_auc, p = evaluate_holdout(st.shipped, holdout, h)",
@@ -67,7 +67,7 @@ MUTATIONS = [
     ),
     Mutation(
         "inner-cv-in-sample",
-        "models/stacking.py",
+        "models/ensemble/stacking.py",
         "fitted = fit_meta(P[train], y[train], kept, C, spec.nonneg)",
         "fitted = fit_meta(P[test], y[test], kept, C, spec.nonneg)",
         (f"{NET}::test_inner_cv_scores_are_out_of_sample", f"{NET}::test_noise_models_do_not_look_good_on_inner_cv"),
@@ -75,7 +75,7 @@ MUTATIONS = [
     ),
     Mutation(
         "normaliser-all-rows",
-        "models/sequence.py",
+        "models/learners/sequence.py",
         "self.mean, self.std = fit_normaliser(X, fit_idx)",
         "self.mean, self.std = fit_normaliser(X, fit_idx)[0], fit_normaliser(X, np.arange(len(X)))[1]",
         (f"{NET}::test_sequence_normaliser_is_fitted_on_fitting_rows_only",),
@@ -123,7 +123,7 @@ MUTATIONS = [
     ),
     Mutation(
         "focal-ignored",
-        "models/sequence.py",
+        "models/learners/sequence.py",
         'if kind == "focal":',
         "if False:",
         (f"{NET}::test_focal_loss_changes_the_loss_and_the_fit",),
@@ -131,7 +131,7 @@ MUTATIONS = [
     ),
     Mutation(
         "noise-ignored",
-        "models/sequence.py",
+        "models/learners/sequence.py",
         "if p.augment_noise > 0:",
         "if False:",
         (f"{NET}::test_augmentation_changes_the_fit_and_is_off_by_default",),
@@ -139,7 +139,7 @@ MUTATIONS = [
     ),
     Mutation(
         "warp-ignored",
-        "models/sequence.py",
+        "models/learners/sequence.py",
         "if p.augment_time_warp > 0:",
         "if False:",
         (f"{NET}::test_augmentation_changes_the_fit_and_is_off_by_default",),
@@ -147,7 +147,7 @@ MUTATIONS = [
     ),
     Mutation(
         "dropout-global-rng",
-        "models/sequence.py",
+        "models/learners/sequence.py",
         "                module.generator = dropout_gen",
         "                pass",
         ("tests/test_models.py::test_sequence_fits_are_reproducible_under_threads",),
@@ -155,7 +155,7 @@ MUTATIONS = [
     ),
     Mutation(
         "tft-bar-gather-shifted",
-        "models/sequence.py",
+        "models/learners/sequence.py",
         "                return encoder.from_bars(encoder.encode_bars(bars)[where])",
         "                return encoder.from_bars(encoder.encode_bars(bars)[where.clamp(min=1) - 1])",
         ("tests/test_models.py::test_tft_encodes_each_bar_once_and_predicts_as_its_windows_do",),
@@ -163,7 +163,7 @@ MUTATIONS = [
     ),
     Mutation(
         "backtest-trades-on-the-signal-bar",
-        "models/backtest.py",
+        "models/evaluation/backtest.py",
         "        pos[t + 1] = new",
         "        pos[t] = new",
         (
@@ -174,7 +174,7 @@ MUTATIONS = [
     ),
     Mutation(
         "calibration-ships-collapsed",
-        "models/calibration.py",
+        "models/ensemble/calibration.py",
         '    return c.kind != "none" and p is not None and len(p) > 1 and float(np.std(c.apply(p))) < MIN_STD',
         "    return False",
         ("tests/test_calibration.py::test_a_calibration_that_squeezes_a_weak_signal_flat_never_ships",),
@@ -182,7 +182,7 @@ MUTATIONS = [
     ),
     Mutation(
         "reference-margin-ignored",
-        "models/stacking.py",
+        "models/ensemble/stacking.py",
         "        wins = diff > (spec.reference_margin_se * se if spec.reference_margin_se else 0.0)",
         "        wins = True",
         ("tests/test_stacking.py::test_the_pick_replaces_the_reference_only_beyond_its_margin",),
@@ -206,7 +206,7 @@ MUTATIONS = [
     ),
     Mutation(
         "report-order",
-        "models/report.py",
+        "models/evaluation/report.py",
         "for k in meta[x].models if k in w",
         "for k in w",
         (f"{NET}::test_report_does_not_depend_on_json_key_order",),
@@ -406,7 +406,7 @@ MUTATIONS = [
     ),
     Mutation(
         "gbdt-no-min-rounds",
-        "models/gbdt.py",
+        "models/learners/gbdt.py",
         "if round_ >= self.floor and loss < self.best_loss:",
         "if loss < self.best_loss:",
         ("tests/test_learnable_sizes.py",),
@@ -414,7 +414,7 @@ MUTATIONS = [
     ),
     Mutation(
         "oof-auc-pooled",
-        "models/evaluate.py",
+        "models/evaluation/evaluate.py",
         'within.get(str(h), o.get(str(h), {}).get("auc"))',
         'o.get(str(h), {}).get("auc")',
         ("tests/test_reference.py::test_a_constant_per_fold_scores_half_within_folds_however_its_intercepts_fall",),
@@ -422,7 +422,7 @@ MUTATIONS = [
     ),
     Mutation(
         "lgb-double-thresholds",
-        "models/gbdt.py",
+        "models/learners/gbdt.py",
         "lgb.Booster(model_str=float32_thresholds(booster.model_to_string(num_iteration=best)))",
         "lgb.Booster(model_str=booster.model_to_string(num_iteration=best))",
         ("tests/test_export_health.py::test_trained_lightgbm_models_carry_float32_thresholds",),
@@ -438,7 +438,7 @@ MUTATIONS = [
     ),
     Mutation(
         "panel-after-fold-end",
-        "models/train.py",
+        "models/learners/train.py",
         "np.flatnonzero(data.timestamps[n_target:] <= last)",
         "np.flatnonzero(data.timestamps[n_target:] <= data.timestamps[n_target:].max())",
         ("tests/test_pooled.py::test_panel_rows_after_a_folds_end_change_nothing",),
@@ -456,7 +456,7 @@ MUTATIONS = [
     ),
     Mutation(
         "auc-stop-ignored",
-        "models/sequence.py",
+        "models/learners/sequence.py",
         "score = -es_loss if es_auc is None else es_auc",
         "score = -es_loss",
         ("tests/test_models.py::test_early_stopping_on_auc_restores_the_best_auc_epoch_after_min_epochs",),
@@ -493,7 +493,7 @@ MUTATIONS = [
     ),
     Mutation(
         "health-reads-validation-auc",
-        "models/health.py",
+        "models/release/health.py",
         "        test = shipped.test_auc\n",
         "        test = shipped.val_auc\n",
         ("tests/test_export_health.py::test_the_holdout_auc_gate_reads_the_holdout_not_the_validation",),
@@ -501,7 +501,7 @@ MUTATIONS = [
     ),
     Mutation(
         "health-collapse-check-off",
-        "models/health.py",
+        "models/release/health.py",
         "if np.std(col) < collapse_std or np.unique(np.round(col, 9)).size < 2:",
         "if False:",
         ("tests/test_export_health.py::test_a_shipped_probability_squeezed_flat_is_refused_though_every_model_varies",),
@@ -509,7 +509,7 @@ MUTATIONS = [
     ),
     Mutation(
         "promotion-window-uncut",
-        "models/promotion.py",
+        "models/release/promotion.py",
         '        window = window.filter(pl.col("timestamp") >= champ.holdout.first)\n',
         "        pass\n",
         ("tests/test_export_health.py::test_champion_challenger_never_scores_the_champion_on_bars_it_was_fitted_on",),
@@ -517,7 +517,7 @@ MUTATIONS = [
     ),
     Mutation(
         "promotion-margin-ignored",
-        "models/promotion.py",
+        "models/release/promotion.py",
         "promote = a_new >= a_old - spec.margin_se * se",
         "promote = True",
         ("tests/test_export_health.py::test_a_worse_challenger_is_not_promoted_and_force_is_logged",),
@@ -541,7 +541,7 @@ MUTATIONS = [
     ),
     Mutation(
         "parity-net-tolerance-x1e6",
-        "models/export.py",
+        "models/release/export.py",
         "NET_TOL = 1e-4\n",
         "NET_TOL = 1e-4 * 1e6\n",
         (
@@ -567,7 +567,7 @@ MUTATIONS = [
     ),
     Mutation(
         "drift-against-itself",
-        "models/drift.py",
+        "models/evaluation/drift.py",
         "psi(X[train, j], X[newest, j])",
         "psi(X[newest, j], X[newest, j])",
         ("tests/test_drift.py",),
@@ -575,7 +575,7 @@ MUTATIONS = [
     ),
     Mutation(
         "bootstrap-hourly-blocks",
-        "models/backtest.py",
+        "models/evaluation/backtest.py",
         "block_indices(b - a, spec.block_hours or max(horizon, 24), spec.bootstrap, spec.seed)",
         "block_indices(b - a, 1, spec.bootstrap, spec.seed)",
         ("tests/test_backtest.py::test_bootstrap_interval_is_as_wide_as_an_autocorrelated_series_really_varies",),
@@ -600,7 +600,9 @@ MUTATIONS = [
 ]
 
 
-CONTROL = Mutation("(no mutation)", "models/train.py", "", "", (), "control: the tests pass on the unchanged copy")
+CONTROL = Mutation(
+    "(no mutation)", "models/learners/train.py", "", "", (), "control: the tests pass on the unchanged copy"
+)
 
 
 def run_one(m: Mutation, keep: bool = False, chosen: list[Mutation] | None = None) -> tuple[str, float, str]:

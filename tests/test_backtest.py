@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from macd_ml.features.synth import synth_market
-from macd_ml.models.backtest import (
+from macd_ml.models.evaluation.backtest import (
     BacktestSpec,
     choose_threshold,
     evaluate,

@@ -18,7 +18,7 @@ holdout (or a fold's test span) where it must not makes one of them fail, naming
 They also prove determinism: A and B share no cache (separate output folders, every fit made again) and agree
 byte for byte on every fit. LightGBM runs with ``deterministic=True`` and a fixed thread count,
 XGBoost with a fixed ``nthread``, torch on the CPU with a fixed thread count and per-fit generators
-(models/sequence.py). On CUDA, torch's LSTM and scatter kernels are not bit-reproducible, so these runs pin the
+(models/learners/sequence.py). On CUDA, torch's LSTM and scatter kernels are not bit-reproducible, so these runs pin the
 sequence nets to the CPU.
 """
 

@@ -32,17 +32,17 @@ UPSTREAM_OF_STACK = (
 
 
 def test_code_versions_follow_imports():
-    assert "macd_ml.models.stacking" not in closure("macd_ml.tasks.train")
+    assert "macd_ml.models.ensemble.stacking" not in closure("macd_ml.tasks.train")
     assert "macd_ml.features.indicators" in closure("macd_ml.tasks.features")
     assert "macd_ml.features.indicators" not in closure("macd_ml.tasks.train")  # it reads the table, not the code
     assert "macd_ml.features.indicators" not in closure("macd_ml.tasks.ingest")
-    assert "macd_ml.models.plots" in closure("macd_ml.tasks.report")
+    assert "macd_ml.models.evaluation.plots" in closure("macd_ml.tasks.report")
     assert "macd_ml.flows.cli" not in closure("macd_ml.tasks.stack")
     assert code_version("macd_ml.tasks.stack") != code_version("macd_ml.tasks.report")
     # the registry imports the learners lazily (inside a function, so that an unchanged run loads no training
     # library): their sources still count for every task that trains, so editing a learner re-runs its fits
     learners = {"gbdt", "lstm", "tft", "sequence", "params", "reference"}
-    assert {f"macd_ml.models.{m}" for m in learners} <= set(closure("macd_ml.tasks.train"))
+    assert {f"macd_ml.models.learners.{m}" for m in learners} <= set(closure("macd_ml.tasks.train"))
 
 
 def _edit(path: Path, old: str, new: str) -> None:

@@ -6,11 +6,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from macd_ml.models import calibration
-from macd_ml.models.calibration import Calibrator
-from macd_ml.models.onnx_export import predictor_onnx
-from macd_ml.models.predictor import Predictor, sigmoid
-from macd_ml.models.stacking import inner_blocks
+from macd_ml.models.ensemble import calibration
+from macd_ml.models.ensemble.calibration import Calibrator
+from macd_ml.models.ensemble.logistic import sigmoid
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.ensemble.stacking import inner_blocks
+from macd_ml.models.release.onnx_export import predictor_onnx
 
 
 def _market(n: int, seed: int, scale: float = 3.0, shift: float = 1.0):
@@ -39,7 +40,7 @@ def test_miscalibrated_probabilities_get_calibrated_and_it_holds_out_of_sample()
 def test_the_choice_is_made_among_the_configured_kinds_and_isotonic_is_off_by_default():
     """A probability bent so that only a non-logistic map fixes it: isotonic wins when allowed, never when the
     stacker's default kinds (none, platt) leave it out."""
-    from macd_ml.models.stacking import StackSpec
+    from macd_ml.models.ensemble.stacking import StackSpec
 
     rng = np.random.default_rng(5)
     z = rng.normal(0, 1.0, 8000)
@@ -111,7 +112,7 @@ def test_isotonic_map_equals_interpolation_and_clips():
 
 def test_the_choice_never_reads_the_holdout(trained_stack_inputs):
     """Shuffling the holdout's labels changes the holdout Brier scores and nothing that was chosen."""
-    from macd_ml.models.stacking import StackSpec, stack_all
+    from macd_ml.models.ensemble.stacking import StackSpec, stack_all
 
     oof, holdout, models = trained_stack_inputs
     a = stack_all(oof, holdout, models, [5], StackSpec(), 24, {})
@@ -147,8 +148,8 @@ def trained_stack_inputs():
 def test_the_report_draws_the_shipped_probability_before_and_after_calibration(tmp_path):
     import polars as pl
 
-    from macd_ml.models.plots import _curves, render_plots
-    from macd_ml.models.predictor import predictors_document
+    from macd_ml.models.ensemble.predictor import predictors_document
+    from macd_ml.models.evaluation.plots import _curves, render_plots
     from macd_ml.tasks.report import uncalibrated
 
     p, y = _market(2000, 9)

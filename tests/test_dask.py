@@ -71,14 +71,14 @@ def test_scale_section_defaults_and_validation():
     assert ScaleOut().runner == "threads"
     cfg = load_config(overrides=["scale.runner=dask", "scale.dask_workers=3", "scale.dask_address=tcp://h:8786"])
     assert (cfg.scale.runner, cfg.scale.dask_workers, cfg.scale.dask_address) == ("dask", 3, "tcp://h:8786")
-    from macd_ml.features.errors import ConfigError
+    from macd_ml.errors import ConfigError
 
     with pytest.raises(ConfigError, match="scale.runner"):
         load_config(overrides=["scale.runner=ray"])
     with pytest.raises(ConfigError, match="scale.bogus"):
         load_config(overrides=["scale.bogus=1"])
     # the workers of a local cluster size their models' thread pools like the flow does (cores // parallel tasks)
-    from macd_ml.models.device import parallel_tasks
+    from macd_ml.models.learners.device import parallel_tasks
 
     assert local_cluster_kwargs(ScaleOut(runner="dask"))["env"] == {"MACD_ML_PARALLEL_TASKS": str(parallel_tasks())}
 

@@ -9,7 +9,7 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 
 from macd_ml.deployments.nightly import DEFAULT_CRON, build
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.flows.cli import build_parser, main
 from macd_ml.flows.config import RetrainConfig, validate_config
 

@@ -1,10 +1,11 @@
-"""Feature drift (models/drift.py): the newest window against the refit's training rows, never against itself."""
+"""Feature drift (models/evaluation/drift.py): the newest window against the refit's training rows, never against
+itself."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from macd_ml.models.drift import feature_drift, psi
+from macd_ml.models.evaluation.drift import feature_drift, psi
 
 
 def test_a_shifted_feature_drifts_and_a_stable_one_does_not():

@@ -17,15 +17,15 @@ import pytest
 
 from macd_ml.artifacts import store
 from macd_ml.artifacts.store import read_json, run_artifacts, verify_run, write_bytes, write_json, write_parquet
-from macd_ml.models.export import export_run
-from macd_ml.models.health import HealthSpec, evaluate
-from macd_ml.models.metrics import Metrics
-from macd_ml.models.onnx_export import ensemble_spec
-from macd_ml.models.predictor import Predictor, load_predictors, predictors_document
-from macd_ml.models.promotion import PromotionSpec, decide
-from macd_ml.models.registry import load_model, make_model, select_features
-from macd_ml.models.scoring import score_features, session
-from macd_ml.models.train import train_fold
+from macd_ml.models.ensemble.predictor import Predictor, load_predictors, predictors_document
+from macd_ml.models.evaluation.metrics import Metrics
+from macd_ml.models.learners.registry import load_model, make_model, select_features
+from macd_ml.models.learners.train import train_fold
+from macd_ml.models.release.export import export_run
+from macd_ml.models.release.health import HealthSpec, evaluate
+from macd_ml.models.release.onnx_export import ensemble_spec
+from macd_ml.models.release.promotion import PromotionSpec, decide
+from macd_ml.models.release.scoring import score_features, session
 from tests.flowutil import run_cli
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
 
@@ -87,14 +87,14 @@ def test_sequence_graph_holds_its_normalisation():
         "lstm", fast_config(lstm={"max_epochs": 1, "max_train_rows": 800}).lstm, data.feature_names, HORIZONS
     )
     train_fold(m, data, folds.folds[0])
-    from macd_ml.models.onnx_export import sequence_onnx
+    from macd_ml.models.release.onnx_export import sequence_onnx
 
     sess, _ = session(sequence_onnx(m).SerializeToString())
     rows = np.arange(folds.holdout.start, folds.holdout.start + 64)
-    from macd_ml.models.scoring import windows
+    from macd_ml.models.release.scoring import windows
 
     x = windows(data.X, data.segment_start, rows, 48)
-    from macd_ml.models.base import Rows
+    from macd_ml.models.learners.base import Rows
 
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], m.predict(data, Rows(rows)), atol=1e-5)
 
@@ -477,9 +477,9 @@ def test_lightgbm_thresholds_between_adjacent_float32_values_match_in_onnx():
     import lightgbm as lgb
     import onnxruntime as ort
 
-    from macd_ml.models.base import Dataset, Rows
-    from macd_ml.models.gbdt import LGBModel, LGBParams, float32_thresholds
-    from macd_ml.models.onnx_export import _booster_onnx  # the converter call tree_onnx makes per horizon
+    from macd_ml.models.learners.base import Dataset, Rows
+    from macd_ml.models.learners.gbdt import LGBModel, LGBParams, float32_thresholds
+    from macd_ml.models.release.onnx_export import _booster_onnx  # the converter call tree_onnx makes per horizon
 
     one = np.float32(1.0)
     a = np.nextafter(one, np.float32(2))  # odd last mantissa bit: the midpoint to b rounds (to even) up to b

@@ -386,7 +386,7 @@ def test_two_runs_at_once_write_separate_folders(market_dir, tmp_path):
 
 
 def test_a_run_that_lost_the_race_is_refused_with_the_command_that_compares_again(tmp_path):
-    from macd_ml.features.errors import PromotionRefused
+    from macd_ml.errors import PromotionRefused
     from macd_ml.tasks.publish import promote_task
 
     c, a, b = (f"20250101T000000Z-0000000{i}" for i in "cab")

@@ -7,14 +7,14 @@ import numpy as np
 import polars as pl
 import pytest
 
+from macd_ml.errors import DataError
 from macd_ml.features.build import build_features
-from macd_ml.features.errors import DataError
 from macd_ml.features.ingest import Market, candles_from_frame, read_candles
 from macd_ml.features.synth import synth_market, write_market
-from macd_ml.models.base import NotFittedError, Rows
-from macd_ml.models.predictor import Predictor, load_predictors, save_predictors
-from macd_ml.models.registry import MODEL_CLASSES, make_model
-from macd_ml.models.train import build_dataset, inference_view, train_fold
+from macd_ml.models.ensemble.predictor import Predictor, load_predictors, save_predictors
+from macd_ml.models.learners.base import NotFittedError, Rows
+from macd_ml.models.learners.registry import MODEL_CLASSES, make_model
+from macd_ml.models.learners.train import build_dataset, inference_view, train_fold
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
 
 

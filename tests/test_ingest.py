@@ -24,7 +24,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from macd_ml.artifacts.store import sha256_file
-from macd_ml.features.errors import DataError
+from macd_ml.errors import DataError
 from macd_ml.features.ingest import (
     default_cross,
     find_symbol_file,

@@ -14,12 +14,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.features.splits import FoldSpec, make_folds
-from macd_ml.models.base import Dataset, Rows
-from macd_ml.models.registry import make_model, select_features
-from macd_ml.models.stacking import StackSpec, fit_meta, inner_blocks, stack_all, stack_horizon
-from macd_ml.models.train import auc, train_fold
+from macd_ml.models.ensemble.stacking import StackSpec, fit_meta, inner_blocks, stack_all, stack_horizon
+from macd_ml.models.evaluation.stats import auc
+from macd_ml.models.learners.base import Dataset, Rows
+from macd_ml.models.learners.registry import make_model, select_features
+from macd_ml.models.learners.train import train_fold
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,7 +282,7 @@ def test_every_parquet_artifact_load_is_verified(tmp_path):
 def test_focal_loss_changes_the_loss_and_the_fit():
     import torch
 
-    from macd_ml.models.sequence import masked_loss
+    from macd_ml.models.learners.sequence import masked_loss
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
     y = torch.tensor([[1.0, 0.0], [0.0, float("nan")]])
@@ -310,8 +311,8 @@ def test_augmentation_changes_the_fit_and_is_off_by_default(option):
 def test_report_does_not_depend_on_json_key_order():
     """metrics.json is written with sorted keys; the report of a run whose meta ships must not change when
     re-rendered from it (the weights line once came out in another order)."""
-    from macd_ml.models.metrics import Metrics
-    from macd_ml.models.report import render_report
+    from macd_ml.models.evaluation.metrics import Metrics
+    from macd_ml.models.evaluation.report import render_report
     from tests.test_report_fixture import metrics_document
 
     doc = metrics_document()

@@ -19,8 +19,9 @@ from macd_ml.features.ingest import Candles, Market
 from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
 from macd_ml.features.synth import synth_market
-from macd_ml.models.registry import ModelsConfig, make_model, select_features
-from macd_ml.models.train import auc, build_dataset, train_fold
+from macd_ml.models.evaluation.stats import auc
+from macd_ml.models.learners.registry import ModelsConfig, make_model, select_features
+from macd_ml.models.learners.train import build_dataset, train_fold
 
 HORIZONS = [5, 12, 24]  # the folds' embargo follows the longest horizon, as in a run
 H = 5  # the horizon scored (the models fit only this one: three times faster)

@@ -9,10 +9,11 @@ import pytest
 from safetensors.torch import load_file
 
 from macd_ml.features.segments import window_index
-from macd_ml.models.base import Rows
-from macd_ml.models.registry import MODEL_CLASSES, make_model, select_features
-from macd_ml.models.sequence import fit_normaliser
-from macd_ml.models.train import auc, train_fold
+from macd_ml.models.evaluation.stats import auc
+from macd_ml.models.learners.base import Rows
+from macd_ml.models.learners.registry import MODEL_CLASSES, make_model, select_features
+from macd_ml.models.learners.sequence import fit_normaliser
+from macd_ml.models.learners.train import train_fold
 from tests.modelutil import HORIZONS, constant_like, fast_config, synthetic_dataset
 
 ALL = list(MODEL_CLASSES)
@@ -145,7 +146,7 @@ def test_window_reads_past_rows_only(fitted, name):
     model, _ = models[name]
     rows = Rows(np.arange(folds.holdout.start, folds.holdout.start + 50))
     before = model.predict(data, rows)
-    from macd_ml.models.base import Dataset
+    from macd_ml.models.learners.base import Dataset
 
     X = data.X.copy()
     X[folds.holdout.start + 50 :] = 99.0
@@ -158,7 +159,7 @@ def test_tft_encodes_each_bar_once_and_predicts_as_its_windows_do(fitted):
     gathered from it: the same probabilities as the net applied to whole windows (which ONNX exports)."""
     import torch
 
-    from macd_ml.models.sequence import normalise
+    from macd_ml.models.learners.sequence import normalise
 
     data, folds, models = fitted
     model, _ = models["tft"]
@@ -211,7 +212,7 @@ def test_early_stopping_on_auc_restores_the_best_auc_epoch_after_min_epochs(fitt
 
 
 def test_the_tft_stops_on_auc_by_default_and_the_lstm_on_loss():
-    from macd_ml.models.registry import ModelsConfig
+    from macd_ml.models.learners.registry import ModelsConfig
 
     cfg = ModelsConfig()
     assert (cfg.tft.early_stop_metric, cfg.tft.min_epochs) == ("auc", 3)

@@ -60,10 +60,10 @@ def test_wheel_installs_one_namespace_beside_a_bots_own_models_package(tmp_path)
     (bot / "features" / "__init__.py").write_text("WHOSE = 'the bot'\n")
     code = (
         "import models, features\n"
-        "import macd_ml.models, macd_ml.features.errors, macd_ml.artifacts  # (dependency-free modules)\n"
+        "import macd_ml.models, macd_ml.errors, macd_ml.artifacts  # (dependency-free modules)\n"
         "assert models.WHOSE == 'the bot' and features.WHOSE == 'the bot'\n"
         "assert macd_ml.models.__file__.startswith(%r), macd_ml.models.__file__\n"
-        "assert macd_ml.features.errors.DataError.__module__ == 'macd_ml.features.errors'\n"
+        "assert macd_ml.errors.DataError.__module__ == 'macd_ml.errors'\n"
         "print('ok')\n"
     ) % str(site)
     proc = subprocess.run([str(python), "-c", code], cwd=bot, capture_output=True, text=True, timeout=120)
@@ -83,7 +83,7 @@ def test_the_bots_import_the_cli_and_the_flow_load_no_training_stack():
         "from macd_ml.flows.config import RetrainConfig\n"
         "RetrainConfig.model_validate({'models': {'tft': {'window': 12}}})\n"
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
-        "from macd_ml.models.registry import MODEL_CLASSES\n"
+        "from macd_ml.models.learners.registry import MODEL_CLASSES\n"
         "MODEL_CLASSES['tft'], MODEL_CLASSES['xgb']\n"
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
     )

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from matplotlib.image import imread
 
-from macd_ml.models.plots import render_plots
+from macd_ml.models.evaluation.plots import render_plots
 
 HORIZONS = [5, 12, 24]
 MODELS = ["lgb", "xgb", "lgb_cross", "lstm"]

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from macd_ml.errors import ConfigError
 from macd_ml.features.build import build_features
-from macd_ml.features.errors import ConfigError
 from macd_ml.features.ingest import load_market, panel_symbols
 from macd_ml.features.labels import align_labels, make_labels
 from macd_ml.features.splits import make_folds
 from macd_ml.features.synth import synth_market, write_market
 from macd_ml.flows.config import RetrainConfig, load_config
 from macd_ml.flows.preflight import preflight
-from macd_ml.models.base import Dataset
-from macd_ml.models.params import LGBParams
-from macd_ml.models.registry import make_model, own_features
-from macd_ml.models.train import build_dataset, fold_fit_rows, pool, train_fold
+from macd_ml.models.learners.base import Dataset
+from macd_ml.models.learners.params import LGBParams
+from macd_ml.models.learners.registry import make_model, own_features
+from macd_ml.models.learners.train import build_dataset, fold_fit_rows, pool, train_fold
 
 H = [5, 12, 24]
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from macd_ml.models.base import Rows
-from macd_ml.models.registry import make_model, select_features
-from macd_ml.models.sequence import EpochInfo
-from macd_ml.models.train import train_fold
+from macd_ml.models.learners.base import Rows
+from macd_ml.models.learners.registry import make_model, select_features
+from macd_ml.models.learners.sequence import EpochInfo
+from macd_ml.models.learners.train import train_fold
 from macd_ml.tasks import progress as progress_mod
 from macd_ml.tasks.progress import EpochProgress, artifact_key, attach_progress, epoch_line
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset

@@ -10,20 +10,20 @@ import numpy as np
 import polars as pl
 import pytest
 
+from macd_ml.errors import ConfigError
 from macd_ml.features.build import build_features
-from macd_ml.features.errors import ConfigError
 from macd_ml.features.ingest import Candles, Market
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.splits import FoldSpec, make_folds
 from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import load_config
-from macd_ml.models.base import Rows
-from macd_ml.models.evaluate import model_metrics, per_fold_auc
-from macd_ml.models.gbdt import ReferenceModel
-from macd_ml.models.onnx_export import model_onnx
-from macd_ml.models.reference import FEATURES, PARAMS, REFERENCE, reference_features, reference_scores
-from macd_ml.models.registry import ModelName, load_model, make_model, select_features
-from macd_ml.models.train import build_dataset, train_fold
+from macd_ml.models.evaluation.evaluate import model_metrics, per_fold_auc
+from macd_ml.models.learners.base import Rows
+from macd_ml.models.learners.gbdt import ReferenceModel
+from macd_ml.models.learners.reference import FEATURES, PARAMS, REFERENCE, reference_features, reference_scores
+from macd_ml.models.learners.registry import ModelName, load_model, make_model, select_features
+from macd_ml.models.learners.train import build_dataset, train_fold
+from macd_ml.models.release.onnx_export import model_onnx
 
 
 def test_a_constant_per_fold_scores_half_within_folds_however_its_intercepts_fall():

@@ -434,7 +434,7 @@ def test_each_fallback_path(bundle_bytes, market):
         .otherwise(pl.col("timestamp"))
         .alias("timestamp")
     )
-    from macd_ml.features.errors import DataError
+    from macd_ml.errors import DataError
 
     with pytest.raises(DataError, match="in the future"):
         scorer.score({**frames, "ETHUSDT": future})

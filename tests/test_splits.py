@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.features.splits import FoldSpec, check_folds, make_folds
 
 T0 = datetime(2022, 1, 1, tzinfo=timezone.utc)

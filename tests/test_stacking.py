@@ -10,12 +10,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from macd_ml.features.segments import HOUR_US
-from macd_ml.models.predictor import Predictor
-from macd_ml.models.stacking import (
+from macd_ml.models.ensemble.logistic import fit_logistic
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.ensemble.stacking import (
     StackSpec,
     candidate_predictor,
     evaluate_holdout,
-    fit_logistic,
     inner_blocks,
     paired_difference,
     stack_horizon,
@@ -186,8 +186,8 @@ def test_paired_difference_se_holds_under_overlapping_labels():
 
 
 def test_the_model_card_says_whether_the_pick_beat_the_reference():
-    from macd_ml.models.metrics import Metrics
-    from macd_ml.models.report import render_report
+    from macd_ml.models.evaluation.metrics import Metrics
+    from macd_ml.models.evaluation.report import render_report
     from tests.test_report_fixture import metrics_document
 
     doc = metrics_document()

@@ -12,8 +12,8 @@ import pytest
 
 from macd_ml.features.synth import synth_market, write_market
 from macd_ml.flows.config import RetrainConfig
-from macd_ml.models.evaluate import auc_se
-from macd_ml.models.registry import MODEL_CLASSES
+from macd_ml.models.evaluation.stats import auc_se
+from macd_ml.models.learners.registry import MODEL_CLASSES
 from tests.flowutil import run_flow, task_states, task_tags
 from tests.modelutil import FAST_MODELS
 
@@ -205,7 +205,7 @@ def test_meta_trains_on_oof_rows_only_separated_from_holdout(trained):
 def _paired_block_bootstrap_se(y, a, b, block: int, draws: int = 400, seed: int = 0) -> float:
     """SE of AUC(a) - AUC(b) on the same rows, by a moving-block bootstrap (blocks of ``block`` rows keep the
     overlap of h-hour labels together)."""
-    from macd_ml.models.train import auc
+    from macd_ml.models.evaluation.stats import auc
 
     rng = np.random.default_rng(seed)
     n = len(y)

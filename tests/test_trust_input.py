@@ -38,8 +38,8 @@ def test_price_that_overflows_float32_is_bad_input(small_market_dir, tmp_path):
 def test_non_finite_feature_is_named_with_its_timestamp():
     import polars as pl
 
+    from macd_ml.errors import DataError
     from macd_ml.features.build import check_model_range
-    from macd_ml.features.errors import DataError
 
     ts = pl.datetime_range(
         pl.datetime(2024, 1, 1, time_zone="UTC"), pl.datetime(2024, 1, 1, 3, time_zone="UTC"), "1h", eager=True
@@ -158,7 +158,7 @@ def test_non_utf8_config_names_the_file(tmp_path, small_market_dir):
 
 
 def test_non_utf8_csv_names_the_row(tmp_path):
-    from macd_ml.features.errors import DataError
+    from macd_ml.errors import DataError
     from macd_ml.features.ingest import read_candles
 
     f = tmp_path / "ETHUSDT.csv"

@@ -17,7 +17,7 @@ import pytest
 
 from macd_ml.artifacts import store
 from macd_ml.artifacts.store import IntegrityError, verify_run
-from macd_ml.models.registry import load_run_model
+from macd_ml.models.learners.registry import load_run_model
 from tests.flowutil import flow_logs, forget_unchanged, latest_flow_run_id, run_cli, task_states
 from tests.trustutil import FAST, _flip, _retrain, _spawn_cli
 

@@ -12,10 +12,9 @@ import os
 import sys
 
 from macd_ml.artifacts.store import IntegrityError
-from macd_ml.features.errors import ConfigError, DataError, Refused
+from macd_ml.errors import BundleError, ConfigError, DataError, Refused
 from macd_ml.flows.cli import backtest, data, run, serve, serving, stages
 from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, one_line
-from macd_ml.serving.bundle import BundleError
 
 COMMANDS = (run, stages, serving, backtest, serve, data)
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def backtest(args: argparse.Namespace) -> int:
-    from macd_ml.features.errors import ConfigError
+    from macd_ml.errors import ConfigError
     from macd_ml.serving.backtest import Source, backtest_chain, backtest_span
 
     if bool(args.run) == bool(args.chain):
@@ -52,7 +52,7 @@ def backtest(args: argparse.Namespace) -> int:
 
         result = backtest_span(Source.load(args.run, trust_from(args)), args.data, args.first, args.last)
     if args.plot:
-        from macd_ml.models.plots import plot_equity
+        from macd_ml.models.evaluation.plots import plot_equity
 
         plot_equity(Path(args.plot), result["timestamps"], result["equity"], result)
     if args.json:
@@ -62,7 +62,7 @@ def backtest(args: argparse.Namespace) -> int:
 
 
 def table(result: dict) -> str:
-    from macd_ml.models.report import _backtest_section
+    from macd_ml.models.evaluation.report import _backtest_section
 
     head = [f"backtest {result['first'][:16]} .. {result['last'][:16]} UTC, {result['bars']} bars"]
     for seg in result.get("segments", []):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from macd_ml.features.errors import ConfigError
+from macd_ml.errors import ConfigError
 from macd_ml.flows.cli.common import EXIT_OK, add_config_args, add_market_args, command, config_from, symbols
 
 

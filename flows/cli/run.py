@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from macd_ml.features.errors import ConfigError, DataError, Refused
+from macd_ml.errors import ConfigError, DataError, Refused
 from macd_ml.flows.cli.common import (
     EXIT_ERROR,
     EXIT_GATE,

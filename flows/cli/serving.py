@@ -169,7 +169,7 @@ def bundle(args: argparse.Namespace) -> int:
 
 
 def _bundle_bytes(path: str) -> bytes:
-    from macd_ml.serving.bundle import BundleError
+    from macd_ml.errors import BundleError
 
     try:
         return Path(path).read_bytes()
@@ -194,7 +194,7 @@ def keys(args: argparse.Namespace) -> int:
 
 
 def publish(args: argparse.Namespace) -> int:
-    from macd_ml.features.errors import ConfigError
+    from macd_ml.errors import ConfigError
     from macd_ml.serving.publish import publish as do_publish
     from macd_ml.serving.publish import refresh
 
@@ -263,7 +263,7 @@ def shadow(args: argparse.Namespace) -> int:
 def shadow_report(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from macd_ml.features.errors import ConfigError
+    from macd_ml.errors import ConfigError
     from macd_ml.serving.bundle import open_bundle
     from macd_ml.serving.shadow import Targets, plot_rates, report
 

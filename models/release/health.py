@@ -35,12 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from macd_ml.artifacts.store import ArtifactRef, IntegrityError, read_json, read_parquet, verify
 from macd_ml.features.form import OptionalPositiveInt, optional_field
-from macd_ml.models.evaluate import auc_se
-from macd_ml.models.metrics import Check, HealthReport, Metrics
-from macd_ml.models.onnx_export import ensemble_spec
-from macd_ml.models.predictor import load_predictors
-from macd_ml.models.registry import load_model
-from macd_ml.models.scoring import score_features, session
+from macd_ml.models.ensemble.predictor import load_predictors
+from macd_ml.models.evaluation.metrics import Check, HealthReport, Metrics
+from macd_ml.models.evaluation.stats import auc_se
+from macd_ml.models.learners.registry import load_model
+from macd_ml.models.release.onnx_export import ensemble_spec
+from macd_ml.models.release.scoring import score_features, session
 
 
 class HealthSpec(BaseModel):

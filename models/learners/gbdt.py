@@ -18,9 +18,9 @@ import xgboost as xgb
 from pydantic import BaseModel
 
 from macd_ml.artifacts.store import read_json, write_json
-from macd_ml.models.base import Dataset, Model, Rows, labelled
-from macd_ml.models.device import cpu_threads, cuda_available
-from macd_ml.models.params import BoostingParams, LGBParams, XGBParams
+from macd_ml.models.learners.base import Dataset, Model, Rows, labelled
+from macd_ml.models.learners.device import cpu_threads, cuda_available
+from macd_ml.models.learners.params import BoostingParams, LGBParams, XGBParams
 
 # LightGBM's native library is not safe when two Python threads train or predict at once (a Dataset built in one
 # thread while another predicts segfaulted here; LightGBM's own docs warn against concurrent jobs in one process).
@@ -214,7 +214,7 @@ class LGBModel(BoosterPerHorizon):
 
 
 class ReferenceModel(LGBModel):
-    """The fixed reference (models/reference.py: its name, features and parameters)."""
+    """The fixed reference (models/learners/reference.py: its name, features and parameters)."""
 
     name: ClassVar[str] = "reference"
 

@@ -374,7 +374,7 @@ def render_plots(
 
 
 def plot_equity(path: Path, timestamps: list[str], equity: dict[str, list[float]], result: dict) -> Path:
-    """Equity curves of the backtest (models/backtest.py): gated and ungated variants and buy-and-hold."""
+    """Equity curves of the backtest (models/evaluation/backtest.py): gated and ungated variants and buy-and-hold."""
     import datetime as _dt
 
     fig = _new_figure((10, 5))

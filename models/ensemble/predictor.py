@@ -1,6 +1,6 @@
 """What ships for one horizon, for scoring: the meta-learner's coefficients, the equal-weight mean, or one model.
 
-Fitted in :mod:`macd_ml.models.stacking` (OOF rows only); here it only predicts, and saves to / loads from JSON
+Fitted in :mod:`macd_ml.models.ensemble.stacking` (OOF rows only); here it only predicts, and saves to / loads from JSON
 (``meta.json``: one predictor per horizon). No pickle.
 """
 
@@ -13,18 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from macd_ml.models.calibration import Calibrator
-
-EPS = 1e-4
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+from macd_ml.models.ensemble.calibration import Calibrator
+from macd_ml.models.ensemble.logistic import logit, sigmoid
 
 
 @dataclass
@@ -38,7 +28,9 @@ class Predictor:
     mean: list[float] = field(default_factory=list)  # standardisation of the logits (fitted on OOF rows)
     std: list[float] = field(default_factory=list)
     C: float | None = None
-    calibration: Calibrator = field(default_factory=Calibrator)  # applied to the output (models/calibration.py)
+    calibration: Calibrator = field(
+        default_factory=Calibrator
+    )  # applied to the output (models/ensemble/calibration.py)
 
     @property
     def label(self) -> str:

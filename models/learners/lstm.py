@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from macd_ml.models.sequence import SeededDropout, SequenceModel, SequenceParams
+from macd_ml.models.learners.sequence import SeededDropout, SequenceModel, SequenceParams
 
 
 class LSTMNet(nn.Module):

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from macd_ml.models.base import Model
-from macd_ml.models.onnx_export import (
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.evaluation.stats import auc
+from macd_ml.models.learners.base import Model
+from macd_ml.models.learners.train import inference_view
+from macd_ml.models.release.onnx_export import (
     EnsembleSpec,
     ensemble_onnx,
     input_window,
     model_onnx,
     predictor_onnx,
 )
-from macd_ml.models.predictor import Predictor
-from macd_ml.models.scoring import run_ensemble, session, windows
-from macd_ml.models.train import auc, inference_view
+from macd_ml.models.release.scoring import run_ensemble, session, windows
 
 TREE_TOL = 1e-3
 NET_TOL = 1e-4

@@ -15,7 +15,7 @@ import polars as pl
 from macd_ml.features.labels import label_name
 from macd_ml.features.segments import segment_starts
 from macd_ml.features.splits import Fold
-from macd_ml.models.base import Dataset, Model, Rows
+from macd_ml.models.learners.base import Dataset, Model, Rows
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +53,6 @@ def inference_view(features: pl.DataFrame, names: list[str], horizons: list[int]
         segment_start=segment_starts(ts, gap_tolerance_hours),
         timestamps=ts,
     )
-
-
-def auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    """ROC AUC over rows with a defined label; None if only one class is present."""
-    ok = ~np.isnan(y)
-    y, p = y[ok], p[ok]
-    if len(y) < 2 or y.min() == y.max():
-        return None
-    from sklearn.metrics import roc_auc_score  # here, not at the top: the scorer imports this module (1 s)
-
-    return float(roc_auc_score(y, p))
-
-
-def auc_within(y: np.ndarray, p: np.ndarray, blocks: np.ndarray) -> float | None:
-    """AUC within each block (``blocks``: a block label per row), averaged weighted by the block's rows with a
-    defined label and prediction; blocks with one class are skipped; None if no block can be scored.
-
-    Each block here is predicted by a model with its own intercept (a fold's model, an inner fit). Pooled over
-    blocks, an AUC also scores how those intercepts line up with each block's base rate: a constant per block
-    scored 0.52-0.54 pooled in the stacker, and near-constant fold models scored 0.35-0.42 pooled out of fold.
-    Within a block a constant scores 0.5, as it should."""
-    ok = ~np.isnan(y) & ~np.isnan(p)
-    total, weight = 0.0, 0
-    for b in np.unique(blocks[ok]):
-        rows = ok & (blocks == b)
-        a = auc(y[rows], p[rows])
-        if a is not None:
-            total += a * int(rows.sum())
-            weight += int(rows.sum())
-    return total / weight if weight else None
 
 
 @dataclass

@@ -19,11 +19,10 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from macd_ml.artifacts.store import ArtifactRef, IntegrityError, read_json, read_parquet, run_artifacts, verify_run
-from macd_ml.features.errors import DataError
-from macd_ml.models.drift import prediction_shift
-from macd_ml.models.evaluate import auc_se
-from macd_ml.models.metrics import Decision, Metrics
-from macd_ml.models.train import auc
+from macd_ml.errors import DataError
+from macd_ml.models.evaluation.drift import prediction_shift
+from macd_ml.models.evaluation.metrics import Decision, Metrics
+from macd_ml.models.evaluation.stats import auc, auc_se
 
 
 class PromotionSpec(BaseModel):
@@ -137,8 +136,8 @@ def _score_champion(files: dict[str, ArtifactRef], data_dir: str, timestamps: pl
     from macd_ml.features.build import build_features
     from macd_ml.features.ingest import load_market
     from macd_ml.features.spec import FeatureSpec
-    from macd_ml.models.onnx_export import ensemble_spec
-    from macd_ml.models.scoring import score_features, session
+    from macd_ml.models.release.onnx_export import ensemble_spec
+    from macd_ml.models.release.scoring import score_features, session
 
     meta = read_json(files["features.json"])
     config = read_json(files["config.json"]) if "config.json" in files else {}

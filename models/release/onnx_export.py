@@ -24,9 +24,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from macd_ml.models.base import Model
-from macd_ml.models.calibration import Calibrator
-from macd_ml.models.predictor import EPS, Predictor
+from macd_ml.models.ensemble.calibration import Calibrator
+from macd_ml.models.ensemble.logistic import EPS
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.learners.base import Model
 
 OPSET = 17  # the default-domain opset of every graph here (trees are converted at 15, then brought up)
 ML_OPSET = 1
@@ -89,7 +90,7 @@ def _booster_onnx(model: Model, h: int) -> onnx.ModelProto:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    from macd_ml.models.gbdt import LGBModel  # here: the scorer imports this module and needs no LightGBM
+    from macd_ml.models.learners.gbdt import LGBModel  # here: the scorer imports this module and needs no LightGBM
 
     f = len(model.feature_names)
     booster = model.boosters[h]  # type: ignore[attr-defined]
@@ -255,7 +256,8 @@ def predictor_onnx(predictors: dict[str, Predictor], horizons: list[int], models
 
 
 def _calibrated(g: onnx.GraphProto, cal: Calibrator, name: str, p: str) -> str:
-    """Append ``cal`` (models/calibration.py) to the [N, 1] probability ``p``; returns the calibrated output."""
+    """Append ``cal`` (models/ensemble/calibration.py) to the [N, 1] probability ``p``; returns the calibrated
+    output."""
     if cal.kind == "none":
         return p
     out = f"{name}_cal"

@@ -14,7 +14,7 @@ isotonic maps fitted on the rows before each block lowered the Brier score less 
 chose isotonic in about one case in six when it could.
 
 A calibrator is a small JSON document inside ``meta.json`` (no pickle) and the same arithmetic runs in numpy and in
-``ensemble.onnx`` (``models/onnx_export.py``): the isotonic map is evaluated as the piecewise-linear sum
+``ensemble.onnx`` (``models/release/onnx_export.py``): the isotonic map is evaluated as the piecewise-linear sum
 ``y0 + sum_k slope_k * clip(p - x_k, 0, x_{k+1} - x_k)``, which equals linear interpolation between the
 breakpoints and clips outside them, as scikit-learn's ``out_of_bounds="clip"`` does.
 """
@@ -27,11 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    from macd_ml.models.predictor import logit  # (predictor.py imports this module)
-
-    return logit(p)
+from macd_ml.models.ensemble.logistic import fit_logistic, logit  # the meta-learner's own fit
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -54,7 +50,7 @@ class Calibrator:
     def apply(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, dtype=np.float64)
         if self.kind == "platt":
-            return _sigmoid(self.a * _logit(p) + self.b)
+            return _sigmoid(self.a * logit(p) + self.b)
         if self.kind == "isotonic":
             x0, dx, slope = self.segments()
             return self.y[0] + (np.clip(p[..., None] - x0, 0.0, dx) * slope).sum(axis=-1)
@@ -85,9 +81,7 @@ class Calibrator:
 
 
 def fit_platt(p: np.ndarray, y: np.ndarray) -> Calibrator:
-    from macd_ml.models.stacking import fit_logistic  # the same L-BFGS-B logistic fit as the meta-learner
-
-    (a,), b = fit_logistic(_logit(p)[:, None], y, C=1e4, nonneg=True)
+    (a,), b = fit_logistic(logit(p)[:, None], y, C=1e4, nonneg=True)
     return Calibrator("platt", a=float(a), b=float(b))
 
 

@@ -1,5 +1,5 @@
 """The five base learners by their stable short names, their parameter models, and their feature sets, plus the
-fixed reference model (models/reference.py) that every run trains beside them."""
+fixed reference model (models/learners/reference.py) that every run trains beside them."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from macd_ml.models.params import LGBParams, SequenceParams, TFTParams, XGBParams
-from macd_ml.models.reference import PARAMS as REFERENCE_PARAMS
-from macd_ml.models.reference import REFERENCE, reference_features
+from macd_ml.models.learners.params import LGBParams, SequenceParams, TFTParams, XGBParams
+from macd_ml.models.learners.reference import PARAMS as REFERENCE_PARAMS
+from macd_ml.models.learners.reference import REFERENCE, reference_features
 
 if TYPE_CHECKING:
-    from macd_ml.models.base import Model
+    from macd_ml.models.learners.base import Model
 
 
 def _load_classes() -> "dict[str, type[Model]]":
     # imports here, not at the top: see _ModelClasses. They stay import statements on purpose: the code version
     # of every module that uses the registry (artifacts/codehash.py reads imports, these included) covers them.
-    from macd_ml.models.gbdt import LGBCrossModel, LGBModel, ReferenceModel, XGBModel
-    from macd_ml.models.lstm import LSTMModel
-    from macd_ml.models.tft import TFTModel
+    from macd_ml.models.learners.gbdt import LGBCrossModel, LGBModel, ReferenceModel, XGBModel
+    from macd_ml.models.learners.lstm import LSTMModel
+    from macd_ml.models.learners.tft import TFTModel
 
     return {
         "lgb": LGBModel,

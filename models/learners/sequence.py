@@ -38,9 +38,9 @@ from torch import nn
 
 from macd_ml.artifacts.store import read_json, write_json
 from macd_ml.features.segments import window_index
-from macd_ml.models.base import Dataset, Model, Rows
-from macd_ml.models.device import configure_torch_threads, torch_device
-from macd_ml.models.params import SequenceParams
+from macd_ml.models.learners.base import Dataset, Model, Rows
+from macd_ml.models.learners.device import configure_torch_threads, torch_device
+from macd_ml.models.learners.params import SequenceParams
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def feature_drift(X: np.ndarray, names: list[str], train: slice, newest: slice, 
 
 def prediction_shift(champion: np.ndarray, challenger: np.ndarray) -> dict:
     """The shipped probability's distribution: the challenger's against the champion's, on the same bars (champion
-    / challenger's comparison window, models/promotion.py)."""
+    / challenger's comparison window, models/release/promotion.py)."""
     c, n = np.asarray(champion, float), np.asarray(challenger, float)
     c, n = c[np.isfinite(c)], n[np.isfinite(n)]
     return {

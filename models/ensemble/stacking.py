@@ -33,17 +33,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from macd_ml.features.errors import NothingToShip
+from macd_ml.errors import NothingToShip
 from macd_ml.features.labels import label_name
 from macd_ml.features.segments import HOUR_US
-from macd_ml.models import calibration
-from macd_ml.models.evaluate import auc_se, prediction_columns
-from macd_ml.models.metrics import Diversity, Shipped
-from macd_ml.models.predictor import Predictor, logit, sigmoid
-from macd_ml.models.train import auc, auc_within
+from macd_ml.models.ensemble import calibration
+from macd_ml.models.ensemble.logistic import fit_logistic, logit
+from macd_ml.models.ensemble.predictor import Predictor
+from macd_ml.models.evaluation.evaluate import prediction_columns
+from macd_ml.models.evaluation.metrics import Diversity, Shipped
+from macd_ml.models.evaluation.stats import auc, auc_se, auc_within
 
 MIN_INNER_BLOCK = 20
 BOOTSTRAP_DRAWS = 200  # the paired difference's SE against the reference (paired_difference)
@@ -71,7 +71,7 @@ class StackSpec(BaseModel):
         default=["none", "platt"],
         min_length=1,
         description="calibration maps the inner walk-forward chooses among ('none' always is one; 'isotonic' is "
-        "off by default, see models/calibration.py)",
+        "off by default, see models/ensemble/calibration.py)",
     )
     drop_collapsed: bool = Field(default=True, description="leave collapsed models out of the stack")
     drop_redundant: bool = Field(default=False, description="drop the weaker model of each redundant pair")
@@ -81,25 +81,6 @@ class StackSpec(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- predictors
-
-
-def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float, nonneg: bool) -> tuple[np.ndarray, float]:
-    """argmin 0.5·|w|² + C·Σ logloss(y, σ(Zw + b)), w >= 0 if ``nonneg``. Returns (w, b)."""
-    n, m = Z.shape
-
-    def f(theta):
-        w, b = theta[:m], theta[m]
-        z = Z @ w + b
-        # logloss = log(1 + e^z) - y z, computed stably
-        loss = np.logaddexp(0.0, z) - y * z
-        g = sigmoid(z) - y
-        value = 0.5 * w @ w + C * loss.sum()
-        grad = np.concatenate([w + C * (Z.T @ g), [C * g.sum()]])
-        return value, grad
-
-    bounds = [(0.0, None) if nonneg else (None, None)] * m + [(None, None)]
-    res = minimize(f, np.zeros(m + 1), jac=True, method="L-BFGS-B", bounds=bounds)
-    return res.x[:m], float(res.x[m])
 
 
 def fit_meta(P: np.ndarray, y: np.ndarray, models: list[str], C: float, nonneg: bool) -> Predictor:
@@ -126,7 +107,7 @@ def paired_difference(
     moving-block bootstrap inside each block (blocks of ``max(2 h, 24)`` rows keep overlapping labels together;
     both predictors are resampled on the same rows). Written here because the paired AUC tests in libraries
     (DeLong) assume independent rows."""
-    from macd_ml.models.backtest import block_indices
+    from macd_ml.models.evaluation.backtest import block_indices
 
     diffs, boots, weights = [], [], []
     start = 0

@@ -35,7 +35,7 @@ class ModelScore(_Doc):
 
 
 class ReferenceScore(ModelScore):
-    """The fixed simple LightGBM (models/reference.py) on the same folds and holdout."""
+    """The fixed simple LightGBM (models/learners/reference.py) on the same folds and holdout."""
 
     test_se: float = Field(description="SE of the holdout AUC, sqrt(h / 3n)")
 
@@ -52,7 +52,8 @@ class Candidate(_Doc):
 
 
 class Calibration(_Doc):
-    """How the shipped probability is calibrated (models/calibration.py): chosen and fitted on OOF rows only."""
+    """How the shipped probability is calibrated (models/ensemble/calibration.py): chosen and fitted on OOF rows
+    only."""
 
     kind: str = Field(description="'none', 'platt' or 'isotonic': the lowest inner walk-forward Brier score")
     inner_brier: dict[str, float] = Field(description="size-weighted Brier score over the inner blocks, per kind")
@@ -137,7 +138,7 @@ class CrossFeatures(_Doc):
 
 
 class Check(BaseModel):
-    """One health check (models/health.py)."""
+    """One health check (models/release/health.py)."""
 
     name: str
     passed: bool
@@ -166,7 +167,7 @@ class HealthReport(BaseModel):
 
 
 class Decision(BaseModel):
-    """Champion / challenger (models/promotion.py): promote or not, why, and both scores on the window."""
+    """Champion / challenger (models/release/promotion.py): promote or not, why, and both scores on the window."""
 
     promote: bool
     reason: str
@@ -214,10 +215,12 @@ class Metrics(_Doc):
         default=None, description="the reference model per horizon: what the ensemble adds over a simple model"
     )
     backtest: dict | None = Field(
-        default=None, description="the MACD strategy on the holdout, always and gated (models/backtest.py)"
+        default=None, description="the MACD strategy on the holdout, always and gated (models/evaluation/backtest.py)"
     )
-    drift: dict | None = Field(default=None, description="feature PSI and prediction shift (models/drift.py)")
-    parity: dict | None = Field(default=None, description="ONNX parity on the holdout (models/export.py)")
+    drift: dict | None = Field(
+        default=None, description="feature PSI and prediction shift (models/evaluation/drift.py)"
+    )
+    parity: dict | None = Field(default=None, description="ONNX parity on the holdout (models/release/export.py)")
     health: HealthReport | None = None
 
     def model_order(self) -> list[str]:

@@ -7,7 +7,7 @@ predictor reads, data rows target first. So ``macd-ml report RUN`` reproduces a 
 
 from __future__ import annotations
 
-from macd_ml.models.metrics import Decision, Metrics
+from macd_ml.models.evaluation.metrics import Decision, Metrics
 
 
 def _f(x, digits: int = 3) -> str:

@@ -19,8 +19,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from macd_ml.models.params import SequenceParams, TFTParams
-from macd_ml.models.sequence import SeededDropout, SequenceModel
+from macd_ml.models.learners.params import SequenceParams, TFTParams
+from macd_ml.models.learners.sequence import SeededDropout, SequenceModel
 
 
 class GLU(nn.Module):

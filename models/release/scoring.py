@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 
 from macd_ml.features.segments import window_index
-from macd_ml.models.device import cuda_available
-from macd_ml.models.onnx_export import EnsembleSpec
-from macd_ml.models.train import inference_view
+from macd_ml.models.learners.device import cuda_available
+from macd_ml.models.learners.train import inference_view
+from macd_ml.models.release.onnx_export import EnsembleSpec
 
 log = logging.getLogger(__name__)
 BATCH = 1024

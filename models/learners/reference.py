@@ -14,8 +14,8 @@ volume z-score and the bar's range, as far as the feature table has them.
 
 from __future__ import annotations
 
-from macd_ml.models.evaluate import auc_se
-from macd_ml.models.params import LGBParams
+from macd_ml.models.evaluation.stats import auc_se
+from macd_ml.models.learners.params import LGBParams
 
 REFERENCE = "reference"
 FEATURES = (

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import polars as pl
 
 from macd_ml.features.labels import label_name
-from macd_ml.models.train import auc, auc_within
+from macd_ml.models.evaluation.stats import auc, auc_within
 
 
 def prediction_columns(model: str, horizons: list[int]) -> list[str]:
     return [f"{model}_h{h}" for h in horizons]
-
-
-def auc_se(n: int, h: int) -> float:
-    """Standard error of an AUC over n rows of h-bar overlapping labels: sqrt(h / (3 n)) (README "Leakage rules,
-    as built")."""
-    return math.sqrt(h / (3 * n)) if n > 0 else float("inf")
 
 
 def score_table(table: pl.DataFrame, model: str, horizons: list[int]) -> dict[str, dict]:
@@ -37,7 +29,7 @@ def per_fold_auc(
     table: pl.DataFrame, model: str, horizons: list[int], spans: list[tuple[int, int]]
 ) -> dict[str, float]:
     """AUC within each fold's test span (rows ``start <= row < stop``), averaged weighted by its rows
-    (:func:`macd_ml.models.train.auc_within`: pooled, it would also score each fold's intercept)."""
+    (:func:`macd_ml.models.learners.train.auc_within`: pooled, it would also score each fold's intercept)."""
     out: dict[str, float] = {}
     row = table["row"].to_numpy()
     fold = np.full(len(row), -1)

@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI maps them to exit code 2 with a one-line message."""
+"""Errors a user can cause, importable from every layer. The CLI maps bad input (DataError, ConfigError) to exit
+code 2 with a one-line message and a refusal (Refused) to exit code 3 (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,8 @@ class PromotionRefused(Refused):
 class NothingToShip(Refused):
     """Training finished but nothing may ship (every model of a horizon collapsed to a constant). Rerunning the
     same run cannot help; more data or other model parameters can. The CLI exits 3, like a refused health gate."""
+
+
+class BundleError(ValueError):
+    """A bundle that must not be used: tampered, incomplete, or with an unsafe path. The message names the member.
+    The CLI exits 3 (refused)."""
