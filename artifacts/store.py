@@ -36,7 +36,9 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-MANIFEST = "manifest.json"
+from macd_ml.artifacts import catalog
+
+MANIFEST = catalog.MANIFEST
 
 
 class ArtifactRef(BaseModel):

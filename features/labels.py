@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.features.segments import segment_ids
 
 
 def label_name(h: int) -> str:
-    return f"y_{h}"
+    return catalog.label_column(h)
 
 
 def fwd_return_name(h: int) -> str:

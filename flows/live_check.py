@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import polars as pl
 
+from macd_ml.artifacts import catalog
+
 
 def main(job_path: str) -> int:
     from macd_ml.features.build import build_features
@@ -39,7 +41,7 @@ def main(job_path: str) -> int:
     sess, _ = session(job["ensemble"])
     scored = score_features(sess, spec, table.frame, rows, int(job["gap_tolerance_hours"]))
     rows_out = scored.select(
-        pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S%z"), *[f"shipped_h{h}" for h in spec.horizons]
+        pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S%z"), *[catalog.shipped_column(h) for h in spec.horizons]
     )
     Path(job["out"]).write_text(json.dumps(rows_out.to_dicts()))
     return 0

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.signing import check_key_outside
 from macd_ml.artifacts.store import (
     ArtifactRef,
@@ -203,8 +204,8 @@ def _metrics(config, market, feats, labels, folds, tables, training, refits, sta
     n_oof, n_test, plus what the report needs; validated against the Metrics schema."""
     summary = _summary(market, feats, labels, folds, config)
     scores = model_metrics(
-        read_parquet(tables["oof.parquet"]),
-        read_parquet(tables["holdout_predictions.parquet"]),
+        read_parquet(tables[catalog.OOF]),
+        read_parquet(tables[catalog.HOLDOUT_PREDICTIONS]),
         config.models.trained(),
         config.horizons,
         fold_spans=[(f.test.start, f.test.stop) for f in load_folds(folds).folds],
@@ -341,10 +342,10 @@ def retrain(
         feats, refits, tables, stack.files, config.horizons, config.gap_tolerance_hours, str(out)
     )
     artifacts = {
-        "features.parquet": feats.data,
-        "features.json": feats.meta,
-        "labels.parquet": labels,
-        "folds.json": folds,
+        catalog.FEATURES: feats.data,
+        catalog.FEATURES_META: feats.meta,
+        catalog.LABELS: labels,
+        catalog.FOLDS: folds,
         **tables,
         **stack.files,
         **exported.files,
@@ -386,9 +387,9 @@ def retrain(
         run_id,
         artifacts,
         {
-            "config.json": run_config,
-            "metrics.json": metrics.model_dump(mode="json"),
-            "metrics.schema.json": metrics_schema(),
+            catalog.CONFIG: run_config,
+            catalog.METRICS: metrics.model_dump(mode="json"),
+            catalog.METRICS_SCHEMA: metrics_schema(),
         },
         timings=_timings(fold_outputs, refits),
         promotion=decision.model_dump(mode="json"),
@@ -401,7 +402,7 @@ def retrain(
         )
     publish_ui_artifacts(
         metrics.model_copy(update={"run_id": run.run_id}),
-        read_text(report["report.md"]),
+        read_text(report[catalog.REPORT]),
         decision,
         images={name: read_bytes(ref) for name, ref in {**report, **backtest.files}.items() if name.endswith(".png")},
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import (
     IntegrityError,
     copy_file,
@@ -32,20 +33,20 @@ from macd_ml.models.evaluation.report import render_promotion
 from macd_ml.models.learners.reference import REFERENCE
 from macd_ml.tasks.report import write_report
 
-EXTRA_PLOTS = ("plots/equity.png",)
+EXTRA_PLOTS = (catalog.EQUITY_PLOT,)
 
 
 def _load(run: Path) -> dict:
     run = Path(run)
-    if not (run / "manifest.json").is_file():
+    if not (run / catalog.MANIFEST).is_file():
         raise ConfigError(f"{run}: not a published run folder (no manifest.json)")
     # checksums and the manifest's signature: a run edited after it was written (its manifest rewritten to match,
     # the signature replaced) is refused by every stage command, exit 3 (flows/cli)
     manifest = verify_run(run)
     refs = run_artifacts(run, manifest)
-    config = read_json(refs["config.json"])
+    config = read_json(refs[catalog.CONFIG])
     try:
-        metrics = Metrics.model_validate(read_json(refs["metrics.json"]))
+        metrics = Metrics.model_validate(read_json(refs[catalog.METRICS]))
     except ValidationError as exc:
         raise ConfigError(
             f"{run / 'metrics.json'}: does not match the metrics schema ({exc.errors()[0]['msg']})"
@@ -56,16 +57,16 @@ def _load(run: Path) -> dict:
     return {
         "metrics": metrics,
         "config": config,
-        "folds": read_json(refs["folds.json"]),
-        "oof": read_parquet(refs["oof.parquet"]),
-        "holdout": read_parquet(refs["holdout_predictions.parquet"]),
-        "shipped": read_parquet(refs["shipped_holdout.parquet"]),
-        "meta": read_json(refs["meta.json"]),
-        "promotion": read_json(refs["promotion.json"]) if "promotion.json" in refs else None,
+        "folds": read_json(refs[catalog.FOLDS]),
+        "oof": read_parquet(refs[catalog.OOF]),
+        "holdout": read_parquet(refs[catalog.HOLDOUT_PREDICTIONS]),
+        "shipped": read_parquet(refs[catalog.SHIPPED_HOLDOUT]),
+        "meta": read_json(refs[catalog.META]),
+        "promotion": read_json(refs[catalog.PROMOTION]) if catalog.PROMOTION in refs else None,
         # plots other stages drew (the backtest's equity curve): the report links them, a re-render copies them
         "extra_plots": {rel: ref for rel, ref in refs.items() if rel in EXTRA_PLOTS},
-        "features": read_parquet(refs["features.parquet"]),
-        "feature_names": read_json(refs["features.json"])["names"],
+        "features": read_parquet(refs[catalog.FEATURES]),
+        "feature_names": read_json(refs[catalog.FEATURES_META])["names"],
         "importance": {
             rel.split("/")[1]: read_json(ref)
             for rel, ref in refs.items()
@@ -99,17 +100,17 @@ def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict[
         r["folds"]["embargo_hours"],
         collapsed,
     )
-    write_json(out / "meta.json", predictors_document(m.horizons, outcome.predictors))
+    write_json(out / catalog.META, predictors_document(m.horizons, outcome.predictors))
     stack_doc = {
         "meta": outcome.metrics,
         "diversity": outcome.diversity,
         "spec": config.stacking.model_dump(),
         "source_run": m.run_id,
     }
-    write_json(out / "stack.json", stack_doc)
-    write_parquet(out / "shipped_holdout.parquet", outcome.shipped)
+    write_json(out / catalog.STACK, stack_doc)
+    write_parquet(out / catalog.SHIPPED_HOLDOUT, outcome.shipped)
     if outcome.oof_shipped is not None:
-        write_parquet(out / "shipped_oof.parquet", outcome.oof_shipped)
+        write_parquet(out / catalog.SHIPPED_OOF, outcome.oof_shipped)
     return outcome.metrics
 
 
@@ -132,9 +133,9 @@ def run_report(run: Path, out: Path) -> Path:
         plots,
     )
     if r["promotion"] is not None:  # the decision made when the run was published ends its report
-        text = read_text(refs["report.md"]) + render_promotion(Decision.model_validate(r["promotion"]))
-        write_bytes(out / "report.md", text.encode())
-    return out / "report.md"
+        text = read_text(refs[catalog.REPORT]) + render_promotion(Decision.model_validate(r["promotion"]))
+        write_bytes(out / catalog.REPORT, text.encode())
+    return out / catalog.REPORT
 
 
 def run_export(run: Path, out: Path) -> dict:
@@ -150,7 +151,7 @@ def run_export(run: Path, out: Path) -> dict:
     models = {name: load_model(name, Path(run) / "models" / name) for name in m.models}
     exported = export_run(
         models,
-        load_predictors(Path(run) / "meta.json"),
+        load_predictors(Path(run) / catalog.META),
         r["features"],
         r["feature_names"],
         m.horizons,
@@ -160,7 +161,7 @@ def run_export(run: Path, out: Path) -> dict:
     )
     for rel, data in exported.files.items():
         write_bytes(out / rel, data)
-    write_json(out / "parity.json", exported.parity)
+    write_json(out / catalog.PARITY, exported.parity)
     return exported.parity
 
 
@@ -177,8 +178,8 @@ def run_health(run: Path, data_dir: str | None = None, live: bool = True) -> Hea
         )
         return report
     refs = run_artifacts(run, manifest)
-    config = read_json(refs["config.json"])
-    metrics = Metrics.model_validate(read_json(refs["metrics.json"]))
+    config = read_json(refs[catalog.CONFIG])
+    metrics = Metrics.model_validate(read_json(refs[catalog.METRICS]))
     spec = HealthSpec.model_validate(config.get("health", {}))
     collapse = float(config.get("models", {}).get("collapse_std", 1e-3))
     data = data_dir or metrics.input.data_dir

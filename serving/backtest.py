@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.errors import DataError, Refused
 from macd_ml.features.ingest import Candles, Market, load_market
 from macd_ml.models.evaluation.backtest import BacktestSpec, bars_with_probability, evaluate, macd_signals
@@ -50,7 +51,7 @@ class Source:
             bundle = read_bundle(build_bundle(p, signer), str(p), signed=True, trust=own)
         else:
             bundle = open_bundle(p, trust)
-        config, metrics = bundle.json("config.json"), bundle.json("metrics.json")
+        config, metrics = bundle.json(catalog.CONFIG), bundle.json(catalog.METRICS)
         h = (config.get("health") or {}).get("primary_horizon") or metrics["horizons"][0]
         bt = metrics.get("backtest") or {}
         if "threshold" not in bt:
@@ -127,7 +128,7 @@ def promoted_runs(out_dir: Path | str) -> list[Path]:
 
     runs = []
     for run in sorted((Path(out_dir) / "runs").glob("*")):
-        decision = run / "promotion.json"
+        decision = run / catalog.PROMOTION
         if not decision.is_file() or not read_json(decision).get("promote"):
             continue
         verify_run(run)

@@ -26,11 +26,12 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import manifest_signature_ok, read_manifest, verify_run
 from macd_ml.errors import BundleError  # (re-exported: macd_ml.serving.bundle.BundleError)
 
 ROOT = "bundle"
-INDEX = "bundle.json"
+INDEX = catalog.BUNDLE_INDEX
 SIGNATURE = "bundle.sig"
 FORMAT = 2
 # Far above a real bundle (a few MB: ONNX graphs, GBDT text, small torch weights), far below what hurts a bot.
@@ -40,16 +41,16 @@ MAX_TOTAL_BYTES = 1024 * 2**20
 MAX_MEMBERS = 4096
 # what the bot needs, and what the shadow report compares against; everything else in a run stays home
 FILES = (
-    "manifest.json",
-    "metrics.json",
-    "health.json",
-    "report.md",
-    "meta.json",
-    "features.json",
-    "config.json",
-    "shipped_holdout.parquet",
-    "holdout_predictions.parquet",
-    "parity.json",
+    catalog.MANIFEST,
+    catalog.METRICS,
+    catalog.HEALTH,
+    catalog.REPORT,
+    catalog.META,
+    catalog.FEATURES_META,
+    catalog.CONFIG,
+    catalog.SHIPPED_HOLDOUT,
+    catalog.HOLDOUT_PREDICTIONS,
+    catalog.PARITY,
 )
 FOLDERS = ("onnx/", "models/")
 
@@ -86,11 +87,13 @@ def bundle_members(run_dir: Path | str) -> dict[str, bytes]:
     manifest = verify_run(run)
     listed = [e["path"] for e in manifest["artifacts"]]
     chosen = [p for p in listed if p in FILES or p.startswith(FOLDERS)]
-    missing = [f for f in ("onnx/ensemble.onnx", "meta.json", "features.json", "metrics.json") if f not in chosen]
+    missing = [
+        f for f in (catalog.ENSEMBLE_ONNX, catalog.META, catalog.FEATURES_META, catalog.METRICS) if f not in chosen
+    ]
     if missing:
         raise BundleError(f"{run}: the run lacks {', '.join(missing)} (made before the export stage?)")
     members = {p: (run / p).read_bytes() for p in chosen}
-    members["manifest.json"] = (run / "manifest.json").read_bytes()
+    members[catalog.MANIFEST] = (run / catalog.MANIFEST).read_bytes()
     return members
 
 
@@ -120,7 +123,7 @@ def build_bundle(run_dir: Path | str, signer=None) -> bytes:
     index = {
         "format": FORMAT,
         "run_id": manifest["run_id"],
-        "manifest_sha256": _sha(members["manifest.json"]),
+        "manifest_sha256": _sha(members[catalog.MANIFEST]),
         "members": [{"path": p, "bytes": len(d), "sha256": _sha(d)} for p, d in sorted(members.items())],
     }
     members[INDEX] = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
@@ -198,7 +201,7 @@ def read_bundle(data: bytes, source: str = "bundle", signed: bool = False, trust
             raise BundleError(f"{source}: {path} is missing")
         if _sha(members[path]) != entry["sha256"] or len(members[path]) != entry["bytes"]:
             raise BundleError(f"{source}: {path} does not match its sha256 in {INDEX}; refusing the bundle")
-    if _sha(members["manifest.json"]) != index.get("manifest_sha256"):
+    if _sha(members[catalog.MANIFEST]) != index.get("manifest_sha256"):
         raise BundleError(f"{source}: manifest.json does not match the bundle index")
     _check_against_manifest(members, index, source, signed)
     return Bundle(members=members, index=index, sha256=_sha(data))
@@ -207,7 +210,7 @@ def read_bundle(data: bytes, source: str = "bundle", signed: bool = False, trust
 def _check_against_manifest(members: dict[str, bytes], index: dict, source: str, signed: bool) -> None:
     """Every member is one of the run's artifacts with the manifest's sha256, for the run the index names."""
     try:
-        manifest = json.loads(members["manifest.json"])
+        manifest = json.loads(members[catalog.MANIFEST])
         in_run = {e["path"]: e["sha256"] for e in manifest["artifacts"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{source}: manifest.json is unreadable ({exc})") from None
@@ -216,7 +219,7 @@ def _check_against_manifest(members: dict[str, bytes], index: dict, source: str,
             f"{source}: {INDEX} names run {index.get('run_id')!r}, the manifest {manifest.get('run_id')!r}"
         )
     for path, data in sorted(members.items()):
-        if path != "manifest.json" and in_run.get(path) != _sha(data):
+        if path != catalog.MANIFEST and in_run.get(path) != _sha(data):
             raise BundleError(f"{source}: {path} is not the run's artifact (not in its manifest, or another sha256)")
     if signed and not manifest_signature_ok(manifest):
         raise BundleError(

@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.errors import DataError
 from macd_ml.features.build import build_features
 from macd_ml.features.ingest import Candles, Market, candles_from_frame, load_market
@@ -142,17 +143,17 @@ class Scorer:
     def __init__(self, bundle: Bundle, stacking: bool | None = None):
         self.bundle = bundle
         self.stacking = stacking if stacking is not None else os.environ.get("MACD_ML_STACKING", "1") != "0"
-        meta = bundle.json("features.json")
+        meta = bundle.json(catalog.FEATURES_META)
         self.target: str = meta["target"]
         self.cross: list[str] = list(meta["cross"])
         self.spec = FeatureSpec.model_validate(meta["spec"])
         self.gap_tolerance_hours = int(meta.get("gap_tolerance_hours", 1))
-        ens_bytes = bundle.members["onnx/ensemble.onnx"]
-        self.ensemble: EnsembleSpec = ensemble_spec(check_graph(ens_bytes, "onnx/ensemble.onnx"))
+        ens_bytes = bundle.members[catalog.ENSEMBLE_ONNX]
+        self.ensemble: EnsembleSpec = ensemble_spec(check_graph(ens_bytes, catalog.ENSEMBLE_ONNX))
         self.horizons = [str(h) for h in self.ensemble.horizons]
         self._ensemble, self.provider = session(ens_bytes)
         self._ensemble_error = ""
-        self.predictors = {h: Predictor.from_json(d) for h, d in bundle.json("meta.json")["predictors"].items()}
+        self.predictors = {h: Predictor.from_json(d) for h, d in bundle.json(catalog.META)["predictors"].items()}
         self.models: dict[str, _ModelGraph] = {}
         for m in self.ensemble.models:
             data = bundle.members[f"onnx/{m}.onnx"]

@@ -10,6 +10,7 @@ import polars as pl
 from prefect import get_run_logger
 from pydantic import BaseModel
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json
 from macd_ml.features.ingest import find_symbol_file, read_candles
 from macd_ml.models.evaluation.backtest import (
@@ -32,7 +33,7 @@ class BacktestResult(BaseModel):
 
 def run_backtest(candles: pl.DataFrame, oof: pl.DataFrame, holdout: pl.DataFrame, h: int, spec: BacktestSpec):
     """Threshold on the OOF span, evaluation on the holdout span; both from the shipped probability at ``h``."""
-    col = f"shipped_h{h}"
+    col = catalog.shipped_column(h)
     probs = pl.concat([oof.select("timestamp", col), holdout.select("timestamp", col)]).unique("timestamp")
     bars = bars_with_probability(candles, probs.rename({col: "p"}))
     signals = macd_signals(bars["close"], spec)
@@ -56,8 +57,8 @@ def backtest_task(
     candles = read_candles(find_symbol_file(Path(market.data_dir), market.target), market.target).frame
     result = run_backtest(
         candles,
-        read_parquet(stack_files["shipped_oof.parquet"]),
-        read_parquet(stack_files["shipped_holdout.parquet"]),
+        read_parquet(stack_files[catalog.SHIPPED_OOF]),
+        read_parquet(stack_files[catalog.SHIPPED_HOLDOUT]),
         horizon,
         spec,
     )
@@ -69,8 +70,8 @@ def backtest_task(
             from macd_ml.models.evaluation.plots import plot_equity  # matplotlib only when drawn
 
             png = plot_equity(Path(scratch) / "equity.png", stamps, equity, result)
-            files["plots/equity.png"] = write_bytes(d / "plots" / "equity.png", png.read_bytes())
-    files["backtest.json"] = write_json(d / "backtest.json", result)
+            files[catalog.EQUITY_PLOT] = write_bytes(d / "plots" / "equity.png", png.read_bytes())
+    files[catalog.BACKTEST] = write_json(d / catalog.BACKTEST, result)
     log = get_run_logger()
     v = result["variants"]
     log.info(

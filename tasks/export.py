@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger
 from pydantic import BaseModel
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, verify, write_bytes, write_json
 from macd_ml.models.ensemble.predictor import load_predictors
 from macd_ml.models.learners.registry import load_model
@@ -44,17 +45,17 @@ def export_task(
     models = {r.model: load_model(r.model, model_folder(r.files)) for r in refits}
     exported = export_run(
         models,
-        load_predictors(verify(stack_files["meta.json"])),
+        load_predictors(verify(stack_files[catalog.META])),
         read_parquet(features.data),
         features.names,
         horizons,
         gap_tolerance_hours,
-        read_parquet(tables["holdout_predictions.parquet"]),
-        read_parquet(stack_files["shipped_holdout.parquet"]),
+        read_parquet(tables[catalog.HOLDOUT_PREDICTIONS]),
+        read_parquet(stack_files[catalog.SHIPPED_HOLDOUT]),
     )
     folder = cache_dir(out_dir, "onnx", current_key())
     files = {rel: write_bytes(folder / rel, data) for rel, data in exported.files.items()}
-    files["parity.json"] = write_json(folder / "parity.json", exported.parity)
+    files[catalog.PARITY] = write_json(folder / catalog.PARITY, exported.parity)
     log = get_run_logger()
     log.info(
         "ONNX export on %s: parity %s (ensemble max |onnx - native| %.2g)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import polars as pl
 from prefect import get_run_logger
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
 from macd_ml.features.build import build_features
@@ -22,9 +23,9 @@ from macd_ml.tasks.results import cached_task
 def features_task(market: MarketRef, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: str) -> TableRef:
     table = build_features(reload_market(market), spec, gap_tolerance_hours)
     folder = cache_dir(out_dir, "features", current_key())
-    data = write_parquet(folder / "features.parquet", table.frame)
+    data = write_parquet(folder / catalog.FEATURES, table.frame)
     meta = write_json(
-        folder / "features.json",
+        folder / catalog.FEATURES_META,
         {
             "target": table.target,
             "cross": list(table.cross),
@@ -54,7 +55,7 @@ def labels_task(
     candles = reload_market(market).target.frame
     labels = make_labels(candles, horizons, dead_zone_bps=dead_zone_bps, gap_tolerance_hours=gap_tolerance_hours)
     aligned = align_labels(read_parquet(features.data), labels)
-    ref = write_parquet(cache_dir(out_dir, "labels", current_key()) / "labels.parquet", aligned)
+    ref = write_parquet(cache_dir(out_dir, "labels", current_key()) / catalog.LABELS, aligned)
     log = get_run_logger()
     for h in horizons:
         y = aligned[label_name(h)]
@@ -68,4 +69,4 @@ def folds_task(features: TableRef, horizons: list[int], spec: FoldSpec, out_dir:
     ts = read_parquet(features.data)["timestamp"]
     folds = make_folds(ts, horizons, spec)
     check_folds(folds, ts)
-    return write_json(cache_dir(out_dir, "folds", current_key()) / "folds.json", folds.model_dump(mode="json"))
+    return write_json(cache_dir(out_dir, "folds", current_key()) / catalog.FOLDS, folds.model_dump(mode="json"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 from pydantic import BaseModel
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, write_json
 from macd_ml.models.evaluation.metrics import HealthReport, Metrics
 from macd_ml.models.release.health import HealthSpec, evaluate
@@ -33,5 +34,5 @@ def health_task(
     log = get_run_logger()
     for line in report.table().splitlines():
         log.info(line)
-    ref = write_json(cache_dir(out_dir, "health", current_key()) / "health.json", report.model_dump(mode="json"))
+    ref = write_json(cache_dir(out_dir, "health", current_key()) / catalog.HEALTH, report.model_dump(mode="json"))
     return HealthResult(report=report, file=ref)

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.signing import sign, verify_signature
 from macd_ml.artifacts.store import (
     ArtifactRef,
@@ -47,20 +48,20 @@ def publish_run_task(
 
     The cache record of this task is a :class:`~macd_ml.artifacts.store.RunRef`: before it is reused, the run
     folder it names is verified, so a damaged or deleted run is published again instead of being served."""
-    if "metrics.json" in documents:
-        documents = {**documents, "metrics.json": {**documents["metrics.json"], "run_id": run_id}}
+    if catalog.METRICS in documents:
+        documents = {**documents, catalog.METRICS: {**documents[catalog.METRICS], "run_id": run_id}}
     if timings is not None:
-        documents = {**documents, "timings.json": timings}
+        documents = {**documents, catalog.TIMINGS: timings}
     if promotion is not None:
-        documents = {**documents, "promotion.json": promotion}
+        documents = {**documents, catalog.PROMOTION: promotion}
 
     def fill(folder: Path) -> dict[str, ArtifactRef]:
-        written = {rel: copy_file(ref, folder / rel) for rel, ref in artifacts.items() if rel != "report.md"}
-        if "report.md" in artifacts:  # the report, with the promotion decision made for this run at the end
-            text = read_text(artifacts["report.md"])
+        written = {rel: copy_file(ref, folder / rel) for rel, ref in artifacts.items() if rel != catalog.REPORT}
+        if catalog.REPORT in artifacts:  # the report, with the promotion decision made for this run at the end
+            text = read_text(artifacts[catalog.REPORT])
             if promotion is not None:
                 text += render_promotion(Decision.model_validate(promotion))
-            written["report.md"] = write_bytes(folder / "report.md", text.encode())
+            written[catalog.REPORT] = write_bytes(folder / catalog.REPORT, text.encode())
         written.update({rel: write_json(folder / rel, doc) for rel, doc in documents.items()})
         return written
 

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
 from macd_ml.models.ensemble.predictor import Predictor
 from macd_ml.models.evaluation.metrics import Decision, Metrics
@@ -50,7 +51,7 @@ def write_report(
                 oof=oof,
                 holdout=holdout,
                 models=list(metrics.models),
-                shipped={str(h): shipped[f"shipped_h{h}"].to_numpy() for h in horizons},
+                shipped={str(h): shipped[catalog.shipped_column(h)].to_numpy() for h in horizons},
                 shipped_name={h: m.shipped for h, m in meta.items()},
                 correlations={h: d.model_dump() for h, d in metrics.diversity.items()},
                 importance=importance,
@@ -61,7 +62,7 @@ def write_report(
         for name, p in rendered.items():
             refs[f"plots/{name}"] = write_bytes(folder / "plots" / name, p.read_bytes())
     text = render_report(metrics, [*refs, *(extra_plots or [])], plots_drawn=plots)
-    refs["report.md"] = write_bytes(folder / "report.md", text.encode())
+    refs[catalog.REPORT] = write_bytes(folder / catalog.REPORT, text.encode())
     return refs
 
 
@@ -72,7 +73,9 @@ def uncalibrated(predictors: dict | None, holdout: pl.DataFrame) -> dict[str, np
     for h, doc in (predictors or {}).get("predictors", {}).items():
         pred = Predictor.from_json(doc)
         if pred.calibration.kind != "none":
-            out[h] = pred.predict_raw(holdout.select([f"{m}_h{h}" for m in pred.models]).to_numpy().astype(float))
+            out[h] = pred.predict_raw(
+                holdout.select([catalog.prediction_column(m, h) for m in pred.models]).to_numpy().astype(float)
+            )
     return out
 
 
@@ -91,12 +94,12 @@ def report_task(
     return write_report(
         cache_dir(out_dir, "report", current_key()),
         metrics,
-        read_parquet(tables["oof.parquet"]),
-        read_parquet(tables["holdout_predictions.parquet"]),
-        read_parquet(stack_files["shipped_holdout.parquet"]),
+        read_parquet(tables[catalog.OOF]),
+        read_parquet(tables[catalog.HOLDOUT_PREDICTIONS]),
+        read_parquet(stack_files[catalog.SHIPPED_HOLDOUT]),
         {name: read_json(ref) for name, ref in importance.items()},
         [name for name in (extra_plots or {}) if name.endswith(".png")],
-        read_json(stack_files["meta.json"]),
+        read_json(stack_files[catalog.META]),
         plots,
     )
 

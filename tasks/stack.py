@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
 from macd_ml.models.ensemble.predictor import predictors_document
 from macd_ml.models.ensemble.stacking import StackSpec, stack_all
@@ -23,8 +24,8 @@ def stack_task(
     out_dir: str,
 ) -> StackResult:
     """meta.json (the shipped predictors), stack.json (the choice and diversity) and the shipped holdout scores."""
-    oof = read_parquet(tables["oof.parquet"])
-    holdout = read_parquet(tables["holdout_predictions.parquet"])
+    oof = read_parquet(tables[catalog.OOF])
+    holdout = read_parquet(tables[catalog.HOLDOUT_PREDICTIONS])
     outcome = stack_all(oof, holdout, models, horizons, spec, embargo_hours, collapsed)
     log = get_run_logger()
     for h, m in outcome.metrics.items():
@@ -32,10 +33,10 @@ def stack_task(
     d = cache_dir(out_dir, "stack", current_key())
     doc = {"meta": outcome.metrics, "diversity": outcome.diversity, "spec": spec.model_dump()}
     files = {
-        "meta.json": write_json(d / "meta.json", predictors_document(horizons, outcome.predictors)),
-        "stack.json": write_json(d / "stack.json", doc),
-        "shipped_holdout.parquet": write_parquet(d / "shipped_holdout.parquet", outcome.shipped),
+        catalog.META: write_json(d / catalog.META, predictors_document(horizons, outcome.predictors)),
+        catalog.STACK: write_json(d / catalog.STACK, doc),
+        catalog.SHIPPED_HOLDOUT: write_parquet(d / catalog.SHIPPED_HOLDOUT, outcome.shipped),
     }
     if outcome.oof_shipped is not None:  # the gate's threshold is chosen on these rows (models/evaluation/backtest.py)
-        files["shipped_oof.parquet"] = write_parquet(d / "shipped_oof.parquet", outcome.oof_shipped)
+        files[catalog.SHIPPED_OOF] = write_parquet(d / catalog.SHIPPED_OOF, outcome.oof_shipped)
     return StackResult(files=files, meta=outcome.metrics, diversity=outcome.diversity)

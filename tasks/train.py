@@ -17,6 +17,7 @@ import polars as pl
 from prefect import get_run_logger
 from pydantic import BaseModel
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json, write_parquet
 from macd_ml.features.labels import label_name
 from macd_ml.models.evaluation.evaluate import prediction_columns
@@ -191,6 +192,6 @@ def assemble_task(
         raise RuntimeError("a row was predicted by two folds")
     d = cache_dir(out_dir, "predictions", current_key())
     return {
-        "oof.parquet": write_parquet(d / "oof.parquet", oof),
-        "holdout_predictions.parquet": write_parquet(d / "holdout_predictions.parquet", hold),
+        catalog.OOF: write_parquet(d / catalog.OOF, oof),
+        catalog.HOLDOUT_PREDICTIONS: write_parquet(d / catalog.HOLDOUT_PREDICTIONS, hold),
     }

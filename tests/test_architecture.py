@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,23 @@ def test_models_roles_import_only_downwards():
 def test_every_top_level_folder_is_linked_into_the_package(folder):
     link = PACKAGE / folder
     assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve(), f"macd_ml/{folder} -> ../{folder}"
+
+
+def test_run_folder_files_and_columns_are_named_only_in_the_catalog():
+    """artifacts/catalog.py names every run-folder file and table column once; code elsewhere uses its names."""
+    from macd_ml.artifacts import catalog
+
+    literals = {v for k, v in vars(catalog).items() if k.isupper() and isinstance(v, str) and "." in v}
+    assert {"shipped_holdout.parquet", "metrics.json", "onnx/ensemble.onnx"} <= literals  # positive control
+    patterns = [re.compile(r'(?<![\w{])"' + re.escape(lit) + '"') for lit in literals]
+    patterns += [re.compile(p) for p in (r'f"shipped_h\{', r'f"y_\{', r'f"\{\w+\}_h\{\w+\}"')]
+    found = []
+    for module, path in _modules().items():
+        if module == "macd_ml.artifacts.catalog":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("  #")[0]
+            if code.strip().startswith(("#", '"""')):
+                continue
+            found += [f"{module}:{n}: {code.strip()}" for p in patterns if p.search(code)]
+    assert not found, "use artifacts/catalog.py:\n" + "\n".join(found)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from macd_ml.artifacts import catalog
 from macd_ml.errors import ConfigError, DataError, Refused
 from macd_ml.flows.cli.common import (
     EXIT_ERROR,
@@ -138,7 +139,7 @@ def run(config, run_id: str) -> int:
 def _done(path: str, run_id: str) -> int:
     from macd_ml.serving.bundle import default_bundle_path
 
-    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    manifest = json.loads((Path(path) / catalog.MANIFEST).read_text())
     note = "" if Path(path).name == run_id else f"; same artifacts as run {Path(path).name}, published earlier"
     print(f"run folder: {path} ({len(manifest['artifacts'])} artifacts{note})")
     bundle = default_bundle_path(path)

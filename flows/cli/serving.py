@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from macd_ml.artifacts import catalog
 from macd_ml.flows.cli.common import EXIT_GATE, EXIT_OK, add_config_args, command, config_from, positive_int
 
 
@@ -270,8 +271,8 @@ def shadow_report(args: argparse.Namespace) -> int:
     holdout, target = None, args.target
     if args.bundle:
         b = open_bundle(args.bundle, trust_from(args))
-        holdout = b.frame("shipped_holdout.parquet")
-        target = target or b.json("features.json")["target"]
+        holdout = b.frame(catalog.SHIPPED_HOLDOUT)
+        target = target or b.json(catalog.FEATURES_META)["target"]
     flags = {
         "coverage": args.min_coverage,
         "stacking": args.min_stacking,

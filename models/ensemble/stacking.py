@@ -35,6 +35,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import rankdata
 
+from macd_ml.artifacts import catalog
 from macd_ml.errors import NothingToShip
 from macd_ml.features.labels import label_name
 from macd_ml.features.segments import HOUR_US
@@ -389,15 +390,15 @@ def stack_all(
         for label in st.candidates:
             test[label] = evaluate_holdout(candidate_predictor(st, label, oof, spec), holdout, h)[0]
         test_auc, p = evaluate_holdout(st.shipped, holdout, h)
-        shipped_cols[f"shipped_h{h}"] = p
+        shipped_cols[catalog.shipped_column(h)] = p
         raw = st.shipped.predict_raw(holdout.select(prediction_columns_for(st.shipped.models, h)).to_numpy())
         y_hold = holdout[label_name(h)].cast(pl.Float64).to_numpy()
         oof_frames.append(
-            pl.DataFrame({"timestamp": st.oof_timestamps, f"shipped_h{h}": st.oof_shipped})
+            pl.DataFrame({"timestamp": st.oof_timestamps, catalog.shipped_column(h): st.oof_shipped})
             if st.oof_timestamps is not None
             else None
         )
-        n_test = int(holdout[f"y_{h}"].drop_nulls().len())
+        n_test = int(holdout[catalog.label_column(h)].drop_nulls().len())
         se = float(np.hypot(auc_se(st.n_val, h), auc_se(n_test, h)))
         gap = None if st.val_auc is None or test_auc is None else st.val_auc - test_auc
         metrics[str(h)] = Shipped.model_validate(

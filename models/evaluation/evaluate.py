@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.features.labels import label_name
 from macd_ml.models.evaluation.stats import auc, auc_within
 
 
 def prediction_columns(model: str, horizons: list[int]) -> list[str]:
-    return [f"{model}_h{h}" for h in horizons]
+    return [catalog.prediction_column(model, h) for h in horizons]
 
 
 def score_table(table: pl.DataFrame, model: str, horizons: list[int]) -> dict[str, dict]:

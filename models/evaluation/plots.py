@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from macd_ml.artifacts import catalog
 from macd_ml.features.labels import label_name
 
 DPI = 100
@@ -98,7 +99,7 @@ def _curves(
     colors = _colors(models)
     series = []
     for m in models:
-        col = f"{m}_h{h}"
+        col = catalog.prediction_column(m, h)
         if col in holdout.columns:
             series.append((m, holdout[col].cast(pl.Float64).to_numpy()[mask], colors[m], False))
     ship = _get(shipped, h)

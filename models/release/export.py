@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.models.ensemble.predictor import Predictor
 from macd_ml.models.evaluation.stats import auc
 from macd_ml.models.learners.base import Model
@@ -62,16 +63,16 @@ def export_run(
     shipped_graph = predictor_onnx(predictors, horizons, list(models))
     ensemble, spec = ensemble_onnx(feature_names, horizons, parts, shipped_graph)
     files = {f"onnx/{m}.onnx": g.SerializeToString() for m, (g, _, _) in parts.items()}
-    files["onnx/meta.onnx"] = shipped_graph.SerializeToString()
-    files["onnx/ensemble.onnx"] = ensemble.SerializeToString()
+    files[catalog.META_ONNX] = shipped_graph.SerializeToString()
+    files[catalog.ENSEMBLE_ONNX] = ensemble.SerializeToString()
 
     rows = holdout["row"].to_numpy().astype(np.int64)
     view = inference_view(features, feature_names, horizons, gap_tolerance_hours)
-    ens, provider = session(files["onnx/ensemble.onnx"])
+    ens, provider = session(files[catalog.ENSEMBLE_ONNX])
     out = run_ensemble(ens, windows(view.X, view.segment_start, rows, spec.lookback))
     report: dict = {"provider": provider, "rows": int(len(rows)), "models": {}, "passed": True}
     for m, (_, names, window) in parts.items():
-        native = holdout.select([f"{m}_h{h}" for h in horizons]).to_numpy()
+        native = holdout.select([catalog.prediction_column(m, h) for h in horizons]).to_numpy()
         own, _ = session(files[f"onnx/{m}.onnx"])
         cols = [feature_names.index(n) for n in names]
         x = windows(view.X[:, cols], view.segment_start, rows, window)
@@ -85,22 +86,27 @@ def export_run(
         }
         entry["passed"] = bool(entry["max_abs_file"] <= tol and entry["max_abs_ensemble"] <= tol)
         report["models"][m] = entry
-    meta_sess, _ = session(files["onnx/meta.onnx"])
-    feeds = {m: holdout.select([f"{m}_h{h}" for h in horizons]).to_numpy().astype(np.float32) for m in models}
+    meta_sess, _ = session(files[catalog.META_ONNX])
+    feeds = {
+        m: holdout.select([catalog.prediction_column(m, h) for h in horizons]).to_numpy().astype(np.float32)
+        for m in models
+    }
     meta_out = meta_sess.run(None, feeds)[0]
     native_meta = np.column_stack(
         [
-            predictors[str(h)].predict(holdout.select([f"{m}_h{h}" for m in predictors[str(h)].models]).to_numpy())
+            predictors[str(h)].predict(
+                holdout.select([catalog.prediction_column(m, h) for m in predictors[str(h)].models]).to_numpy()
+            )
             for h in horizons
         ]
     )
     report["meta"] = {"max_abs": _max_abs(meta_out, native_meta), "tolerance": META_TOL}
     report["meta"]["passed"] = bool(report["meta"]["max_abs"] <= META_TOL)
-    native_shipped = shipped.select([f"shipped_h{h}" for h in horizons]).to_numpy()
+    native_shipped = shipped.select([catalog.shipped_column(h) for h in horizons]).to_numpy()
     report["ensemble"] = {"max_abs": _max_abs(out["shipped"], native_shipped), "tolerance": TREE_TOL, "auc": {}}
     ok_auc = True
     for j, h in enumerate(horizons):
-        y = holdout[f"y_{h}"].cast(pl.Float64).to_numpy()
+        y = holdout[catalog.label_column(h)].cast(pl.Float64).to_numpy()
         a_native, a_onnx = auc(y, native_shipped[:, j]), auc(y, out["shipped"][:, j].astype(np.float64))
         same = (a_native is None and a_onnx is None) or (
             a_native is not None and a_onnx is not None and round(a_native, 3) == round(a_onnx, 3)

@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, IntegrityError, read_json, read_parquet, verify
 from macd_ml.features.form import OptionalPositiveInt, optional_field
 from macd_ml.models.ensemble.predictor import load_predictors
@@ -68,16 +69,16 @@ class HealthSpec(BaseModel):
 
 
 REQUIRED = (
-    "features.parquet",
-    "features.json",
-    "labels.parquet",
-    "folds.json",
-    "holdout_predictions.parquet",
-    "shipped_holdout.parquet",
-    "meta.json",
-    "parity.json",
-    "onnx/ensemble.onnx",
-    "onnx/meta.onnx",
+    catalog.FEATURES,
+    catalog.FEATURES_META,
+    catalog.LABELS,
+    catalog.FOLDS,
+    catalog.HOLDOUT_PREDICTIONS,
+    catalog.SHIPPED_HOLDOUT,
+    catalog.META,
+    catalog.PARITY,
+    catalog.ENSEMBLE_ONNX,
+    catalog.META_ONNX,
 )
 
 
@@ -140,13 +141,13 @@ def evaluate(
     checks.append(_check("onnx-load", onnx_load))
 
     def outputs():
-        sess = state["sessions"]["onnx/ensemble.onnx"]
-        spec_ = ensemble_spec(_load_onnx(files["onnx/ensemble.onnx"]))
-        hold = read_parquet(files["holdout_predictions.parquet"])
+        sess = state["sessions"][catalog.ENSEMBLE_ONNX]
+        spec_ = ensemble_spec(_load_onnx(files[catalog.ENSEMBLE_ONNX]))
+        hold = read_parquet(files[catalog.HOLDOUT_PREDICTIONS])
         scored = score_features(
             sess,
             spec_,
-            read_parquet(files["features.parquet"]),
+            read_parquet(files[catalog.FEATURES]),
             hold["row"].to_numpy(),
             int(config.get("gap_tolerance_hours", 1)),
         )
@@ -161,17 +162,17 @@ def evaluate(
     checks.append(_check("outputs", outputs))
 
     def not_collapsed():
-        predictors = load_predictors(verify(files["meta.json"]))
+        predictors = load_predictors(verify(files[catalog.META]))
         scored = state["scored"]
         problems = []
         for hz, pred in predictors.items():
-            col = scored[f"shipped_h{hz}"].to_numpy()
+            col = scored[catalog.shipped_column(hz)].to_numpy()
             if np.std(col) < collapse_std or np.unique(np.round(col, 9)).size < 2:
                 problems.append(f"shipped h={hz} is constant (std {np.std(col):.2g})")
             if pred.kind == "meta" and not np.any(np.abs(pred.weights) > 0):
                 problems.append(f"meta h={hz} has all weights zero")
             for m in pred.models:
-                std = float(np.std(scored[f"{m}_h{hz}"].to_numpy()))
+                std = float(np.std(scored[catalog.prediction_column(m, hz)].to_numpy()))
                 if std < collapse_std:
                     problems.append(f"{m} h={hz} ships but is constant (std {std:.2g})")
         return not problems, "; ".join(problems) or "every shipped output varies"
@@ -179,10 +180,14 @@ def evaluate(
     checks.append(_check("not-collapsed", not_collapsed))
 
     def parity():
-        report = read_json(files["parity.json"])
-        scored, shipped = state["scored"], read_parquet(files["shipped_holdout.parquet"])
+        report = read_json(files[catalog.PARITY])
+        scored, shipped = state["scored"], read_parquet(files[catalog.SHIPPED_HOLDOUT])
         worst = max(
-            float(np.max(np.abs(scored[f"shipped_h{x}"].to_numpy() - shipped[f"shipped_h{x}"].to_numpy())))
+            float(
+                np.max(
+                    np.abs(scored[catalog.shipped_column(x)].to_numpy() - shipped[catalog.shipped_column(x)].to_numpy())
+                )
+            )
             for x in metrics.horizons
         )
         ok = bool(report.get("passed")) and worst <= report["ensemble"]["tolerance"]
@@ -274,8 +279,8 @@ def _live(files: dict[str, ArtifactRef], config: dict, data_dir: str, spec: Heal
         job.write_text(
             json.dumps(
                 {
-                    "ensemble": str(verify(files["onnx/ensemble.onnx"])),
-                    "features_json": str(verify(files["features.json"])),
+                    "ensemble": str(verify(files[catalog.ENSEMBLE_ONNX])),
+                    "features_json": str(verify(files[catalog.FEATURES_META])),
                     "data_dir": data_dir,
                     "gap_tolerance_hours": config.get("gap_tolerance_hours", 1),
                     "bars": spec.live_bars,
@@ -292,7 +297,7 @@ def _live(files: dict[str, ArtifactRef], config: dict, data_dir: str, spec: Heal
         live = pl.DataFrame(json.loads(result.read_text())).with_columns(
             pl.col("timestamp").str.to_datetime("%Y-%m-%dT%H:%M:%S%z", time_unit="us", time_zone="UTC")
         )
-    own = read_parquet(files["shipped_holdout.parquet"])
+    own = read_parquet(files[catalog.SHIPPED_HOLDOUT])
     both = live.join(own, on="timestamp", how="inner", suffix="_run")
     if both.height == 0:
         return False, (

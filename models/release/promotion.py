@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, IntegrityError, read_json, read_parquet, run_artifacts, verify_run
 from macd_ml.errors import DataError
 from macd_ml.models.evaluation.drift import prediction_shift
@@ -69,17 +70,21 @@ def decide(
         return unopposed("the challenger is the champion (an unchanged re-run)", champion_id)
     try:
         files = run_artifacts(champion_dir, verify_run(champion_dir))
-        champ = Metrics.model_validate(read_json(files["metrics.json"]))
+        champ = Metrics.model_validate(read_json(files[catalog.METRICS]))
     except (IntegrityError, KeyError, ValueError) as exc:
         return unopposed(f"the champion cannot be read ({str(exc).splitlines()[0]}); the gates decide", champion_id)
     if champ.target != challenger.target:
         return unopposed(f"the champion predicts {champ.target}, not {challenger.target}", champion_id)
-    if "onnx/ensemble.onnx" not in files:
+    if catalog.ENSEMBLE_ONNX not in files:
         return unopposed("the champion has no ensemble.onnx (made before export existed)", champion_id)
 
-    hold = read_parquet(challenger_files["holdout_predictions.parquet"]).select("timestamp", f"y_{horizon}")
-    shipped = read_parquet(challenger_files["shipped_holdout.parquet"]).select("timestamp", f"shipped_h{horizon}")
-    window = hold.join(shipped, on="timestamp").filter(pl.col(f"y_{horizon}").is_not_null())
+    hold = read_parquet(challenger_files[catalog.HOLDOUT_PREDICTIONS]).select(
+        "timestamp", catalog.label_column(horizon)
+    )
+    shipped = read_parquet(challenger_files[catalog.SHIPPED_HOLDOUT]).select(
+        "timestamp", catalog.shipped_column(horizon)
+    )
+    window = hold.join(shipped, on="timestamp").filter(pl.col(catalog.label_column(horizon)).is_not_null())
     if champ.holdout.first is not None:
         window = window.filter(pl.col("timestamp") >= champ.holdout.first)
     try:
@@ -92,8 +97,8 @@ def decide(
         return unopposed(
             f"only {n} comparable rows (< {spec.min_window_rows}); no comparison, the gates decide", champion_id
         )
-    y = window[f"y_{horizon}"].cast(pl.Float64).to_numpy()
-    a_new = auc(y, window[f"shipped_h{horizon}"].to_numpy())
+    y = window[catalog.label_column(horizon)].cast(pl.Float64).to_numpy()
+    a_new = auc(y, window[catalog.shipped_column(horizon)].to_numpy())
     a_old = auc(y, window["champion"].to_numpy())
     se = auc_se(n, horizon)
     if a_new is None or a_old is None:
@@ -106,7 +111,7 @@ def decide(
     if forced:
         reason += "; promoted anyway (force)"
     first, last = window["timestamp"].min(), window["timestamp"].max()
-    shift = prediction_shift(window["champion"].to_numpy(), window[f"shipped_h{horizon}"].to_numpy())
+    shift = prediction_shift(window["champion"].to_numpy(), window[catalog.shipped_column(horizon)].to_numpy())
     if shift["psi"] is not None:
         shift["limit"] = spec.max_prediction_psi
         shift["flagged"] = shift["psi"] > spec.max_prediction_psi
@@ -139,13 +144,13 @@ def _score_champion(files: dict[str, ArtifactRef], data_dir: str, timestamps: pl
     from macd_ml.models.release.onnx_export import ensemble_spec
     from macd_ml.models.release.scoring import score_features, session
 
-    meta = read_json(files["features.json"])
-    config = read_json(files["config.json"]) if "config.json" in files else {}
+    meta = read_json(files[catalog.FEATURES_META])
+    config = read_json(files[catalog.CONFIG]) if catalog.CONFIG in files else {}
     gap = int(meta.get("gap_tolerance_hours", config.get("gap_tolerance_hours", 1)))
     table = build_features(
         load_market(data_dir, meta["target"], meta["cross"]), FeatureSpec.model_validate(meta["spec"]), gap
     )
-    ens_path = verify(files["onnx/ensemble.onnx"])
+    ens_path = verify(files[catalog.ENSEMBLE_ONNX])
     spec = ensemble_spec(onnx.load(str(ens_path)))
     if horizon not in spec.horizons:
         raise ValueError(f"the champion has no {horizon} h horizon")
@@ -153,7 +158,7 @@ def _score_champion(files: dict[str, ArtifactRef], data_dir: str, timestamps: pl
     rows = frame.join(pl.DataFrame({"timestamp": timestamps}), on="timestamp", how="inner")["_row"].to_numpy()
     sess, _ = session(ens_path)
     scored = score_features(sess, spec, table.frame, np.sort(rows), gap)
-    return scored.select("timestamp", pl.col(f"shipped_h{horizon}").alias("champion"))
+    return scored.select("timestamp", pl.col(catalog.shipped_column(horizon)).alias("champion"))
 
 
 def decision_document(decision: Decision) -> dict:

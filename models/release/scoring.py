@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.features.segments import window_index
 from macd_ml.models.learners.device import cuda_available
 from macd_ml.models.learners.train import inference_view
@@ -59,8 +60,8 @@ def score_features(
     out = run_ensemble(sess, bars)
     cols: dict[str, object] = {"timestamp": features["timestamp"].gather(rows)}
     for j, h in enumerate(spec.horizons):
-        cols[f"shipped_h{h}"] = out["shipped"][:, j].astype(np.float64)
+        cols[catalog.shipped_column(h)] = out["shipped"][:, j].astype(np.float64)
     for m in spec.models:
         for j, h in enumerate(spec.horizons):
-            cols[f"{m}_h{h}"] = out[m][:, j].astype(np.float64)
+            cols[catalog.prediction_column(m, h)] = out[m][:, j].astype(np.float64)
     return pl.DataFrame(cols)
