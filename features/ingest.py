@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -481,17 +482,25 @@ class Market:
         return {c.symbol: c.gaps.to_dict() for c in (self.target, *self.cross)}
 
 
-def load_market(data_dir: Path | str, target: str, cross: list[str] | tuple[str, ...] = ()) -> Market:
-    """Load and validate the target and reference symbols. Symbols that do not overlap in time are an error."""
+def load_market(
+    data_dir: Path | str,
+    target: str,
+    cross: list[str] | tuple[str, ...] = (),
+    read: Callable[[Path, str], Candles] | None = None,
+) -> Market:
+    """Load and validate the target and reference symbols. Symbols that do not overlap in time are an error.
+    ``read`` turns a file into validated candles (default :func:`read_candles`; the pipeline passes one that
+    reuses candles it validated before, tasks/inputs.py)."""
+    read = read or read_candles
     data_dir = Path(data_dir)
     target = target.upper()
     cross = [c.upper() for c in cross]
     if target in cross:
         raise DataError(data_dir, f"cross symbols must differ from the target ({target})")
-    tc = read_candles(find_symbol_file(data_dir, target), target)
+    tc = read(find_symbol_file(data_dir, target), target)
     refs = []
     for sym in cross:
-        rc = read_candles(find_symbol_file(data_dir, sym), sym)
+        rc = read(find_symbol_file(data_dir, sym), sym)
         t0 = max(tc.frame["timestamp"][0], rc.frame["timestamp"][0])
         t1 = min(tc.frame["timestamp"][-1], rc.frame["timestamp"][-1])
         if t0 > t1:

@@ -13,6 +13,8 @@ import logging
 import threading
 from collections import deque
 
+from macd_ml.tasks.results import route_stage_logs
+
 _seen: deque[tuple[str, str]] = deque(maxlen=256)
 _lock = threading.Lock()
 _installed = False
@@ -68,6 +70,8 @@ def install() -> None:
     if _installed:
         return
     from prefect.logging.handlers import PrefectConsoleHandler
+
+    route_stage_logs()
 
     logging.getLogger("prefect.task_runs").addFilter(_RememberTaskTracebacks())
     logging.getLogger("prefect.flow_runs").addFilter(_DropRepeatedTraceback())

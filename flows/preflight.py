@@ -1,10 +1,11 @@
 """Everything knowable from the config and the data's shape, checked before the first write (README "Running on
 your own candles").
 
-The CLI calls :func:`preflight` before it starts a Prefect server and the flow calls it again first thing (runs
-from the UI or a schedule never pass through the CLI), so bad input ends with one line naming the file, row or
-key, exit code 2, and nothing written. It runs the same pure code the pipeline runs (ingest, features, labels,
-folds) on the data in memory, then checks what the later stages will need:
+The CLI calls :func:`preflight` before it starts a Prefect server; the flow calls it first thing too (runs from
+the UI or a schedule never pass through the CLI), and finds the CLI's result there: preflight runs once per run.
+Bad input ends with one line naming the file, row or key, exit code 2, and nothing written. It runs the same
+code the pipeline runs (ingest, features, labels, folds) on the data in memory, then checks what the later
+stages will need:
 
 - at least one feature row, and every horizon labelled with both classes in the development rows;
 - the walk-forward folds can be built (``make_folds`` raises with the key to change);
@@ -12,17 +13,24 @@ folds) on the data in memory, then checks what the later stages will need:
   ``min_data_in_leaf`` 100 on 150 rows can only predict a constant);
 - the stacker's inner walk-forward fits in the out-of-fold rows;
 - pooled training (``models.pooled``) has at least one symbol besides the target and its cross symbols.
+
+Only when every check passed does it write, under ``OUT/cache`` (tasks/inputs.py): the validated candles and the
+feature table, which ingest and the features stage then read instead of parsing and building again, and a
+signed record of the passed preflight for this config, code and candles.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from macd_ml.artifacts.codehash import code_version
+from macd_ml.artifacts.signing import sign, verify_signature
+from macd_ml.artifacts.store import cache_dir, sha256_file, write_json
 from macd_ml.errors import ConfigError
-from macd_ml.features.build import build_features
 from macd_ml.features.ingest import Candles, Market, default_cross, load_market, panel_symbols
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.splits import Folds, make_folds
@@ -30,6 +38,8 @@ from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.models.ensemble.stacking import MIN_INNER_BLOCK, inner_block_size
 from macd_ml.models.learners.registry import min_fit_rows
+from macd_ml.tasks.inputs import candle_reader, feature_table, store_candles, store_table
+from macd_ml.tasks.policy import make_key
 
 
 @dataclass(frozen=True)
@@ -42,11 +52,11 @@ class Shape:
     n_oof: int
 
 
-def _market(config: RetrainConfig) -> Market:
+def _market(config: RetrainConfig, out_dir: Path | None) -> Market:
     if config.data_dir:
         asked = config.cross_symbols()
         cross = asked if asked is not None else default_cross(config.data_dir, config.target)
-        return load_market(config.data_dir, config.target, cross)
+        return load_market(config.data_dir, config.target, cross, read=candle_reader(out_dir, store=False))
     spec = config.synthetic
     frames = synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps)
     if config.target not in frames:
@@ -63,10 +73,15 @@ def _market(config: RetrainConfig) -> Market:
     return Market(target=candles(config.target), cross=tuple(candles(c) for c in cross))
 
 
-def preflight(config: RetrainConfig) -> Shape:
-    market = _market(config)
+def preflight(config: RetrainConfig, out_dir: Path | str | None = None) -> Shape:
+    """Check the run ``config`` describes; with ``out_dir``, reuse what an earlier preflight of the same config,
+    code and candles stored there, and store this one's inputs and result once every check passed."""
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (shape := _passed(config, out)) is not None:
+        return shape
+    market = _market(config, out)
     bars = market.target.frame.height
-    table = build_features(market, config.features, config.gap_tolerance_hours)
+    table = feature_table(market, config.features, config.gap_tolerance_hours, out, store=False)
     n = table.frame.height
     if n == 0:
         raise ConfigError(
@@ -104,7 +119,71 @@ def preflight(config: RetrainConfig) -> Shape:
             f"config key 'stacking.inner_folds': {n_oof} out-of-fold rows give inner blocks of {size} rows "
             f"(at least {MIN_INNER_BLOCK} needed); lower stacking.inner_folds or supply more data"
         )
-    return Shape(bars=bars, feature_rows=n, folds=folds, n_oof=n_oof)
+    shape = Shape(bars=bars, feature_rows=n, folds=folds, n_oof=n_oof)
+    if out is not None:
+        if config.data_dir:  # (a synthetic market lives in memory here: its files are written by the flow)
+            for c in (market.target, *market.cross):
+                store_candles(c, out)
+            store_table(table, market, config.features, config.gap_tolerance_hours, out)
+        _remember(config, out, shape)
+    return shape
+
+
+def _record_path(config: RetrainConfig, out: Path) -> Path:
+    """Keyed on the config's content, the code and the candle files' bytes (their sha256: no parse)."""
+    files = _files(config) if config.data_dir else {}
+    params = {"config": config.model_dump(mode="json", exclude={"force", "out_dir"}), "files": files}
+    return cache_dir(out, "preflight", make_key("preflight", code_version(__name__), params)) / "preflight.json"
+
+
+def _files(config: RetrainConfig) -> dict[str, str]:
+    from macd_ml.features.ingest import find_symbol_file
+
+    asked = config.cross_symbols()
+    cross = asked if asked is not None else default_cross(config.data_dir, config.target)
+    files = {s: sha256_file(find_symbol_file(Path(config.data_dir), s)) for s in [config.target, *cross]}
+    if config.models.pooled:
+        files.update(
+            {
+                s: sha256_file(find_symbol_file(Path(config.data_dir), s))
+                for s in panel_symbols(config.data_dir, config.target, cross)
+            }
+        )
+    return files
+
+
+def _remember(config: RetrainConfig, out: Path, shape: Shape) -> None:
+    path = _record_path(config, out)
+    doc = {
+        "bars": shape.bars,
+        "feature_rows": shape.feature_rows,
+        "n_oof": shape.n_oof,
+        "folds": shape.folds.model_dump(mode="json"),
+    }
+    body = json.dumps(doc, sort_keys=True)
+    write_json(path, {"doc": doc, "signature": sign("preflight", path.parent.name, body.encode())})
+
+
+def _passed(config: RetrainConfig, out: Path) -> Shape | None:
+    """The shape an earlier preflight of this config, code and candles found, when its record verifies."""
+    try:
+        path = _record_path(config, out)
+        if not path.is_file():
+            return None
+        signed = json.loads(path.read_bytes())
+        doc = signed["doc"]
+        if not verify_signature(
+            "preflight", path.parent.name, json.dumps(doc, sort_keys=True).encode(), signed["signature"]
+        ):
+            return None
+        return Shape(
+            bars=doc["bars"],
+            feature_rows=doc["feature_rows"],
+            n_oof=doc["n_oof"],
+            folds=Folds.model_validate(doc["folds"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the checks run again (and say what is wrong, if anything)
 
 
 def _check_panel(config: RetrainConfig, market: Market) -> None:

@@ -162,7 +162,7 @@ def _panel(config: RetrainConfig, market: MarketRef, cached: dict, out: str) -> 
         return []
     members = []
     for symbol in panel_symbols(market.data_dir, market.target, market.cross):
-        m = ingest_task.with_options(**cached)(market.data_dir, symbol, market.cross)
+        m = ingest_task.with_options(**cached)(market.data_dir, symbol, market.cross, out)
         f = features_task.with_options(**cached)(m, config.features, config.gap_tolerance_hours, out)
         y = labels_task.with_options(**cached)(
             m, f, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, out
@@ -293,14 +293,14 @@ def retrain(
     if skip_unchanged and not config.force and (same := unchanged_run(out, fp)) is not None:
         log.info("nothing changed since run %s (same config, code and candles; it is current): %s", same.name, same)
         return str(same)
-    preflight(config)  # everything knowable from the config and the data's shape, before the first write
+    preflight(config, out)  # everything knowable from the config and the data's shape, before the first write
     for p in clean_stale_temp(out):
         log.info("removed %s, left by a writer that was killed", p)
     _record(log, out, run_id, config)
     cached = _cache_options(config, out)
 
     data_dir = config.data_dir or synthetic_market_task.with_options(**cached)(config.synthetic, str(out))
-    market = ingest_task.with_options(**cached)(str(data_dir), config.target, config.cross_symbols())
+    market = ingest_task.with_options(**cached)(str(data_dir), config.target, config.cross_symbols(), str(out))
 
     feats = features_task.with_options(**cached)(market, config.features, config.gap_tolerance_hours, str(out))
     labels = labels_task.with_options(**cached)(

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from macd_ml.errors import DataError
 from macd_ml.features.ingest import Candles, Market, load_market
+from macd_ml.models.evaluation.drift import psi  # the one PSI (the health gate's feature drift too)
 
 # --------------------------------------------------------------------------------------------- shadow
 
@@ -312,17 +313,6 @@ def _lstm_normal_bars(frame: pl.DataFrame, window: int) -> np.ndarray | None:
     return ok & ~stuck
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of ``actual`` against ``expected`` (deciles of ``expected``)."""
-    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
-    if len(edges) < 3:
-        return 0.0
-    e = np.histogram(np.clip(expected, edges[0], edges[-1]), edges)[0] / len(expected)
-    a = np.histogram(np.clip(actual, edges[0], edges[-1]), edges)[0] / max(1, len(actual))
-    e, a = np.clip(e, 1e-6, None), np.clip(a, 1e-6, None)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
 def report(
     source: Path,
     targets: Targets,
@@ -374,8 +364,9 @@ def report(
         for col in (c for c in holdout.columns if c.startswith("shipped_h")):
             hz = col.removeprefix("shipped_h")
             live = np.array([p[hz] for p in probs if p and hz in p], dtype=np.float64)
-            if len(live):
-                rep.drift[hz] = psi(holdout[col].to_numpy(), live)
+            d = psi(holdout[col].to_numpy(), live) if len(live) else None
+            if d is not None:  # (fewer logged bars than PSI's bins: no figure rather than a noisy one)
+                rep.drift[hz] = d
     rep.checks = [
         {"name": "bars", "value": n, "target": targets.min_bars, "unit": "", "passed": n >= targets.min_bars},
         {

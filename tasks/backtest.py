@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
 import polars as pl
-from prefect import get_run_logger
 from pydantic import BaseModel
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_bytes, write_json
-from macd_ml.features.ingest import find_symbol_file, read_candles
 from macd_ml.models.evaluation.backtest import (
     BacktestSpec,
     bars_with_probability,
@@ -21,8 +20,10 @@ from macd_ml.models.evaluation.backtest import (
     macd_signals,
 )
 from macd_ml.tasks.policy import current_key
-from macd_ml.tasks.refs import MarketRef
+from macd_ml.tasks.refs import MarketRef, reload_market
 from macd_ml.tasks.results import cached_task, result_type
+
+log = logging.getLogger(__name__)
 
 
 @result_type
@@ -54,7 +55,7 @@ def backtest_task(
     plots: bool = True,
 ) -> BacktestResult:
     """``plots``: the run's ``report.plots`` (off: no equity curve PNG; backtest.json is written either way)."""
-    candles = read_candles(find_symbol_file(Path(market.data_dir), market.target), market.target).frame
+    candles = reload_market(market).target.frame
     result = run_backtest(
         candles,
         read_parquet(stack_files[catalog.SHIPPED_OOF]),
@@ -72,7 +73,6 @@ def backtest_task(
             png = plot_equity(Path(scratch) / "equity.png", stamps, equity, result)
             files[catalog.EQUITY_PLOT] = write_bytes(d / "plots" / "equity.png", png.read_bytes())
     files[catalog.BACKTEST] = write_json(d / catalog.BACKTEST, result)
-    log = get_run_logger()
     v = result["variants"]
     log.info(
         "backtest h=%s on the holdout (threshold %.2f, chosen on OOF rows): Sharpe ungated %.2f, gated %.2f "

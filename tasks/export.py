@@ -3,9 +3,9 @@ holdout (models/release/export.py), into the content-addressed cache; published 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from prefect import get_run_logger
 from pydantic import BaseModel
 
 from macd_ml.artifacts import catalog
@@ -16,6 +16,8 @@ from macd_ml.models.release.export import export_run
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import RefitOutput, TableRef
 from macd_ml.tasks.results import cached_task, result_type
+
+log = logging.getLogger(__name__)
 
 
 @result_type
@@ -56,7 +58,6 @@ def export_task(
     folder = cache_dir(out_dir, "onnx", current_key())
     files = {rel: write_bytes(folder / rel, data) for rel, data in exported.files.items()}
     files[catalog.PARITY] = write_json(folder / catalog.PARITY, exported.parity)
-    log = get_run_logger()
     log.info(
         "ONNX export on %s: parity %s (ensemble max |onnx - native| %.2g)",
         exported.parity["provider"],

@@ -4,24 +4,27 @@ publish time."""
 
 from __future__ import annotations
 
+import logging
+
 import polars as pl
-from prefect import get_run_logger
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
-from macd_ml.features.build import build_features
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec, check_folds, make_folds
+from macd_ml.tasks.inputs import feature_table
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import MarketRef, TableRef, reload_market
 from macd_ml.tasks.results import cached_task
 
+log = logging.getLogger(__name__)
+
 
 @cached_task(name="features")
 def features_task(market: MarketRef, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: str) -> TableRef:
-    table = build_features(reload_market(market), spec, gap_tolerance_hours)
+    table = feature_table(reload_market(market), spec, gap_tolerance_hours, out_dir)
     folder = cache_dir(out_dir, "features", current_key())
     data = write_parquet(folder / catalog.FEATURES, table.frame)
     meta = write_json(
@@ -38,7 +41,7 @@ def features_task(market: MarketRef, spec: FeatureSpec, gap_tolerance_hours: int
             "code_version": code_version("macd_ml.features.build"),
         },
     )
-    get_run_logger().info("features: %d rows x %d features", table.frame.height, len(table.names))
+    log.info("features: %d rows x %d features", table.frame.height, len(table.names))
     return TableRef(data=data, meta=meta, names=table.names, fingerprint=table.fingerprint, n_rows=table.frame.height)
 
 
@@ -56,7 +59,6 @@ def labels_task(
     labels = make_labels(candles, horizons, dead_zone_bps=dead_zone_bps, gap_tolerance_hours=gap_tolerance_hours)
     aligned = align_labels(read_parquet(features.data), labels)
     ref = write_parquet(cache_dir(out_dir, "labels", current_key()) / catalog.LABELS, aligned)
-    log = get_run_logger()
     for h in horizons:
         y = aligned[label_name(h)]
         defined = y.drop_nulls().cast(pl.Float64).to_numpy()

@@ -3,7 +3,8 @@ published."""
 
 from __future__ import annotations
 
-from prefect import get_run_logger
+import logging
+
 from pydantic import BaseModel
 
 from macd_ml.artifacts import catalog
@@ -12,6 +13,8 @@ from macd_ml.models.evaluation.metrics import HealthReport, Metrics
 from macd_ml.models.release.health import HealthSpec, evaluate
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.results import cached_task, result_type
+
+log = logging.getLogger(__name__)
 
 
 @result_type
@@ -31,7 +34,6 @@ def health_task(
     out_dir: str,
 ) -> HealthResult:
     report = evaluate(artifacts, metrics, config, spec, collapse_std, data_dir, live=True)
-    log = get_run_logger()
     for line in report.table().splitlines():
         log.info(line)
     ref = write_json(cache_dir(out_dir, "health", current_key()) / catalog.HEALTH, report.model_dump(mode="json"))

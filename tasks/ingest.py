@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from pathlib import Path
-
-from prefect import get_run_logger
 
 from macd_ml.artifacts.store import sha256_file, write_bytes
 from macd_ml.features.ingest import find_symbol_file, load_market
 from macd_ml.features.synth import SynthSpec, synth_market, write_market
+from macd_ml.tasks.inputs import candle_reader, market_candles
 from macd_ml.tasks.policy import ContentKey
 from macd_ml.tasks.refs import MarketRef, market_ref, resolve_cross
 from macd_ml.tasks.results import cached_task
+
+log = logging.getLogger(__name__)
 
 
 @cached_task(name="synthetic-market")
@@ -31,7 +33,7 @@ def synthetic_market_task(spec: SynthSpec, out_dir: str) -> str:
     market = synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps)
     write_market(market, folder)
     write_bytes(stamp, blob.encode())
-    get_run_logger().info("synthetic market (%s bars x %s) written to %s", spec.hours, len(spec.symbols), folder)
+    log.info("synthetic market (%s bars x %s) written to %s", spec.hours, len(spec.symbols), folder)
     return str(folder)
 
 
@@ -57,12 +59,12 @@ class IngestKey(ContentKey):
 
 
 @cached_task(name="ingest", cache_policy=IngestKey())
-def ingest_task(data_dir: str, target: str, cross: list[str] | None) -> MarketRef:
-    """Read and validate every input file; nothing is written. Cached on the files' content."""
+def ingest_task(data_dir: str, target: str, cross: list[str] | None, out_dir: str) -> MarketRef:
+    """Read and validate every input file (or reuse the candles validated from the same bytes before) and store
+    the validated candles (tasks/inputs.py). Cached on the files' content."""
     cross = resolve_cross(data_dir, target, cross)
-    market = load_market(data_dir, target, cross)
-    ref = market_ref(market, data_dir)
-    log = get_run_logger()
+    market = load_market(data_dir, target, cross, read=candle_reader(out_dir))
+    ref = market_ref(market, data_dir, market_candles(market, out_dir))
     for sym, g in ref.gaps.items():
         if g["n_gaps"]:
             log.warning(

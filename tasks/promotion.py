@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+import logging
+
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from macd_ml.artifacts.store import ArtifactRef, current_champion, run_dir
 from macd_ml.models.evaluation.metrics import Decision, Metrics
 from macd_ml.models.release.promotion import PromotionSpec, decide
+
+log = logging.getLogger(__name__)
 
 
 @task(name="champion-challenger", cache_policy=NO_CACHE, persist_result=False)
@@ -24,7 +28,6 @@ def champion_task(
     name = current_champion(out_dir)
     champion = run_dir(out_dir, name).resolve() if name else None
     decision = decide(artifacts, metrics, champion, data_dir, horizon, spec, challenger_id=run_id)
-    log = get_run_logger()
     (log.warning if decision.forced else log.info)(
         "champion/challenger: %s: %s", "promote" if decision.promote else "keep the champion", decision.reason
     )

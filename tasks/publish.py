@@ -3,9 +3,10 @@ last, renamed into place), promote it, and remember each run's config so ``macd-
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from macd_ml.artifacts import catalog
@@ -29,6 +30,8 @@ from macd_ml.models.evaluation.metrics import Decision
 from macd_ml.models.evaluation.report import render_promotion
 from macd_ml.tasks.policy import RETRY_DELAYS, RETRY_JITTER, WRITE_RETRIES, ContentKey, retry_on_oserror
 from macd_ml.tasks.results import cached_task
+
+log = logging.getLogger(__name__)
 
 
 # Content only: not the run id (an unchanged re-run reuses the earlier, identical run folder) and not the
@@ -66,9 +69,7 @@ def publish_run_task(
         return written
 
     ref = publish_run(out_dir, run_id, fill)
-    get_run_logger().info(
-        "run %s published: %d artifacts in %s", ref.run_id, len(read_manifest(ref.path)["artifacts"]), ref.path
-    )
+    log.info("run %s published: %d artifacts in %s", ref.run_id, len(read_manifest(ref.path)["artifacts"]), ref.path)
     return ref
 
 
@@ -94,7 +95,7 @@ def promote_task(out_dir: str, run: RunRef, champion: str | None) -> str:
             f"run {run.run_id} published but not promoted ({run.path}): {exc}; to compare it with the new "
             "champion, start the same retrain again (every finished stage comes from the cache)"
         ) from None
-    get_run_logger().info("promoted %s to %s/current", run.run_id, out_dir)
+    log.info("promoted %s to %s/current", run.run_id, out_dir)
     return run.run_id
 
 

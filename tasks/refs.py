@@ -10,8 +10,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from macd_ml.artifacts.store import ArtifactRef, read_json, read_parquet, ref_for
-from macd_ml.errors import DataError
-from macd_ml.features.ingest import Market, default_cross, load_market
+from macd_ml.features.ingest import Candles, Market, default_cross
 from macd_ml.features.splits import Folds
 from macd_ml.models.evaluation.metrics import Diversity, Shipped
 from macd_ml.tasks.results import result_type
@@ -19,12 +18,14 @@ from macd_ml.tasks.results import result_type
 
 @result_type
 class MarketRef(BaseModel):
-    """Validated inputs: which files, their hashes, and what ingest found (gaps, rows, span)."""
+    """Validated inputs: which files, their hashes, the stored validated candles (tasks/inputs.py) and what
+    ingest found (gaps, rows, span)."""
 
     data_dir: str
     target: str
     cross: list[str]
     files: dict[str, ArtifactRef]
+    candles: dict[str, ArtifactRef]
     fingerprint: str
     rows: dict[str, int]
     gaps: dict[str, dict]
@@ -48,9 +49,10 @@ class TableRef(BaseModel):
         return {"features": self.data.sha256}
 
 
-def market_ref(market: Market, data_dir: Path | str) -> MarketRef:
+def market_ref(market: Market, data_dir: Path | str, stored: dict[str, ArtifactRef]) -> MarketRef:
     candles = (market.target, *market.cross)
     return MarketRef(
+        candles=stored,
         data_dir=str(Path(data_dir).resolve()),
         target=market.target.symbol,
         cross=[c.symbol for c in market.cross],
@@ -69,11 +71,18 @@ def _file(c) -> Path:
 
 
 def reload_market(ref: MarketRef) -> Market:
-    """Re-read the inputs a MarketRef names; refuse if any file changed since it was validated."""
-    market = load_market(ref.data_dir, ref.target, ref.cross)
-    if market.fingerprint() != ref.fingerprint:
-        raise DataError(ref.data_dir, "input files changed during the run; start a new run")
-    return market
+    """The validated candles a MarketRef names, read from their stored copies (each checked against its sha256):
+    no file is parsed again, and a file edited during the run changes nothing in it."""
+
+    def candles(symbol: str) -> Candles:
+        return Candles(
+            symbol=symbol,
+            path=Path(ref.files[symbol].path),
+            sha256=ref.files[symbol].sha256,
+            frame=read_parquet(ref.candles[symbol]),
+        )
+
+    return Market(target=candles(ref.target), cross=tuple(candles(c) for c in ref.cross))
 
 
 def resolve_cross(data_dir: str, target: str, cross: list[str] | None) -> list[str]:

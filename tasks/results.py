@@ -336,12 +336,42 @@ def check_results_writable() -> None:
         storage.check_writable()
 
 
+class _InsideARun(logging.Filter):
+    """Passes a record to the API only inside a flow or task run (a stage called directly has no run to log to)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def route_stage_logs() -> None:
+    """The stages log with the standard library (``logging.getLogger(__name__)``, so they run without Prefect);
+    inside a run their INFO lines go where a task's own log lines go: the run's log in the API (the UI) and the
+    console. Every task calls it (in a Dask worker's process too); idempotent. Prefect's
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` does the first half but leaves the level at WARNING."""
+    from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
+
+    stages = logging.getLogger("macd_ml")
+    if any(isinstance(h, APILogHandler) for h in stages.handlers):
+        return
+    api = APILogHandler()
+    api.addFilter(_InsideARun())
+    stages.addHandler(api)
+    for handler in logging.getLogger("prefect.task_runs").handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            stages.addHandler(handler)
+    stages.setLevel(logging.INFO)
+    stages.propagate = False
+
+
 def persisting(fn: Callable) -> Callable:
     """Wrap a task body so that it checks, before returning, that its result can be persisted."""
     import functools
 
     @functools.wraps(fn)
     def body(*args, **kwargs):
+        route_stage_logs()
         result = fn(*args, **kwargs)
         check_results_writable()
         return result

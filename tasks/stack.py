@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger
+import logging
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
@@ -11,6 +11,8 @@ from macd_ml.models.ensemble.stacking import StackSpec, stack_all
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import StackResult
 from macd_ml.tasks.results import cached_task
+
+log = logging.getLogger(__name__)
 
 
 @cached_task(name="stack")
@@ -27,7 +29,6 @@ def stack_task(
     oof = read_parquet(tables[catalog.OOF])
     holdout = read_parquet(tables[catalog.HOLDOUT_PREDICTIONS])
     outcome = stack_all(oof, holdout, models, horizons, spec, embargo_hours, collapsed)
-    log = get_run_logger()
     for h, m in outcome.metrics.items():
         log.info("h=%s ships %s: inner-CV AUC %s, holdout %s", h, m.shipped, m.val_auc, m.test_auc)
     d = cache_dir(out_dir, "stack", current_key())

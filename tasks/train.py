@@ -9,12 +9,12 @@ per-epoch progress (a Prefect progress artifact + console lines, :mod:`macd_ml.t
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from prefect import get_run_logger
 from pydantic import BaseModel
 
 from macd_ml.artifacts import catalog
@@ -28,6 +28,8 @@ from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.progress import attach_progress
 from macd_ml.tasks.refs import FoldOutput, PanelMember, RefitOutput, TrainingData, load_folds
 from macd_ml.tasks.results import cached_task
+
+log = logging.getLogger(__name__)
 
 
 def _dataset(inputs: TrainingData, feature_set: FeatureSelection, panel: list[PanelMember]):
@@ -103,7 +105,7 @@ def fit_fold_task(
         _prediction_frame(frame, result.rows, result.predictions, horizons),
     )
     summary = _summary(model, result, panel, fitted_digest(model))
-    get_run_logger().info(
+    log.info(
         "%s fold %d: %.1fs on %s, best %s",
         model_name,
         fold,

@@ -109,7 +109,7 @@ def run(config, run_id: str) -> int:
         if same is not None:
             print(f"nothing changed since run {same.name} (same config, code and candles; it is current)")
             return _done(str(same), same.name)
-    preflight(config)
+    preflight(config, config.out_dir)
 
     def import_flow() -> None:  # its imports (Prefect's engine, the tasks) overlap the server's start
         import macd_ml.flows.retrain  # noqa: F401

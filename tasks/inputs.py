@@ -1,0 +1,169 @@
+"""The run's inputs, parsed once and built once (docs/architecture.md, "Candles parsed once").
+
+Validated candles are stored per source file under ``OUT/cache/candles/KEY/`` (KEY: the file's sha256, its
+symbol and the ingest code version) and the feature table per content under ``OUT/cache/feature-table/KEY/``
+(KEY: the market's fingerprint, the feature spec, the gap tolerance and the feature code version). Each folder
+holds its parquet and a record, written last, naming the parquet's sha256 and signed with the cache's HMAC key
+(artifacts/signing.py), so a record edited or a parquet swapped is not used: the candles are parsed (or the
+table built) again. Preflight, ingest, labels, the backtest and the health gate's live check all read these, so
+a cold run parses each candle file once and builds the feature table once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from macd_ml.artifacts.codehash import code_version
+from macd_ml.artifacts.signing import sign, verify_signature
+from macd_ml.artifacts.store import (
+    ArtifactRef,
+    IntegrityError,
+    cache_dir,
+    read_parquet,
+    sha256_file,
+    write_bytes,
+    write_parquet,
+)
+from macd_ml.features.build import FeatureTable, build_features
+from macd_ml.features.ingest import Candles, Market, read_candles
+from macd_ml.features.spec import FeatureSpec
+from macd_ml.tasks.policy import make_key
+
+log = logging.getLogger(__name__)
+RECORD = "record.json"
+
+# how often this process parsed a candle file and built a feature table (tests and benches read them)
+COUNTS = {"parsed": 0, "built": 0}
+
+
+def _record_body(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def _load(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
+    """The stored doc and frame of ``folder``, or None when absent or failing its checks (logged)."""
+    path = folder / RECORD
+    if not path.is_file():
+        return None
+    try:
+        signed = json.loads(path.read_bytes())
+        doc, signature = signed["doc"], signed["signature"]
+        if not verify_signature(purpose, folder.name, _record_body(doc), signature):
+            raise IntegrityError(f"{path}: signature does not verify")
+        return doc, read_parquet(ArtifactRef.model_validate(doc["file"]))  # checks the parquet's sha256
+    except (OSError, ValueError, KeyError, TypeError, IntegrityError) as exc:
+        log.warning("stored %s %s not used (%s); computing it again", purpose, folder, exc)
+        return None
+
+
+def _save(folder: Path, purpose: str, name: str, frame: pl.DataFrame, doc: dict) -> None:
+    ref = write_parquet(folder / name, frame)
+    doc = {**doc, "file": ref.model_dump(mode="json")}
+    body = _record_body(doc)
+    write_bytes(folder / RECORD, json.dumps({"doc": doc, "signature": sign(purpose, folder.name, body)}).encode())
+
+
+# --------------------------------------------------------------------------------------------------- candles
+
+
+def _candles_folder(out_dir: Path | str, sha: str, symbol: str) -> Path:
+    key = make_key("candles", code_version("macd_ml.features.ingest"), {"sha256": sha, "symbol": symbol.upper()})
+    return cache_dir(out_dir, "candles", key)
+
+
+def candle_reader(out_dir: Path | str | None, store: bool = True) -> Callable[[Path, str], Candles]:
+    """A ``read`` for :func:`macd_ml.features.ingest.load_market`: the stored validated candles of a file when
+    its bytes were seen before, else the file parsed and validated (and stored when ``store``)."""
+
+    def read(path: Path, symbol: str) -> Candles:
+        if out_dir is not None:
+            sha = sha256_file(path)
+            folder = _candles_folder(out_dir, sha, symbol)
+            stored = _load(folder, "candles")
+            if stored is not None:
+                return Candles(symbol=symbol.upper(), path=Path(path), sha256=sha, frame=stored[1])
+        candles = read_candles(path, symbol)
+        COUNTS["parsed"] += 1
+        if out_dir is not None and store:
+            store_candles(candles, out_dir)
+        return candles
+
+    return read
+
+
+def store_candles(candles: Candles, out_dir: Path | str) -> None:
+    """Store one symbol's validated candles (read from a file) under their file's content key."""
+    if candles.path is None:
+        raise ValueError(f"{candles.symbol}: only candles read from a file are stored by the file's content")
+    folder = _candles_folder(out_dir, candles.sha256, candles.symbol)
+    if _load(folder, "candles") is None:
+        _save(folder, "candles", "candles.parquet", candles.frame, {"symbol": candles.symbol, "source": candles.sha256})
+
+
+def market_candles(market: Market, out_dir: Path | str) -> dict[str, ArtifactRef]:
+    """The stored candles of every symbol of ``market`` (stored now if they were not)."""
+    refs = {}
+    for c in (market.target, *market.cross):
+        store_candles(c, out_dir)
+        doc, _ = _load(_candles_folder(out_dir, c.sha256, c.symbol), "candles") or ({}, None)
+        refs[c.symbol] = ArtifactRef.model_validate(doc["file"])
+    return refs
+
+
+# --------------------------------------------------------------------------------------------- feature table
+
+
+def _table_folder(out_dir: Path | str, market: Market, spec: FeatureSpec, gap_tolerance_hours: int) -> Path:
+    params = {
+        "market": market.fingerprint(),
+        "target": market.target.symbol,
+        "cross": [c.symbol for c in market.cross],
+        "spec": spec.model_dump(mode="json"),
+        "gap_tolerance_hours": gap_tolerance_hours,
+    }
+    return cache_dir(
+        out_dir, "feature-table", make_key("feature-table", code_version("macd_ml.features.build"), params)
+    )
+
+
+def feature_table(
+    market: Market, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: Path | str | None, store: bool = True
+) -> FeatureTable:
+    """The feature table of ``market``: stored (for the same content, spec and code) or built (and stored)."""
+    if out_dir is not None:
+        stored = _load(_table_folder(out_dir, market, spec, gap_tolerance_hours), "feature-table")
+        if stored is not None:
+            doc, frame = stored
+            return FeatureTable(
+                frame=frame,
+                names=doc["names"],
+                fingerprint=doc["fingerprint"],
+                target=doc["target"],
+                cross=tuple(doc["cross"]),
+                rows_dropped=doc["rows_dropped"],
+            )
+    table = build_features(market, spec, gap_tolerance_hours)
+    COUNTS["built"] += 1
+    if out_dir is not None and store:
+        store_table(table, market, spec, gap_tolerance_hours, out_dir)
+    return table
+
+
+def store_table(
+    table: FeatureTable, market: Market, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: Path | str
+) -> None:
+    folder = _table_folder(out_dir, market, spec, gap_tolerance_hours)
+    if _load(folder, "feature-table") is None:
+        doc = {
+            "names": table.names,
+            "fingerprint": table.fingerprint,
+            "target": table.target,
+            "cross": list(table.cross),
+            "rows_dropped": table.rows_dropped,
+        }
+        _save(folder, "feature-table", "features.parquet", table.frame, doc)
