@@ -54,16 +54,16 @@ ROW = "row"  # a feature row's index in the feature table (OOF and holdout table
 FOLD = "fold"  # the fold that predicted an OOF row
 
 
-def label_column(h: int) -> str:
+def label_column(h: int | str) -> str:
     """The direction label for horizon ``h`` hours: 1 up, 0 down, null undefined (features/labels.py)."""
     return f"y_{h}"
 
 
-def prediction_column(model: str, h: int) -> str:
+def prediction_column(model: str, h: int | str) -> str:
     """A base model's probability for horizon ``h`` (OOF and holdout tables)."""
     return f"{model}_h{h}"
 
 
-def shipped_column(h: int) -> str:
+def shipped_column(h: int | str) -> str:
     """The shipped predictor's probability for horizon ``h`` (shipped tables, the scorer's output)."""
     return f"shipped_h{h}"

@@ -356,7 +356,7 @@ def retrain(
             artifacts[f"models/{r.model}/{fname}"] = ref
     run_config = published_config(config)
     health = health_task.with_options(**cached)(
-        artifacts, metrics, run_config, config.health, config.models.collapse_std, market.data_dir, str(out)
+        artifacts, metrics, run_config, config.health, config.models.collapse_std, market, str(out)
     )
     metrics = metrics.model_copy(update={"parity": exported.parity, "health": health.report})
     importance = {

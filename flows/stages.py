@@ -183,4 +183,11 @@ def run_health(run: Path, data_dir: str | None = None, live: bool = True) -> Hea
     spec = HealthSpec.model_validate(config.get("health", {}))
     collapse = float(config.get("models", {}).get("collapse_std", 1e-3))
     data = data_dir or metrics.input.data_dir
-    return evaluate(refs, metrics, config, spec, collapse, data, live=live)
+    check = None
+    if live and data and Path(data).is_dir():  # the run's candles (or newer ones in the same folder)
+        from macd_ml.features.ingest import load_market
+        from macd_ml.serving.live_check import live_check
+
+        meta = read_json(refs[catalog.FEATURES_META])
+        check = live_check(load_market(data, meta["target"], meta["cross"]))
+    return evaluate(refs, metrics, config, spec, collapse, check)

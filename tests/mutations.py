@@ -494,8 +494,8 @@ MUTATIONS = [
     Mutation(
         "health-reads-validation-auc",
         "models/release/health.py",
-        "        test = shipped.test_auc\n",
-        "        test = shipped.val_auc\n",
+        "    test = shipped.test_auc\n",
+        "    test = shipped.val_auc\n",
         ("tests/test_export_health.py::test_the_holdout_auc_gate_reads_the_holdout_not_the_validation",),
         "the holdout-AUC gate reads the validation AUC: a model with no holdout skill promoted",
     ),

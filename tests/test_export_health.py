@@ -17,6 +17,7 @@ import pytest
 
 from macd_ml.artifacts import store
 from macd_ml.artifacts.store import read_json, run_artifacts, verify_run, write_bytes, write_json, write_parquet
+from macd_ml.features.ingest import load_market
 from macd_ml.models.ensemble.predictor import Predictor, load_predictors, predictors_document
 from macd_ml.models.evaluation.metrics import Metrics
 from macd_ml.models.learners.registry import load_model, make_model, select_features
@@ -26,6 +27,7 @@ from macd_ml.models.release.health import HealthSpec, evaluate
 from macd_ml.models.release.onnx_export import ensemble_spec
 from macd_ml.models.release.promotion import PromotionSpec, decide
 from macd_ml.models.release.scoring import score_features, session
+from macd_ml.serving.live_check import live_check
 from tests.flowutil import run_cli
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
 
@@ -107,8 +109,13 @@ def test_the_holdout_auc_gate_reads_the_holdout_not_the_validation():
     def gate(val: float, test: float) -> dict:
         doc = metrics_document()
         doc["meta"]["12"].update(val_auc=val, test_auc=test, n_test=3_000)
-        report = evaluate({}, Metrics.model_validate(doc), {}, HealthSpec(live_check=False), 1e-3, None, live=False)
+        report = evaluate({}, Metrics.model_validate(doc), {}, HealthSpec(live_check=False), 1e-3)
         return {c.name: c for c in report.checks}
+
+    # every check ran and failed (or passed) for its own reason: none broke on another's missing state
+    for check in gate(val=0.70, test=0.50).values():
+        assert "KeyError" not in check.detail and "AttributeError" not in check.detail, check
+    assert "no onnx/ensemble.onnx" in gate(val=0.70, test=0.50)["outputs"].detail
 
     overfit = gate(val=0.70, test=0.50)  # looked good on validation, no skill on the holdout
     assert not overfit["holdout-auc"].passed and "holdout AUC 0.500" in overfit["holdout-auc"].detail
@@ -155,7 +162,11 @@ def _evaluate(folder: Path, files: dict | None = None, **spec) -> object:
     config = read_json(files["config.json"])
     metrics = Metrics.model_validate(read_json(files["metrics.json"]))
     hs = HealthSpec.model_validate({**config["health"], **spec})
-    return evaluate(files, metrics, config, hs, 1e-3, metrics.input.data_dir, live=hs.live_check)
+    live = None
+    if hs.live_check:
+        meta = read_json(files["features.json"])
+        live = live_check(load_market(metrics.input.data_dir, meta["target"], meta["cross"]))
+    return evaluate(files, metrics, config, hs, 1e-3, live)
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -178,7 +189,7 @@ def test_a_healthy_run_is_published_with_its_gate_and_onnx(run):
         "live",
     }
     assert names["drift"]["severity"] == "warning" and "features with PSI >" in names["drift"]["detail"]
-    assert names["live"]["passed"] and "fresh process" in names["live"]["detail"], names["live"]
+    assert names["live"]["passed"] and "bot's Scorer" in names["live"]["detail"], names["live"]
     listed = {a["path"] for a in verify_run(folder)["artifacts"]}
     assert {
         "onnx/ensemble.onnx",
@@ -316,11 +327,14 @@ def _reexport(where: Path, files: dict, replace_models: dict, predictor, keep_na
 
 @pytest.mark.usefixtures("prefect_server")
 def test_the_live_check_catches_a_feature_code_change(run, tmp_path):
-    """The same run checked with feature code whose return window changed: the fresh process scores the newest
+    """The same run checked with feature code whose return window changed: the bot's Scorer scores the newest
     bars differently from the run, and the gate refuses."""
     out, folder = run
     copy = tmp_path / "pkg" / "macd_ml"
-    for p in ("artifacts", "features", "models", "tasks", "flows", "deployments"):
+    copy.mkdir(parents=True)
+    for f in (ROOT / "macd_ml").glob("*.py"):
+        shutil.copy2(f, copy / f.name)
+    for p in ("artifacts", "features", "models", "tasks", "flows", "deployments", "serving"):
         shutil.copytree(ROOT / p, copy / p, ignore=shutil.ignore_patterns("__pycache__"))
     ind = copy / "features" / "indicators.py"
     ind.write_text(
@@ -328,7 +342,7 @@ def test_the_live_check_catches_a_feature_code_change(run, tmp_path):
             "return (close / close.shift(window)).log()", "return (close / close.shift(window + 1)).log()"
         )
     )
-    env = {**os.environ, "PYTHONPATH": str(copy.parent)}
+    env = {**os.environ, "PYTHONPATH": str(copy.parent), "PYTHONSAFEPATH": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "macd_ml.flows.cli", "health", str(folder), "--json"],
         cwd=tmp_path,

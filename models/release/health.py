@@ -13,21 +13,21 @@ Checks (severity ``error`` refuses promotion; ``warning`` is reported only):
   ``min_auc_se`` standard errors (SE = sqrt(h / 3n));
 - ``val-holdout-drop``: validation -> holdout AUC falls by less than ``max_drop_rel`` (relative);
 - ``oof-rows``: at least ``min_oof_rows`` out-of-fold rows (a warning);
-- ``live``: ``ensemble.onnx`` loaded in a fresh process scores the newest bars of the data folder, from raw
-  candles through the same feature code, and matches the run's own predictions for those bars.
+- ``live``: the bot's own path (serving/live_check.py: a ``Scorer`` over the run's files, candles in) scores the
+  newest bars of the run's validated candles and matches the run's own predictions for those bars.
+
+Each check is a function of the run under check (:class:`RunUnderCheck`, whose shared parts are computed on
+first use), listed in :data:`CHECKS`; one failing never stops or breaks another.
 
 With ``auc_gates`` off (tiny test markets) the two AUC gates are reported as warnings.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import math
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -90,175 +90,220 @@ def _check(name: str, fn, severity: Literal["error", "warning"] = "error") -> Ch
     return Check(name=name, passed=bool(passed), severity=severity, detail=detail)
 
 
+class RunUnderCheck:
+    """What the checks read, each part computed on first use and kept. A part that cannot be computed raises in
+    every check that needs it, with its own cause (``onnx-load`` failing makes ``outputs`` fail saying why, never
+    a ``KeyError``): each check is independent of the others' order and outcome."""
+
+    def __init__(
+        self,
+        files: dict[str, ArtifactRef],
+        metrics: Metrics,
+        config: dict,
+        spec: HealthSpec,
+        collapse_std: float,
+        live: Callable[[RunUnderCheck], tuple[bool, str]] | None = None,
+    ):
+        self.files, self.metrics, self.config, self.spec = files, metrics, config, spec
+        self.collapse_std, self.live = collapse_std, live
+        self.horizon = spec.primary_horizon or metrics.horizons[0]
+        self.provider = "?"
+
+    def file(self, rel: str) -> ArtifactRef:
+        """A file of the run; a check that needs one the run lacks fails saying which."""
+        if rel not in self.files:
+            raise FileNotFoundError(f"the run has no {rel}")
+        return self.files[rel]
+
+    @functools.cached_property
+    def sessions(self) -> dict[str, Any]:
+        out = {}
+        for rel in (r for r in self.files if r.startswith("onnx/")):
+            out[rel], self.provider = session(verify(self.files[rel]))
+        return out
+
+    @functools.cached_property
+    def scored(self) -> pl.DataFrame:
+        """``ensemble.onnx`` re-scoring the holdout rows of the run's feature table."""
+        if catalog.ENSEMBLE_ONNX not in self.sessions:
+            raise ValueError(f"no {catalog.ENSEMBLE_ONNX} to score with")
+        return score_features(
+            self.sessions[catalog.ENSEMBLE_ONNX],
+            ensemble_spec(_load_onnx(self.file(catalog.ENSEMBLE_ONNX))),
+            read_parquet(self.file(catalog.FEATURES)),
+            read_parquet(self.file(catalog.HOLDOUT_PREDICTIONS))[catalog.ROW].to_numpy(),
+            int(self.config.get("gap_tolerance_hours", 1)),
+        )
+
+
+Outcome = tuple[bool, str]
+
+
+def check_artifacts(run: RunUnderCheck) -> Outcome:
+    missing = [r for r in REQUIRED if r not in run.files]
+    missing += [f"onnx/{m}.onnx" for m in run.metrics.models if f"onnx/{m}.onnx" not in run.files]
+    bad = []
+    for rel, ref in run.files.items():
+        try:
+            verify(ref)
+        except IntegrityError as exc:
+            bad.append(f"{rel} ({'missing' if 'missing' in str(exc) else 'sha256 mismatch'})")
+    problems = [f"missing {m}" for m in missing] + bad
+    return not problems, "; ".join(problems) or f"{len(run.files)} files, all sha256 match"
+
+
+def check_models_load(run: RunUnderCheck) -> Outcome:
+    loaded = []
+    for m in run.metrics.models:
+        # a library's native loader is not written for hostile input (a damaged LightGBM file aborts the
+        # process): load only files that match their sha256
+        folder = {verify(ref).parent for rel, ref in run.files.items() if rel.startswith(f"models/{m}/")}
+        if len(folder) != 1:
+            return False, f"{m}: model files not found"
+        load_model(m, folder.pop())
+        loaded.append(m)
+    return True, ", ".join(loaded)
+
+
+def check_onnx_load(run: RunUnderCheck) -> Outcome:
+    names = list(run.sessions)
+    return bool(names), f"{len(names)} graphs on {run.provider}"
+
+
+def check_outputs(run: RunUnderCheck) -> Outcome:
+    values = run.scored.drop(catalog.TIMESTAMP).to_numpy()
+    finite = bool(np.isfinite(values).all())
+    inside = bool(((values >= 0) & (values <= 1)).all()) if finite else False
+    return finite and inside, f"{values.shape[0]} holdout rows x {values.shape[1]} outputs; " + (
+        "finite, in [0, 1]" if finite and inside else "non-finite or outside [0, 1]"
+    )
+
+
+def check_not_collapsed(run: RunUnderCheck) -> Outcome:
+    predictors = load_predictors(verify(run.file(catalog.META)))
+    scored, collapse_std = run.scored, run.collapse_std
+    problems = []
+    for hz, pred in predictors.items():
+        col = scored[catalog.shipped_column(hz)].to_numpy()
+        if np.std(col) < collapse_std or np.unique(np.round(col, 9)).size < 2:
+            problems.append(f"shipped h={hz} is constant (std {np.std(col):.2g})")
+        if pred.kind == "meta" and not np.any(np.abs(pred.weights) > 0):
+            problems.append(f"meta h={hz} has all weights zero")
+        for m in pred.models:
+            std = float(np.std(scored[catalog.prediction_column(m, hz)].to_numpy()))
+            if std < collapse_std:
+                problems.append(f"{m} h={hz} ships but is constant (std {std:.2g})")
+    return not problems, "; ".join(problems) or "every shipped output varies"
+
+
+def check_parity(run: RunUnderCheck) -> Outcome:
+    report = read_json(run.file(catalog.PARITY))
+    scored, shipped = run.scored, read_parquet(run.file(catalog.SHIPPED_HOLDOUT))
+    worst = max(
+        float(
+            np.max(np.abs(scored[catalog.shipped_column(x)].to_numpy() - shipped[catalog.shipped_column(x)].to_numpy()))
+        )
+        for x in run.metrics.horizons
+    )
+    ok = bool(report.get("passed")) and worst <= report["ensemble"]["tolerance"]
+    return (
+        ok,
+        f"export parity {'passed' if report.get('passed') else 'FAILED'}; shipped max |onnx - native| {worst:.2g}",
+    )
+
+
+def check_holdout_auc(run: RunUnderCheck) -> Outcome:
+    h, spec = run.horizon, run.spec
+    shipped = run.metrics.meta[str(h)]
+    se = auc_se(shipped.n_test, h)
+    floor = max(spec.min_test_auc, 0.5 + spec.min_auc_se * se)
+    test = shipped.test_auc
+    ok = test is not None and test >= floor
+    return ok, (
+        f"h={h}: {shipped.shipped} holdout AUC {_f(test)} vs needed {floor:.3f} "
+        f"(min {spec.min_test_auc}, 0.5 + {spec.min_auc_se} SE, SE {se:.3f}, n {shipped.n_test})"
+    )
+
+
+def check_drop(run: RunUnderCheck) -> Outcome:
+    h = run.horizon
+    shipped = run.metrics.meta[str(h)]
+    val, test = shipped.val_auc, shipped.test_auc
+    if val is None or test is None or val <= 0:
+        return False, f"h={h}: validation or holdout AUC missing"
+    rel = (val - test) / val
+    return (
+        rel < run.spec.max_drop_rel,
+        f"h={h}: validation {val:.3f} -> holdout {test:.3f} ({rel:+.1%} drop; limit {run.spec.max_drop_rel:.0%})",
+    )
+
+
+def check_oof_rows(run: RunUnderCheck) -> Outcome:
+    n, want = run.metrics.n_oof, run.spec.min_oof_rows
+    return n >= want, f"{n} OOF rows (want >= {want})"
+
+
+def check_drift(run: RunUnderCheck) -> Outcome:
+    d, spec = run.metrics.drift, run.spec
+    if d is None:
+        return True, "not measured"
+    f, parts, ok = d.get("features") or {}, [], True
+    if f:
+        share = f.get("drifted_share", 0.0)
+        ok = ok and share <= spec.max_drifted_share
+        top = ", ".join(f"{t['feature']} {t['psi']:.2f}" for t in f.get("top", [])[:3])
+        parts.append(
+            f"{len(f.get('drifted', []))} features with PSI > {spec.max_feature_psi:g} ({share:.0%}; limit "
+            f"{spec.max_drifted_share:.0%}); top {top}"
+        )
+    return ok, "; ".join(parts) or "not measured"
+
+
+def check_live(run: RunUnderCheck) -> Outcome:
+    if not run.spec.live_check:
+        return True, "skipped (health.live_check = false)"
+    if run.live is None:
+        return True, "skipped: no candles to score (a published run checked without its data, or a synthetic market)"
+    return run.live(run)
+
+
+Severity = Literal["error", "warning", "auc"]  # "auc": error, or a warning with health.auc_gates off
+
+# (name, check, severity), in the order the report lists them; each runs whatever the others did
+CHECKS: list[tuple[str, Callable[[RunUnderCheck], Outcome], Severity]] = [
+    ("artifacts", check_artifacts, "error"),
+    ("models-load", check_models_load, "error"),
+    ("onnx-load", check_onnx_load, "error"),
+    ("outputs", check_outputs, "error"),
+    ("not-collapsed", check_not_collapsed, "error"),
+    ("onnx-parity", check_parity, "error"),
+    ("holdout-auc", check_holdout_auc, "auc"),
+    ("val-holdout-drop", check_drop, "auc"),
+    ("oof-rows", check_oof_rows, "warning"),
+    ("drift", check_drift, "warning"),
+    ("live", check_live, "error"),
+]
+
+
 def evaluate(
     files: dict[str, ArtifactRef],
     metrics: Metrics,
     config: dict,
     spec: HealthSpec,
     collapse_std: float,
-    data_dir: str | None,
-    live: bool,
+    live: Callable[[RunUnderCheck], Outcome] | None = None,
 ) -> HealthReport:
-    """Run every check on a run's files (relative path -> reference with sha256)."""
-    h = spec.primary_horizon or metrics.horizons[0]
-    checks: list[Check] = []
-    state: dict = {}
-
-    def artifacts():
-        missing = [r for r in REQUIRED if r not in files]
-        missing += [f"onnx/{m}.onnx" for m in metrics.models if f"onnx/{m}.onnx" not in files]
-        bad = []
-        for rel, ref in files.items():
-            try:
-                verify(ref)
-            except IntegrityError as exc:
-                bad.append(f"{rel} ({'missing' if 'missing' in str(exc) else 'sha256 mismatch'})")
-        problems = [f"missing {m}" for m in missing] + bad
-        return not problems, "; ".join(problems) or f"{len(files)} files, all sha256 match"
-
-    checks.append(_check("artifacts", artifacts))
-
-    def models_load():
-        for m in metrics.models:
-            # a library's native loader is not written for hostile input (a damaged LightGBM file aborts the
-            # process): load only files that match their sha256
-            folder = {verify(ref).parent for rel, ref in files.items() if rel.startswith(f"models/{m}/")}
-            if len(folder) != 1:
-                return False, f"{m}: model files not found"
-            state.setdefault("native", {})[m] = load_model(m, folder.pop())
-        return True, ", ".join(state["native"])
-
-    checks.append(_check("models-load", models_load))
-
-    def onnx_load():
-        names = [rel for rel in files if rel.startswith("onnx/")]
-        for rel in names:
-            sess, provider = session(verify(files[rel]))
-            state.setdefault("sessions", {})[rel] = sess
-            state["provider"] = provider
-        return bool(names), f"{len(names)} graphs on {state.get('provider', '?')}"
-
-    checks.append(_check("onnx-load", onnx_load))
-
-    def outputs():
-        sess = state["sessions"][catalog.ENSEMBLE_ONNX]
-        spec_ = ensemble_spec(_load_onnx(files[catalog.ENSEMBLE_ONNX]))
-        hold = read_parquet(files[catalog.HOLDOUT_PREDICTIONS])
-        scored = score_features(
-            sess,
-            spec_,
-            read_parquet(files[catalog.FEATURES]),
-            hold["row"].to_numpy(),
-            int(config.get("gap_tolerance_hours", 1)),
+    """Run every check on a run's files (relative path -> reference with sha256). ``live`` scores the newest bars
+    the way a bot does (serving/live_check.py; None: the live check is skipped and says so)."""
+    run = RunUnderCheck(files, metrics, config, spec, collapse_std, live)
+    checks = []
+    for name, fn, severity in CHECKS:
+        level: Literal["error", "warning"] = (
+            ("error" if spec.auc_gates else "warning") if severity == "auc" else severity
         )
-        state["scored"], state["holdout"] = scored, hold
-        values = scored.drop("timestamp").to_numpy()
-        finite = bool(np.isfinite(values).all())
-        inside = bool(((values >= 0) & (values <= 1)).all()) if finite else False
-        return finite and inside, f"{values.shape[0]} holdout rows x {values.shape[1]} outputs; " + (
-            "finite, in [0, 1]" if finite and inside else "non-finite or outside [0, 1]"
-        )
-
-    checks.append(_check("outputs", outputs))
-
-    def not_collapsed():
-        predictors = load_predictors(verify(files[catalog.META]))
-        scored = state["scored"]
-        problems = []
-        for hz, pred in predictors.items():
-            col = scored[catalog.shipped_column(hz)].to_numpy()
-            if np.std(col) < collapse_std or np.unique(np.round(col, 9)).size < 2:
-                problems.append(f"shipped h={hz} is constant (std {np.std(col):.2g})")
-            if pred.kind == "meta" and not np.any(np.abs(pred.weights) > 0):
-                problems.append(f"meta h={hz} has all weights zero")
-            for m in pred.models:
-                std = float(np.std(scored[catalog.prediction_column(m, hz)].to_numpy()))
-                if std < collapse_std:
-                    problems.append(f"{m} h={hz} ships but is constant (std {std:.2g})")
-        return not problems, "; ".join(problems) or "every shipped output varies"
-
-    checks.append(_check("not-collapsed", not_collapsed))
-
-    def parity():
-        report = read_json(files[catalog.PARITY])
-        scored, shipped = state["scored"], read_parquet(files[catalog.SHIPPED_HOLDOUT])
-        worst = max(
-            float(
-                np.max(
-                    np.abs(scored[catalog.shipped_column(x)].to_numpy() - shipped[catalog.shipped_column(x)].to_numpy())
-                )
-            )
-            for x in metrics.horizons
-        )
-        ok = bool(report.get("passed")) and worst <= report["ensemble"]["tolerance"]
-        return (
-            ok,
-            f"export parity {'passed' if report.get('passed') else 'FAILED'}; shipped max |onnx - native| {worst:.2g}",
-        )
-
-    checks.append(_check("onnx-parity", parity))
-
-    gate: Literal["error", "warning"] = "error" if spec.auc_gates else "warning"
-    shipped = metrics.meta[str(h)]
-
-    def holdout_auc():
-        se = auc_se(shipped.n_test, h)
-        floor = max(spec.min_test_auc, 0.5 + spec.min_auc_se * se)
-        test = shipped.test_auc
-        ok = test is not None and test >= floor
-        return ok, (
-            f"h={h}: {shipped.shipped} holdout AUC {_f(test)} vs needed {floor:.3f} "
-            f"(min {spec.min_test_auc}, 0.5 + {spec.min_auc_se} SE, SE {se:.3f}, n {shipped.n_test})"
-        )
-
-    checks.append(_check("holdout-auc", holdout_auc, gate))
-
-    def drop():
-        val, test = shipped.val_auc, shipped.test_auc
-        if val is None or test is None or val <= 0:
-            return False, f"h={h}: validation or holdout AUC missing"
-        rel = (val - test) / val
-        return (
-            rel < spec.max_drop_rel,
-            f"h={h}: validation {val:.3f} -> holdout {test:.3f} ({rel:+.1%} drop; limit {spec.max_drop_rel:.0%})",
-        )
-
-    checks.append(_check("val-holdout-drop", drop, gate))
-    checks.append(
-        _check(
-            "oof-rows",
-            lambda: (metrics.n_oof >= spec.min_oof_rows, f"{metrics.n_oof} OOF rows (want >= {spec.min_oof_rows})"),
-            "warning",
-        )
-    )
-
-    def drift():
-        d = metrics.drift
-        if d is None:
-            return True, "not measured"
-        f, parts, ok = d.get("features") or {}, [], True
-        if f:
-            share = f.get("drifted_share", 0.0)
-            ok = ok and share <= spec.max_drifted_share
-            top = ", ".join(f"{t['feature']} {t['psi']:.2f}" for t in f.get("top", [])[:3])
-            parts.append(
-                f"{len(f.get('drifted', []))} features with PSI > {spec.max_feature_psi:g} ({share:.0%}; limit "
-                f"{spec.max_drifted_share:.0%}); top {top}"
-            )
-        return ok, "; ".join(parts) or "not measured"
-
-    checks.append(_check("drift", drift, "warning"))
-
-    def live_check():
-        if not live or not spec.live_check:
-            return True, "skipped"
-        if not data_dir:
-            return True, "skipped: no data folder (synthetic market)"
-        return _live(files, config, data_dir, spec)
-
-    checks.append(_check("live", live_check))
+        checks.append(_check(name, lambda fn=fn: fn(run), level))
     passed = not any(not c.passed and c.severity == "error" for c in checks)
-    return HealthReport(passed=passed, primary_horizon=h, checks=checks)
+    return HealthReport(passed=passed, primary_horizon=run.horizon, checks=checks)
 
 
 def _f(x: float | None) -> str:
@@ -269,45 +314,3 @@ def _load_onnx(ref: ArtifactRef):
     import onnx
 
     return onnx.load(str(verify(ref)))
-
-
-def _live(files: dict[str, ArtifactRef], config: dict, data_dir: str, spec: HealthSpec) -> tuple[bool, str]:
-    """Score the newest bars in a fresh process (``macd_ml.flows.live_check``) and compare with the run's own."""
-    with tempfile.TemporaryDirectory(prefix="macd-ml-live-") as tmp:
-        job = Path(tmp) / "job.json"
-        result = Path(tmp) / "scores.json"
-        job.write_text(
-            json.dumps(
-                {
-                    "ensemble": str(verify(files[catalog.ENSEMBLE_ONNX])),
-                    "features_json": str(verify(files[catalog.FEATURES_META])),
-                    "data_dir": data_dir,
-                    "gap_tolerance_hours": config.get("gap_tolerance_hours", 1),
-                    "bars": spec.live_bars,
-                    "out": str(result),
-                }
-            )
-        )
-        proc = subprocess.run(
-            [sys.executable, "-m", "macd_ml.flows.live_check", str(job)], capture_output=True, text=True, timeout=600
-        )
-        if proc.returncode != 0:
-            last = next(iter(proc.stderr.strip().splitlines()[-1:]), "no output")
-            return False, f"the fresh process failed: {last}"
-        live = pl.DataFrame(json.loads(result.read_text())).with_columns(
-            pl.col("timestamp").str.to_datetime("%Y-%m-%dT%H:%M:%S%z", time_unit="us", time_zone="UTC")
-        )
-    own = read_parquet(files[catalog.SHIPPED_HOLDOUT])
-    both = live.join(own, on="timestamp", how="inner", suffix="_run")
-    if both.height == 0:
-        return False, (
-            f"none of the {live.height} newest bars of {data_dir} is in the run's holdout "
-            "(new candles since the run; check it against the data it was trained on)"
-        )
-    cols = [c for c in live.columns if c.startswith("shipped_h")]
-    worst = max(float(np.max(np.abs(both[c].to_numpy() - both[f"{c}_run"].to_numpy()))) for c in cols)
-    ok = worst <= spec.live_tolerance
-    return ok, (
-        f"{both.height} newest bars scored in a fresh process from raw candles: max |live - run| "
-        f"{worst:.2g} (limit {spec.live_tolerance:g})" + ("" if ok else "; the feature code differs from training")
-    )
