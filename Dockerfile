@@ -11,7 +11,7 @@
 #         host needs the NVIDIA driver (new enough for CUDA 13) and the NVIDIA Container Toolkit; run with --gpus all.
 # Both locks are resolved for linux/amd64 (x86_64-manylinux_2_28); regenerate them with `make lock`.
 #
-# Run (see README "Worker image"):
+# Run (see docs/operations.md, "Worker image"):
 #   docker run -d --name macd-ml-worker \
 #     -e PREFECT_API_URL=http://prefect.internal:4200/api \
 #     -v /srv/candles:/data:ro \

@@ -7,7 +7,7 @@ OUT     ?= out
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test test-fast test-heavy lint mutate bench install clean
+.PHONY: run test test-fast test-heavy lint docs mutate bench install clean
 
 # Installs the CPU lock (every dependency and the dev/dask extras pinned ==, torch's CPU build, no nvidia-*
 # packages), then the project itself without dependencies. Refuses a lock older than pyproject's dependencies.
@@ -61,7 +61,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p macd_ml
 
-## benchmarks: every figure of README "Performance" beside its target (print figures; never gate CI; ~15 min on 2 cores)
+## the documentation site (mkdocs.yml, docs/) into build/site/, strict: a broken link or anchor, an absolute link
+## or a page left out of the nav fails the build; nothing is fetched (docs/development.md)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+## benchmarks: every figure of docs/performance.md beside its target (print figures; never gate CI; ~15 min on 2 cores)
 bench: $(STAMP)
 	$(PY) bench/bench_features.py --quick
 	$(PY) bench/bench_pipeline.py
@@ -73,4 +78,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_quality.py
 
 clean:
-	rm -rf $(OUT) .pytest_cache .typecheck .mypy_cache
+	rm -rf $(OUT) .pytest_cache .typecheck .mypy_cache build/site
