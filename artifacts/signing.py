@@ -1,4 +1,5 @@
-"""Integrity a writable output folder alone cannot forge (README "Caching, failures and re-running what failed").
+"""Integrity a writable output folder alone cannot forge (docs/operations.md, "Caching, failures and
+re-running what failed").
 
 Cache records and run manifests live under ``OUT``; anyone who can write there could plant a record that
 Prefect would decode, or rewrite a manifest together with the files it lists. Both are signed with an

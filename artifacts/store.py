@@ -1,4 +1,4 @@
-"""The one place that writes artifacts (README "Outputs"; "Caching, failures and re-running what failed").
+"""The one place that writes artifacts (docs/run-folder.md; "Caching, failures and re-running what failed").
 
 - Every file is written to a temp file *in its destination folder*, fsynced, then ``os.replace``d, so a reader
   sees the old file or the new one, never half of one; on failure the temp file is removed.

@@ -253,7 +253,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def print_targets(rows: list[Row]) -> None:
-    """The feature targets (README "Performance"), each beside what this run measured (medians)."""
+    """The feature targets (docs/performance.md), each beside what this run measured (medians)."""
     synth = {r.case.split(" ", 2)[2]: r for r in rows if r.case.startswith("synth ")}
     real = [r for r in rows if not r.case.startswith("synth ")]
     print("| feature figure | measured | target |\n|---|---|---|")
@@ -266,7 +266,7 @@ def print_targets(rows: list[Row]) -> None:
     for label, group in (("real candles (median over symbols)", real), ("synthetic", list(synth.values()))):
         if group:
             ratio = statistics.median(med(r.t_pd) / med(r.t_pl) for r in group)
-            print(f"| pandas / polars, {label} | {ratio:.2f}x | >= 5x (see the README for what limits it) |")
+            print(f"| pandas / polars, {label} | {ratio:.2f}x | >= 5x (see docs/performance.md for what limits it) |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark: the whole nightly job on the real candles, against the targets in README "Performance".
+"""Benchmark: the whole nightly job on the real candles, against the targets in docs/performance.md.
 
     python bench/bench_pipeline.py [--data DIR] [--no-deployment] [--json FILE]
 

@@ -1,4 +1,4 @@
 """Pure data code: ingest + validation, synthetic markets, indicators, features, labels, folds.
 
-Nothing here imports prefect, tasks/ or flows/ (README "Layout (what imports what)").
+Nothing here imports prefect, tasks/ or flows/ (docs/architecture.md).
 """

@@ -1,4 +1,4 @@
-"""Read and validate hourly OHLCV candles (README "Running on your own candles").
+"""Read and validate hourly OHLCV candles (docs/data.md, "Running on your own candles").
 
 One file per symbol in a folder: ``SYMBOL_1h.csv|.parquet`` or ``SYMBOL.csv|.parquet`` (file names matched
 case-insensitively). Accepted shapes, all normalised to ``timestamp`` (UTC) + ``open, high, low, close, volume``:
@@ -522,6 +522,6 @@ def panel_symbols(data_dir: Path | str, target: str, cross: list[str] | tuple[st
 
 
 def default_cross(data_dir: Path | str, target: str) -> list[str]:
-    """README "Running on your own candles": cross defaults to BTCUSDT when present (and not the target)."""
+    """docs/data.md, "Running on your own candles": cross defaults to BTCUSDT when present (and not the target)."""
     files = symbol_files(Path(data_dir))
     return ["BTCUSDT"] if "BTCUSDT" in files and target.upper() != "BTCUSDT" else []

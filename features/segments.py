@@ -1,4 +1,4 @@
-"""Contiguous stretches of an hourly series: the one rule for gaps (README "Running on your own candles", gaps).
+"""Contiguous stretches of an hourly series: the one rule for gaps (docs/data.md, "Running on your own candles", gaps).
 
 A gap of more than ``gap_tolerance_hours`` missing hours starts a new segment; no indicator window, label or
 sequence window crosses a segment start. Features and labels use :func:`segment_ids` (polars); sequence models

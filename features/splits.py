@@ -1,4 +1,4 @@
-"""Purged walk-forward folds and the final holdout (README "Leakage rules, as built").
+"""Purged walk-forward folds and the final holdout (docs/leakage.md).
 
 All positions are row ranges ``[start, stop)`` into the feature table (sorted by time). Separation is measured
 in time, not rows, so gaps in the data never shrink it:

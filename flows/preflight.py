@@ -1,5 +1,5 @@
-"""Everything knowable from the config and the data's shape, checked before the first write (README "Running on
-your own candles").
+"""Everything knowable from the config and the data's shape, checked before the first write (docs/data.md, "Running
+on your own candles").
 
 The CLI calls :func:`preflight` before it starts a Prefect server; the flow calls it first thing too (runs from
 the UI or a schedule never pass through the CLI), and finds the CLI's result there: preflight runs once per run.

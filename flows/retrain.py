@@ -129,8 +129,8 @@ def _concurrency_tags(gpu_tasks: bool = True) -> dict[str, list[str]]:
     limit" for 5 s only), and on the SQLite server two such calls at once are refused as busy (503) and retried
     after about 2 s: 25 s of worker time in a cold run measured on 2 cores, a task start in three. A tag without
     a limit orders nothing, so a CPU run without limits carries none. Create the limit before the run to have
-    it enforced (``prefect concurrency-limit create gpu 1``, README "Scale-out"); an API that cannot answer keeps
-    the tags (Prefect then enforces whatever exists)."""
+    it enforced (``prefect concurrency-limit create gpu 1``, docs/operations.md, "Scale-out"); an API that cannot
+    answer keeps the tags (Prefect then enforces whatever exists)."""
     from prefect.client.orchestration import get_client
     from prefect.context import FlowRunContext
     from prefect.exceptions import ObjectNotFound
@@ -200,7 +200,7 @@ def _train(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember]
 
 
 def _metrics(config, market, feats, labels, folds, tables, training, refits, stack: StackResult) -> Metrics:
-    """metrics.json (README "Outputs"): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
+    """metrics.json (docs/run-folder.md): models.{name}.{h}.{oof_auc,test_auc}, meta.{h}.{oof_auc,val_auc,test_auc},
     n_oof, n_test, plus what the report needs; validated against the Metrics schema."""
     summary = _summary(market, feats, labels, folds, config)
     scores = model_metrics(

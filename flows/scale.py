@@ -16,7 +16,7 @@ Threads inside a model: each model sizes its thread pool with :func:`macd_ml.mod
 ``MACD_ML_PARALLEL_TASKS`` and its own ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` (Dask's
 nanny would otherwise set these to 1 in every worker), so LightGBM, XGBoost and torch run with exactly the
 threads they have in threads mode and produce the same predictions. Workers started by hand read these variables
-from their own environment (see README "Scale-out").
+from their own environment (see docs/operations.md, "Scale-out").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Where bots fetch bundles: a repository of The Update Framework (python-tuf) in DEST, a folder or any fsspec URL
-(README "Trust: signed bundles, a signed pointer").
+(docs/bot-contract.md, "Trust: what a bot accepts").
 
 Layout under DEST::
 
@@ -218,8 +218,8 @@ def _commit(dest: str, change: Callable[[_Repo, dict], dict], expires_days: floa
         elif key.keyid not in repo.root_md.signed.roles["targets"].keyids:
             raise TrustError(
                 f"{dest}: its metadata trusts another publishing key (not {key.keyid[:12]} from "
-                f"{os.environ.get('MACD_ML_PUBLISH_KEY_FILE', 'the default key file')}); rotate keys as the README "
-                "says, or publish to a new DEST"
+                f"{os.environ.get('MACD_ML_PUBLISH_KEY_FILE', 'the default key file')}); rotate keys as "
+                'docs/operations.md ("Keys and trust") says, or publish to a new DEST'
             )
         old_targets = dict(repo.targets.signed.targets) if repo.targets else {}
         targets = dict(old_targets)

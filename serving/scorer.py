@@ -1,4 +1,4 @@
-"""Scoring for the bot: load a bundle once, then score candles (README "From a run to the bot").
+"""Scoring for the bot: load a bundle once, then score candles (docs/bot-contract.md).
 
     from macd_ml.serving import Scorer
     scorer = Scorer.load("bundle.tar.gz")                  # verified; nothing imported under `models`/`features`

@@ -201,9 +201,10 @@ def _probability(v, what: str) -> float:
 
 
 def check_line(d: dict, now: datetime) -> datetime:
-    """A parsed log line against the shadow line's schema (README "Shadow mode"); returns its bar time. Raises
-    ValueError naming the field: a probability outside [0, 1], probabilities missing where the path took one (or
-    present where it took none), an unknown path, a time without a zone or in the future, a negative latency."""
+    """A parsed log line against the shadow line's schema (docs/bot-contract.md, "Shadow mode"); returns its bar
+    time. Raises ValueError naming the field: a probability outside [0, 1], probabilities missing where the path
+    took one (or present where it took none), an unknown path, a time without a zone or in the future, a negative
+    latency."""
     for k, kind in _REQUIRED.items():
         if not isinstance(d.get(k), kind):
             raise ValueError(f"'{k}' missing or not a {kind.__name__}")

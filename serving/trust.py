@@ -1,4 +1,4 @@
-"""Trust from the pipeline to the bot without a shared secret (README "Trust: signed bundles, a signed pointer").
+"""Trust from the pipeline to the bot without a shared secret (docs/bot-contract.md, "Trust: what a bot accepts").
 
 The training side holds an Ed25519 private key; a bot holds only its public key. Two things are signed with it:
 

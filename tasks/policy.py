@@ -1,4 +1,5 @@
-"""Cache keys and retry policy shared by every task (README "Caching, failures and re-running what failed").
+"""Cache keys and retry policy shared by every task (docs/operations.md, "Caching, failures and re-running
+what failed").
 
 :class:`ContentKey` is Prefect's extension point (``CachePolicy.compute_key``) and the one place a cache key is
 made: stage name + the code version of the task's module and every project module it imports

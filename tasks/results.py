@@ -1,5 +1,5 @@
-"""Task results Prefect persists for caching and resume, made trustworthy (README "Caching, failures and
-re-running what failed").
+"""Task results Prefect persists for caching and resume, made trustworthy (docs/operations.md, "Caching,
+failures and re-running what failed").
 
 Prefect decodes a persisted result with the serializer named *inside the record* (``metadata.serializer``),
 not with the one the task declares. A record whose serializer says ``pickle`` runs code when read, and even the

@@ -1,4 +1,4 @@
-"""Holdout blindness, tested on the whole flow (README "Leakage rules, as built").
+"""Holdout blindness, tested on the whole flow (docs/leakage.md).
 
 Three runs of the real retrain flow, every model kind (LSTM and TFT at two epochs), on one synthetic market:
 

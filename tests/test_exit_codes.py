@@ -1,4 +1,4 @@
-"""Exit codes and messages of bad input (README "Running on your own candles"): 2 and one line naming the key,
+"""Exit codes and messages of bad input (docs/data.md, "Running on your own candles"): 2 and one line naming the key,
 value or file, never a traceback, a hang, or a number that blames another key."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Input data (README "Running on your own candles"): every accepted file shape reads to the same normalised
+"""Input data (docs/data.md, "Running on your own candles"): every accepted file shape reads to the same normalised
 frame; every bad input fails through the CLI with exit code 2, one line naming the file and the row or column,
 and nothing written; gap reporting on the real Binance candles."""
 

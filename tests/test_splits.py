@@ -31,7 +31,7 @@ def _rows(span) -> range:
 
 
 def assert_no_leak(folds, ts: pl.Series) -> None:
-    """Independent restatement of README "Leakage rules, as built", row by row."""
+    """Independent restatement of docs/leakage.md, row by row."""
     t = ts.to_list()
     h_max = timedelta(hours=max(folds.horizons))
     emb = timedelta(hours=folds.embargo_hours)

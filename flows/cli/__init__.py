@@ -1,4 +1,4 @@
-"""``macd-ml``: the command line (README "Running on your own candles" and the sections after it), one
+"""``macd-ml``: the command line (docs/data.md, "Running on your own candles" and the sections after it), one
 module per group of subcommands.
 
 Exit codes: 0 success; 2 bad input or config (one line naming the file, row or key); 3 refused (nothing may

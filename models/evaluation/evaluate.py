@@ -54,7 +54,7 @@ def model_metrics(
     horizons: list[int],
     fold_spans: list[tuple[int, int]] | None = None,
 ) -> dict:
-    """``models.{name}.{h}.{oof_auc, oof_auc_pooled, test_auc, n_oof, n_test}`` (README "Outputs"). ``oof_auc`` is
+    """``models.{name}.{h}.{oof_auc, oof_auc_pooled, test_auc, n_oof, n_test}`` (docs/run-folder.md). ``oof_auc`` is
     scored within each fold and averaged (see :func:`per_fold_auc`) when ``fold_spans`` is given; the pooled
     figure is kept beside it."""
     result: dict[str, dict] = {}

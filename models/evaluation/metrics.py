@@ -1,4 +1,4 @@
-"""``metrics.json`` as a typed, versioned document (README "Outputs"): what the flow writes and what the report,
+"""``metrics.json`` as a typed, versioned document (docs/run-folder.md): what the flow writes and what the report,
 the health gate and users read. Its JSON Schema is written beside it in every run folder
 (``metrics.schema.json``); ``schema_version`` changes when a field changes meaning or goes away.
 

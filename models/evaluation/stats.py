@@ -40,6 +40,6 @@ def auc_within(y: np.ndarray, p: np.ndarray, blocks: np.ndarray) -> float | None
 
 
 def auc_se(n: int, h: int) -> float:
-    """Standard error of an AUC over n rows of h-bar overlapping labels: sqrt(h / (3 n)) (README "Leakage rules,
-    as built")."""
+    """Standard error of an AUC over n rows of h-bar overlapping labels: sqrt(h / (3 n)) (docs/leakage.md,
+    "How AUCs are reported")."""
     return math.sqrt(h / (3 * n)) if n > 0 else float("inf")

@@ -161,7 +161,7 @@ def files_digest(paths: list[Path]) -> str:
 def fitted_digest(model: Model) -> str:
     """The fingerprint of everything a fit chose (trees, weights, epoch, head, normaliser): the sha256 of the files
     :meth:`Model.save` writes. Fold models are never kept, so this is how a run records what each fold fitted and
-    how the holdout-blindness tests prove a fit did not move (README "Leakage rules, as built")."""
+    how the holdout-blindness tests prove a fit did not move (docs/leakage.md)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix=f"macd-ml-{model.name}-digest-") as scratch:
