@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -52,6 +53,10 @@ def _is_module(name: str) -> bool:
     return _source(name) is not None
 
 
+# a string naming an attribute of a project module, resolved by importlib when first used: an import all the same
+IMPORT_STRING = re.compile(r"macd_ml(\.\w+)+:\w+")
+
+
 @lru_cache(maxsize=None)
 def _imports(module: str) -> frozenset[str]:
     """Project modules that ``module`` imports (and the packages they live in)."""
@@ -65,6 +70,8 @@ def _imports(module: str) -> frozenset[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and IMPORT_STRING.fullmatch(node.value):
+            names = [node.value.split(":")[0]]  # "macd_ml.x.y:Name", imported on first use (the learner registry)
         for name in names:
             if name == ROOT_PACKAGE or not name.startswith(ROOT_PACKAGE + "."):
                 continue

@@ -38,7 +38,8 @@ from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.models.ensemble.stacking import MIN_INNER_BLOCK, inner_block_size
 from macd_ml.models.learners.registry import min_fit_rows
-from macd_ml.tasks.inputs import candle_reader, feature_table, store_candles, store_table
+from macd_ml.tasks.features import feature_table, store_table
+from macd_ml.tasks.inputs import candle_reader, store_candles
 from macd_ml.tasks.policy import make_key
 
 

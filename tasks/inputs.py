@@ -1,4 +1,5 @@
-"""The run's inputs, parsed once and built once (docs/architecture.md, "Candles parsed once").
+"""The run's inputs, parsed once and built once (docs/architecture.md, "Candles parsed once"); the feature table's
+store is in tasks/features.py.
 
 Validated candles are stored per source file under ``OUT/cache/candles/KEY/`` (KEY: the file's sha256, its
 symbol and the ingest code version) and the feature table per content under ``OUT/cache/feature-table/KEY/``
@@ -29,9 +30,7 @@ from macd_ml.artifacts.store import (
     write_bytes,
     write_parquet,
 )
-from macd_ml.features.build import FeatureTable, build_features
 from macd_ml.features.ingest import Candles, Market, read_candles
-from macd_ml.features.spec import FeatureSpec
 from macd_ml.tasks.policy import make_key
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def _record_body(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True).encode()
 
 
-def _load(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
+def load_record(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
     """The stored doc and frame of ``folder``, or None when absent or failing its checks (logged)."""
     path = folder / RECORD
     if not path.is_file():
@@ -61,7 +60,7 @@ def _load(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
         return None
 
 
-def _save(folder: Path, purpose: str, name: str, frame: pl.DataFrame, doc: dict) -> None:
+def save_record(folder: Path, purpose: str, name: str, frame: pl.DataFrame, doc: dict) -> None:
     ref = write_parquet(folder / name, frame)
     doc = {**doc, "file": ref.model_dump(mode="json")}
     body = _record_body(doc)
@@ -84,7 +83,7 @@ def candle_reader(out_dir: Path | str | None, store: bool = True) -> Callable[[P
         if out_dir is not None:
             sha = sha256_file(path)
             folder = _candles_folder(out_dir, sha, symbol)
-            stored = _load(folder, "candles")
+            stored = load_record(folder, "candles")
             if stored is not None:
                 return Candles(symbol=symbol.upper(), path=Path(path), sha256=sha, frame=stored[1])
         candles = read_candles(path, symbol)
@@ -101,8 +100,10 @@ def store_candles(candles: Candles, out_dir: Path | str) -> None:
     if candles.path is None:
         raise ValueError(f"{candles.symbol}: only candles read from a file are stored by the file's content")
     folder = _candles_folder(out_dir, candles.sha256, candles.symbol)
-    if _load(folder, "candles") is None:
-        _save(folder, "candles", "candles.parquet", candles.frame, {"symbol": candles.symbol, "source": candles.sha256})
+    if load_record(folder, "candles") is None:
+        save_record(
+            folder, "candles", "candles.parquet", candles.frame, {"symbol": candles.symbol, "source": candles.sha256}
+        )
 
 
 def market_candles(market: Market, out_dir: Path | str) -> dict[str, ArtifactRef]:
@@ -110,60 +111,6 @@ def market_candles(market: Market, out_dir: Path | str) -> dict[str, ArtifactRef
     refs = {}
     for c in (market.target, *market.cross):
         store_candles(c, out_dir)
-        doc, _ = _load(_candles_folder(out_dir, c.sha256, c.symbol), "candles") or ({}, None)
+        doc, _ = load_record(_candles_folder(out_dir, c.sha256, c.symbol), "candles") or ({}, None)
         refs[c.symbol] = ArtifactRef.model_validate(doc["file"])
     return refs
-
-
-# --------------------------------------------------------------------------------------------- feature table
-
-
-def _table_folder(out_dir: Path | str, market: Market, spec: FeatureSpec, gap_tolerance_hours: int) -> Path:
-    params = {
-        "market": market.fingerprint(),
-        "target": market.target.symbol,
-        "cross": [c.symbol for c in market.cross],
-        "spec": spec.model_dump(mode="json"),
-        "gap_tolerance_hours": gap_tolerance_hours,
-    }
-    return cache_dir(
-        out_dir, "feature-table", make_key("feature-table", code_version("macd_ml.features.build"), params)
-    )
-
-
-def feature_table(
-    market: Market, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: Path | str | None, store: bool = True
-) -> FeatureTable:
-    """The feature table of ``market``: stored (for the same content, spec and code) or built (and stored)."""
-    if out_dir is not None:
-        stored = _load(_table_folder(out_dir, market, spec, gap_tolerance_hours), "feature-table")
-        if stored is not None:
-            doc, frame = stored
-            return FeatureTable(
-                frame=frame,
-                names=doc["names"],
-                fingerprint=doc["fingerprint"],
-                target=doc["target"],
-                cross=tuple(doc["cross"]),
-                rows_dropped=doc["rows_dropped"],
-            )
-    table = build_features(market, spec, gap_tolerance_hours)
-    COUNTS["built"] += 1
-    if out_dir is not None and store:
-        store_table(table, market, spec, gap_tolerance_hours, out_dir)
-    return table
-
-
-def store_table(
-    table: FeatureTable, market: Market, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: Path | str
-) -> None:
-    folder = _table_folder(out_dir, market, spec, gap_tolerance_hours)
-    if _load(folder, "feature-table") is None:
-        doc = {
-            "names": table.names,
-            "fingerprint": table.fingerprint,
-            "target": table.target,
-            "cross": list(table.cross),
-            "rows_dropped": table.rows_dropped,
-        }
-        _save(folder, "feature-table", "features.parquet", table.frame, doc)

@@ -9,10 +9,25 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from macd_ml.artifacts.store import ArtifactRef, current_champion, run_dir
+from macd_ml.features.build import FeatureTable
+from macd_ml.features.ingest import load_market
+from macd_ml.features.spec import FeatureSpec
 from macd_ml.models.evaluation.metrics import Decision, Metrics
 from macd_ml.models.release.promotion import PromotionSpec, decide
+from macd_ml.tasks.features import feature_table
+from macd_ml.tasks.inputs import candle_reader
 
 log = logging.getLogger(__name__)
+
+
+def _features(data_dir: str, out_dir: str):
+    """The champion's feature table from the run's stored candles (and, for the run's own spec, its stored table)."""
+
+    def features(target: str, cross: list[str], spec: FeatureSpec, gap: int) -> FeatureTable:
+        market = load_market(data_dir, target, cross, read=candle_reader(out_dir))
+        return feature_table(market, spec, gap, out_dir)
+
+    return features
 
 
 @task(name="champion-challenger", cache_policy=NO_CACHE, persist_result=False)
@@ -27,7 +42,16 @@ def champion_task(
 ) -> Decision:
     name = current_champion(out_dir)
     champion = run_dir(out_dir, name).resolve() if name else None
-    decision = decide(artifacts, metrics, champion, data_dir, horizon, spec, challenger_id=run_id)
+    decision = decide(
+        artifacts,
+        metrics,
+        champion,
+        data_dir,
+        horizon,
+        spec,
+        challenger_id=run_id,
+        features=_features(data_dir, out_dir),
+    )
     (log.warning if decision.forced else log.info)(
         "champion/challenger: %s: %s", "promote" if decision.promote else "keep the champion", decision.reason
     )

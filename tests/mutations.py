@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pkgcopy import copy_package  # (run as a script: tests/ is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments", "serving")
 NET = "tests/test_leakage_net.py"
 BLIND = "tests/test_blindness.py"
 
@@ -610,12 +611,7 @@ def run_one(m: Mutation, keep: bool = False, chosen: list[Mutation] | None = Non
     ``chosen`` (default every mutation)."""
     work = Path(tempfile.mkdtemp(prefix=f"mutant-{m.name}-"))
     try:
-        pkg = work / "macd_ml"
-        pkg.mkdir()
-        for f in (ROOT / "macd_ml").glob("*.py"):  # the package's own modules; the folders are copied, not linked
-            shutil.copy2(f, pkg / f.name)
-        for p in PACKAGES:
-            shutil.copytree(ROOT / p, pkg / p, ignore=shutil.ignore_patterns("__pycache__"))
+        pkg = copy_package(work)
         if m is not CONTROL:
             target = pkg / m.file
             text = target.read_text()

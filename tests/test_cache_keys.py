@@ -15,9 +15,9 @@ import pytest
 from macd_ml.artifacts.codehash import closure, code_version
 from macd_ml.features.synth import synth_market, write_market
 from tests.flowutil import ALWAYS_RUN, LENIENT, NO_PLOTS, latest_flow_run_id, task_states
+from tests.pkgcopy import copy_package
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments")
 UPSTREAM_OF_STACK = (
     "ingest",
     "features",
@@ -57,12 +57,15 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_editing_the_code_reruns_exactly_what_depends_on_it(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    copy = tmp_path / "pkg" / "macd_ml"
-    for p in PACKAGES:
-        shutil.copytree(ROOT / p, copy / p, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = copy_package(tmp_path / "pkg")
     data = tmp_path / "data"
     write_market(synth_market(hours=3_000, seed=9, gaps=1), data)
-    env = {**os.environ, "PYTHONPATH": str(copy.parent), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(copy.parent),
+        "PYTHONSAFEPATH": "1",
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }
 
     def run() -> dict[str, str]:
         proc = subprocess.run(
@@ -98,7 +101,7 @@ def test_editing_the_code_reruns_exactly_what_depends_on_it(tmp_path):
     assert first["stack"] == "Completed"
 
     # a constant in the stacker: the stacker (and what its output feeds) runs again, nothing before it
-    _edit(copy / "models" / "stacking.py", "MIN_INNER_BLOCK = 20", "MIN_INNER_BLOCK = 19")
+    _edit(copy / "models" / "ensemble" / "stacking.py", "MIN_INNER_BLOCK = 20", "MIN_INNER_BLOCK = 19")
     states = run()
     assert all(states[t] == "Cached" for t in UPSTREAM_OF_STACK), states
     assert states["stack"] == "Completed", states

@@ -30,6 +30,7 @@ from macd_ml.models.release.scoring import score_features, session
 from macd_ml.serving.live_check import live_check
 from tests.flowutil import run_cli
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
+from tests.pkgcopy import copy_package
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = '["lgb","xgb","tft"]'
@@ -330,12 +331,7 @@ def test_the_live_check_catches_a_feature_code_change(run, tmp_path):
     """The same run checked with feature code whose return window changed: the bot's Scorer scores the newest
     bars differently from the run, and the gate refuses."""
     out, folder = run
-    copy = tmp_path / "pkg" / "macd_ml"
-    copy.mkdir(parents=True)
-    for f in (ROOT / "macd_ml").glob("*.py"):
-        shutil.copy2(f, copy / f.name)
-    for p in ("artifacts", "features", "models", "tasks", "flows", "deployments", "serving"):
-        shutil.copytree(ROOT / p, copy / p, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = copy_package(tmp_path / "pkg")
     ind = copy / "features" / "indicators.py"
     ind.write_text(
         ind.read_text().replace(

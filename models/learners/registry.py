@@ -1,137 +1,130 @@
-"""The five base learners by their stable short names, their parameter models, and their feature sets, plus the
-fixed reference model (models/learners/reference.py) that every run trains beside them."""
+"""The base learners, each registered once in :data:`LEARNERS` (name, parameters, cost, feature set; its minimum
+rows come from its parameter class), plus the fixed reference model (models/learners/reference.py) that every run
+trains beside them."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Literal, get_args
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from macd_ml.models.learners.params import LGBParams, SequenceParams, TFTParams, XGBParams
+from macd_ml.models.learners.params import LGBParams, PlainLGBParams, SequenceParams, TFTParams, XGBParams
 from macd_ml.models.learners.reference import PARAMS as REFERENCE_PARAMS
 from macd_ml.models.learners.reference import REFERENCE, reference_features
 
 if TYPE_CHECKING:
     from macd_ml.models.learners.base import Model
 
+FeatureSet = Literal["own", "all"]
+# what a training task is told to read: a user's choice for the five, the fixed small set for the reference
+FeatureSelection = Literal["own", "all", "reference"]
 
-def _load_classes() -> "dict[str, type[Model]]":
-    # imports here, not at the top: see _ModelClasses. They stay import statements on purpose: the code version
-    # of every module that uses the registry (artifacts/codehash.py reads imports, these included) covers them.
-    from macd_ml.models.learners.gbdt import LGBCrossModel, LGBModel, ReferenceModel, XGBModel
-    from macd_ml.models.learners.lstm import LSTMModel
-    from macd_ml.models.learners.tft import TFTModel
 
-    return {
-        "lgb": LGBModel,
-        "xgb": XGBModel,
-        "lgb_cross": LGBCrossModel,
-        "lstm": LSTMModel,
-        "tft": TFTModel,
-        REFERENCE: ReferenceModel,
-    }
+@dataclass(frozen=True)
+class Learner:
+    """A base learner as the pipeline knows it. Adding one is a file (its ``Model`` subclass, with its parameter
+    class holding its defaults and ``min_fit_rows``) and one line in :data:`LEARNERS`: the config, the UI form,
+    the feature sets, the flow's task order, the GPU slot and preflight all read it from here."""
+
+    name: str
+    description: str
+    params: type[BaseModel]  # the parameter class, its defaults the learner's defaults
+    model: str  # "module:Class", imported when a model is first built or loaded (never by the config or the CLI)
+    cost: float  # rough fit seconds per fold, relative (a run's timings.json): the flow submits costly tasks first
+    features: FeatureSelection  # default feature set
+    sequence: bool = False  # a torch sequence net: takes the ``gpu`` concurrency slot
+
+    def model_class(self) -> type[Model]:
+        module, _, name = self.model.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+LEARNERS: tuple[Learner, ...] = (
+    Learner("lgb", "LightGBM on the target's features", PlainLGBParams, "macd_ml.models.learners.gbdt:LGBModel", 1.0, "own"),  # noqa: E501
+    Learner("xgb", "XGBoost on the target's features", XGBParams, "macd_ml.models.learners.gbdt:XGBModel", 1.0, "own"),
+    Learner("lgb_cross", "LightGBM with the cross-asset block", LGBParams, "macd_ml.models.learners.gbdt:LGBCrossModel", 2.0, "all"),  # noqa: E501
+    Learner("lstm", "multi-horizon LSTM", SequenceParams, "macd_ml.models.learners.lstm:LSTMModel", 5.0, "all", True),
+    Learner("tft", "Temporal Fusion Transformer", TFTParams, "macd_ml.models.learners.tft:TFTModel", 20.0, "all", True),
+)  # fmt: skip
+# trains in every run beside the enabled ones, with fixed parameters (models/learners/reference.py)
+REFERENCE_LEARNER = Learner(
+    REFERENCE, "the fixed reference", LGBParams, "macd_ml.models.learners.gbdt:ReferenceModel", 0.5, "reference"
+)
+BY_NAME: dict[str, Learner] = {lr.name: lr for lr in (*LEARNERS, REFERENCE_LEARNER)}
+NAMES: tuple[str, ...] = tuple(lr.name for lr in LEARNERS)  # the models a user enables
 
 
 class _ModelClasses(Mapping[str, "type[Model]"]):
     """name -> model class, the libraries imported on first use: the config, the CLI and an unchanged run
     validate and plan without loading LightGBM, XGBoost or torch (seconds of import each)."""
 
-    NAMES = ("lgb", "xgb", "lgb_cross", "lstm", "tft", REFERENCE)
-
-    def __getitem__(self, name: str) -> "type[Model]":
-        if name not in self.NAMES:
-            raise KeyError(name)
-        return _load_classes()[name]
+    def __getitem__(self, name: str) -> type[Model]:
+        return BY_NAME[name].model_class()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.NAMES)
+        return iter(BY_NAME)
 
     def __len__(self) -> int:
-        return len(self.NAMES)
+        return len(BY_NAME)
 
 
-MODEL_CLASSES: Mapping[str, "type[Model]"] = _ModelClasses()
+MODEL_CLASSES: Mapping[str, type[Model]] = _ModelClasses()
+SEQUENCE_MODELS = tuple(lr.name for lr in BY_NAME.values() if lr.sequence)
+FIT_COST = {lr.name: lr.cost for lr in BY_NAME.values()}
+ModelName = str  # one of NAMES (ModelsConfig checks it; the form lists them)
 
 
-SEQUENCE_MODELS = ("lstm", "tft")
-# Rough fit seconds per fold at the defaults, relative (this CPU, real candles, a run's timings.json): only
-# the order matters. The flow submits the costliest tasks first so the last task to finish is a short one.
-FIT_COST = {"tft": 20.0, "lstm": 5.0, "lgb_cross": 2.0, "xgb": 1.0, "lgb": 1.0, REFERENCE: 0.5}
-assert set(FIT_COST) == set(MODEL_CLASSES), "FIT_COST must list MODEL_CLASSES"
-
-FeatureSet = Literal["own", "all"]
-# what a training task is told to read: a user's choice for the five, the fixed small set for the reference
-FeatureSelection = Literal["own", "all", "reference"]
+FeatureSets = create_model(  # type: ignore[call-overload]
+    "FeatureSets",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Which features each model reads: 'own' = the target's own features, 'all' = plus the cross-asset block.",
+    __module__=__name__,
+    **{lr.name: (FeatureSet, Field(default=lr.features, description=lr.description)) for lr in LEARNERS},
+)
 
 
-# the models a user enables; the reference always trains (it is what they are measured against)
-ModelName = Literal["lgb", "xgb", "lgb_cross", "lstm", "tft"]
-assert set(get_args(ModelName)) | {REFERENCE} == set(MODEL_CLASSES), "ModelName must list MODEL_CLASSES"
-
-
-class FeatureSets(BaseModel):
-    """Which features each model reads: 'own' = the target's own features, 'all' = plus the cross-asset block."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lgb: FeatureSet = Field(default="own", description="LightGBM")
-    xgb: FeatureSet = Field(default="own", description="XGBoost")
-    lgb_cross: FeatureSet = Field(default="all", description="cross-asset LightGBM")
-    lstm: FeatureSet = Field(default="all", description="LSTM")
-    tft: FeatureSet = Field(default="all", description="Temporal Fusion Transformer")
-
-
-class ModelsConfig(BaseModel):
+class _ModelsConfig(BaseModel):
     """Which models train, with which parameters and feature sets ('own' = the target's features only,
-    'all' = plus the cross-asset block)."""
+    'all' = plus the cross-asset block). One field per learner of :data:`LEARNERS` (its parameters) besides these."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: list[ModelName] = Field(
-        default=list(get_args(ModelName)),
+        default=list(NAMES),
         description="models to train (at least one)",
-        json_schema_extra={"uniqueItems": True},
+        json_schema_extra={"uniqueItems": True, "items": {"type": "string", "enum": list(NAMES)}},
     )
-    # smaller, more regularised trees than LGBParams' defaults for the plain LightGBM: out of fold on all five real
-    # symbols they scored +0.004 ± 0.002 (5 h) and +0.005 ± 0.002 (12 h) AUC (bench/bench_defaults.py);
-    # the same change did nothing beyond noise for lgb_cross or (as depth 3) for XGBoost, which keep theirs
-    lgb: LGBParams = Field(
-        default_factory=lambda: LGBParams(num_leaves=7, min_data_in_leaf=200, lambda_l2=5.0),
-        description="LightGBM on the target's features",
-    )
-    xgb: XGBParams = Field(default_factory=XGBParams, description="XGBoost on the target's features")
-    lgb_cross: LGBParams = Field(default_factory=LGBParams, description="LightGBM with the cross-asset block")
-    lstm: SequenceParams = Field(default_factory=SequenceParams, description="multi-horizon LSTM")
-    tft: TFTParams = Field(default_factory=TFTParams, description="Temporal Fusion Transformer")
-    feature_sets: FeatureSets = Field(default_factory=FeatureSets, description="which features each model reads")
+    feature_sets: FeatureSets = Field(default_factory=FeatureSets, description="which features each model reads")  # type: ignore[valid-type]
     pooled: list[ModelName] = Field(
         default=[],
         description="models fitted on the panel: the target's rows plus every other symbol in the data folder "
         "(not the cross symbols), each with the target's features and cross, rows up to each fold's end; scored "
         "on the target's folds and holdout only",
-        json_schema_extra={"uniqueItems": True},
+        json_schema_extra={"uniqueItems": True, "items": {"type": "string", "enum": list(NAMES)}},
     )
     collapse_std: float = Field(
         default=1e-3, ge=0, description="a model whose inner-slice predictions vary less than this is collapsed"
     )
 
-    @field_validator("enabled", mode="before")
+    @field_validator("enabled", "pooled", mode="before")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
+    def _known(cls, v: list[str], info) -> list[str]:
         if not isinstance(v, list):
             return v  # pydantic names the type error
         if REFERENCE in v:
             raise ValueError(f"'{REFERENCE}' trains in every run and is not enabled here (stacking.include_reference)")
-        unknown = [m for m in v if m not in get_args(ModelName)]
+        unknown = [m for m in v if m not in NAMES]
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; known: {list(get_args(ModelName))}")
-        if not v:
+            raise ValueError(f"unknown model(s) {unknown}; known: {list(NAMES)}")
+        if not v and info.field_name == "enabled":
             raise ValueError("enable at least one model")
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
-    def _pooled_are_enabled(self) -> "ModelsConfig":
+    def _pooled_are_enabled(self) -> "_ModelsConfig":
         off = [m for m in self.pooled if m not in self.enabled]
         if off:
             raise ValueError(f"pooled model(s) {off} are not enabled (models.enabled)")
@@ -146,6 +139,15 @@ class ModelsConfig(BaseModel):
 
     def feature_set(self, name: str) -> FeatureSelection:
         return "reference" if name == REFERENCE else getattr(self.feature_sets, name)
+
+
+ModelsConfig = create_model(  # type: ignore[call-overload]
+    "ModelsConfig",
+    __base__=_ModelsConfig,
+    __doc__=_ModelsConfig.__doc__,
+    __module__=__name__,
+    **{lr.name: (lr.params, Field(default_factory=lr.params, description=lr.description)) for lr in LEARNERS},
+)
 
 
 def own_features(names: list[str]) -> list[str]:
@@ -165,16 +167,12 @@ def make_model(name: str, params: BaseModel, feature_names: list[str], horizons:
 
 
 def min_fit_rows(name: str, params: BaseModel) -> tuple[int, str]:
-    """Fewest labelled fitting rows with which a model can learn more than a constant, and why."""
-    if isinstance(params, LGBParams):
-        return 2 * params.min_data_in_leaf, f"two leaves of models.{name}.min_data_in_leaf={params.min_data_in_leaf}"
-    if isinstance(params, XGBParams):
-        # a leaf needs a hessian sum >= min_child_weight; p(1-p) <= 1/4, so >= 4 * min_child_weight rows a leaf
-        need = max(2, int(8 * params.min_child_weight))
-        return need, f"two leaves of models.xgb.min_child_weight={params.min_child_weight} (4 rows per unit of weight)"
-    if isinstance(params, SequenceParams):
-        return max(100, 2 * params.window), "a few batches of windows"
-    raise TypeError(f"no minimum known for {name} ({type(params).__name__})")
+    """Fewest labelled fitting rows with which a model can learn more than a constant, and why (its parameter
+    class says: ``min_fit_rows``)."""
+    how = getattr(params, "min_fit_rows", None)
+    if how is None:
+        raise TypeError(f"no minimum known for {name} ({type(params).__name__} has no min_fit_rows)")
+    return how(name)
 
 
 def load_run_model(run_path, name: str) -> "Model":

@@ -11,6 +11,7 @@ the challenger by its shipped holdout probabilities (equal to its ensemble's, by
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, IntegrityError, read_json, read_parquet, run_artifacts, verify_run
 from macd_ml.errors import DataError
+from macd_ml.features.build import FeatureTable
+from macd_ml.features.spec import FeatureSpec
 from macd_ml.models.evaluation.drift import prediction_shift
 from macd_ml.models.evaluation.metrics import Decision, Metrics
 from macd_ml.models.evaluation.stats import auc, auc_se
@@ -52,7 +55,12 @@ def decide(
     horizon: int,
     spec: PromotionSpec,
     challenger_id: str | None = None,
+    features: FeaturesFor | None = None,
 ) -> Decision:
+    """``features(target, cross, spec, gap_tolerance_hours)`` gives the feature table the champion reads (default:
+    built from the candle files in ``data_dir``; the pipeline passes one that reuses the run's validated candles
+    and, for the same spec, its feature table: tasks/inputs.py)."""
+
     def unopposed(reason: str, champion: str | None = None) -> Decision:
         return Decision(
             promote=True,
@@ -88,7 +96,7 @@ def decide(
     if champ.holdout.first is not None:
         window = window.filter(pl.col("timestamp") >= champ.holdout.first)
     try:
-        champ_scores = _score_champion(files, data_dir, window["timestamp"], horizon)
+        champ_scores = _score_champion(files, features or _from_files(data_dir), window["timestamp"], horizon)
     except (DataError, KeyError, ValueError) as exc:
         return unopposed(f"the champion cannot score this data ({str(exc).splitlines()[0]})", champion_id)
     window = window.join(champ_scores, on="timestamp", how="inner")
@@ -133,23 +141,33 @@ def decide(
     )
 
 
-def _score_champion(files: dict[str, ArtifactRef], data_dir: str, timestamps: pl.Series, horizon: int) -> pl.DataFrame:
+FeaturesFor = Callable[[str, list[str], FeatureSpec, int], FeatureTable]
+
+
+def _from_files(data_dir: str) -> FeaturesFor:
+    def features(target: str, cross: list[str], spec: FeatureSpec, gap: int) -> FeatureTable:
+        from macd_ml.features.build import build_features
+        from macd_ml.features.ingest import load_market
+
+        return build_features(load_market(data_dir, target, cross), spec, gap)
+
+    return features
+
+
+def _score_champion(
+    files: dict[str, ArtifactRef], features: FeaturesFor, timestamps: pl.Series, horizon: int
+) -> pl.DataFrame:
     """The champion's shipped probability at ``horizon`` for these bars, from raw candles with its own spec."""
     import onnx
 
     from macd_ml.artifacts.store import verify
-    from macd_ml.features.build import build_features
-    from macd_ml.features.ingest import load_market
-    from macd_ml.features.spec import FeatureSpec
     from macd_ml.models.release.onnx_export import ensemble_spec
     from macd_ml.models.release.scoring import score_features, session
 
     meta = read_json(files[catalog.FEATURES_META])
     config = read_json(files[catalog.CONFIG]) if catalog.CONFIG in files else {}
     gap = int(meta.get("gap_tolerance_hours", config.get("gap_tolerance_hours", 1)))
-    table = build_features(
-        load_market(data_dir, meta["target"], meta["cross"]), FeatureSpec.model_validate(meta["spec"]), gap
-    )
+    table = features(meta["target"], list(meta["cross"]), FeatureSpec.model_validate(meta["spec"]), gap)
     ens_path = verify(files[catalog.ENSEMBLE_ONNX])
     spec = ensemble_spec(onnx.load(str(ens_path)))
     if horizon not in spec.horizons:
