@@ -53,52 +53,18 @@ def _children_peak_mib() -> float:
 
 
 def _direct(config, run_id: str) -> str:
-    """The flow body with Prefect's task machinery replaced by plain calls (a thread pool for ``submit``): what
-    the stages cost without orchestration. Nothing is cached and no API is called; each call gets the cache key
-    a task body reads for its folder (``current_key``), made the same way as Prefect's."""
-    import inspect
-    import logging
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+    """The pipeline with every stage called directly (flows/stages_runner.py: ``direct_stages``): the same stage
+    functions and cache folders as the flow, without Prefect's engine, API, result cache or UI artifacts; what the
+    stages cost without orchestration."""
+    from pathlib import Path
 
-    import prefect
+    from macd_ml.flows.pipeline import run_pipeline
+    from macd_ml.flows.preflight import preflight
+    from macd_ml.flows.stages_runner import direct_stages
 
-    import macd_ml.flows.retrain as flow_mod
-    import macd_ml.tasks.report as report_mod
-    from macd_ml.models.learners.device import parallel_tasks
-    from macd_ml.tasks.policy import make_key
-
-    pool = ThreadPoolExecutor(parallel_tasks())
-    local = threading.local()
-
-    def call(task, *args, **kwargs):
-        bound = inspect.signature(task.fn).bind(*args, **kwargs)
-        bound.apply_defaults()
-        inputs = dict(bound.arguments)
-        policy = getattr(task, "cache_policy", None)
-        try:
-            key = make_key(task.name, "direct", policy.inputs(inputs) if hasattr(policy, "inputs") else inputs)
-        except TypeError:  # an uncached task with inputs that have no content form: it names no folder
-            key = f"{task.name}-direct"
-        previous, local.key = getattr(local, "key", None), key
-        try:
-            return task.fn(*args, **kwargs)
-        finally:
-            local.key = previous
-
-    prefect.Task.__call__ = lambda self, *a, **k: call(self, *a, **k)  # type: ignore[method-assign]
-    prefect.Task.submit = lambda self, *a, **k: pool.submit(call, self, *a, **k)  # type: ignore[method-assign]
-    logger = logging.getLogger("direct")
-    for name, module in list(sys.modules.items()):
-        if name.startswith("macd_ml.") and hasattr(module, "get_run_logger"):
-            module.get_run_logger = lambda: logger  # type: ignore[attr-defined]
-        if name.startswith("macd_ml.tasks.") and hasattr(module, "current_key"):
-            module.current_key = lambda: local.key  # type: ignore[attr-defined]
-    flow_mod._cache_options = lambda config, out: {"result_storage": None}
-    flow_mod.publish_ui_artifacts = lambda *a, **k: None
-    report_mod.create_markdown_artifact = lambda *a, **k: None
-    report_mod.create_table_artifact = lambda *a, **k: None
-    return flow_mod.retrain.fn(config, run_id=run_id)
+    out = Path(config.out_dir).resolve()
+    preflight(config, out)
+    return run_pipeline(config, out, run_id, direct_stages()).path
 
 
 def one_flow(mode: str, data: str, out: str) -> None:
@@ -108,7 +74,7 @@ def one_flow(mode: str, data: str, out: str) -> None:
 
     config = RetrainConfig.model_validate({"data_dir": data, "out_dir": out})
     if mode == "direct":
-        import macd_ml.flows.retrain  # noqa: F401  (imports are not the flow's cost)
+        import macd_ml.flows.pipeline  # noqa: F401  (imports are not the flow's cost)
 
         t0 = time.perf_counter()
         _direct(config, new_run_id())

@@ -128,4 +128,4 @@ def store_table(
             "cross": list(table.cross),
             "rows_dropped": table.rows_dropped,
         }
-        save_record(folder, "feature-table", "features.parquet", table.frame, doc)
+        save_record(folder, "feature-table", catalog.FEATURES, table.frame, doc)

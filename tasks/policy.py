@@ -14,6 +14,7 @@ jitter; bad input (:class:`DataError`, :class:`ConfigError`) and integrity failu
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import inspect
 import json
@@ -86,10 +87,38 @@ class ContentKey(CachePolicy):
         return make_key(task.name, task_code_version(task.fn), self.inputs(inputs))
 
 
+# the key of a stage run directly (tasks/stages.py: ``Stages.direct``), made the way Prefect makes it
+_direct_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("macd_ml_stage_key", default=None)
+
+
+def direct_key(task: Any, args: tuple, kwargs: dict) -> str:
+    """The cache key Prefect's policy gives ``task`` for these arguments, computed without Prefect's engine."""
+    bound = inspect.signature(inspect.unwrap(task.fn)).bind(*args, **kwargs)
+    bound.apply_defaults()
+    key = task.cache_policy.compute_key(_TaskContext(task), dict(bound.arguments), {})
+    return key or f"{task.name}-uncached"
+
+
+@dataclass
+class _TaskContext:
+    task: Any
+
+
+def run_direct(task: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a stage's function outside Prefect, with the cache key (so the folders) Prefect would give it."""
+    token = _direct_key.set(direct_key(task, args, kwargs))
+    try:
+        return inspect.unwrap(task.fn)(*args, **kwargs)
+    finally:
+        _direct_key.reset(token)
+
+
 def current_key() -> str:
-    """Inside a task body: the cache key Prefect computed for this run of it (names its cache folder)."""
+    """Inside a stage: the cache key of this run of it (names its cache folder): Prefect's, or the direct one."""
     from prefect.transactions import get_transaction
 
+    if (key := _direct_key.get()) is not None:
+        return key
     txn = get_transaction()
     if txn is None or not txn.key:
         raise RuntimeError(

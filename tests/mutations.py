@@ -100,7 +100,7 @@ MUTATIONS = [
     ),
     Mutation(
         "collapsed-not-passed",
-        "flows/retrain.py",
+        "flows/pipeline.py",
         '{m: t["collapsed"] for m, t in training.items()}',
         "{}",
         (f"{NET}::test_collapsed_flags_reach_the_stacker",),
@@ -552,7 +552,7 @@ MUTATIONS = [
     ),
     Mutation(
         "fold-collapse-ignored",
-        "flows/retrain.py",
+        "tasks/metrics.py",
         'any(r.summary["collapsed"].values()) or any(',
         'any(r.summary["collapsed"].values()) or 0 * any(',
         (f"{NET}::test_a_model_collapsed_in_any_fold_is_collapsed",),

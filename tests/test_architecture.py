@@ -160,7 +160,7 @@ def test_run_folder_files_and_columns_are_named_only_in_the_catalog():
 
     literals = {v for k, v in vars(catalog).items() if k.isupper() and isinstance(v, str) and "." in v}
     assert {"shipped_holdout.parquet", "metrics.json", "onnx/ensemble.onnx"} <= literals  # positive control
-    patterns = [re.compile(r'(?<![\w{])"' + re.escape(lit) + '"') for lit in literals]
+    patterns = [re.compile(r'(?<![\w])"' + re.escape(lit) + '"') for lit in literals]
     patterns += [re.compile(p) for p in (r'f"shipped_h\{', r'f"y_\{', r'f"\{\w+\}_h\{\w+\}"')]
     found = []
     for module, path in _modules().items():

@@ -200,7 +200,7 @@ def test_a_model_collapsed_in_any_fold_is_collapsed():
     """A model that collapses in one fold but not in its refit still leaves the stack: its OOF predictions, which
     the stacker reads, hold that fold's constant."""
     from macd_ml.artifacts.store import ArtifactRef
-    from macd_ml.flows.retrain import _training_summary
+    from macd_ml.tasks.metrics import training_summary as _training_summary
     from macd_ml.tasks.refs import FoldOutput, RefitOutput
 
     ref = ArtifactRef(path="/nonexistent", sha256="0" * 64, bytes=0)

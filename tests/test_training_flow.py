@@ -80,7 +80,7 @@ def test_model_files_published(trained):
 
 def test_fold_tasks_are_named_and_untagged_without_limits(trained):
     """No concurrency limit on this API (and no GPU): the training tasks carry no tags, so no task start asks the
-    API for slots (see ``_concurrency_tags``)."""
+    API for slots (see ``concurrency_tags``)."""
     _, _, fr = trained
     states, tags = task_states(fr), task_tags(fr)
     for name in MODEL_CLASSES:
@@ -93,7 +93,7 @@ def test_tasks_are_tagged_by_kind_where_a_limit_exists():
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from macd_ml.flows.retrain import _concurrency_tags
+    from macd_ml.flows.stages_runner import concurrency_tags as _concurrency_tags
 
     @flow
     def tags_now() -> dict:

@@ -1,0 +1,79 @@
+"""The stages are plain functions (flows/stages_runner.py): the whole pipeline runs without Prefect's engine, API or
+result cache, writes the same cache folders the flow would, and publishes a run that verifies. And a cold run
+parses each candle file once and builds the feature table once (docs/architecture.md, "Candles parsed once")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from macd_ml.artifacts import store
+from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.pipeline import run_pipeline
+from macd_ml.flows.preflight import preflight
+from macd_ml.flows.stages_runner import direct_stages
+from macd_ml.tasks import inputs
+from tests.flowutil import lenient
+
+pytestmark = pytest.mark.slow
+
+
+def _config(data, out) -> RetrainConfig:
+    return lenient(
+        RetrainConfig.model_validate(
+            {"data_dir": str(data), "out_dir": str(out), "folds": {"n_folds": 3}, "models": {"enabled": ["lgb"]}}
+        )
+    )
+
+
+def _count_parses(monkeypatch) -> dict[str, int]:
+    """Every parse of a candle file, whoever asks (features.ingest reads raw files in one function), and every
+    feature table built by the pipeline's stages."""
+    from macd_ml.features import ingest
+
+    counts = {"parsed": 0}
+    raw = ingest._read_raw
+
+    def counting(path):
+        counts["parsed"] += 1
+        return raw(path)
+
+    monkeypatch.setattr(ingest, "_read_raw", counting)
+    monkeypatch.setitem(inputs.COUNTS, "built", 0)
+    return counts
+
+
+def test_the_pipeline_runs_without_prefect_and_parses_each_file_once(market, tmp_path, monkeypatch):
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    counts = _count_parses(monkeypatch)
+    out = tmp_path / "out"
+    config = _config(market, out)
+    run_id = store.new_run_id()
+
+    shape = preflight(config, out)  # as the command does before the flow
+    assert counts["parsed"] == 2 and inputs.COUNTS["built"] == 1  # ETHUSDT and its cross BTCUSDT; one table
+    assert preflight(config, out) == shape  # the flow's own call finds the command's result: nothing again
+    run = run_pipeline(config, out, run_id, direct_stages(workers=2))
+
+    assert FlowRunContext.get() is None and TaskRunContext.get() is None
+    assert counts["parsed"] == 2, "a candle file was parsed again after preflight"
+    assert inputs.COUNTS["built"] == 1, "the feature table was built again after preflight"
+    manifest = store.verify_run(run.path)  # a published run, signed, every file checked
+    assert store.current_run(out) == run.run_id and len(manifest["artifacts"]) > 10
+    assert any((out / "cache" / "features").iterdir())  # the folders the flow's tasks would write
+
+
+def test_a_stored_input_that_does_not_verify_is_parsed_again(market, tmp_path, monkeypatch):
+    """The stored candles are a cache, never an authority: a record whose parquet was swapped is not used."""
+    counts = _count_parses(monkeypatch)
+    out = tmp_path / "out"
+    config = _config(market, out)
+    preflight(config, out)
+    assert counts["parsed"] == 2
+    (parquet,) = [p for p in (out / "cache" / "candles").rglob("candles.parquet")][:1]
+    parquet.write_bytes(parquet.read_bytes()[:-8] + b"\0" * 8)  # damaged after the record was signed
+    inputs.candle_reader(out)(Path(market) / "ETHUSDT_1h.csv", "ETHUSDT")
+    inputs.candle_reader(out)(Path(market) / "BTCUSDT_1h.csv", "BTCUSDT")
+    assert counts["parsed"] == 3  # the damaged one parsed again (and stored again), the intact one reused
