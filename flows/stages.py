@@ -21,17 +21,16 @@ from macd_ml.artifacts.store import (
     run_artifacts,
     verify_run,
     write_bytes,
-    write_json,
-    write_parquet,
 )
 from macd_ml.errors import ConfigError
 from macd_ml.flows.config import apply_overrides, validate_config
-from macd_ml.models.ensemble.predictor import predictors_document
 from macd_ml.models.ensemble.stacking import stack_all
 from macd_ml.models.evaluation.metrics import Check, Decision, HealthReport, Metrics, Shipped
 from macd_ml.models.evaluation.report import render_promotion
 from macd_ml.models.learners.reference import REFERENCE
+from macd_ml.tasks.export import write_export
 from macd_ml.tasks.report import write_report
+from macd_ml.tasks.stack import write_stack
 
 EXTRA_PLOTS = (catalog.EQUITY_PLOT,)
 
@@ -100,17 +99,7 @@ def run_stack(run: Path, out: Path, overrides: list[str] | None = None) -> dict[
         r["folds"]["embargo_hours"],
         collapsed,
     )
-    write_json(out / catalog.META, predictors_document(m.horizons, outcome.predictors))
-    stack_doc = {
-        "meta": outcome.metrics,
-        "diversity": outcome.diversity,
-        "spec": config.stacking.model_dump(),
-        "source_run": m.run_id,
-    }
-    write_json(out / catalog.STACK, stack_doc)
-    write_parquet(out / catalog.SHIPPED_HOLDOUT, outcome.shipped)
-    if outcome.oof_shipped is not None:
-        write_parquet(out / catalog.SHIPPED_OOF, outcome.oof_shipped)
+    write_stack(out, outcome, m.horizons, config.stacking, extra={"source_run": m.run_id})
     return outcome.metrics
 
 
@@ -159,9 +148,7 @@ def run_export(run: Path, out: Path) -> dict:
         r["holdout"],
         r["shipped"],
     )
-    for rel, data in exported.files.items():
-        write_bytes(out / rel, data)
-    write_json(out / catalog.PARITY, exported.parity)
+    write_export(out, exported.files, exported.parity)
     return exported.parity
 
 

@@ -55,9 +55,7 @@ def export_task(
         read_parquet(tables[catalog.HOLDOUT_PREDICTIONS]),
         read_parquet(stack_files[catalog.SHIPPED_HOLDOUT]),
     )
-    folder = cache_dir(out_dir, "onnx", current_key())
-    files = {rel: write_bytes(folder / rel, data) for rel, data in exported.files.items()}
-    files[catalog.PARITY] = write_json(folder / catalog.PARITY, exported.parity)
+    files = write_export(cache_dir(out_dir, "onnx", current_key()), exported.files, exported.parity)
     log.info(
         "ONNX export on %s: parity %s (ensemble max |onnx - native| %.2g)",
         exported.parity["provider"],
@@ -65,3 +63,10 @@ def export_task(
         exported.parity["ensemble"]["max_abs"],
     )
     return ExportResult(files=files, parity=exported.parity)
+
+
+def write_export(folder: Path, graphs: dict[str, bytes], parity: dict) -> dict[str, ArtifactRef]:
+    """The export stage's files, ``onnx/*.onnx`` and ``parity.json`` (the stage and ``macd-ml export`` alike)."""
+    files = {rel: write_bytes(folder / rel, data) for rel, data in graphs.items()}
+    files[catalog.PARITY] = write_json(folder / catalog.PARITY, parity)
+    return files

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
 from macd_ml.models.ensemble.predictor import predictors_document
-from macd_ml.models.ensemble.stacking import StackSpec, stack_all
+from macd_ml.models.ensemble.stacking import StackOutcome, StackSpec, stack_all
 from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import StackResult
 from macd_ml.tasks.results import cached_task
@@ -31,13 +32,20 @@ def stack_task(
     outcome = stack_all(oof, holdout, models, horizons, spec, embargo_hours, collapsed)
     for h, m in outcome.metrics.items():
         log.info("h=%s ships %s: inner-CV AUC %s, holdout %s", h, m.shipped, m.val_auc, m.test_auc)
-    d = cache_dir(out_dir, "stack", current_key())
-    doc = {"meta": outcome.metrics, "diversity": outcome.diversity, "spec": spec.model_dump()}
+    files = write_stack(cache_dir(out_dir, "stack", current_key()), outcome, horizons, spec)
+    return StackResult(files=files, meta=outcome.metrics, diversity=outcome.diversity)
+
+
+def write_stack(
+    folder: Path, outcome: StackOutcome, horizons: list[int], spec: StackSpec, extra: dict | None = None
+) -> dict[str, ArtifactRef]:
+    """The stacking stage's files (the stage and ``macd-ml stack`` on a published run write them alike)."""
+    doc = {"meta": outcome.metrics, "diversity": outcome.diversity, "spec": spec.model_dump(), **(extra or {})}
     files = {
-        catalog.META: write_json(d / catalog.META, predictors_document(horizons, outcome.predictors)),
-        catalog.STACK: write_json(d / catalog.STACK, doc),
-        catalog.SHIPPED_HOLDOUT: write_parquet(d / catalog.SHIPPED_HOLDOUT, outcome.shipped),
+        catalog.META: write_json(folder / catalog.META, predictors_document(horizons, outcome.predictors)),
+        catalog.STACK: write_json(folder / catalog.STACK, doc),
+        catalog.SHIPPED_HOLDOUT: write_parquet(folder / catalog.SHIPPED_HOLDOUT, outcome.shipped),
     }
     if outcome.oof_shipped is not None:  # the gate's threshold is chosen on these rows (models/evaluation/backtest.py)
-        files[catalog.SHIPPED_OOF] = write_parquet(d / catalog.SHIPPED_OOF, outcome.oof_shipped)
-    return StackResult(files=files, meta=outcome.metrics, diversity=outcome.diversity)
+        files[catalog.SHIPPED_OOF] = write_parquet(folder / catalog.SHIPPED_OOF, outcome.oof_shipped)
+    return files
