@@ -1,4 +1,4 @@
-"""The retraining pipeline as a diagram in code: which stage feeds which (docs/architecture.md, "The DAG").
+"""The retraining pipeline as a diagram in code: which stage feeds which (docs/architecture.md, "The flow").
 
     ingest+validate ─► features ─► labels ─► purged walk-forward folds
         ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout,
