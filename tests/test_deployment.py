@@ -10,8 +10,9 @@ from prefect.flows import load_flow_from_entrypoint
 
 from macd_ml.deployments.nightly import DEFAULT_CRON, build
 from macd_ml.features.errors import ConfigError
-from macd_ml.flows.cli import build_parser, main
+from macd_ml.flows.cli import build_parser
 from macd_ml.flows.config import RetrainConfig, validate_config
+from tests.cliutil import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,15 +205,14 @@ def test_locations_in_a_deployment_come_from_parameters_then_variables(monkeypat
         "shadow-report",
     ],
 )
-def test_every_subcommand_has_help(cmd, capsys):
+def test_every_subcommand_has_help(cmd):
     """Not just argparse's usage line: the command's own description and a help text for every option."""
     import argparse
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
-    with pytest.raises(SystemExit) as exc:
-        main([cmd, "--help"])
-    assert exc.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
+    code, out, _ = cli(cmd, "--help")
+    assert code == 0
+    text = " ".join(out.split())
     assert sub.description and " ".join(sub.description.split()) in text, f"{cmd} has no description"
     for action in sub._actions:
         if isinstance(action, argparse._HelpAction):
