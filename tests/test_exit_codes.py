@@ -37,13 +37,14 @@ def test_a_config_file_of_two_megabytes_of_brackets_is_bad_input(tmp_path):
         ["predict", "--bundle", "b.tar.gz", "--data", ".", "--last", "-1"],
         ["predict", "--bundle", "b.tar.gz", "--data", ".", "--last", "0"],
         ["shadow", "--bundle", "b.tar.gz", "--data", ".", "--log", "l.jsonl", "--last", "-3"],
-        ["backtest", "run", "--data", ".", "--from", "yesterday"],
-        ["backtest", "run", "--data", ".", "--to", "soon"],
+        ["backtest", "run", "--data", ".", "--since", "yesterday"],
+        ["backtest", "run", "--data", ".", "--until", "soon"],
     ],
 )
 def test_flag_values_are_checked_before_anything_runs(argv):
     code, _, err = cli(*argv)
     assert code == 2 and argv[-1] in err, err
+    assert err.startswith(f"macd-ml {argv[0]}: error: argument "), err  # the parser's, before the command runs
 
 
 def test_an_expiry_that_is_not_in_the_future_is_bad_input(tmp_path):

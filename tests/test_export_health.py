@@ -210,14 +210,14 @@ def test_a_run_edited_with_its_manifest_is_refused_by_every_command_that_reads_i
     (copy / "manifest.json").write_text(json.dumps(manifest))
     for argv in (
         ["health", str(copy), "--json"],
-        ["report", str(copy), "--out", str(tmp_path / "r")],
-        ["bundle", str(copy), "--out", str(tmp_path / "b.tar.gz")],
+        ["report", str(copy), "--into", str(tmp_path / "r")],
+        ["bundle", str(copy), "--to", str(tmp_path / "b.tar.gz")],
     ):
         code, stdout, err = cli(*argv)
         assert code == 3, (argv, code, stdout, err)
         assert "signature" in (err + stdout), (argv, err, stdout)
     assert not (tmp_path / "b.tar.gz").exists()
-    code, _, err = cli("bundle", str(copy), "--out", str(tmp_path / "b.tar.gz"))
+    code, _, err = cli("bundle", str(copy), "--to", str(tmp_path / "b.tar.gz"))
     assert "macd-ml retrain" in err, err
 
 
@@ -448,7 +448,7 @@ def test_a_sequence_net_whose_graph_is_off_by_more_than_its_tolerance_fails_pari
 def test_export_runs_alone_against_a_run(run, tmp_path):
     out, folder = run
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    code, stdout, err = cli("export-onnx", str(folder), "--out", str(tmp_path / "again"))
+    code, stdout, err = cli("export-onnx", str(folder), "--into", str(tmp_path / "again"))
     assert code == 0, err
     assert "parity passed" in stdout
     for rel in ("onnx/ensemble.onnx", "onnx/meta.onnx", "parity.json"):

@@ -600,7 +600,7 @@ def test_good_folder_passes_validation_and_reaches_the_flow(good_dir, tmp_path, 
     assert retrain.code == 0, retrain.err
     assert len(no_prefect) == 1 and no_prefect[0].data_dir == str(good_dir)
     feat = tmp_path / "feat" / "table.parquet"
-    features = cli("features", "--data", good_dir, "--out", feat)
+    features = cli("features", "--data", good_dir, "--to", feat)
     assert features.code == 0, features.err
     assert feat.is_file() and feat.with_suffix(".json").is_file()
     assert retrain.err == features.err == ""
@@ -632,7 +632,7 @@ def test_bad_input_features_exits_2_and_writes_no_table(name, market, good_dir, 
     case.make(good_dir, market)
     feat = tmp_path / "feat" / "table.parquet"
 
-    captured = cli("features", "--data", good_dir, "--out", feat, *case.args)
+    captured = cli("features", "--data", good_dir, "--to", feat, *case.args)
 
     assert captured.code == 2, captured.err
     _assert_one_line_error(captured.err, case, good_dir)

@@ -77,7 +77,7 @@ def test_bundle_is_reproducible_and_verified(run, bundle_bytes, tmp_path):
         "models/lgb/lgb_h5.txt",
         "onnx/lstm.onnx",
     } <= set(b.members)
-    code, stdout, _ = cli("bundle", str(folder), "--out", str(tmp_path / "b.tar.gz"))
+    code, stdout, _ = cli("bundle", str(folder), "--to", str(tmp_path / "b.tar.gz"))
     assert code == 0 and (tmp_path / "b.tar.gz").read_bytes() == bundle_bytes
     assert store.sha256_file(tmp_path / "b.tar.gz") in stdout
     flow_bundle = out / "bundles" / f"{folder.name}.tar.gz"

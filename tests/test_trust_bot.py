@@ -241,7 +241,7 @@ def test_a_bot_refuses_a_pointer_older_than_one_it_has_seen(bundles, tmp_path):
     shutil.copytree(snapshot_of_v1, dest)
     with pytest.raises(TrustError, match=r"^.*rollback refused"):
         fetch_latest(str(dest), state)
-    code, _, err = cli("fetch", "--from", str(dest), "--out", str(tmp_path / "b.tar.gz"), "--state", str(state))
+    code, _, err = cli("fetch", "--from", str(dest), "--to", str(tmp_path / "b.tar.gz"), "--state", str(state))
     assert code == 3 and "rollback refused" in err and len(err.strip().splitlines()) == 1, err
 
 

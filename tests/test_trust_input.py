@@ -175,7 +175,7 @@ def test_unreadable_data_folder_is_bad_input(tmp_path, small_market_dir):
             "features",
             "--data",
             data,
-            "--out",
+            "--to",
             "/tmp/never.parquet",
             subprocess=True,
             wrap=["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"],
@@ -192,7 +192,7 @@ def test_corrupt_manifest_is_named(tmp_path):
     run = tmp_path / "runs" / "20250101T000000Z-00000001"
     run.mkdir(parents=True)
     (run / "manifest.json").write_text('{"artifacts": [')
-    code, _, err = cli("report", str(run), "--out", str(tmp_path / "r"))
+    code, _, err = cli("report", str(run), "--into", str(tmp_path / "r"))
     # a damaged run folder is refused like a tampered one (exit 3), naming the file and what to do
     assert code == 3 and str(run / "manifest.json") in err and "not valid JSON" in err and "retrain" in err, err
 
