@@ -8,8 +8,8 @@
   PYTHONPATH (tests/mutations.py, with PYTHONSAFEPATH=1) is what runs;
 - ``spawn(*args)``: the same process, started and not waited for (a test that kills it, or runs several at once).
 
-Both return what the command did, never raise on a non-zero exit: ``Result(code, out, err)``, which also unpacks as
-``code, out, err = cli(...)``.
+``cli`` returns what the command did and never raises on a non-zero exit: ``Result(code, out, err)``, a named
+tuple (``code, out, err = cli(...)`` works too).
 
 A ``retrain`` run here is relaxed for the tests' tiny markets unless a test asks for the real gates
 (``strict=True``): the AUC gates warn instead of refusing, no live check, a challenger is not held back by an
@@ -24,22 +24,19 @@ import shutil
 import subprocess as sp
 import sys
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Mapping
+from typing import IO, Iterator, Mapping, NamedTuple
 
 LENIENT = ["--set", "health.auc_gates=false", "--set", "health.live_check=false", "--set", "promotion.margin_se=1000"]
 NO_PLOTS = ["--set", "report.plots=false"]
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
+    """What a command did: exit code, stdout, stderr (also ``code, out, err = cli(...)``)."""
+
     code: int
     out: str
     err: str
-
-    def __iter__(self) -> Iterator:
-        return iter((self.code, self.out, self.err))
 
 
 def argv(args, strict: bool = False, plots: bool = False) -> list[str]:
