@@ -155,3 +155,18 @@ def spawn(
         text=True,
         start_new_session=new_session,
     )
+
+
+def package_copy(where: str | os.PathLike) -> Path:
+    """A complete copy of the package under ``where``: macd_ml/ with its own modules and every folder it links,
+    copied (no link back to the checkout). Returns the copy's macd_ml folder; ``env={"PYTHONPATH": where}``
+    makes a CLI process run the copy (a test edits it to see what a code change does)."""
+    root = Path(__file__).resolve().parents[1] / "macd_ml"
+    pkg = Path(where) / "macd_ml"
+    pkg.mkdir(parents=True)
+    for entry in sorted(root.iterdir()):
+        if entry.suffix == ".py":
+            shutil.copy2(entry, pkg / entry.name)
+        elif entry.is_dir() and entry.name != "__pycache__":
+            shutil.copytree(entry, pkg / entry.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return pkg

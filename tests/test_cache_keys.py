@@ -13,11 +13,9 @@ import pytest
 
 from macd_ml.artifacts.codehash import closure, code_version
 from macd_ml.features.synth import synth_market, write_market
-from tests.cliutil import cli, environment
+from tests.cliutil import cli, environment, package_copy
 from tests.flowutil import ALWAYS_RUN, latest_flow_run_id, task_states
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("artifacts", "features", "models", "tasks", "flows", "deployments")
 UPSTREAM_OF_STACK = (
     "ingest",
     "features",
@@ -57,9 +55,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_editing_the_code_reruns_exactly_what_depends_on_it(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    copy = tmp_path / "pkg" / "macd_ml"
-    for p in PACKAGES:
-        shutil.copytree(ROOT / p, copy / p, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = package_copy(tmp_path / "pkg")
     data = tmp_path / "data"
     write_market(synth_market(hours=3_000, seed=9, gaps=1), data)
     env = {"PYTHONPATH": str(copy.parent), "PREFECT_API_URL": str(PREFECT_API_URL.value())}

@@ -23,7 +23,7 @@ from macd_ml.models.promotion import PromotionSpec, decide
 from macd_ml.models.registry import load_model, make_model, select_features
 from macd_ml.models.scoring import score_features, session
 from macd_ml.models.train import train_fold
-from tests.cliutil import cli
+from tests.cliutil import cli, package_copy
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,9 +314,7 @@ def test_the_live_check_catches_a_feature_code_change(run, tmp_path):
     """The same run checked with feature code whose return window changed: the fresh process scores the newest
     bars differently from the run, and the gate refuses."""
     out, folder = run
-    copy = tmp_path / "pkg" / "macd_ml"
-    for p in ("artifacts", "features", "models", "tasks", "flows", "deployments"):
-        shutil.copytree(ROOT / p, copy / p, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = package_copy(tmp_path / "pkg")
     ind = copy / "features" / "indicators.py"
     ind.write_text(
         ind.read_text().replace(
