@@ -97,12 +97,21 @@ def test_version_from_the_console_script():
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["no-such-command"], ["synth", "--bogus"], ["config"], ["config", "show", "--no-such-flag"]]
+    ("argv", "command"),
+    [
+        ([], "macd-ml"),
+        (["no-such-command"], "macd-ml"),
+        (["synth", "--bogus"], "macd-ml synth"),
+        (["synth", "--to", "d", "extra"], "macd-ml synth"),
+        (["config"], "macd-ml config"),
+        (["config", "show", "--no-such-flag"], "macd-ml config show"),
+    ],
 )
-def test_a_usage_error_is_one_line_and_exit_2(argv):
+def test_a_usage_error_is_one_line_and_exit_2_naming_the_command(argv, command):
     code, out, err = cli(*argv)
     line = _one_line(err)
-    assert code == 2 and out == "" and "error:" in line and "--help" in line, err
+    assert code == 2 and out == "" and line.startswith(f"{command}: error: "), err
+    assert line.endswith(f"(`{command} --help` lists the options)"), line
 
 
 # --------------------------------------------------------------------------------------------- renamed flags

@@ -65,10 +65,26 @@ class TopParser(Parser):
         formatter.add_text(self.epilog)
         return formatter.format_help()
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown argument is reported by the command it was given to (its usage hint)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser: argparse.ArgumentParser = self
+            while (action := _subparsers(parser)) is not None and getattr(parsed, action.dest, None):
+                parser = action.choices[getattr(parsed, action.dest)]
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """The parser's subcommands action (name -> parser in ``.choices``)."""
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action = _subparsers(parser)
+    assert action is not None, parser.prog
+    return action
 
 
 def version() -> str:
