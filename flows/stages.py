@@ -1,6 +1,6 @@
 """Stages after training, run alone against an existing run folder (``macd-ml stack``, ``macd-ml report``).
 
-A published run is immutable, so a stage re-run writes to a new folder (``--out``); it reads the run's own
+A published run is immutable, so a stage re-run writes into another folder (``--into``); it reads the run's own
 OOF and holdout tables after checking them against its manifest. (To finish a run that failed in one of
 these stages, ``macd-ml resume RUN_ID`` re-runs just that stage inside the flow.)
 """
@@ -77,7 +77,7 @@ def _load(run: Path) -> dict:
 def _fresh(out: Path, run: Path) -> Path:
     out = Path(out)
     if out.resolve() == Path(run).resolve() or Path(run).resolve() in out.resolve().parents:
-        raise ConfigError(f"--out {out}: a published run is immutable; write the stage somewhere else")
+        raise ConfigError(f"--into {out}: a published run is immutable; write the stage somewhere else")
     return out
 
 

@@ -95,7 +95,7 @@ def _when(text: str | None, default: datetime, tz) -> datetime:
     except ValueError:
         from macd_ml.errors import ConfigError
 
-        raise ConfigError(f"--from/--to {text!r}: not an ISO time (e.g. 2024-06-01 or 2024-06-01T12:00Z)") from None
+        raise ConfigError(f"--since/--until {text!r}: not an ISO time (e.g. 2024-06-01 or 2024-06-01T12:00Z)") from None
     return t if t.tzinfo else t.replace(tzinfo=tz)
 
 

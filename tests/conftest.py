@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
+
+# The helpers here are imported as ``tests.cliutil``, ``tests.flowutil``...: the folder is registered as the
+# package ``tests`` without putting the repository root on sys.path, where its macd_ml/ would shadow a copy of the
+# package first on PYTHONPATH (tests/mutations.py runs with PYTHONSAFEPATH=1, so nothing else adds the root).
+if "tests" not in sys.modules:
+    _tests = types.ModuleType("tests")
+    _tests.__path__ = [str(Path(__file__).resolve().parent)]
+    sys.modules["tests"] = _tests
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MACD_ML_WRITE_RETRY_BASE", "0.01")  # fast back-off in tests (in-place write retries)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import re
-from contextlib import redirect_stderr, redirect_stdout
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -14,8 +12,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 # for the real gate (``strict=True``, the health-gate tests); every integrity, collapse and parity check still runs.
 # A challenger is also kept from losing to an earlier run of another test's config (a margin of 1000 SE). The
 # report's PNGs (a second of CPU per run) are drawn only where a test reads them (``plots=True``, strict runs).
-LENIENT = ["--set", "health.auc_gates=false", "--set", "health.live_check=false", "--set", "promotion.margin_se=1000"]
-NO_PLOTS = ["--set", "report.plots=false"]
+# The same relaxation as flags, for a retrain through the CLI: tests/cliutil.py (LENIENT, NO_PLOTS).
 
 
 # Tasks that run on every run, by design: they act on OUT/current, which is not part of any cache key.
@@ -27,12 +24,6 @@ def lenient(config, plots: bool = False):
     promotion = config.promotion.model_copy(update={"margin_se": 1000})
     report = config.report.model_copy(update={"plots": plots})
     return config.model_copy(update={"health": health, "promotion": promotion, "report": report})
-
-
-def _with_lenient(args: list[str], strict: bool, plots: bool = False) -> list[str]:
-    if not args or args[0] != "retrain" or strict:
-        return list(args)
-    return [*args, *LENIENT, *([] if plots else NO_PLOTS)]
 
 
 def run_flow(config, strict: bool = False, plots: bool = False):
@@ -82,21 +73,6 @@ def latest_flow_run_id():
     return run.id
 
 
-# Prefect's console log handler keeps the stream it first saw; pytest's capsys/capfd close theirs after each
-# test, which later sends Prefect's logging into a recursion. These buffers live as long as the session.
-_OUT, _ERR = io.StringIO(), io.StringIO()
-
-
-def run_cli(args: list[str], strict: bool = False, plots: bool = False) -> tuple[int, str, str]:
-    """Run ``macd-ml ARGS`` in-process; return (exit code, its stdout, its stderr)."""
-    from macd_ml.flows.cli import main
-
-    o, e = _OUT.tell(), _ERR.tell()
-    with redirect_stdout(_OUT), redirect_stderr(_ERR):
-        code = main(_with_lenient(args, strict, plots))
-    return code, _OUT.getvalue()[o:], _ERR.getvalue()[e:]
-
-
 def flow_logs(flow_run_id) -> list[str]:
     """Every log message the API holds for a flow run (its tasks' included), oldest first."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -117,29 +93,30 @@ def spawn_cli(
     plots: bool = False,
     **env_extra: str,
 ):
-    """``macd-ml ARGS`` in its own process and session, like a user's shell, with its own Prefect home and its own
-    temporary Prefect server, or (``shared_api``) the session's test server, which saves a server start when the
-    test is not about the server. Output goes to the file ``log``, never a pipe: an orphaned server child would
-    hold a pipe open and hang a reader."""
-    import os
+    """``macd-ml ARGS`` in its own process and session, like a user's shell (tests/cliutil.py ``spawn``), with
+    its own Prefect home and its own temporary Prefect server, or (``shared_api``) the session's test server, which
+    saves a server start when the test is not about the server. Output goes to the file ``log``, never a pipe: an
+    orphaned server child would hold a pipe open and hang a reader."""
     import subprocess
-    import sys
     from pathlib import Path
+
+    from tests.cliutil import spawn
 
     log = Path(log)
     home = Path(home) if home is not None else log.with_suffix(".prefect-home")
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home), **env_extra}
-    env.pop("PREFECT_API_URL", None)
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home), "PREFECT_API_URL": None}
     if shared_api:
         from prefect.settings import PREFECT_API_URL
 
         env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     with open(log, "w") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "macd_ml.flows.cli", *_with_lenient(args, strict, plots)],
+        return spawn(
+            *args,
+            env={**env, **env_extra},
             cwd=Path(__file__).parents[1],
-            env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            new_session=True,
+            strict=strict,
+            plots=plots,
         )

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkgcopy import copy_package  # (run as a script: tests/ is on sys.path)
+from cliutil import package_copy  # (run as a script: tests/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 NET = "tests/test_leakage_net.py"
@@ -611,7 +611,7 @@ def run_one(m: Mutation, keep: bool = False, chosen: list[Mutation] | None = Non
     ``chosen`` (default every mutation)."""
     work = Path(tempfile.mkdtemp(prefix=f"mutant-{m.name}-"))
     try:
-        pkg = copy_package(work)
+        pkg = package_copy(work)
         if m is not CONTROL:
             target = pkg / m.file
             text = target.read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from macd_ml.artifacts import store
-from tests.flowutil import run_cli
+from tests.cliutil import cli
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -45,9 +45,7 @@ def nights(tmp_path_factory, prefect_server):
     runs = []
     for cut in (CUT_A, CUT_B):
         data = _prefix(full, base / f"night{cut}", cut)
-        code, _, err = run_cli(
-            ["retrain", "--data", str(data), "--out", str(out), *FAST, "--set", "promotion.force=true"]
-        )
+        code, _, err = cli("retrain", "--data", str(data), "--out", str(out), *FAST, "--set", "promotion.force=true")
         assert code == 0, err
         runs.append((data, out / "runs" / store.current_run(out)))
     return full, out, runs
@@ -61,7 +59,7 @@ def test_the_bundle_reproduces_the_runs_own_holdout_backtest(nights, tmp_path):
     bundle = next((out / "bundles").glob(f"{run.name}.tar.gz"))
     for source in (run, bundle):
         result = tmp_path / f"{source.name}.json"
-        code, text, err = run_cli(["backtest", str(source), "--data", str(data), "--json", str(result)])
+        code, text, err = cli("backtest", str(source), "--data", str(data), "--result", str(result))
         assert code == 0, err
         got = json.loads(result.read_text())
         assert (got["first"], got["last"], got["threshold"]) == (
@@ -79,14 +77,14 @@ def test_a_span_the_run_trained_on_is_refused(nights):
     _, _, runs = nights
     data, run = runs[0]
     holdout_first = json.loads((run / "metrics.json").read_text())["holdout"]["first"]
-    code, _, err = run_cli(["backtest", str(run), "--data", str(data), "--from", "2020-01-01T00:00"])
+    code, _, err = cli("backtest", str(run), "--data", str(data), "--since", "2020-01-01T00:00")
     assert code == 3 and "would score bars it learned from" in err and holdout_first[:10] in err
 
 
 def test_a_later_span_of_new_data_is_backtested(nights, tmp_path):
     full, _, runs = nights
     _, run = runs[0]
-    code, _, err = run_cli(["backtest", str(run), "--data", str(full), "--json", str(tmp_path / "r.json")])
+    code, _, err = cli("backtest", str(run), "--data", str(full), "--result", str(tmp_path / "r.json"))
     assert code == 0, err
     got = json.loads((tmp_path / "r.json").read_text())
     assert got["bars"] > HOURS - CUT_A  # the holdout and every bar after the run's data
@@ -95,8 +93,8 @@ def test_a_later_span_of_new_data_is_backtested(nights, tmp_path):
 def test_the_chain_switches_to_each_promoted_run_after_its_data(nights, tmp_path):
     full, out, runs = nights
     png = tmp_path / "chain.png"
-    code, text, err = run_cli(
-        ["backtest", "--chain", str(out), "--data", str(full), "--json", str(tmp_path / "c.json"), "--plot", str(png)]
+    code, text, err = cli(
+        "backtest", "--chain", str(out), "--data", str(full), "--result", str(tmp_path / "c.json"), "--plot", str(png)
     )
     assert code == 0, err
     got = json.loads((tmp_path / "c.json").read_text())

@@ -4,7 +4,6 @@ between runs of the real flow (each run a separate process on the session's Pref
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +13,9 @@ import pytest
 
 from macd_ml.artifacts.codehash import closure, code_version
 from macd_ml.features.synth import synth_market, write_market
-from tests.flowutil import ALWAYS_RUN, LENIENT, NO_PLOTS, latest_flow_run_id, task_states
-from tests.pkgcopy import copy_package
+from tests.cliutil import cli, environment, package_copy
+from tests.flowutil import ALWAYS_RUN, latest_flow_run_id, task_states
 
-ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_OF_STACK = (
     "ingest",
     "features",
@@ -57,44 +55,38 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_editing_the_code_reruns_exactly_what_depends_on_it(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    copy = copy_package(tmp_path / "pkg")
+    copy = package_copy(tmp_path / "pkg")
     data = tmp_path / "data"
     write_market(synth_market(hours=3_000, seed=9, gaps=1), data)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(copy.parent),
-        "PYTHONSAFEPATH": "1",
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-    }
+    env = {"PYTHONPATH": str(copy.parent), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    # the command's process imports the copy (PYTHONPATH first), never the checkout
+    where = subprocess.run(
+        [sys.executable, "-P", "-c", "import macd_ml.flows.cli as c; print(c.__file__)"],
+        env=environment(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.stdout.startswith(str(copy)), where.stdout + where.stderr
 
     def run() -> dict[str, str]:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys, macd_ml.flows.cli as c; assert c.__file__.startswith(sys.argv[1]); "
-                "sys.exit(c.main(sys.argv[2:]))",
-                str(copy),
-                "retrain",
-                "--data",
-                str(data),
-                "--out",
-                str(tmp_path / "out"),
-                "--set",
-                "folds.n_folds=3",
-                "--set",
-                'models.enabled=["lgb"]',
-                *LENIENT,
-                *NO_PLOTS,
-            ],
+        proc = cli(  # relaxed for a small run (tests/cliutil.py)
+            "retrain",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "out",
+            "--set",
+            "folds.n_folds=3",
+            "--set",
+            'models.enabled=["lgb"]',
+            subprocess=True,
             cwd=tmp_path,
             env=env,
-            capture_output=True,
-            text=True,
             timeout=300,
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        run.stdout = proc.stdout  # type: ignore[attr-defined]
+        assert proc.code == 0, proc.err[-3000:]
+        run.stdout = proc.out  # type: ignore[attr-defined]
         return task_states(latest_flow_run_id())
 
     first = run()

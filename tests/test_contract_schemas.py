@@ -20,7 +20,7 @@ from macd_ml.artifacts import store
 from macd_ml.features.ingest import load_market
 from macd_ml.serving import Scorer, read_bundle
 from macd_ml.serving.shadow import read_logs, score_bars
-from tests.flowutil import run_cli
+from tests.cliutil import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "docs" / "schemas"
@@ -62,8 +62,8 @@ def test_schemas_are_valid_draft_2020_12_and_carry_their_version(name, fields):
 def bundle_file(market, tmp_path_factory, prefect_server) -> Path:
     """The bundle of a real promoted run, kept small: LightGBM (own features) and the reference, 3 folds."""
     out = tmp_path_factory.mktemp("contract-out")
-    code, _, err = run_cli(
-        ["retrain", "--data", str(market), "--out", str(out), "--set", "folds.n_folds=3"]
+    code, _, err = cli(
+        *["retrain", "--data", str(market), "--out", str(out), "--set", "folds.n_folds=3"]
         + ["--set", 'models.enabled=["lgb"]']
     )
     assert code == 0, err
@@ -105,7 +105,7 @@ def test_real_scores_on_every_path_validate_against_the_score_schema(bundle_file
     for s in scores:
         assert _errors(SCORE, json.loads(json.dumps(s))) == [], s  # through JSON, as predict prints it
 
-    code, stdout, err = run_cli(["predict", "--bundle", str(bundle_file), "--data", str(market), "--last", "2"])
+    code, stdout, err = cli(*["predict", "--bundle", str(bundle_file), "--data", str(market), "--last", "2"])
     assert code == 0, err
     printed = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 2
@@ -116,8 +116,8 @@ def test_real_scores_on_every_path_validate_against_the_score_schema(bundle_file
 @pytest.mark.slow
 def test_real_shadow_lines_validate_and_broken_lines_do_not(bundle_file, market, tmp_path):
     log = tmp_path / "shadow.jsonl"
-    code, _, err = run_cli(
-        ["shadow", "--bundle", str(bundle_file), "--data", str(market), "--log", str(log), "--last", "3"]
+    code, _, err = cli(
+        *["shadow", "--bundle", str(bundle_file), "--data", str(market), "--log", str(log), "--last", "3"]
     )
     assert code == 0, err
     # and the line the shadow writes when scoring fails: a bar inside the warm-up (InsufficientData)

@@ -16,7 +16,8 @@ from polars.testing import assert_frame_equal
 from macd_ml.flows.config import load_config
 from macd_ml.flows.scale import ScaleOut, local_cluster_kwargs
 from macd_ml.tasks.policy import canonical
-from tests.flowutil import forget_unchanged, latest_flow_run_id, run_cli, task_states
+from tests.cliutil import cli
+from tests.flowutil import forget_unchanged, latest_flow_run_id, task_states
 
 pytest.importorskip("prefect_dask")
 
@@ -62,7 +63,7 @@ def _probe_lines(folder: Path) -> list[dict]:
 
 def _run(market: Path, out: Path, *extra: str) -> float:
     t0 = time.perf_counter()
-    code, _, err = run_cli(["retrain", "--data", str(market), "--out", str(out), *SMALL, *extra])
+    code, _, err = cli("retrain", "--data", str(market), "--out", str(out), *SMALL, *extra)
     assert code == 0, err
     return time.perf_counter() - t0
 

@@ -3,20 +3,9 @@ value or file, never a traceback, a hang, or a number that blames another key.""
 
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stderr
-
 import pytest
 
-from macd_ml.flows.cli import main
-from tests.flowutil import run_cli
-
-
-def _argparse_exit(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with redirect_stderr(err), pytest.raises(SystemExit) as info:
-        main(argv)
-    return int(info.value.code), err.getvalue()
+from tests.cliutil import cli
 
 
 @pytest.mark.parametrize(
@@ -30,7 +19,7 @@ def _argparse_exit(argv: list[str]) -> tuple[int, str]:
     ],
 )
 def test_config_values_that_cannot_mean_what_they_say_are_refused(override, named, tmp_path):
-    code, _, err = run_cli(["retrain", "--out", str(tmp_path / "out"), "--set", override])
+    code, _, err = cli("retrain", "--out", str(tmp_path / "out"), "--set", override)
     assert code == 2 and named in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists(), "nothing written"
 
@@ -38,7 +27,7 @@ def test_config_values_that_cannot_mean_what_they_say_are_refused(override, name
 def test_a_config_file_of_two_megabytes_of_brackets_is_bad_input(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text("[" * 2_000_000)
-    code, _, err = run_cli(["retrain", "--out", str(tmp_path / "out"), "--config", str(cfg)])
+    code, _, err = cli("retrain", "--out", str(tmp_path / "out"), "--config", str(cfg))
     assert code == 2 and str(cfg) in err and "nested too deeply" in err, err
 
 
@@ -48,16 +37,17 @@ def test_a_config_file_of_two_megabytes_of_brackets_is_bad_input(tmp_path):
         ["predict", "--bundle", "b.tar.gz", "--data", ".", "--last", "-1"],
         ["predict", "--bundle", "b.tar.gz", "--data", ".", "--last", "0"],
         ["shadow", "--bundle", "b.tar.gz", "--data", ".", "--log", "l.jsonl", "--last", "-3"],
-        ["backtest", "run", "--data", ".", "--from", "yesterday"],
-        ["backtest", "run", "--data", ".", "--to", "soon"],
+        ["backtest", "run", "--data", ".", "--since", "yesterday"],
+        ["backtest", "run", "--data", ".", "--until", "soon"],
     ],
 )
 def test_flag_values_are_checked_before_anything_runs(argv):
-    code, err = _argparse_exit(argv)
+    code, _, err = cli(*argv)
     assert code == 2 and argv[-1] in err, err
+    assert err.startswith(f"macd-ml {argv[0]}: error: argument "), err  # the parser's, before the command runs
 
 
 def test_an_expiry_that_is_not_in_the_future_is_bad_input(tmp_path):
-    code, _, err = run_cli(["publish", "--refresh", "--to", str(tmp_path / "dest"), "--expires-days", "0"])
+    code, _, err = cli("publish", "--refresh", "--to", str(tmp_path / "dest"), "--expires-days", "0")
     assert code == 2 and "--expires-days" in err, err
     assert not (tmp_path / "dest").exists()

@@ -4,10 +4,7 @@ refused run published but not promoted (exit 3), champion / challenger, and the 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +25,8 @@ from macd_ml.models.release.onnx_export import ensemble_spec
 from macd_ml.models.release.promotion import PromotionSpec, decide
 from macd_ml.models.release.scoring import score_features, session
 from macd_ml.serving.live_check import live_check
-from tests.flowutil import run_cli
+from tests.cliutil import cli, package_copy
 from tests.modelutil import HORIZONS, fast_config, synthetic_dataset
-from tests.pkgcopy import copy_package
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = '["lgb","xgb","tft"]'
@@ -132,21 +128,19 @@ def test_the_holdout_auc_gate_reads_the_holdout_not_the_validation():
 def run(market, tmp_path_factory, prefect_server):
     """A published run (lgb, xgb, tft) with the live check on, AUC gates off (a tiny market)."""
     out = tmp_path_factory.mktemp("health-out")
-    code, stdout, err = run_cli(
-        [
-            "retrain",
-            "--data",
-            str(market),
-            "--out",
-            str(out),
-            "--set",
-            "folds.n_folds=3",
-            "--set",
-            f"models.enabled={MODELS}",
-            *SMALL_NETS,
-            "--set",
-            "health.auc_gates=false",
-        ],
+    code, stdout, err = cli(
+        "retrain",
+        "--data",
+        str(market),
+        "--out",
+        str(out),
+        "--set",
+        "folds.n_folds=3",
+        "--set",
+        f"models.enabled={MODELS}",
+        *SMALL_NETS,
+        "--set",
+        "health.auc_gates=false",
         strict=True,
     )
     assert code == 0, err
@@ -204,7 +198,7 @@ def test_a_healthy_run_is_published_with_its_gate_and_onnx(run):
     } <= listed
     report = (folder / "report.md").read_text()
     assert "## Health gate" in report and "## ONNX export" in report and "## Promotion" in report
-    code, stdout, _ = run_cli(["health", str(folder), "--json"])
+    code, stdout, _ = cli("health", str(folder), "--json")
     assert code == 0 and json.loads(stdout)["passed"]
 
 
@@ -227,14 +221,14 @@ def test_a_run_edited_with_its_manifest_is_refused_by_every_command_that_reads_i
     (copy / "manifest.json").write_text(json.dumps(manifest))
     for argv in (
         ["health", str(copy), "--json"],
-        ["report", str(copy), "--out", str(tmp_path / "r")],
-        ["bundle", str(copy), "--out", str(tmp_path / "b.tar.gz")],
+        ["report", str(copy), "--into", str(tmp_path / "r")],
+        ["bundle", str(copy), "--to", str(tmp_path / "b.tar.gz")],
     ):
-        code, stdout, err = run_cli(argv)
+        code, stdout, err = cli(*argv)
         assert code == 3, (argv, code, stdout, err)
         assert "signature" in (err + stdout), (argv, err, stdout)
     assert not (tmp_path / "b.tar.gz").exists()
-    code, _, err = run_cli(["bundle", str(copy), "--out", str(tmp_path / "b.tar.gz")])
+    code, _, err = cli("bundle", str(copy), "--to", str(tmp_path / "b.tar.gz"))
     assert "macd-ml retrain" in err, err
 
 
@@ -331,24 +325,18 @@ def test_the_live_check_catches_a_feature_code_change(run, tmp_path):
     """The same run checked with feature code whose return window changed: the bot's Scorer scores the newest
     bars differently from the run, and the gate refuses."""
     out, folder = run
-    copy = copy_package(tmp_path / "pkg")
+    copy = package_copy(tmp_path / "pkg")
     ind = copy / "features" / "indicators.py"
     ind.write_text(
         ind.read_text().replace(
             "return (close / close.shift(window)).log()", "return (close / close.shift(window + 1)).log()"
         )
     )
-    env = {**os.environ, "PYTHONPATH": str(copy.parent), "PYTHONSAFEPATH": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "macd_ml.flows.cli", "health", str(folder), "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = cli(
+        "health", folder, "--json", subprocess=True, cwd=tmp_path, env={"PYTHONPATH": str(copy.parent)}, timeout=300
     )
-    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
-    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert proc.code == 3, proc.out[-2000:] + proc.err[-2000:]
+    checks = {c["name"]: c for c in json.loads(proc.out)["checks"]}
     assert not checks["live"]["passed"] and "feature code" in checks["live"]["detail"], checks["live"]
     assert checks["artifacts"]["passed"] and checks["onnx-parity"]["passed"]  # only the live check notices
 
@@ -360,22 +348,20 @@ def test_the_live_check_catches_a_feature_code_change(run, tmp_path):
 def test_a_refused_run_is_published_but_not_promoted(run, market):
     out, folder = run
     before = store.current_run(out)
-    code, _, err = run_cli(
-        [
-            "retrain",
-            "--data",
-            str(market),
-            "--out",
-            str(out),
-            "--set",
-            "folds.n_folds=3",
-            "--set",
-            'models.enabled=["lgb"]',
-            "--set",
-            "health.min_test_auc=0.99",
-            "--set",
-            "health.live_check=false",
-        ],
+    code, _, err = cli(
+        "retrain",
+        "--data",
+        str(market),
+        "--out",
+        str(out),
+        "--set",
+        "folds.n_folds=3",
+        "--set",
+        'models.enabled=["lgb"]',
+        "--set",
+        "health.min_test_auc=0.99",
+        "--set",
+        "health.live_check=false",
         strict=True,
     )
     assert code == 3, err
@@ -471,7 +457,7 @@ def test_a_sequence_net_whose_graph_is_off_by_more_than_its_tolerance_fails_pari
 def test_export_runs_alone_against_a_run(run, tmp_path):
     out, folder = run
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    code, stdout, err = run_cli(["export-onnx", str(folder), "--out", str(tmp_path / "again")])
+    code, stdout, err = cli("export-onnx", str(folder), "--into", str(tmp_path / "again"))
     assert code == 0, err
     assert "parity passed" in stdout
     for rel in ("onnx/ensemble.onnx", "onnx/meta.onnx", "parity.json"):

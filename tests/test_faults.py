@@ -20,8 +20,8 @@ import pytest
 from macd_ml.artifacts import store
 from macd_ml.artifacts.store import ArtifactWriteError, IntegrityError, promote, verify_run, write_bytes
 from macd_ml.features.synth import synth_market, write_market
+from tests.cliutil import cli
 from tests.flowutil import ALWAYS_RUN, latest_flow_run_id, spawn_cli, task_states
-from tests.flowutil import run_cli as _cli
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -235,14 +235,14 @@ def test_write_that_keeps_failing_then_resume_runs_only_what_failed(market_dir, 
     blocked = out / "cache" / "report"
     blocked.mkdir(parents=True)
     with immutable(blocked):
-        code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST])
+        code, _, err = cli("retrain", "--data", str(market_dir), "--out", str(out), *FAST)
     assert code == 1
     assert "cannot write" in err and str(blocked) in err and "resume" in err, err
     run_id = re.search(r"run (\S+) failed", err).group(1)
     assert not (out / "runs" / run_id / "manifest.json").exists()
     assert store.current_run(out) is None, "a failed run is never promoted"
 
-    code, stdout, err = _cli(["resume", run_id, "--out", str(out)])
+    code, stdout, err = cli("resume", run_id, "--out", str(out))
     assert code == 0, err
     states = task_states(latest_flow_run_id())
     reran = {k for k, v in states.items() if v != "Cached"}
@@ -251,7 +251,7 @@ def test_write_that_keeps_failing_then_resume_runs_only_what_failed(market_dir, 
 
     # the same artifacts as an uninterrupted run
     clean = tmp_path / "clean"
-    code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(clean), *FAST])
+    code, _, err = cli("retrain", "--data", str(market_dir), "--out", str(clean), *FAST)
     assert code == 0, err
     a, b = _artifacts(out / "runs" / run_id), _artifacts(next((clean / "runs").iterdir()))
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
@@ -272,15 +272,15 @@ def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_p
         pytest.skip("needs root and tmpfs mounts for a real ENOSPC")
     subprocess.run(["umount", "-l", str(tmp_path / "probe")], check=False)
     with tiny_fs(tmp_path / "fs", "48m") as out:
-        code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST])
+        code, _, err = cli("retrain", "--data", str(market_dir), "--out", str(out), *FAST)
         assert code == 0, err
         first = store.current_run(out)
         before = _artifacts(out / "runs" / first)
         # fill the disk to within ~64 KB, then run with one changed parameter
         free = shutil.disk_usage(out).free
         (out / "filler").write_bytes(b"\0" * max(0, free - 64_000))
-        code, _, err = _cli(
-            ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=5"]
+        code, _, err = cli(
+            "retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=5"
         )
         assert code == 1 and "disk is full" in err, err
         assert store.current_run(out) == first
@@ -335,7 +335,7 @@ def test_sigkill_mid_fold_stage_then_resume_keeps_finished_folds(market_dir, tmp
     run_id = record.stem
     assert not (out / "runs" / run_id / "manifest.json").exists()
 
-    code, _, err = _cli(["resume", run_id, "--out", str(out)])
+    code, _, err = cli("resume", run_id, "--out", str(out))
     assert code == 0, err
     states = task_states(latest_flow_run_id())
     for stem in finished:
@@ -409,7 +409,7 @@ def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares
     import macd_ml.flows.retrain as retrain_module
 
     out = tmp_path / "out"
-    code, _, err = _cli(["retrain", "--data", str(market_dir), "--out", str(out), *FAST])
+    code, _, err = cli("retrain", "--data", str(market_dir), "--out", str(out), *FAST)
     assert code == 0, err
     first = store.current_run(out)
     other = "20250101T000000Z-0000000f"  # a run promoted by someone else meanwhile (minimal, signed)
@@ -423,7 +423,7 @@ def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares
 
     again = ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=5"]
     monkeypatch.setattr(retrain_module, "champion_task", decide_then_lose_the_race)
-    code, _, err = _cli(again)
+    code, _, err = cli(*again)
     monkeypatch.undo()
     line = next(ln for ln in err.splitlines() if ln.startswith("macd-ml:"))
     assert code == 3 and f"moved to run {other}" in line and f"compared with run {first}" in line, err
@@ -431,7 +431,7 @@ def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares
     refused = re.search(r"run (\S+) published but not promoted", line).group(1)
     assert store.current_run(out) == other and (out / "runs" / refused / "manifest.json").is_file()
 
-    code, _, err = _cli(again)
+    code, _, err = cli(*again)
     assert code == 0, err
     assert store.current_run(out) == refused
     states = task_states(latest_flow_run_id())
@@ -473,6 +473,6 @@ def test_sigterm_ends_a_retrain_within_seconds_with_one_line_and_it_resumes(mark
     assert "Traceback" not in text, text[-3000:]
     stopped = [line for line in text.splitlines() if line.startswith("macd-ml:")]
     assert len(stopped) == 1 and "stopped" in stopped[0] and "again" in stopped[0], stopped
-    code, _, err = _cli(args)
+    code, _, err = cli(*args)
     assert code == 0, err
     assert store.current_run(out) is not None

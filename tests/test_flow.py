@@ -10,7 +10,8 @@ import pytest
 
 from macd_ml.artifacts.store import verify_run
 from macd_ml.flows.config import RetrainConfig
-from tests.flowutil import ALWAYS_RUN, run_cli, run_flow, task_states
+from tests.cliutil import cli
+from tests.flowutil import ALWAYS_RUN, run_flow, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -139,20 +140,18 @@ def test_default_synthetic_market(tmp_path):
 
 
 def test_cli_retrain_with_overrides(small_market_dir, tmp_path):
-    code, _, _ = run_cli(
-        [
-            "retrain",
-            "--data",
-            str(small_market_dir),
-            "--out",
-            str(tmp_path / "o"),
-            "--set",
-            "folds.n_folds=3",
-            "--set",
-            "horizons=[5,12]",
-            "--set",
-            'models.enabled=["lgb"]',
-        ]
+    code, _, _ = cli(
+        "retrain",
+        "--data",
+        str(small_market_dir),
+        "--out",
+        str(tmp_path / "o"),
+        "--set",
+        "folds.n_folds=3",
+        "--set",
+        "horizons=[5,12]",
+        "--set",
+        'models.enabled=["lgb"]',
     )
     assert code == 0
     run = next((tmp_path / "o" / "runs").iterdir())
@@ -161,8 +160,8 @@ def test_cli_retrain_with_overrides(small_market_dir, tmp_path):
 
 
 def test_cli_bad_config_key_exits_2(small_market_dir, tmp_path):
-    code, _, err = run_cli(
-        ["retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"), "--set", "folds.n_fold=3"]
+    code, _, err = cli(
+        "retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"), "--set", "folds.n_fold=3"
     )
     err = err.strip()
     assert code == 2

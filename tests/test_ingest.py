@@ -7,10 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 import types
@@ -36,7 +33,7 @@ from macd_ml.features.ingest import (
 )
 from macd_ml.features.segments import segment_ids
 from macd_ml.features.synth import synth_market
-from macd_ml.flows.cli import main
+from tests.cliutil import cli, console_script
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/binance_spot_1h"
 REAL_SYMBOLS = ("ETHUSDT", "BTCUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
@@ -596,32 +593,31 @@ def _assert_one_line_error(err: str, case: Bad, data: Path) -> str:
     return line
 
 
-def test_good_folder_passes_validation_and_reaches_the_flow(good_dir, tmp_path, capsys, no_prefect):
+def test_good_folder_passes_validation_and_reaches_the_flow(good_dir, tmp_path, no_prefect):
     """Positive control for the table below: the unedited folder is valid, so each case fails for its edit."""
     out = tmp_path / "out"
-    assert main(["retrain", "--data", str(good_dir), "--out", str(out)]) == 0
+    retrain = cli("retrain", "--data", good_dir, "--out", out)
+    assert retrain.code == 0, retrain.err
     assert len(no_prefect) == 1 and no_prefect[0].data_dir == str(good_dir)
     feat = tmp_path / "feat" / "table.parquet"
-    assert main(["features", "--data", str(good_dir), "--out", str(feat)]) == 0
+    features = cli("features", "--data", good_dir, "--to", feat)
+    assert features.code == 0, features.err
     assert feat.is_file() and feat.with_suffix(".json").is_file()
-    assert capsys.readouterr().err == ""
+    assert retrain.err == features.err == ""
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_input_retrain_exits_2_with_one_line_and_writes_nothing(
-    name, market, good_dir, tmp_path, capsys, no_prefect
-):
+def test_bad_input_retrain_exits_2_with_one_line_and_writes_nothing(name, market, good_dir, tmp_path, no_prefect):
     case = BAD[name]
     case.make(good_dir, market)
     before = _listing(good_dir)
     out = tmp_path / "out"
 
     t0 = time.perf_counter()
-    rc = main(["retrain", "--data", str(good_dir), "--out", str(out), *case.args])
+    captured = cli("retrain", "--data", good_dir, "--out", out, *case.args)
     elapsed = time.perf_counter() - t0
 
-    captured = capsys.readouterr()
-    assert rc == 2, captured.err
+    assert captured.code == 2, captured.err
     assert captured.out == ""
     _assert_one_line_error(captured.err, case, good_dir)
     assert not out.exists()
@@ -631,48 +627,48 @@ def test_bad_input_retrain_exits_2_with_one_line_and_writes_nothing(
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_input_features_exits_2_and_writes_no_table(name, market, good_dir, tmp_path, capsys):
+def test_bad_input_features_exits_2_and_writes_no_table(name, market, good_dir, tmp_path):
     case = BAD[name]
     case.make(good_dir, market)
     feat = tmp_path / "feat" / "table.parquet"
 
-    rc = main(["features", "--data", str(good_dir), "--out", str(feat), *case.args])
+    captured = cli("features", "--data", good_dir, "--to", feat, *case.args)
 
-    captured = capsys.readouterr()
-    assert rc == 2, captured.err
+    assert captured.code == 2, captured.err
     _assert_one_line_error(captured.err, case, good_dir)
     assert not feat.exists() and not feat.with_suffix(".json").exists() and not feat.parent.exists()
 
 
-def test_missing_data_folder_is_a_one_line_error(tmp_path, capsys, no_prefect):
+def test_missing_data_folder_is_a_one_line_error(tmp_path, no_prefect):
     missing, out = tmp_path / "nope", tmp_path / "out"
-    assert main(["retrain", "--data", str(missing), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    code, _, err = cli("retrain", "--data", missing, "--out", out)
+    assert code == 2, err
     _assert_one_line_error(err, Bad(_nothing, None, ("data folder does not exist",)), missing)
     assert not out.exists() and no_prefect == []
 
 
 def test_console_script_exits_2_without_traceback(market, good_dir, tmp_path):
-    exe = Path(sys.executable).parent / "macd-ml"
-    exe = str(exe) if exe.is_file() else shutil.which("macd-ml")
-    assert exe, "the macd-ml console script is not installed (pip install -e .)"
+    assert console_script(), "the macd-ml console script is not installed (pip install -e .)"
     case = BAD["price-nan"]
     case.make(good_dir, market)
     out = tmp_path / "out"
 
-    proc = subprocess.run(
-        [exe, "retrain", "--data", str(good_dir), "--out", str(out)],
-        capture_output=True,
-        text=True,
+    proc = cli(
+        "retrain",
+        "--data",
+        good_dir,
+        "--out",
+        out,
+        subprocess=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        env={"PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
     )
 
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    _assert_one_line_error(proc.stderr, case, good_dir)
-    assert proc.stdout == ""
+    assert proc.code == 2, proc.err
+    assert "Traceback" not in proc.err
+    _assert_one_line_error(proc.err, case, good_dir)
+    assert proc.out == ""
     assert not out.exists()
 
 

@@ -23,8 +23,8 @@ from macd_ml.serving import BundleError, InsufficientData, Scorer, read_bundle
 from macd_ml.serving.bundle import build_bundle
 from macd_ml.serving.publish import fetch_latest, publish, read_pointer, rollback
 from macd_ml.serving.shadow import Targets, report
+from tests.cliutil import cli, spawn
 from tests.conftest import real_data_or_skip
-from tests.flowutil import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,22 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(market, tmp_path_factory, prefect_server):
     """A promoted run with trees on the target's own features (lgb, xgb) and an LSTM on all features."""
     out = tmp_path_factory.mktemp("serving-out")
-    code, _, err = run_cli(
-        [
-            "retrain",
-            "--data",
-            str(market),
-            "--out",
-            str(out),
-            "--set",
-            "folds.n_folds=3",
-            "--set",
-            'models.enabled=["lgb","xgb","lstm"]',
-            "--set",
-            "models.lstm.max_epochs=2",
-            "--set",
-            "models.lstm.max_train_rows=1500",
-        ]
+    code, _, err = cli(
+        "retrain",
+        "--data",
+        str(market),
+        "--out",
+        str(out),
+        "--set",
+        "folds.n_folds=3",
+        "--set",
+        'models.enabled=["lgb","xgb","lstm"]',
+        "--set",
+        "models.lstm.max_epochs=2",
+        "--set",
+        "models.lstm.max_train_rows=1500",
     )
     assert code == 0, err
     return out, out / "runs" / store.current_run(out)
@@ -79,7 +77,7 @@ def test_bundle_is_reproducible_and_verified(run, bundle_bytes, tmp_path):
         "models/lgb/lgb_h5.txt",
         "onnx/lstm.onnx",
     } <= set(b.members)
-    code, stdout, _ = run_cli(["bundle", str(folder), "--out", str(tmp_path / "b.tar.gz")])
+    code, stdout, _ = cli("bundle", str(folder), "--to", str(tmp_path / "b.tar.gz"))
     assert code == 0 and (tmp_path / "b.tar.gz").read_bytes() == bundle_bytes
     assert store.sha256_file(tmp_path / "b.tar.gz") in stdout
     flow_bundle = out / "bundles" / f"{folder.name}.tar.gz"
@@ -131,7 +129,7 @@ def test_unsafe_or_tampered_bundles_are_refused(case, match, bundle_bytes, tmp_p
     with pytest.raises(BundleError, match=match):
         read_bundle(bad)
     (tmp_path / "bad.tar.gz").write_bytes(bad)
-    code, _, err = run_cli(["predict", "--bundle", str(tmp_path / "bad.tar.gz"), "--data", str(tmp_path)])
+    code, _, err = cli("predict", "--bundle", str(tmp_path / "bad.tar.gz"), "--data", str(tmp_path))
     assert code == 3 and "refused" in err, err
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
 
@@ -178,9 +176,9 @@ def test_publish_is_atomic_keeps_n_and_rolls_back(where, bundle_bytes, tmp_path)
 
     # the same through the CLI
     (tmp_path / "c.tar.gz").write_bytes(bundles[0])
-    code, stdout, err = run_cli(["publish", str(tmp_path / "c.tar.gz"), "--to", dest, "--keep", "2"])
+    code, stdout, err = cli("publish", str(tmp_path / "c.tar.gz"), "--to", dest, "--keep", "2")
     assert code == 0 and fetch_latest(dest) == bundles[0], err
-    code, stdout, err = run_cli(["rollback", "--to", dest])
+    code, stdout, err = cli("rollback", "--to", dest)
     assert code == 0 and fetch_latest(dest) == bundles[1] and "rolled back from" in stdout, err
 
 
@@ -278,9 +276,7 @@ def test_a_consistently_rewritten_bundle_is_still_refused(bundle_bytes, tmp_path
 def test_predict_equals_the_runs_own_holdout_predictions(run, bundle_bytes, market, tmp_path):
     out, folder = run
     (tmp_path / "b.tar.gz").write_bytes(bundle_bytes)
-    code, stdout, err = run_cli(
-        ["predict", "--bundle", str(tmp_path / "b.tar.gz"), "--data", str(market), "--last", "120"]
-    )
+    code, stdout, err = cli("predict", "--bundle", str(tmp_path / "b.tar.gz"), "--data", str(market), "--last", "120")
     assert code == 0, err
     lines = [json.loads(x) for x in stdout.strip().splitlines()]
     assert len(lines) == 120 and all(x["path"] == "stacked" for x in lines)
@@ -301,31 +297,21 @@ def test_predict_on_the_real_candles_equals_the_run(tmp_path):
     pytest.importorskip("prefect")
     # a small real run: lgb only, 3 folds (the real candles' holdout, the real feature code)
     out = tmp_path / "out"
-    from tests.flowutil import LENIENT, NO_PLOTS
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "macd_ml.flows.cli",
-            "retrain",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--set",
-            "folds.n_folds=3",
-            "--set",
-            'models.enabled=["lgb"]',
-            *LENIENT,
-            *NO_PLOTS,
-        ],
+    proc = cli(  # relaxed for a small run (tests/cliutil.py)
+        "retrain",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--set",
+        "folds.n_folds=3",
+        "--set",
+        'models.enabled=["lgb"]',
+        subprocess=True,
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.code == 0, proc.err[-2000:]
     folder = out / "runs" / store.current_run(out)
     scorer = Scorer(read_bundle(build_bundle(folder)))
     bars = scorer.score(data, last=200)
@@ -474,7 +460,7 @@ def test_a_graph_that_reads_files_or_runs_custom_code_is_refused(attack, bundle_
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BundleError, match="external data" if attack == "external-data" else "not standard ONNX"):
         Scorer.load(bad)
-    code, stdout, err = run_cli(["predict", "--bundle", str(bad), "--data", str(tmp_path)])
+    code, stdout, err = cli("predict", "--bundle", str(bad), "--data", str(tmp_path))
     assert code == 3 and stdout == "" and "refusing" in err, err
 
 
@@ -485,8 +471,8 @@ def test_a_graph_that_reads_files_or_runs_custom_code_is_refused(attack, bundle_
 def test_shadow_replay_then_report(bundle_bytes, market, tmp_path):
     (tmp_path / "b.tar.gz").write_bytes(bundle_bytes)
     log = tmp_path / "shadow.jsonl"
-    code, _, err = run_cli(
-        ["shadow", "--bundle", str(tmp_path / "b.tar.gz"), "--data", str(market), "--log", str(log), "--last", "60"]
+    code, _, err = cli(
+        "shadow", "--bundle", str(tmp_path / "b.tar.gz"), "--data", str(market), "--log", str(log), "--last", "60"
     )
     assert code == 0, err
     lines = [json.loads(x) for x in log.read_text().splitlines()]
@@ -494,19 +480,17 @@ def test_shadow_replay_then_report(bundle_bytes, market, tmp_path):
     assert all(
         x["latency_ms"] > 0 and x["run_id"] and set(x["base"]) == {"lgb", "xgb", "lstm", "reference"} for x in lines
     )
-    code, stdout, _ = run_cli(
-        [
-            "shadow-report",
-            "--logs",
-            str(log),
-            "--data",
-            str(market),
-            "--bundle",
-            str(tmp_path / "b.tar.gz"),
-            "--json",
-            "--plot",
-            str(tmp_path / "rates.png"),
-        ]
+    code, stdout, _ = cli(
+        "shadow-report",
+        "--logs",
+        str(log),
+        "--data",
+        str(market),
+        "--bundle",
+        str(tmp_path / "b.tar.gz"),
+        "--json",
+        "--plot",
+        str(tmp_path / "rates.png"),
     )
     rep = json.loads(stdout)
     assert code == 0 and rep["passed"], stdout
@@ -516,28 +500,24 @@ def test_shadow_replay_then_report(bundle_bytes, market, tmp_path):
 
     # the same bars without stacking: stacking activation 0 %, so the report fails (exit 3)
     log2 = tmp_path / "nostack.jsonl"
-    run_cli(
-        [
-            "shadow",
-            "--bundle",
-            str(tmp_path / "b.tar.gz"),
-            "--data",
-            str(market),
-            "--log",
-            str(log2),
-            "--last",
-            "30",
-            "--no-stacking",
-        ]
+    cli(
+        "shadow",
+        "--bundle",
+        str(tmp_path / "b.tar.gz"),
+        "--data",
+        str(market),
+        "--log",
+        str(log2),
+        "--last",
+        "30",
+        "--no-stacking",
     )
-    code, stdout, _ = run_cli(["shadow-report", "--logs", str(log2)])
+    code, stdout, _ = cli("shadow-report", "--logs", str(log2))
     assert code == 3 and "stacking activation" in stdout and "FAIL" in stdout
     # targets come from the config (shadow.*); a flag wins over it
-    code, stdout, _ = run_cli(["shadow-report", "--logs", str(log2), "--set", "shadow.stacking=0"])
+    code, stdout, _ = cli("shadow-report", "--logs", str(log2), "--set", "shadow.stacking=0")
     assert code == 0 and "shadow report: PASS" in stdout, stdout
-    code, stdout, _ = run_cli(
-        ["shadow-report", "--logs", str(log2), "--set", "shadow.stacking=0", "--min-stacking", "0.5"]
-    )
+    code, stdout, _ = cli("shadow-report", "--logs", str(log2), "--set", "shadow.stacking=0", "--min-stacking", "0.5")
     assert code == 3, stdout
 
 
@@ -625,29 +605,23 @@ def test_shadow_follow_scores_new_bars_as_they_arrive(bundle_bytes, market, tmp_
         (data / f.name).write_text("\n".join(lines[:-2]) + "\n")  # the last two hours have not happened yet
     (tmp_path / "b.tar.gz").write_bytes(bundle_bytes)
     log = tmp_path / "follow.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "macd_ml.flows.cli",
-            "shadow",
-            "--bundle",
-            str(tmp_path / "b.tar.gz"),
-            "--data",
-            str(data),
-            "--log",
-            str(log),
-            "--follow",
-            "--poll",
-            "0.2",
-            "--max-bars",
-            "3",
-            "--timeout",
-            "120",
-        ],
+    proc = spawn(
+        "shadow",
+        "--bundle",
+        tmp_path / "b.tar.gz",
+        "--data",
+        data,
+        "--log",
+        log,
+        "--follow",
+        "--poll",
+        "0.2",
+        "--max-bars",
+        "3",
+        "--timeout",
+        "120",
         cwd=ROOT,
         stderr=subprocess.PIPE,
-        text=True,
     )
     deadline = time.time() + 60
     while time.time() < deadline and not (log.exists() and log.read_text().strip()):

@@ -262,7 +262,7 @@ def test_report_and_plots(trained):
 
 def test_stages_run_alone_against_a_run_folder(trained, tmp_path):
     from macd_ml.flows.stages import run_report, run_stack
-    from tests.flowutil import run_cli
+    from tests.cliutil import cli
 
     _, run, _ = trained
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -273,6 +273,6 @@ def test_stages_run_alone_against_a_run_folder(trained, tmp_path):
     report = run_report(run, tmp_path / "report")
     assert report.read_text() == (run / "report.md").read_text(), "the report is reproduced exactly"
     assert {p.name for p in (tmp_path / "report" / "plots").iterdir()} == {p.name for p in (run / "plots").iterdir()}
-    code, _, err = run_cli(["stack", str(run), "--out", str(run / "restack")])
+    code, _, err = cli("stack", str(run), "--into", str(run / "restack"))
     assert code == 2 and "immutable" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before, "the run folder is untouched"

@@ -22,7 +22,7 @@ from macd_ml.artifacts import store
 from macd_ml.serving.bundle import BundleError, build_bundle, read_bundle
 from macd_ml.serving.publish import fetch_latest, publish, read_pointer, refresh, rollback
 from macd_ml.serving.trust import Trust, TrustError, key_document, public_key_path, publish_signer
-from tests.flowutil import run_cli
+from tests.cliutil import cli, spawn
 
 RUN_FILES = ("onnx/ensemble.onnx", "meta.json", "features.json", "metrics.json")
 
@@ -124,7 +124,7 @@ def test_unsigned_and_wrongly_signed_bundles_are_refused(bundles, tmp_path, othe
         ["backtest", u, "--data", str(tmp_path)],
         ["publish", u, "--to", str(tmp_path / "dest")],
     ):
-        code, _, err = run_cli(argv)
+        code, _, err = cli(*argv)
         assert code == 3 and "not signed" in err, (argv, err)
     assert not (tmp_path / "dest" / "bundles").exists() or not list((tmp_path / "dest" / "bundles").iterdir())
 
@@ -149,7 +149,7 @@ def test_without_any_trusted_key_a_bot_is_told_what_to_set(bundles, tmp_path, mo
         read_bundle(bundles[0])
     # a refused publish makes no key of either kind: keys are made only by a command that signs
     (tmp_path / "b.tar.gz").write_bytes(bundles[0])
-    code, _, err = run_cli(["publish", str(tmp_path / "b.tar.gz"), "--to", str(tmp_path / "dest")])
+    code, _, err = cli("publish", str(tmp_path / "b.tar.gz"), "--to", str(tmp_path / "dest"))
     assert code == 3 and "MACD_ML_TRUSTED_KEYS" in err, err
     assert not (tmp_path / "none").exists()
 
@@ -202,12 +202,12 @@ def test_a_bundle_that_unpacks_to_too_much_is_refused_before_it_is_read(case, bu
     with pytest.raises(BundleError, match="more than a bundle may hold"):
         read_bundle(bad)
     (tmp_path / "bad.tar.gz").write_bytes(bad)
-    code, _, err = run_cli(["predict", "--bundle", str(tmp_path / "bad.tar.gz"), "--data", str(tmp_path)])
+    code, _, err = cli("predict", "--bundle", str(tmp_path / "bad.tar.gz"), "--data", str(tmp_path))
     assert code == 3 and "more than a bundle may hold" in err, err
 
 
 def test_a_missing_bundle_file_is_bad_input(tmp_path):
-    code, _, err = run_cli(["predict", "--bundle", str(tmp_path / "nope.tar.gz"), "--data", str(tmp_path)])
+    code, _, err = cli("predict", "--bundle", str(tmp_path / "nope.tar.gz"), "--data", str(tmp_path))
     assert code == 2 and "nope.tar.gz" in err, err
 
 
@@ -241,7 +241,7 @@ def test_a_bot_refuses_a_pointer_older_than_one_it_has_seen(bundles, tmp_path):
     shutil.copytree(snapshot_of_v1, dest)
     with pytest.raises(TrustError, match=r"^.*rollback refused"):
         fetch_latest(str(dest), state)
-    code, _, err = run_cli(["fetch", "--from", str(dest), "--out", str(tmp_path / "b.tar.gz"), "--state", str(state)])
+    code, _, err = cli("fetch", "--from", str(dest), "--to", str(tmp_path / "b.tar.gz"), "--state", str(state))
     assert code == 3 and "rollback refused" in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -357,20 +357,13 @@ def test_a_publisher_that_read_the_repository_holds_the_others_until_it_has_writ
 def test_publish_in_two_processes_at_once(bundles, tmp_path):
     """Two CLI publishes of different bundles into one folder, three times: the pointer always names a bundle
     that is there and verifies."""
-    import subprocess
-    import sys
-
     files = []
     for i, b in enumerate(bundles[:2]):
         files.append(tmp_path / f"b{i}.tar.gz")
         files[-1].write_bytes(b)
     dest = tmp_path / "dest"
-    code = "import sys, macd_ml.flows.cli as c; sys.exit(c.main(sys.argv[1:]))"
     for _ in range(3):
-        procs = [
-            subprocess.Popen([sys.executable, "-c", code, "publish", str(f), "--to", str(dest), "--keep", "1"])
-            for f in files
-        ]
+        procs = [spawn("publish", f, "--to", dest, "--keep", "1") for f in files]
         assert [p.wait(timeout=120) for p in procs] == [0, 0]
         assert fetch_latest(str(dest), tmp_path / "bot") in bundles[:2]
 
@@ -421,7 +414,7 @@ def test_rollback_accepts_only_names_of_its_own_format_that_it_published(bundles
         return pointer
 
     pub._commit(str(dest), plant, 7.0, None)  # signed with the real key: only the name is wrong
-    code, _, err = run_cli(["rollback", "--to", str(dest)])
+    code, _, err = cli("rollback", "--to", str(dest))
     assert code == 3 and "not a bundle this repository published" in err, err
     assert read_pointer(str(dest))["bundle"] == before["bundle"]
 
@@ -433,7 +426,7 @@ def test_rollback_refuses_a_damaged_previous_bundle(bundles, tmp_path):
     before = read_pointer(str(dest))
     previous = dest / "bundles" / before["history"][0]["bundle"]
     previous.write_bytes(previous.read_bytes()[:-10] + b"0123456789")
-    code, _, err = run_cli(["rollback", "--to", str(dest)])
+    code, _, err = cli("rollback", "--to", str(dest))
     assert code == 3 and "does not match its sha256" in err, err
     assert read_pointer(str(dest)) == before, "nothing moved"
 
@@ -443,7 +436,7 @@ def test_the_public_key_file_is_what_a_bot_copies(tmp_path):
     doc = json.loads(public_key_path().read_text())
     assert doc == key_document(signer.public_key) and "private" not in json.dumps(doc)
     assert os.stat(os.environ["MACD_ML_PUBLISH_KEY_FILE"]).st_mode & 0o077 == 0
-    code, stdout, _ = run_cli(["keys"])
+    code, stdout, _ = cli("keys")
     assert code == 0 and str(public_key_path()) in stdout and signer.public_key.keyid in stdout
 
 
@@ -473,7 +466,7 @@ def test_the_cache_signing_key_must_be_a_regular_file_too(kind, tmp_path, monkey
     else:
         path.symlink_to("/dev/zero")
     monkeypatch.setenv("MACD_ML_KEY_FILE", str(path))
-    code, _, err = run_cli(["retrain", "--out", str(tmp_path / "out"), "--set", "horizons=[5]"])
+    code, _, err = cli("retrain", "--out", str(tmp_path / "out"), "--set", "horizons=[5]")
     assert code == 2 and "not a regular file" in err and "chmod" not in err, err
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from macd_ml.artifacts import store
-from tests.flowutil import ALWAYS_RUN, flow_logs, latest_flow_run_id, lenient, run_cli, task_states
+from tests.cliutil import cli
+from tests.flowutil import ALWAYS_RUN, flow_logs, latest_flow_run_id, lenient, task_states
 from tests.test_faults import IS_ROOT, _chattr_works, immutable
 from tests.trustutil import FAST, ROOT, _retrain, _spawn_cli
 
@@ -30,7 +29,7 @@ def test_price_that_overflows_float32_is_bad_input(small_market_dir, tmp_path):
     cols[4] = cols[2] = "1e308"  # close and high
     lines[100] = ",".join(cols)
     eth.write_text("\n".join(lines) + "\n")
-    code, _, err = run_cli(["retrain", "--data", str(data), "--out", str(tmp_path / "o"), *FAST])
+    code, _, err = cli("retrain", "--data", str(data), "--out", str(tmp_path / "o"), *FAST)
     assert code == 2 and "ETHUSDT_1h.csv, row 100" in err and "float32" in err, err
     assert not (tmp_path / "o").exists()
 
@@ -51,7 +50,7 @@ def test_non_finite_feature_is_named_with_its_timestamp():
 
 @pytest.mark.parametrize("setting", ["horizons=[true]", "folds.n_folds=true", "dead_zone_bps=false"])
 def test_booleans_are_not_numbers(setting, small_market_dir, tmp_path):
-    code, _, err = run_cli(["retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"), "--set", setting])
+    code, _, err = cli("retrain", "--data", str(small_market_dir), "--out", str(tmp_path / "o"), "--set", setting)
     assert code == 2 and "boolean" in err and setting.split("=")[0] in err, err
     assert not (tmp_path / "o").exists()
 
@@ -75,28 +74,22 @@ def _trimmed(src: Path, dst: Path, hours: int) -> Path:
 )
 def test_knowable_problems_end_before_the_first_write(hours, extra, expect, market, tmp_path):
     data = _trimmed(market, tmp_path / "d", hours)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "macd_ml.flows.cli",
-            "retrain",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "o"),
-            *FAST,
-            *extra,
-        ],
+    proc = cli(
+        "retrain",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "o",
+        *FAST,
+        *extra,
+        subprocess=True,
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=120,
-        env={**os.environ, "PREFECT_HOME": str(tmp_path / "home")},
+        env={"PREFECT_HOME": str(tmp_path / "home")},
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert expect in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.code == 2, proc.err[-2000:]
+    assert expect in proc.err and len(proc.err.strip().splitlines()) == 1, proc.err
+    assert "Traceback" not in proc.err + proc.out
     assert not (tmp_path / "o").exists() and not (tmp_path / "home").exists(), "nothing written, no server started"
 
 
@@ -134,7 +127,7 @@ def test_resume_finishes_a_run_started_outside_the_cli(market, tmp_path):
     state, logs = _ui_run_with_blocked_folder(market, out, "cache/report")
     assert state.is_failed()
     run_id = re.search(r"resume with: macd-ml resume (\S+) --out", logs).group(1)
-    code, stdout, err = run_cli(["resume", run_id, "--out", str(out)])
+    code, stdout, err = cli("resume", run_id, "--out", str(out))
     assert code == 0 and run_id in stdout, err
     states = task_states(latest_flow_run_id())
     assert {k for k, v in states.items() if v != "Cached"} == {"report", "publish-run", "bundle"} | ALWAYS_RUN, states
@@ -153,7 +146,7 @@ def test_unrecorded_run_names_the_command_that_works(market, tmp_path):
 def test_non_utf8_config_names_the_file(tmp_path, small_market_dir):
     cfg = tmp_path / "c.json"
     cfg.write_bytes(b'{"horizons": [5],\n "target": "ETH\xff"}')
-    code, _, err = run_cli(["retrain", "--data", str(small_market_dir), "--config", str(cfg), "--out", str(tmp_path)])
+    code, _, err = cli("retrain", "--data", str(small_market_dir), "--config", str(cfg), "--out", str(tmp_path))
     assert code == 2 and str(cfg) in err and "UTF-8" in err and "line 2" in err, err
 
 
@@ -178,28 +171,19 @@ def test_unreadable_data_folder_is_bad_input(tmp_path, small_market_dir):
         shutil.copytree(small_market_dir, data)
         base.chmod(0o755)
         data.chmod(0o700)  # root's; nobody cannot list it
-        proc = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                sys.executable,
-                "-m",
-                "macd_ml.flows.cli",
-                "features",
-                "--data",
-                str(data),
-                "--out",
-                "/tmp/never.parquet",
-            ],
+        proc = cli(
+            "features",
+            "--data",
+            data,
+            "--to",
+            "/tmp/never.parquet",
+            subprocess=True,
+            wrap=["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"],
             cwd=ROOT,
-            capture_output=True,
-            text=True,
             timeout=120,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp", "MACD_ML_KEY_FILE": "/tmp/nokey"},
+            env={"PYTHONPATH": str(ROOT), "HOME": "/tmp", "MACD_ML_KEY_FILE": "/tmp/nokey"},
         )
-        assert proc.returncode == 2 and str(data) in proc.stderr and "Permission denied" in proc.stderr, proc.stderr
+        assert proc.code == 2 and str(data) in proc.err and "Permission denied" in proc.err, proc.err
     finally:
         shutil.rmtree(tempfile_dir, ignore_errors=True)
 
@@ -208,7 +192,7 @@ def test_corrupt_manifest_is_named(tmp_path):
     run = tmp_path / "runs" / "20250101T000000Z-00000001"
     run.mkdir(parents=True)
     (run / "manifest.json").write_text('{"artifacts": [')
-    code, _, err = run_cli(["report", str(run), "--out", str(tmp_path / "r")])
+    code, _, err = cli("report", str(run), "--into", str(tmp_path / "r"))
     # a damaged run folder is refused like a tampered one (exit 3), naming the file and what to do
     assert code == 3 and str(run / "manifest.json") in err and "not valid JSON" in err and "retrain" in err, err
 

@@ -18,7 +18,8 @@ import pytest
 from macd_ml.artifacts import store
 from macd_ml.artifacts.store import IntegrityError, verify_run
 from macd_ml.models.learners.registry import load_run_model
-from tests.flowutil import flow_logs, forget_unchanged, latest_flow_run_id, run_cli, task_states
+from tests.cliutil import cli
+from tests.flowutil import flow_logs, forget_unchanged, latest_flow_run_id, task_states
 from tests.trustutil import FAST, _flip, _retrain, _spawn_cli
 
 # --------------------------------------------------------------------------------------------- 3. run ids
@@ -32,7 +33,7 @@ def test_run_id_that_escapes_runs_is_refused(tmp_path, small_market_dir):
     rec.write_text(
         json.dumps({"run_id": "../../elsewhere", "config": {"data_dir": str(small_market_dir), "out_dir": str(out)}})
     )
-    code, _, err = run_cli(["resume", "../../elsewhere", "--out", str(out)])
+    code, _, err = cli("resume", "../../elsewhere", "--out", str(out))
     assert code == 2 and "not a macd-ml run id" in err, err
     assert not (tmp_path / "elsewhere").exists()
     with pytest.raises(Exception, match="not a macd-ml run id"):
@@ -72,7 +73,7 @@ def test_tampered_run_is_not_served_and_a_rerun_rebuilds_it(market, tmp_path):
     verify_run(out / "runs" / y)
     assert load_run_model(out / "runs" / y, "lgb").horizons == [5, 12, 24]
 
-    code, _, err = run_cli(["resume", x, "--out", str(out)])
+    code, _, err = cli("resume", x, "--out", str(out))
     assert "already complete" not in err and code == 0, err
     assert "sha256 mismatch" in err
 
@@ -130,7 +131,7 @@ def test_run_killed_while_its_folder_is_written_is_never_mistaken_for_a_run(mark
     assert list((out / "runs").glob(".staging-*")), "the killed writer left its staging folder"
     assert store.current_run(out) is None
 
-    code, stdout, err = run_cli(["resume", run_id, "--out", str(out)])
+    code, stdout, err = cli("resume", run_id, "--out", str(out))
     assert code == 0 and run_id in stdout, err
     verify_run(out / "runs" / run_id)
     assert store.current_run(out) == run_id

@@ -14,7 +14,8 @@ import macd_ml.flows.unchanged as unchanged
 from macd_ml.artifacts.store import current_run, promote
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.unchanged import fingerprint, unchanged_run
-from tests.flowutil import lenient, run_cli, run_flow, task_states
+from tests.cliutil import cli
+from tests.flowutil import lenient, run_flow, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -116,12 +117,12 @@ def test_the_cli_answers_an_unchanged_run_without_a_server_or_a_task(promoted, m
     monkeypatch.setattr(preflight, "preflight", refuse)
     args = ["retrain", "--data", config.data_dir, "--out", config.out_dir, "--set", "folds.n_folds=3"]
     args += ["--set", 'models.enabled=["lgb"]']
-    code, out, err = run_cli(args)
+    code, out, err = cli(*args)
     assert code == 0, err
     assert f"nothing changed since run {run.name}" in out and str(run) in out
 
     # --force always runs the flow (here: the refused server start proves it got that far)
-    code, _, err = run_cli([*args, "--force"])
+    code, _, err = cli(*args, "--force")
     assert code != 0 and "started a server or the preflight" in err, err
 
 

@@ -7,14 +7,15 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.flowutil import run_cli, spawn_cli
+from tests.cliutil import cli
+from tests.flowutil import spawn_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "folds.n_folds=3", "--set", 'models.enabled=["lgb"]']
 
 
 def _retrain(market: Path, out: Path, *extra: str) -> tuple[int, str, str]:
-    return run_cli(["retrain", "--data", str(market), "--out", str(out), *FAST, *extra])
+    return cli("retrain", "--data", str(market), "--out", str(out), *FAST, *extra)
 
 
 def _records(out: Path) -> list[Path]:

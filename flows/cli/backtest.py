@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from macd_ml.flows.cli.common import EXIT_OK, command, iso_time
+from macd_ml.flows.cli.common import EXIT_OK, command, iso_time, renamed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,17 +20,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trades, hit rate, returns, Sharpe with bootstrap intervals, drawdown, exposure, turnover. A span that "
         "starts before the run's holdout is refused (exit 3). --chain OUT replays every promoted run in order.",
         backtest,
+        group="bot",
     )
     p.add_argument("run", metavar="RUN_DIR|BUNDLE", nargs="?", help="a run folder or a bundle .tar.gz")
     p.add_argument("--chain", metavar="OUT", help="every promoted run in OUT/runs, each until the next one's data")
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the run's target and cross)")
-    p.add_argument(
-        "--from", dest="first", metavar="T", type=iso_time, help="first bar (ISO time, UTC); default the holdout start"
+    span = "--from/--to name where a command reads and writes; a span of bars is --since/--until"
+    renamed(
+        p,
+        "--since",
+        "--from",
+        why=span,
+        dest="first",
+        metavar="T",
+        type=iso_time,
+        help="first bar (ISO time, UTC); default the holdout start",
     )
-    p.add_argument(
-        "--to", dest="last", metavar="T", type=iso_time, help="last bar (ISO time, UTC); default the newest bar"
+    renamed(
+        p,
+        "--until",
+        "--to",
+        why=span,
+        dest="last",
+        metavar="T",
+        type=iso_time,
+        help="last bar (ISO time, UTC); default the newest bar",
     )
-    p.add_argument("--json", metavar="FILE", help="also write the full result (equity curves included) here")
+    renamed(
+        p,
+        "--result",
+        "--json",
+        why="--json means print JSON instead of a table",
+        metavar="FILE",
+        help="also write the full result as JSON (equity curves included) to this file",
+    )
     p.add_argument("--plot", metavar="PNG", help="write the equity curves to this PNG")
     from macd_ml.flows.cli.serving import add_trust_args
 
@@ -45,7 +68,7 @@ def backtest(args: argparse.Namespace) -> int:
         raise ConfigError("give either RUN_DIR|BUNDLE or --chain OUT")
     if args.chain:
         if args.first:
-            raise ConfigError("--from does not apply to --chain (each run starts after its own data)")
+            raise ConfigError("--since does not apply to --chain (each run starts after its own data)")
         result = backtest_chain(args.chain, args.data, args.last)
     else:
         from macd_ml.flows.cli.serving import trust_from
@@ -55,8 +78,8 @@ def backtest(args: argparse.Namespace) -> int:
         from macd_ml.models.evaluation.plots import plot_equity
 
         plot_equity(Path(args.plot), result["timestamps"], result["equity"], result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    if args.result:
+        Path(args.result).write_text(json.dumps(result, indent=1, default=str))
     print(table(result))
     return EXIT_OK
 

@@ -1,4 +1,4 @@
-"""``features`` and ``synth``: data commands that need no Prefect."""
+"""``features`` and ``synth``: data commands that need no Prefect; each writes what ``--to`` names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from macd_ml.errors import ConfigError
-from macd_ml.flows.cli.common import EXIT_OK, add_config_args, add_market_args, command, config_from, symbols
+from macd_ml.flows.cli.common import (
+    EXIT_OK,
+    add_config_args,
+    add_market_args,
+    command,
+    config_from,
+    renamed,
+    symbols,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,21 +22,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "features",
         "build the feature table only (no Prefect)",
-        "Validate the data and write the feature table (parquet) plus FILE.json with names and fingerprint.",
+        "Validate the data and write the feature table (parquet) to the file --to names, and beside it the same "
+        "name with a .json suffix (feature names and fingerprint).",
         features,
+        group="data",
     )
     add_market_args(p, "folder with SYMBOL_1h.csv|parquet files", target_default="ETHUSDT")
-    p.add_argument("--out", metavar="FILE", required=True, help="parquet file to write")
+    renamed(p, "--to", "--out", metavar="FILE", required=True, help="parquet file to write")
     add_config_args(p)
 
     p = command(
         sub,
         "synth",
         "write a deterministic synthetic market",
-        "Write SYMBOL_1h.csv files with volatility clustering, fat tails, a common factor and a planted signal.",
+        "Write SYMBOL_1h.csv files (into the folder --to names) with volatility clustering, fat tails, a common "
+        "factor and a planted signal.",
         synth,
+        group="data",
     )
-    p.add_argument("--out", metavar="DIR", required=True, help="folder to write the candle files into")
+    renamed(p, "--to", "--out", metavar="DIR", required=True, help="folder to write the candle files into")
     p.add_argument(
         "--symbols",
         type=symbols,
@@ -50,7 +62,7 @@ def synth(args: argparse.Namespace) -> int:
         market = synth_market(args.symbols, args.hours, args.seed, args.signal, gaps=args.gaps)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    for p in write_market(market, args.out, args.format):
+    for p in write_market(market, args.to, args.format):
         print(p)
     return EXIT_OK
 
@@ -66,7 +78,7 @@ def features(args: argparse.Namespace) -> int:
         args.data, config.target, asked if asked is not None else default_cross(args.data, config.target)
     )
     table = build_features(market, config.features, config.gap_tolerance_hours)
-    out = Path(args.out)
+    out = Path(args.to)
     ref = write_parquet(out, table.frame)
     write_json(
         out.with_suffix(".json"),

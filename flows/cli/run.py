@@ -15,23 +15,17 @@ from macd_ml.flows.cli.common import (
     EXIT_OK,
     add_config_args,
     add_market_args,
+    add_out_arg,
     command,
     config_from,
     one_line,
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = command(
-        sub,
-        "retrain",
-        "run the retrain flow (Prefect) and publish a run folder",
-        "Run the whole retrain flow on a data folder (or the built-in synthetic market), publish "
-        "OUT/runs/RUN_ID and point OUT/current at it.",
-        retrain,
-    )
+def add_retrain_args(p: argparse.ArgumentParser) -> None:
+    """What a retrain's config is made of (also ``config show``'s flags)."""
     add_market_args(p, "folder with SYMBOL_1h.csv|parquet files (default: the synthetic market)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
+    add_out_arg(p)
     p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
     p.add_argument(
         "--force-promote",
@@ -41,26 +35,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_args(p)
 
+
+def retrain_config(args: argparse.Namespace):
+    """The config a retrain with these arguments runs: --config FILE < flags < --set (common.config_from)."""
+    config = config_from(
+        args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross, force=args.force or None
+    )
+    if args.force_promote:
+        config = config.model_copy(update={"promotion": config.promotion.model_copy(update={"force": True})})
+    return config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "retrain",
+        "run the retrain flow (Prefect) and publish a run folder",
+        "Run the whole retrain flow on a data folder (or the built-in synthetic market), publish "
+        "OUT/runs/RUN_ID and point OUT/current at it (OUT: --out). `macd-ml config show` with the same flags "
+        "prints the config it would run.",
+        retrain,
+        group="train",
+    )
+    add_retrain_args(p)
+
     p = command(
         sub,
         "resume",
         "finish a failed run: only what failed (and what depends on it) runs again",
         "Re-run a failed run under its own id. Every task that finished comes back Cached.",
         resume,
+        group="train",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="the run id a failed run printed (YYYYMMDDTHHMMSSZ-xxxxxxxx)")
-    p.add_argument("--out", metavar="DIR", help="output folder of that run (default: out)")
+    add_out_arg(p, "the output folder OUT of that run (default: out)")
 
 
 def retrain(args: argparse.Namespace) -> int:
     from macd_ml.artifacts.store import new_run_id
 
-    config = config_from(
-        args, data_dir=args.data, out_dir=args.out, target=args.target, cross=args.cross, force=args.force or None
-    )
-    if args.force_promote:
-        config = config.model_copy(update={"promotion": config.promotion.model_copy(update={"force": True})})
-    return run(config, new_run_id())
+    return run(retrain_config(args), new_run_id())
 
 
 def resume(args: argparse.Namespace) -> int:

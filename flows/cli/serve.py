@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from macd_ml.flows.cli.common import EXIT_OK, add_config_args, add_market_args, command, config_from
+from macd_ml.flows.cli.common import EXIT_OK, add_config_args, add_market_args, add_out_arg, command, config_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its scheduled and UI-triggered runs until interrupted. Without --data it only runs UI runs (on the "
         "synthetic market): the schedule is registered only with a candle folder.",
         serve,
+        group="ops",
     )
     add_market_args(p, "candle folder the runs use by default")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: out)")
+    add_out_arg(p)
     p.add_argument("--cron", default="30 0 * * *", help="schedule, cron syntax (default 00:30 daily)")
     p.add_argument("--timezone", default="UTC", help="IANA timezone the cron follows (default UTC)")
     add_config_args(p)

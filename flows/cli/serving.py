@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 from macd_ml.artifacts import catalog
-from macd_ml.flows.cli.common import EXIT_GATE, EXIT_OK, add_config_args, command, config_from, positive_int
+from macd_ml.flows.cli.common import (
+    EXIT_GATE,
+    EXIT_OK,
+    add_config_args,
+    command,
+    config_from,
+    positive_int,
+    renamed,
+)
 
 
 def add_trust_args(p: argparse.ArgumentParser) -> None:
@@ -37,12 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "bundle",
         "pack a verified run into a reproducible tar.gz for the bot",
-        "Write FILE.tar.gz with ensemble.onnx, every model's ONNX and native files, meta.json, the feature "
-        "spec, manifest, metrics, health and report; the same run gives the same bytes. Prints its sha256.",
+        "Write a .tar.gz with ensemble.onnx, every model's ONNX and native files, meta.json, the feature "
+        "spec, manifest, metrics, health and report to the file --to names; the same run gives the same bytes. "
+        "Prints its sha256.",
         bundle,
+        group="ship",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a published run folder (OUT/runs/RUN_ID or OUT/current)")
-    p.add_argument("--out", metavar="FILE", required=True, help="the .tar.gz to write")
+    renamed(p, "--to", "--out", metavar="FILE", required=True, help="the .tar.gz to write")
 
     p = command(
         sub,
@@ -51,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Print where the Ed25519 publishing key is (MACD_ML_PUBLISH_KEY_FILE), its public key file and key id. "
         "The key is made by the first bundle, or here with --create. See README 'Trust'.",
         keys,
+        group="ship",
     )
     p.add_argument("--create", action="store_true", help="create the key pair if there is none yet")
 
@@ -62,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "TUF metadata whose LATEST names it (timestamp.json written last); keeps the newest --keep bundles. "
         "--refresh signs the same pointer again with a new expiry.",
         publish,
+        group="ship",
     )
     p.add_argument("bundle_file", metavar="BUNDLE", nargs="?", help="a bundle .tar.gz (not with --refresh)")
     p.add_argument("--to", metavar="DEST", required=True, help="folder or fsspec URL (s3://bucket/path, ...)")
@@ -77,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Sign new metadata whose LATEST names the previous bundle of the history, after checking that bundle "
         "(present, the sha256 the signed metadata holds, a valid signature).",
         rollback,
+        group="ship",
     )
     p.add_argument("--to", metavar="DEST", required=True, help="folder or fsspec URL the bundles were published to")
     p.add_argument("--expires-days", type=float, default=7.0, help="bots refuse the metadata after this (default 7)")
@@ -88,11 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "what a bot runs: the bundle LATEST names, verified with the public key alone",
         "TUF's client workflow against DEST (refuses rollback, freeze and mix-and-match, says which in one line), "
         "then the bundle LATEST names, checked against the signed metadata and its own signature; written to "
-        "--out atomically.",
+        "the file --to names, atomically.",
         fetch,
+        group="bot",
     )
     p.add_argument("--from", dest="source", metavar="DEST", required=True, help="where the bundles are published")
-    p.add_argument("--out", metavar="FILE", required=True, help="the .tar.gz to write")
+    renamed(p, "--to", "--out", metavar="FILE", required=True, help="the .tar.gz to write")
     p.add_argument("--state", metavar="DIR", help="the metadata this bot has seen (default ~/.cache/macd-ml/bot/...)")
     add_trust_args(p)
 
@@ -103,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Print one JSON line per bar: time, probability per horizon, the path taken (stacked / mean / "
         "single / none), the models that scored and each one's output.",
         predict,
+        group="bot",
     )
     p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
     add_trust_args(p)
@@ -121,6 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Replay the bars a candle folder has (or, with --follow, watch it for new rows) and log each bar's "
         "scores, path, base outputs, latency and any error; the format is in the README.",
         shadow,
+        group="bot",
     )
     p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder")
@@ -140,6 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ML coverage, stacking activation, LSTM normal-output rate, errors by kind and latency from shadow "
         "logs, with realised AUC (--data) and drift against the run's holdout (--bundle).",
         shadow_report,
+        group="bot",
     )
     p.add_argument("--logs", metavar="FILE|DIR", required=True, help="a shadow log, or a folder of *.jsonl logs")
     p.add_argument("--days", type=float, help="only the newest N days")
@@ -164,8 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def bundle(args: argparse.Namespace) -> int:
     from macd_ml.serving.bundle import save_bundle
 
-    ref = save_bundle(Path(args.run).resolve(), args.out)
-    print(f"{args.out}: {ref.bytes} bytes, sha256 {ref.sha256}")
+    ref = save_bundle(Path(args.run).resolve(), args.to)
+    print(f"{args.to}: {ref.bytes} bytes, sha256 {ref.sha256}")
     return EXIT_OK
 
 
@@ -218,8 +235,8 @@ def fetch(args: argparse.Namespace) -> int:
     from macd_ml.serving.publish import fetch_latest
 
     data = fetch_latest(args.source, args.state, trust_from(args))
-    ref = write_bytes(args.out, data)
-    print(f"{args.out}: run {read_bundle(data, args.out, trust=trust_from(args)).run_id}, sha256 {ref.sha256[:12]}")
+    ref = write_bytes(args.to, data)
+    print(f"{args.to}: run {read_bundle(data, args.to, trust=trust_from(args)).run_id}, sha256 {ref.sha256[:12]}")
     return EXIT_OK
 
 
