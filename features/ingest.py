@@ -490,7 +490,7 @@ def load_market(
 ) -> Market:
     """Load and validate the target and reference symbols. Symbols that do not overlap in time are an error.
     ``read`` turns a file into validated candles (default :func:`read_candles`; the pipeline passes one that
-    reuses candles it validated before, tasks/inputs.py)."""
+    reuses candles it validated before, tasks/candles.py)."""
     read = read or read_candles
     data_dir = Path(data_dir)
     target = target.upper()

@@ -14,9 +14,9 @@ stages will need:
 - the stacker's inner walk-forward fits in the out-of-fold rows;
 - pooled training (``models.pooled``) has at least one symbol besides the target and its cross symbols.
 
-Only when every check passed does it write, under ``OUT/cache`` (tasks/inputs.py): the validated candles and the
-feature table, which ingest and the features stage then read instead of parsing and building again, and a
-signed record of the passed preflight for this config, code and candles.
+Only when every check passed does it write, under ``OUT/cache`` (tasks/candles.py, tasks/table.py): the validated
+candles and the feature table, which ingest and the features stage then read instead of parsing and building
+again, and a signed record of the passed preflight for this config, code and candles. It imports no Prefect.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.models.ensemble.stacking import MIN_INNER_BLOCK, inner_block_size
 from macd_ml.models.learners.registry import min_fit_rows
-from macd_ml.tasks.features import feature_table, store_table
-from macd_ml.tasks.inputs import candle_reader, store_candles
-from macd_ml.tasks.policy import make_key
+from macd_ml.tasks.candles import candle_reader, store_candles
+from macd_ml.tasks.keys import make_key
+from macd_ml.tasks.table import feature_table, store_table
 
 
 @dataclass(frozen=True)

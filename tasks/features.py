@@ -5,22 +5,19 @@ publish time."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import polars as pl
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
-from macd_ml.features.build import FeatureTable, build_features
-from macd_ml.features.ingest import Market
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec, check_folds, make_folds
-from macd_ml.tasks.inputs import COUNTS, load_record, save_record
-from macd_ml.tasks.policy import current_key, make_key
+from macd_ml.tasks.policy import current_key
 from macd_ml.tasks.refs import MarketRef, TableRef, reload_market
 from macd_ml.tasks.results import cached_task
+from macd_ml.tasks.table import feature_table
 
 log = logging.getLogger(__name__)
 
@@ -75,57 +72,3 @@ def folds_task(features: TableRef, horizons: list[int], spec: FoldSpec, out_dir:
     folds = make_folds(ts, horizons, spec)
     check_folds(folds, ts)
     return write_json(cache_dir(out_dir, "folds", current_key()) / catalog.FOLDS, folds.model_dump(mode="json"))
-
-
-# --------------------------------------------------------------------------------------------- feature table
-
-
-def _table_folder(out_dir: Path | str, market: Market, spec: FeatureSpec, gap_tolerance_hours: int) -> Path:
-    params = {
-        "market": market.fingerprint(),
-        "target": market.target.symbol,
-        "cross": [c.symbol for c in market.cross],
-        "spec": spec.model_dump(mode="json"),
-        "gap_tolerance_hours": gap_tolerance_hours,
-    }
-    return cache_dir(
-        out_dir, "feature-table", make_key("feature-table", code_version("macd_ml.features.build"), params)
-    )
-
-
-def feature_table(
-    market: Market, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: Path | str | None, store: bool = True
-) -> FeatureTable:
-    """The feature table of ``market``: stored (for the same content, spec and code) or built (and stored)."""
-    if out_dir is not None:
-        stored = load_record(_table_folder(out_dir, market, spec, gap_tolerance_hours), "feature-table")
-        if stored is not None:
-            doc, frame = stored
-            return FeatureTable(
-                frame=frame,
-                names=doc["names"],
-                fingerprint=doc["fingerprint"],
-                target=doc["target"],
-                cross=tuple(doc["cross"]),
-                rows_dropped=doc["rows_dropped"],
-            )
-    table = build_features(market, spec, gap_tolerance_hours)
-    COUNTS["built"] += 1
-    if out_dir is not None and store:
-        store_table(table, market, spec, gap_tolerance_hours, out_dir)
-    return table
-
-
-def store_table(
-    table: FeatureTable, market: Market, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: Path | str
-) -> None:
-    folder = _table_folder(out_dir, market, spec, gap_tolerance_hours)
-    if load_record(folder, "feature-table") is None:
-        doc = {
-            "names": table.names,
-            "fingerprint": table.fingerprint,
-            "target": table.target,
-            "cross": list(table.cross),
-            "rows_dropped": table.rows_dropped,
-        }
-        save_record(folder, "feature-table", catalog.FEATURES, table.frame, doc)

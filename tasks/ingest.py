@@ -12,7 +12,7 @@ from pathlib import Path
 from macd_ml.artifacts.store import sha256_file, write_bytes
 from macd_ml.features.ingest import find_symbol_file, load_market
 from macd_ml.features.synth import SynthSpec, synth_market, write_market
-from macd_ml.tasks.inputs import candle_reader, market_candles
+from macd_ml.tasks.candles import candle_reader, market_candles
 from macd_ml.tasks.policy import ContentKey
 from macd_ml.tasks.refs import MarketRef, market_ref, resolve_cross
 from macd_ml.tasks.results import cached_task
@@ -61,7 +61,7 @@ class IngestKey(ContentKey):
 @cached_task(name="ingest", cache_policy=IngestKey())
 def ingest_task(data_dir: str, target: str, cross: list[str] | None, out_dir: str) -> MarketRef:
     """Read and validate every input file (or reuse the candles validated from the same bytes before) and store
-    the validated candles (tasks/inputs.py). Cached on the files' content."""
+    the validated candles (tasks/candles.py). Cached on the files' content."""
     cross = resolve_cross(data_dir, target, cross)
     market = load_market(data_dir, target, cross, read=candle_reader(out_dir))
     ref = market_ref(market, data_dir, market_candles(market, out_dir))

@@ -15,54 +15,22 @@ jitter; bad input (:class:`DataError`, :class:`ConfigError`) and integrity failu
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import inspect
-import json
 import os
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel
 
 from macd_ml.artifacts.codehash import code_version
-from macd_ml.artifacts.store import ArtifactRef
 from macd_ml.errors import ConfigError, DataError
+from macd_ml.tasks.keys import make_key  # (re-exported: the one way a key is made)
 
 WRITE_RETRIES = 3
 # seconds before Prefect's first task retry (then doubling); MACD_ML_RETRY_BACKOFF_S shortens it in tests
 RETRY_DELAYS = exponential_backoff(backoff_factor=float(os.environ.get("MACD_ML_RETRY_BACKOFF_S", "1")))
 RETRY_JITTER = 0.5
-
-
-def canonical(value: Any) -> Any:
-    """A value reduced to what its content is: JSON-able and independent of paths, times and object identity."""
-    if isinstance(value, ArtifactRef):
-        return {"sha256": value.sha256}
-    token = getattr(value, "cache_token", None)
-    if callable(token):
-        return canonical(token())
-    if isinstance(value, BaseModel):  # field by field, so nested references count by their content too
-        return {name: canonical(getattr(value, name)) for name in type(value).model_fields}
-    if isinstance(value, dict):
-        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    item = getattr(value, "item", None)  # numpy scalars (np.int64 is no int, np.bool_ no bool)
-    if callable(item) and getattr(value, "shape", None) == ():
-        return canonical(item())
-    raise TypeError(f"{type(value).__name__} has no content form for a cache key (give it cache_token())")
-
-
-def make_key(stage: str, code: str, params: dict[str, Any]) -> str:
-    blob = json.dumps({"stage": stage, "code": code, "params": canonical(params)}, sort_keys=True)
-    return f"{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:40]}"
 
 
 def task_code_version(fn: Any) -> str:

@@ -14,8 +14,8 @@ from macd_ml.features.ingest import load_market
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.models.evaluation.metrics import Decision, Metrics
 from macd_ml.models.release.promotion import PromotionSpec, decide
-from macd_ml.tasks.features import feature_table
-from macd_ml.tasks.inputs import candle_reader
+from macd_ml.tasks.candles import candle_reader
+from macd_ml.tasks.table import feature_table
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from macd_ml.tasks.results import result_type
 
 @result_type
 class MarketRef(BaseModel):
-    """Validated inputs: which files, their hashes, the stored validated candles (tasks/inputs.py) and what
+    """Validated inputs: which files, their hashes, the stored validated candles (tasks/candles.py) and what
     ingest found (gaps, rows, span)."""
 
     data_dir: str

@@ -15,7 +15,7 @@ from polars.testing import assert_frame_equal
 
 from macd_ml.flows.config import load_config
 from macd_ml.flows.scale import ScaleOut, local_cluster_kwargs
-from macd_ml.tasks.policy import canonical
+from macd_ml.tasks.keys import canonical
 from tests.cliutil import cli
 from tests.flowutil import forget_unchanged, latest_flow_run_id, task_states
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from macd_ml.artifacts import store
+from macd_ml.artifacts.records import RECORD
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.pipeline import run_pipeline
 from macd_ml.flows.preflight import preflight
 from macd_ml.flows.stages_runner import direct_stages
-from macd_ml.tasks import inputs
+from macd_ml.tasks import candles as inputs
+from macd_ml.tasks.table import feature_table
 from tests.flowutil import lenient
 
 pytestmark = pytest.mark.slow
@@ -77,3 +79,43 @@ def test_a_stored_input_that_does_not_verify_is_parsed_again(market, tmp_path, m
     inputs.candle_reader(out)(Path(market) / "ETHUSDT_1h.csv", "ETHUSDT")
     inputs.candle_reader(out)(Path(market) / "BTCUSDT_1h.csv", "BTCUSDT")
     assert counts["parsed"] == 3  # the damaged one parsed again (and stored again), the intact one reused
+
+
+def test_a_record_edited_after_it_was_signed_is_not_used(market, tmp_path, monkeypatch):
+    """A stored feature table whose record was rewritten (its row count, here) is built again, not trusted."""
+    import json
+
+    from macd_ml.features.ingest import load_market
+
+    out = tmp_path / "out"
+    config = _config(market, out)
+    preflight(config, out)
+    monkeypatch.setitem(inputs.COUNTS, "built", 0)
+    m = load_market(market, "ETHUSDT", ["BTCUSDT"], read=inputs.candle_reader(out))
+    feature_table(m, config.features, config.gap_tolerance_hours, out)
+    assert inputs.COUNTS["built"] == 0  # stored by preflight: reused
+    (record,) = (out / "cache" / "feature-table").rglob(RECORD)
+    signed = json.loads(record.read_text())
+    signed["doc"]["names"] = signed["doc"]["names"][:-1]
+    record.write_text(json.dumps(signed))
+    table = feature_table(m, config.features, config.gap_tolerance_hours, out)
+    assert inputs.COUNTS["built"] == 1 and len(table.names) == len(signed["doc"]["names"]) + 1
+
+
+def test_a_stage_run_directly_names_its_folder_with_the_key_prefect_gives_it():
+    """run_direct computes the key through the task's own cache policy (what Prefect calls), so a stage run
+    directly writes the folder its task would; outside both, asking for the key is an error."""
+    from macd_ml.tasks.keys import make_key
+    from macd_ml.tasks.policy import current_key, direct_key, run_direct, task_code_version
+    from macd_ml.tasks.results import cached_task
+
+    @cached_task(name="probe")
+    def probe(x: int, out_dir: str) -> str:
+        return current_key()
+
+    key = run_direct(probe, 3, "o")
+    assert key == direct_key(probe, (3,), {"out_dir": "o"})
+    assert key == make_key("probe", task_code_version(probe.fn), {"x": 3, "out_dir": "o"})
+    assert run_direct(probe, 4, "o") != key  # another input, another folder
+    with pytest.raises(RuntimeError, match="no cache key"):
+        current_key()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 import polars as pl
@@ -21,7 +20,7 @@ from macd_ml.models.evaluation.evaluate import model_metrics, per_fold_auc
 from macd_ml.models.learners.base import Rows
 from macd_ml.models.learners.gbdt import ReferenceModel
 from macd_ml.models.learners.reference import FEATURES, PARAMS, REFERENCE, reference_features, reference_scores
-from macd_ml.models.learners.registry import ModelName, load_model, make_model, select_features
+from macd_ml.models.learners.registry import NAMES, load_model, make_model, select_features
 from macd_ml.models.learners.train import build_dataset, train_fold
 from macd_ml.models.release.onnx_export import model_onnx
 
@@ -60,7 +59,7 @@ def test_the_reference_always_trains_with_fixed_parameters_and_joins_the_stack_u
     assert config.models.params_for(REFERENCE) == PARAMS  # a user's LightGBM settings never reach it
     assert config.models.feature_set(REFERENCE) == "reference"
     assert config.stack_models() == ["lgb", "xgb", REFERENCE]
-    assert load_config(overrides=["stacking.include_reference=false"]).stack_models() == list(get_args(ModelName))
+    assert load_config(overrides=["stacking.include_reference=false"]).stack_models() == list(NAMES)
     with pytest.raises(ConfigError, match="reference"):  # not a user's model to enable or configure
         load_config(overrides=['models.enabled=["lgb","reference"]'])
 

@@ -65,7 +65,7 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def example(args: argparse.Namespace) -> int:
-    from macd_ml.flows.cli.reference import example_toml
+    from macd_ml.flows.cli.example import example_toml
 
     print(example_toml(), end="")
     return EXIT_OK

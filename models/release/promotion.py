@@ -59,7 +59,7 @@ def decide(
 ) -> Decision:
     """``features(target, cross, spec, gap_tolerance_hours)`` gives the feature table the champion reads (default:
     built from the candle files in ``data_dir``; the pipeline passes one that reuses the run's validated candles
-    and, for the same spec, its feature table: tasks/inputs.py)."""
+    and, for the same spec, its feature table: tasks/candles.py, tasks/table.py)."""
 
     def unopposed(reason: str, champion: str | None = None) -> Decision:
         return Decision(

@@ -1,5 +1,5 @@
-"""The run's inputs, parsed once and built once (docs/architecture.md, "Candles parsed once"); the feature table's
-store is in tasks/features.py.
+"""The run's candles, parsed once (docs/architecture.md, "Candles parsed once"); the feature table's store is
+tasks/table.py. No Prefect here: preflight runs before a Prefect server starts.
 
 Validated candles are stored per source file under ``OUT/cache/candles/KEY/`` (KEY: the file's sha256, its
 symbol and the ingest code version) and the feature table per content under ``OUT/cache/feature-table/KEY/``
@@ -12,59 +12,24 @@ a cold run parses each candle file once and builds the feature table once.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import polars as pl
-
 from macd_ml.artifacts.codehash import code_version
-from macd_ml.artifacts.signing import sign, verify_signature
+from macd_ml.artifacts.records import load_record, save_record
 from macd_ml.artifacts.store import (
     ArtifactRef,
-    IntegrityError,
     cache_dir,
-    read_parquet,
     sha256_file,
-    write_bytes,
-    write_parquet,
 )
 from macd_ml.features.ingest import Candles, Market, read_candles
-from macd_ml.tasks.policy import make_key
+from macd_ml.tasks.keys import make_key
 
 log = logging.getLogger(__name__)
-RECORD = "record.json"
 
 # how often this process parsed a candle file and built a feature table (tests and benches read them)
 COUNTS = {"parsed": 0, "built": 0}
-
-
-def _record_body(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True).encode()
-
-
-def load_record(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
-    """The stored doc and frame of ``folder``, or None when absent or failing its checks (logged)."""
-    path = folder / RECORD
-    if not path.is_file():
-        return None
-    try:
-        signed = json.loads(path.read_bytes())
-        doc, signature = signed["doc"], signed["signature"]
-        if not verify_signature(purpose, folder.name, _record_body(doc), signature):
-            raise IntegrityError(f"{path}: signature does not verify")
-        return doc, read_parquet(ArtifactRef.model_validate(doc["file"]))  # checks the parquet's sha256
-    except (OSError, ValueError, KeyError, TypeError, IntegrityError) as exc:
-        log.warning("stored %s %s not used (%s); computing it again", purpose, folder, exc)
-        return None
-
-
-def save_record(folder: Path, purpose: str, name: str, frame: pl.DataFrame, doc: dict) -> None:
-    ref = write_parquet(folder / name, frame)
-    doc = {**doc, "file": ref.model_dump(mode="json")}
-    body = _record_body(doc)
-    write_bytes(folder / RECORD, json.dumps({"doc": doc, "signature": sign(purpose, folder.name, body)}).encode())
 
 
 # --------------------------------------------------------------------------------------------------- candles
