@@ -36,10 +36,10 @@ from pandas_features import build_features_pd, compare, market_to_pandas
 
 from macd_ml.features.build import (
     SEG,
-    _own_exprs,
     build_features,
     cross_features,
     feature_names,
+    own_exprs,
     own_features,
 )
 from macd_ml.features.ingest import Candles, Market, load_market, symbol_files
@@ -190,7 +190,7 @@ def own_features_in_memory(candles: pl.DataFrame, spec: FeatureSpec) -> pl.DataF
     """features.build.own_features with the same expressions, collected with the in-memory engine (polars 2
     defaults ``collect()`` to the streaming engine). A diagnostic for --breakdown, not used for the table."""
     lf = candles.lazy().with_columns(segment_ids(candles["timestamp"], 1))
-    for stage in _own_exprs(spec):
+    for stage in own_exprs(spec):
         lf = lf.with_columns(stage)
     return lf.with_columns(pl.int_range(pl.len()).over(SEG).alias("_bar")).collect(engine="in-memory")
 

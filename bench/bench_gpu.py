@@ -134,7 +134,7 @@ def _cuda_eval_gap(model, data, hold, p_cpu) -> float:
     Xn = normalise(data.columns(model.feature_names), model.mean, model.std)
     model.net.to("cuda")
     try:
-        logits = model._predict_logits(Xn, hold.idx, data.segment_start, "cuda")
+        logits = model.predict_logits(Xn, hold.idx, data.segment_start, "cuda")
     finally:
         model.net.to("cpu")
     torch.cuda.synchronize()

@@ -110,9 +110,9 @@ def _deployment(data: str, base: Path, env: dict, log: Path) -> tuple[float, flo
     """(cold, unchanged, start delay) seconds from submission to a final state of ``retrain/served`` runs."""
     import httpx
 
-    from macd_ml.flows.local_api import _free_port
+    from macd_ml.flows.local_api import free_port
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**env, "PREFECT_API_URL": api, "PREFECT_UI_ENABLED": "0"}
     procs = []

@@ -89,9 +89,9 @@ def main() -> None:
     row("  from the folder (CSV read)", timed(lambda _: scorer.score(data, last=1), [None] * max(10, n // 10)))
 
     tail = HISTORY_BARS + scorer.ensemble.lookback + 1
-    feats = timed(lambda m: build_features(scorer._market(m, tail), scorer.spec, scorer.gap_tolerance_hours), markets)
+    feats = timed(lambda m: build_features(scorer.market(m, tail), scorer.spec, scorer.gap_tolerance_hours), markets)
     row("  of which: features", feats)
-    table = build_features(scorer._market(market, tail), scorer.spec, scorer.gap_tolerance_hours).frame
+    table = build_features(scorer.market(market, tail), scorer.spec, scorer.gap_tolerance_hours).frame
     X = table.select(scorer.ensemble.feature_names).to_numpy().astype(np.float32)
     bars = X[None, -scorer.ensemble.lookback :, :]
     row("  of which: ensemble.onnx", timed(lambda b: scorer._ensemble.run(None, {"bars": b}), [bars] * n))

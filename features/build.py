@@ -37,7 +37,7 @@ class FeatureTable:
     rows_dropped: dict[str, int]
 
 
-def _own_exprs(spec: FeatureSpec, over_segments: bool = True) -> list[list[pl.Expr]]:
+def own_exprs(spec: FeatureSpec, over_segments: bool = True) -> list[list[pl.Expr]]:
     """Single-symbol features as stages of expressions (later stages read earlier columns). Windows run
     ``.over(segment)``; without ``over_segments`` they run plainly, for a frame that is one contiguous segment."""
     c, h, lo, v = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
@@ -100,7 +100,7 @@ def _own_exprs(spec: FeatureSpec, over_segments: bool = True) -> list[list[pl.Ex
 def _own_exprs_for(spec_json: str, over_segments: bool) -> list[list[pl.Expr]]:
     """The expressions of one spec, built once per process (building them costs more than running them on the
     few hundred bars a bot scores)."""
-    return _own_exprs(FeatureSpec.model_validate_json(spec_json), over_segments)
+    return own_exprs(FeatureSpec.model_validate_json(spec_json), over_segments)
 
 
 def _own_lazy(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: int, keep_close: bool) -> pl.LazyFrame:

@@ -45,7 +45,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -69,7 +69,7 @@ def local_api(timeout_s: float = 120.0, while_starting: Callable[[], object] | N
     batches (they drain in ``threading``'s exit hooks, which run before ``atexit``'s)."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         **get_current_settings().to_environment_variables(exclude_unset=True),

@@ -175,7 +175,8 @@ class Scorer:
 
     # -- inputs
 
-    def _market(self, candles: Market | Path | str | dict[str, pl.DataFrame], tail: int) -> Market:
+    def market(self, candles: Market | Path | str | dict[str, pl.DataFrame], tail: int) -> Market:
+        """The candles this bundle reads (target and cross), validated, each cut to its newest ``tail`` bars."""
         if isinstance(candles, Market):
             market = candles
         elif isinstance(candles, (str, Path)):
@@ -203,7 +204,7 @@ class Scorer:
     def score(self, candles: Market | Path | str | dict[str, pl.DataFrame], last: int = 1) -> list[BarScore]:
         """Scores for the newest ``last`` bars of the target (oldest first)."""
         t0 = time.perf_counter()
-        market = self._market(candles, HISTORY_BARS + self.ensemble.lookback + last)
+        market = self.market(candles, HISTORY_BARS + self.ensemble.lookback + last)
         now = datetime.now(timezone.utc)
         for c in (market.target, *market.cross):
             newest = c.frame["timestamp"].max() if c.frame.height else None

@@ -172,3 +172,22 @@ def test_run_folder_files_and_columns_are_named_only_in_the_catalog():
                 continue
             found += [f"{module}:{n}: {code.strip()}" for p in patterns if p.search(code)]
     assert not found, "use artifacts/catalog.py:\n" + "\n".join(found)
+
+
+def test_benches_use_the_package_as_a_user_would():
+    """bench/ imports public names only, edits no sys.path and patches nothing of Prefect: what a bench times is
+    what the package does."""
+    problems = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("macd_ml"):
+                problems += [f"{path.name}: imports private {a.name}" for a in node.names if a.name.startswith("_")]
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+                if node.value.attr == "path" and node.attr in ("insert", "append"):
+                    problems.append(f"{path.name}:{node.lineno}: edits sys.path")
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and "prefect" in ast.unparse(target):
+                        problems.append(f"{path.name}:{node.lineno}: patches {ast.unparse(target)}")
+    assert not problems, "\n".join(problems)

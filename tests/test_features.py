@@ -564,7 +564,7 @@ def test_plain_windows_on_one_segment_are_bit_identical_to_windows_over_segments
     """One contiguous segment runs its windows without ``.over``; several run them ``.over(segment)``. The two
     forms give the same numbers bit for bit: each segment of a gappy market built alone (plain) equals its rows in
     the build of the whole market (over), and a gapless market built plainly equals the ``.over`` form."""
-    from macd_ml.features.build import SEG, _own_exprs, _own_lazy
+    from macd_ml.features.build import SEG, _own_lazy, own_exprs
 
     spec = FeatureSpec()
     gappy = synth_market(("ETHUSDT",), hours=6_000, seed=9, gaps=4)["ETHUSDT"]
@@ -578,7 +578,7 @@ def test_plain_windows_on_one_segment_are_bit_identical_to_windows_over_segments
     flat = synth_market(("ETHUSDT",), hours=3_000, seed=4)["ETHUSDT"]
     plain = _own_lazy(flat, spec, 1, keep_close=True).collect()
     lf = flat.lazy().with_columns(segment_ids(flat["timestamp"], 1))
-    for stage in _own_exprs(spec, over_segments=True):
+    for stage in own_exprs(spec, over_segments=True):
         lf = lf.with_columns(stage)
     lf = lf.with_columns(pl.int_range(pl.len()).over(SEG).alias("_bar"), pl.col("close").alias("_close"))
     assert plain[SEG].n_unique() == 1 and plain.equals(lf.select(plain.columns).collect())

@@ -244,7 +244,7 @@ class SequenceModel(Model):
             return tuple(SequenceModel._to(t, device, pin) for t in xb)
         return (xb.pin_memory() if pin else xb).to(device, non_blocking=True)
 
-    def _predict_logits(
+    def predict_logits(
         self, Xn: np.ndarray | torch.Tensor, rows: np.ndarray, seg: np.ndarray, device: str
     ) -> np.ndarray:
         self._module().eval()
@@ -319,7 +319,7 @@ class SequenceModel(Model):
                 opt.step()
                 total += loss.detach() * len(r)
                 count += len(r)
-            es_logits = self._predict_logits(X_dev, es_idx, seg, device)
+            es_logits = self.predict_logits(X_dev, es_idx, seg, device)
             es_loss = float(masked_loss(torch.from_numpy(es_logits), Y[es_idx], "bce", 0.0))
             es_auc = float(np.mean(head_aucs(es_y, es_logits))) if p.early_stop_metric == "auc" else None
             score = -es_loss if es_auc is None else es_auc
@@ -357,7 +357,7 @@ class SequenceModel(Model):
         assert best_state is not None  # the first epoch always improves on -inf
         self.net.load_state_dict(best_state)  # best-epoch restore
         self.net.to("cpu").eval()
-        es_prob = 1 / (1 + np.exp(-self._predict_logits(Xn, es_idx, seg, "cpu")))
+        es_prob = 1 / (1 + np.exp(-self.predict_logits(Xn, es_idx, seg, "cpu")))
         head_auc = {str(h): a for h, a in zip(self.horizons, head_aucs(es_y, es_prob))}
         self.best_head = int(max(self.horizons, key=lambda h: head_auc[str(h)]))
         self.info.best_iteration = {str(h): best_epoch for h in self.horizons}
@@ -377,7 +377,7 @@ class SequenceModel(Model):
     def predict(self, data: Dataset, rows: Rows) -> np.ndarray:
         self.check_fitted()
         Xn = normalise(data.columns(self.feature_names), self.mean, self.std)
-        logits = self._predict_logits(Xn, rows.idx, data.segment_start, "cpu")
+        logits = self.predict_logits(Xn, rows.idx, data.segment_start, "cpu")
         return 1 / (1 + np.exp(-logits.astype(np.float64)))
 
     # -- persistence
