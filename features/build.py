@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.errors import DataError
 from macd_ml.features.indicators import atr, ema, log_return, macd_line, rsi, zscore
@@ -67,8 +68,8 @@ def own_exprs(spec: FeatureSpec, over_segments: bool = True) -> list[list[pl.Exp
     stage1.append((rng / c).alias("range_pct"))
     stage1.append(pl.when(rng > 0).then((c - lo) / rng).otherwise(0.5).alias("close_in_range"))
     if spec.calendar:
-        hour = pl.col("timestamp").dt.hour().cast(pl.Float64)
-        dow = pl.col("timestamp").dt.weekday().cast(pl.Float64) - 1.0
+        hour = pl.col(catalog.TIMESTAMP).dt.hour().cast(pl.Float64)
+        dow = pl.col(catalog.TIMESTAMP).dt.weekday().cast(pl.Float64) - 1.0
         stage1 += [
             (hour * (2 * math.pi / 24)).sin().alias("hour_sin"),
             (hour * (2 * math.pi / 24)).cos().alias("hour_cos"),
@@ -108,7 +109,7 @@ def _own_lazy(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: int
     a third of the time on a million bars without a gap; one plan per segment instead would cost ~20 ms of
     planning per segment (2.8 s for 124 segments of real candles, against 0.03 s with ``.over``). Both forms give
     the same numbers bit for bit (tested)."""
-    with_seg = candles.with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
+    with_seg = candles.with_columns(segment_ids(candles[catalog.TIMESTAMP], gap_tolerance_hours))
     over = with_seg[SEG].n_unique() > 1
     lf = with_seg.lazy()
     for stage in _own_exprs_for(spec.model_dump_json(), over):
@@ -128,7 +129,7 @@ def own_features(candles: pl.DataFrame, spec: FeatureSpec, gap_tolerance_hours: 
 
 
 def feature_names(df: pl.DataFrame) -> list[str]:
-    return [c for c in df.columns if c not in ("timestamp", SEG) and not c.startswith("_")]
+    return [c for c in df.columns if c not in (catalog.TIMESTAMP, SEG) and not c.startswith("_")]
 
 
 def cross_features(target: pl.DataFrame, ref: Candles, spec: FeatureSpec, gap_tolerance_hours: int) -> pl.DataFrame:
@@ -142,18 +143,18 @@ def _cross_lazy(target: pl.LazyFrame, ref: Candles, spec: FeatureSpec, gap_toler
     p = f"{ref.symbol}__"
     rf = _own_lazy(ref.frame, spec, gap_tolerance_hours, keep_close=False)
     ref_ok = (pl.col("_bar") >= spec.warmup_bars).alias(f"_ok_{ref.symbol}")
-    ref_names = [n for n in rf.collect_schema().names() if n not in ("timestamp", SEG) and not n.startswith("_")]
+    ref_names = [n for n in rf.collect_schema().names() if n not in (catalog.TIMESTAMP, SEG) and not n.startswith("_")]
     rf = rf.select(
-        "timestamp",
+        catalog.TIMESTAMP,
         ref_ok,
         *[pl.col(n).alias(p + n) for n in ref_names if not n.endswith(("_sin", "_cos"))],
     )
     # the reference's raw closes, to compute its returns for windows the spec may not list
-    closes = ref.frame.lazy().select("timestamp", pl.col("close").alias(f"{p}_close"))
+    closes = ref.frame.lazy().select(catalog.TIMESTAMP, pl.col("close").alias(f"{p}_close"))
     df = (
-        target.select("timestamp", SEG, "ret_1", "_close")
-        .join(rf, on="timestamp", how="left", maintain_order="left")
-        .join(closes, on="timestamp", how="left", maintain_order="left")
+        target.select(catalog.TIMESTAMP, SEG, "ret_1", "_close")
+        .join(rf, on=catalog.TIMESTAMP, how="left", maintain_order="left")
+        .join(closes, on=catalog.TIMESTAMP, how="left", maintain_order="left")
     )
     rr, tr = pl.col(f"{p}ret_1"), pl.col("ret_1")
     exprs: list[pl.Expr] = []
@@ -187,9 +188,9 @@ def build_features(
     ok = pl.col("_bar") >= spec.warmup_bars
     for ref in market.cross:
         block = _cross_lazy(own.lazy(), ref, spec, gap_tolerance_hours)
-        frame = frame.join(block, on="timestamp", how="left", maintain_order="left")
+        frame = frame.join(block, on=catalog.TIMESTAMP, how="left", maintain_order="left")
         ok = ok & pl.col(f"_ok_{ref.symbol}").fill_null(False)
-    names = [n for n in frame.collect_schema().names() if n not in ("timestamp", SEG) and not n.startswith("_")]
+    names = [n for n in frame.collect_schema().names() if n not in (catalog.TIMESTAMP, SEG) and not n.startswith("_")]
     common = dict(
         names=names,
         fingerprint=feature_fingerprint(market, spec, gap_tolerance_hours),
@@ -198,16 +199,16 @@ def build_features(
     )
     if keep_incomplete:
         finite = [pl.when(pl.col(n).is_finite()).then(pl.col(n)).otherwise(None).alias(n) for n in names]
-        kept = frame.filter(pl.col("_bar") >= spec.warmup_bars).with_columns(finite).select("timestamp", *names)
+        kept = frame.filter(pl.col("_bar") >= spec.warmup_bars).with_columns(finite).select(catalog.TIMESTAMP, *names)
         return FeatureTable(frame=kept.collect(engine="in-memory"), rows_dropped={}, **common)  # type: ignore[arg-type]
     # undefined values (a window not yet full, 0/0 on a flat stretch) drop the row; an infinite value or one that
     # overflows the models' float32 is an error in the data, never silently dropped or fed to a model. Checked in
     # numpy: one pass over the matrix, where a polars expression per column costs more than the features.
-    full = frame.select("timestamp", *names, ok.alias("_warm")).collect(engine="in-memory")
+    full = frame.select(catalog.TIMESTAMP, *names, ok.alias("_warm")).collect(engine="in-memory")
     X = full.select(names).to_numpy()  # float64; a null becomes NaN
     warm = full["_warm"].to_numpy()
     keep = warm & ~np.isnan(X).any(axis=1)
-    complete = full.filter(pl.Series(keep)).select("timestamp", *names)
+    complete = full.filter(pl.Series(keep)).select(catalog.TIMESTAMP, *names)
     # one pass over the whole matrix (NaN compares False); copying out the kept rows first cost 0.3 s a million
     if (keep & (np.abs(X) > FLOAT32_MAX).any(axis=1)).any():
         check_model_range(complete, names, market.target.path)  # finds and names the first such value

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import sha256_file
 from macd_ml.errors import DataError
 from macd_ml.features.segments import HOUR_US, missing_hours, segment_ids  # noqa: F401  (re-exported)
@@ -369,7 +370,7 @@ def _check_values(df: pl.DataFrame, source: Path | str) -> None:
 
 
 def _check_time(df: pl.DataFrame, source: Path | str) -> pl.DataFrame:
-    us = df["timestamp"].dt.epoch("us")
+    us = df[catalog.TIMESTAMP].dt.epoch("us")
     i = _first_bad(df, (us % HOUR_US) != 0)
     if i is not None:
         raise DataError(
@@ -390,12 +391,12 @@ def _check_time(df: pl.DataFrame, source: Path | str) -> pl.DataFrame:
                 row=_row_no(df, i),
                 column="time",
             )
-    df = df.sort("timestamp")
-    dup = df["timestamp"].is_duplicated()
+    df = df.sort(catalog.TIMESTAMP)
+    dup = df[catalog.TIMESTAMP].is_duplicated()
     if dup.any():
         i = int(dup.arg_true()[0])
-        t = df["timestamp"][i]
-        rows = df.filter(pl.col("timestamp") == t)["_row"].to_list()
+        t = df[catalog.TIMESTAMP][i]
+        rows = df.filter(pl.col(catalog.TIMESTAMP) == t)["_row"].to_list()
         raise DataError(
             source,
             f"duplicate timestamp {t.isoformat()} (rows {', '.join(map(str, rows))})",
@@ -428,7 +429,7 @@ def validate_candles(raw: pl.DataFrame, source: Path | str) -> pl.DataFrame:
     df = _parse_values(df, source)
     _check_values(df, source)
     df = _check_time(df, source)
-    return df.select("timestamp", *VALUE_COLUMNS)
+    return df.select(catalog.TIMESTAMP, *VALUE_COLUMNS)
 
 
 def candles_from_frame(symbol: str, frame: pl.DataFrame, source: str | None = None) -> Candles:
@@ -446,9 +447,9 @@ def candles_from_frame(symbol: str, frame: pl.DataFrame, source: str | None = No
 
 
 def gap_report(frame: pl.DataFrame) -> GapReport:
-    missing = missing_hours(frame["timestamp"])
+    missing = missing_hours(frame[catalog.TIMESTAMP])
     idx = (missing > 0).arg_true()
-    gaps = [(frame["timestamp"][int(i) - 1], int(missing[int(i)])) for i in idx]
+    gaps = [(frame[catalog.TIMESTAMP][int(i) - 1], int(missing[int(i)])) for i in idx]
     return GapReport(
         n_gaps=len(gaps),
         longest_hours=max((h for _, h in gaps), default=0),
@@ -501,8 +502,8 @@ def load_market(
     refs = []
     for sym in cross:
         rc = read(find_symbol_file(data_dir, sym), sym)
-        t0 = max(tc.frame["timestamp"][0], rc.frame["timestamp"][0])
-        t1 = min(tc.frame["timestamp"][-1], rc.frame["timestamp"][-1])
+        t0 = max(tc.frame[catalog.TIMESTAMP][0], rc.frame[catalog.TIMESTAMP][0])
+        t1 = min(tc.frame[catalog.TIMESTAMP][-1], rc.frame[catalog.TIMESTAMP][-1])
         if t0 > t1:
             raise DataError(
                 rc.path,

@@ -32,15 +32,17 @@ def make_labels(
     """Return timestamp + ``y_h`` (Int8, null where undefined) + ``fwd_ret_h`` (log return) for each horizon."""
     if dead_zone_bps < 0:
         raise ValueError("dead_zone_bps must be >= 0")
-    base = candles.select("timestamp", "close").with_columns(segment_ids(candles["timestamp"], gap_tolerance_hours))
+    base = candles.select(catalog.TIMESTAMP, "close").with_columns(
+        segment_ids(candles[catalog.TIMESTAMP], gap_tolerance_hours)
+    )
     out = base
     for h in horizons:
         fut = base.select(
-            (pl.col("timestamp") - pl.duration(hours=h)).alias("timestamp"),
+            (pl.col(catalog.TIMESTAMP) - pl.duration(hours=h)).alias(catalog.TIMESTAMP),
             pl.col("close").alias("_fc"),
             pl.col("segment").alias("_fs"),
         )
-        out = out.join(fut, on="timestamp", how="left")
+        out = out.join(fut, on=catalog.TIMESTAMP, how="left")
         valid = pl.col("_fc").is_not_null() & (pl.col("_fs") == pl.col("segment"))
         r = (pl.col("_fc") / pl.col("close")).log()
         y = pl.when(valid & (r.abs() * 1e4 >= dead_zone_bps))
@@ -53,4 +55,4 @@ def make_labels(
 
 def align_labels(features: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
     """The labels of exactly the feature table's rows, in its order (a row without a label gets nulls)."""
-    return features.select("timestamp").join(labels, on="timestamp", how="left", maintain_order="left")
+    return features.select(catalog.TIMESTAMP).join(labels, on=catalog.TIMESTAMP, how="left", maintain_order="left")

@@ -29,6 +29,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from macd_ml.artifacts import catalog
+
 DEFAULT_SYMBOLS = ("ETHUSDT", "BTCUSDT", "SOLUSDT")
 DEFAULT_START = datetime(2022, 1, 1, tzinfo=timezone.utc)
 # Drift scale per unit of `signal`, chosen so the planted signal is learnable at every size the tests and
@@ -134,7 +136,7 @@ def synth_market(
         low = np.minimum(open_, close) * np.exp(-wick_lo)
         volume = 1000.0 * (1 + i) * np.exp(0.4 * rng.standard_normal(n) + 0.3 * np.abs(r) / sigma)
         out[sym] = pl.DataFrame(
-            {"timestamp": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
+            {catalog.TIMESTAMP: ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
         )
     if gaps:
         keep = np.ones(n, dtype=bool)
@@ -156,7 +158,7 @@ def write_market(market: dict[str, pl.DataFrame], out_dir: Path | str, fmt: str 
         dest = out_dir / f"{sym}_1h.{fmt}"
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         if fmt == "csv":
-            df.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")).write_csv(tmp)
+            df.with_columns(pl.col(catalog.TIMESTAMP).dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")).write_csv(tmp)
         elif fmt == "parquet":
             df.write_parquet(tmp)
         else:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.signing import sign, verify_signature
 from macd_ml.artifacts.store import cache_dir, sha256_file, write_json
@@ -102,7 +103,7 @@ def preflight(config: RetrainConfig, out_dir: Path | str | None = None) -> Shape
                 f"config key 'horizons': h={h} h is longer than any contiguous stretch of the "
                 f"{bars} bars of data, so no row has a label; use a shorter horizon or more data"
             )
-    folds = make_folds(table.frame["timestamp"], config.horizons, config.folds)
+    folds = make_folds(table.frame[catalog.TIMESTAMP], config.horizons, config.folds)
     dev = y.slice(0, folds.holdout.start)
     for h in config.horizons:
         col = dev[label_name(h)].drop_nulls()

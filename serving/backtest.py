@@ -69,21 +69,23 @@ class Source:
 def _scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: int) -> pl.DataFrame:
     """The shipped probability at ``h`` for every target bar in [first, last] (null where nothing scored)."""
     frame = market.target.frame
-    upto = frame.filter(pl.col("timestamp") <= last)
-    n = upto.filter(pl.col("timestamp") >= first).height
+    upto = frame.filter(pl.col(catalog.TIMESTAMP) <= last)
+    n = upto.filter(pl.col(catalog.TIMESTAMP) >= first).height
     if n == 0:
-        return pl.DataFrame(schema={"timestamp": frame["timestamp"].dtype, "p": pl.Float64})
+        return pl.DataFrame(schema={catalog.TIMESTAMP: frame[catalog.TIMESTAMP].dtype, "p": pl.Float64})
     cut = Market(
         Candles(market.target.symbol, market.target.path, market.target.sha256, upto),
-        tuple(Candles(c.symbol, c.path, c.sha256, c.frame.filter(pl.col("timestamp") <= last)) for c in market.cross),
+        tuple(
+            Candles(c.symbol, c.path, c.sha256, c.frame.filter(pl.col(catalog.TIMESTAMP) <= last)) for c in market.cross
+        ),
     )
     bars = scorer.score(cut, last=n)
     return pl.DataFrame(
         {
-            "timestamp": [b.timestamp for b in bars],
+            catalog.TIMESTAMP: [b.timestamp for b in bars],
             "p": [None if b.probabilities is None else b.probabilities[str(h)] for b in bars],
         },
-        schema={"timestamp": frame["timestamp"].dtype, "p": pl.Float64},
+        schema={catalog.TIMESTAMP: frame[catalog.TIMESTAMP].dtype, "p": pl.Float64},
     )
 
 
@@ -106,7 +108,7 @@ def backtest_span(source: Source, data_dir: str, first: str | None = None, last:
     candles = market.target.frame
     tz = source.holdout_first.tzinfo
     start = _when(first, source.holdout_first, tz)
-    end = _when(last, candles["timestamp"][-1], tz)
+    end = _when(last, candles[catalog.TIMESTAMP][-1], tz)
     if start < source.holdout_first:
         raise Refused(
             f"run {source.bundle.run_id} trained on bars up to its holdout ({source.holdout_first.isoformat()}); "
@@ -145,13 +147,13 @@ def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) 
     scorers = [Scorer(src.bundle) for src in sources]
     market = load_market(data_dir, scorers[0].target, scorers[0].cross)
     candles = market.target.frame
-    end = _when(last, candles["timestamp"][-1], first.data_last.tzinfo)
+    end = _when(last, candles[catalog.TIMESTAMP][-1], first.data_last.tzinfo)
     pieces, segments = [], []
     for i, src in enumerate(sources):
         if src.horizon != first.horizon:
             raise DataError(out_dir, f"run {src.bundle.run_id} gates at h={src.horizon}, the chain at {first.horizon}")
         seg_end = min(sources[i + 1].data_last, end) if i + 1 < len(sources) else end
-        after = candles.filter(pl.col("timestamp") > src.data_last)["timestamp"]
+        after = candles.filter(pl.col(catalog.TIMESTAMP) > src.data_last)[catalog.TIMESTAMP]
         if not after.len() or after[0] > seg_end:
             continue
         probs = _scores(scorers[i], market, after[0], seg_end, src.horizon)

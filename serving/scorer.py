@@ -207,7 +207,7 @@ class Scorer:
         market = self.market(candles, HISTORY_BARS + self.ensemble.lookback + last)
         now = datetime.now(timezone.utc)
         for c in (market.target, *market.cross):
-            newest = c.frame["timestamp"].max() if c.frame.height else None
+            newest = c.frame[catalog.TIMESTAMP].max() if c.frame.height else None
             if isinstance(newest, datetime) and newest > now:
                 raise DataError(
                     str(c.path or c.symbol), f"{c.symbol}'s newest bar is dated {newest}, in the future; bad candles"
@@ -220,8 +220,8 @@ class Scorer:
                 f"{self.bars_needed} (the features' warm-up is {self.spec.warmup_bars})",
             )
         complete = build_features(market, self.spec, self.gap_tolerance_hours).frame
-        wanted = market.target.frame["timestamp"].tail(last)
-        if wanted.is_in(complete["timestamp"]).all():
+        wanted = market.target.frame[catalog.TIMESTAMP].tail(last)
+        if wanted.is_in(complete[catalog.TIMESTAMP]).all():
             partial = complete.head(0)
         else:  # some bar has no complete feature row: the models that can still score it need its own features
             partial = build_features(market, self.spec, self.gap_tolerance_hours, keep_incomplete=True).frame
@@ -240,9 +240,9 @@ class Scorer:
             if complete.height
             else np.zeros((0, len(names)), np.float32)
         )
-        seg = segment_starts(complete["timestamp"].dt.epoch("us").to_numpy(), self.gap_tolerance_hours)
-        pos = {t: i for i, t in enumerate(complete["timestamp"].to_list())}
-        prow = {t: i for i, t in enumerate(partial["timestamp"].to_list())}
+        seg = segment_starts(complete[catalog.TIMESTAMP].dt.epoch("us").to_numpy(), self.gap_tolerance_hours)
+        pos = {t: i for i, t in enumerate(complete[catalog.TIMESTAMP].to_list())}
+        prow = {t: i for i, t in enumerate(partial[catalog.TIMESTAMP].to_list())}
         ts_list = wanted.to_list()
         rows = np.array([pos[t] for t in ts_list if t in pos], dtype=np.int64)
         stacked: dict = {}

@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from macd_ml.artifacts import catalog
 from macd_ml.errors import DataError
 from macd_ml.features.ingest import Candles, Market, load_market
 from macd_ml.models.evaluation.drift import psi  # the one PSI (the health gate's feature drift too)
@@ -43,7 +44,7 @@ from macd_ml.models.evaluation.drift import psi  # the one PSI (the health gate'
 
 def _truncate(market: Market, t: datetime) -> Market:
     def cut(c: Candles) -> Candles:
-        return Candles(c.symbol, c.path, c.sha256, c.frame.filter(pl.col("timestamp") <= t))
+        return Candles(c.symbol, c.path, c.sha256, c.frame.filter(pl.col(catalog.TIMESTAMP) <= t))
 
     return Market(cut(market.target), tuple(cut(c) for c in market.cross))
 
@@ -83,7 +84,7 @@ def score_bars(scorer, market: Market, times: list[datetime], log: Path) -> int:
 def replay(scorer, data_dir: str, log: Path, last: int | None = None) -> int:
     """Score the bars the folder has (the newest ``last``, or every bar that can be scored), one at a time."""
     market = load_market(data_dir, scorer.target, scorer.cross)
-    times = market.target.frame["timestamp"].to_list()[scorer.bars_needed - 1 :]
+    times = market.target.frame[catalog.TIMESTAMP].to_list()[scorer.bars_needed - 1 :]
     return score_bars(scorer, market, times[-last:] if last else times, log)
 
 
@@ -103,7 +104,7 @@ def follow(
         times = (
             []
             if market is None
-            else [t for t in market.target.frame["timestamp"].to_list() if newest is None or t > newest]
+            else [t for t in market.target.frame[catalog.TIMESTAMP].to_list() if newest is None or t > newest]
         )
         if newest is None:
             times = times[-1:]  # starting fresh: the newest bar, then every bar after it
@@ -354,7 +355,9 @@ def report(
         horizons = sorted({int(h) for p in probs if p for h in p})
         labels = make_labels(market.target.frame, horizons)
         joined = (
-            frame.select("time").with_row_index("i").join(labels.rename({"timestamp": "time"}), on="time", how="left")
+            frame.select("time")
+            .with_row_index("i")
+            .join(labels.rename({catalog.TIMESTAMP: "time"}), on="time", how="left")
         )
         for h in horizons:
             y = joined[label_name(h)].cast(pl.Float64).to_numpy()

@@ -35,12 +35,16 @@ class BacktestResult(BaseModel):
 def run_backtest(candles: pl.DataFrame, oof: pl.DataFrame, holdout: pl.DataFrame, h: int, spec: BacktestSpec):
     """Threshold on the OOF span, evaluation on the holdout span; both from the shipped probability at ``h``."""
     col = catalog.shipped_column(h)
-    probs = pl.concat([oof.select("timestamp", col), holdout.select("timestamp", col)]).unique("timestamp")
+    probs = pl.concat([oof.select(catalog.TIMESTAMP, col), holdout.select(catalog.TIMESTAMP, col)]).unique(
+        catalog.TIMESTAMP
+    )
     bars = bars_with_probability(candles, probs.rename({col: "p"}))
     signals = macd_signals(bars["close"], spec)
     oof_rows = oof.filter(pl.col(col).is_not_null())
-    choice = choose_threshold(bars, signals, h, spec, (oof_rows["timestamp"][0], oof_rows["timestamp"][-1]))
-    result = evaluate(bars, signals, h, choice["threshold"], spec, (holdout["timestamp"][0], holdout["timestamp"][-1]))
+    choice = choose_threshold(bars, signals, h, spec, (oof_rows[catalog.TIMESTAMP][0], oof_rows[catalog.TIMESTAMP][-1]))
+    result = evaluate(
+        bars, signals, h, choice["threshold"], spec, (holdout[catalog.TIMESTAMP][0], holdout[catalog.TIMESTAMP][-1])
+    )
     result["threshold_choice"] = choice
     return result
 

@@ -68,7 +68,7 @@ def labels_task(
 
 @cached_task(name="folds")
 def folds_task(features: TableRef, horizons: list[int], spec: FoldSpec, out_dir: str) -> ArtifactRef:
-    ts = read_parquet(features.data)["timestamp"]
+    ts = read_parquet(features.data)[catalog.TIMESTAMP]
     folds = make_folds(ts, horizons, spec)
     check_folds(folds, ts)
     return write_json(cache_dir(out_dir, "folds", current_key()) / catalog.FOLDS, folds.model_dump(mode="json"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, read_json, read_parquet, ref_for
 from macd_ml.features.ingest import Candles, Market, default_cross
 from macd_ml.features.splits import Folds
@@ -60,7 +61,10 @@ def market_ref(market: Market, data_dir: Path | str, stored: dict[str, ArtifactR
         fingerprint=market.fingerprint(),
         rows={c.symbol: c.frame.height for c in candles},
         gaps=market.gap_reports(),
-        span={c.symbol: [c.frame["timestamp"][0].isoformat(), c.frame["timestamp"][-1].isoformat()] for c in candles},
+        span={
+            c.symbol: [c.frame[catalog.TIMESTAMP][0].isoformat(), c.frame[catalog.TIMESTAMP][-1].isoformat()]
+            for c in candles
+        },
     )
 
 

@@ -75,7 +75,7 @@ def _summary(model, fold_result, panel: list[PanelMember], fitted: str) -> dict:
 
 
 def _prediction_frame(frame: pl.DataFrame, rows: np.ndarray, preds: np.ndarray, horizons: list[int]) -> pl.DataFrame:
-    cols = {"row": rows.astype(np.int64), "timestamp": frame["timestamp"].gather(rows)}
+    cols = {catalog.ROW: rows.astype(np.int64), catalog.TIMESTAMP: frame[catalog.TIMESTAMP].gather(rows)}
     for j, h in enumerate(horizons):
         cols[f"p_{h}"] = preds[:, j]
     return pl.DataFrame(cols)
@@ -173,24 +173,28 @@ def assemble_task(
 ) -> dict[str, ArtifactRef]:
     """One OOF table (a row per test timestamp, a column per model x horizon, plus labels) and one holdout
     table of the same shape."""
-    y = read_parquet(labels).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    y = read_parquet(labels).with_row_index(catalog.ROW).with_columns(pl.col(catalog.ROW).cast(pl.Int64))
     ycols = [label_name(h) for h in horizons]
 
     def wide(parts: dict[str, list[pl.DataFrame]]) -> pl.DataFrame:
         table: pl.DataFrame | None = None
         for name, frames in parts.items():
-            df = pl.concat(frames).sort("row")
+            df = pl.concat(frames).sort(catalog.ROW)
             df = df.rename({f"p_{h}": c for h, c in zip(horizons, prediction_columns(name, horizons))})
-            table = df if table is None else table.join(df.drop("timestamp"), on="row", how="full", coalesce=True)
+            table = (
+                df
+                if table is None
+                else table.join(df.drop(catalog.TIMESTAMP), on=catalog.ROW, how="full", coalesce=True)
+            )
         assert table is not None, "no predictions to assemble"
-        return table.join(y.select("row", *ycols), on="row", how="left").sort("row")
+        return table.join(y.select(catalog.ROW, *ycols), on=catalog.ROW, how="left").sort(catalog.ROW)
 
     oof_parts: dict[str, list[pl.DataFrame]] = {}
     for fo in fold_outputs:
         oof_parts.setdefault(fo.model, []).append(read_parquet(fo.predictions))
     hold_parts = {r.model: [read_parquet(r.holdout)] for r in refits}
     oof, hold = wide(oof_parts), wide(hold_parts)
-    if oof["row"].is_duplicated().any():
+    if oof[catalog.ROW].is_duplicated().any():
         raise RuntimeError("a row was predicted by two folds")
     d = cache_dir(out_dir, "predictions", current_key())
     return {

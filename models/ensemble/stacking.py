@@ -211,11 +211,11 @@ def stack_horizon(
     """Choose and fit what ships for horizon ``h`` from OOF rows only."""
     collapsed = collapsed or {}
     y_col = label_name(h)
-    rows = oof.filter(pl.col(y_col).is_not_null()).sort("timestamp")
+    rows = oof.filter(pl.col(y_col).is_not_null()).sort(catalog.TIMESTAMP)
     cols = prediction_columns_for(models, h)
     P_all = rows.select(cols).to_numpy().astype(np.float64)
     y = rows[y_col].cast(pl.Float64).to_numpy()
-    ts = rows["timestamp"].dt.epoch("us").to_numpy()
+    ts = rows[catalog.TIMESTAMP].dt.epoch("us").to_numpy()
     div = diversity(P_all, models, spec.redundancy_threshold, collapsed)
 
     # inner walk-forward: every candidate scored on the same inner test blocks, each block on its own (see
@@ -304,13 +304,13 @@ def stack_horizon(
         dropped=dropped,
         val_auc=shipped_val,
         oof_auc=auc(y, in_sample),
-        train_first=rows["timestamp"][0].isoformat() if rows.height else None,
-        train_last=rows["timestamp"][-1].isoformat() if rows.height else None,
+        train_first=rows[catalog.TIMESTAMP][0].isoformat() if rows.height else None,
+        train_last=rows[catalog.TIMESTAMP][-1].isoformat() if rows.height else None,
         n_train=rows.height,
         n_val=len(test_idx),
         calibration_brier=cal.inner_brier,
         oof_shipped=in_sample,
-        oof_timestamps=rows["timestamp"],
+        oof_timestamps=rows[catalog.TIMESTAMP],
     )
 
 
@@ -381,7 +381,7 @@ def stack_all(
     predictors: dict[str, Predictor] = {}
     metrics: dict[str, Shipped] = {}
     div: dict[str, Diversity] = {}
-    shipped_cols: dict[str, object] = {"timestamp": holdout["timestamp"]}
+    shipped_cols: dict[str, object] = {catalog.TIMESTAMP: holdout[catalog.TIMESTAMP]}
     oof_frames: list[pl.DataFrame | None] = []
     for h in horizons:
         # the fitting code is handed the OOF rows only; the holdout appears below, for reporting
@@ -394,7 +394,7 @@ def stack_all(
         raw = st.shipped.predict_raw(holdout.select(prediction_columns_for(st.shipped.models, h)).to_numpy())
         y_hold = holdout[label_name(h)].cast(pl.Float64).to_numpy()
         oof_frames.append(
-            pl.DataFrame({"timestamp": st.oof_timestamps, catalog.shipped_column(h): st.oof_shipped})
+            pl.DataFrame({catalog.TIMESTAMP: st.oof_timestamps, catalog.shipped_column(h): st.oof_shipped})
             if st.oof_timestamps is not None
             else None
         )
@@ -419,7 +419,7 @@ def stack_all(
                 "n_val": st.n_val,
                 "n_test": n_test,
                 "train_last": st.train_last,
-                "holdout_first": holdout["timestamp"][0].isoformat(),
+                "holdout_first": holdout[catalog.TIMESTAMP][0].isoformat(),
                 "calibration": _calibration_report(st, raw, p, y_hold),
             }
         )
@@ -428,7 +428,9 @@ def stack_all(
     oof_shipped = None
     for f in oof_frames:  # one frame per horizon (rows with that horizon's label): outer-joined on time
         if f is not None:
-            oof_shipped = f if oof_shipped is None else oof_shipped.join(f, on="timestamp", how="full", coalesce=True)
+            oof_shipped = (
+                f if oof_shipped is None else oof_shipped.join(f, on=catalog.TIMESTAMP, how="full", coalesce=True)
+            )
     if oof_shipped is not None:
-        oof_shipped = oof_shipped.sort("timestamp")
+        oof_shipped = oof_shipped.sort(catalog.TIMESTAMP)
     return StackOutcome(metrics, div, predictors, pl.DataFrame(shipped_cols), oof_shipped)

@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from macd_ml.artifacts import catalog
 from macd_ml.features.indicators import ema, macd_line
 
 Mode = Literal["long_flat", "long_short"]
@@ -208,11 +209,11 @@ def interval(values: np.ndarray) -> list[float]:
 def bars_with_probability(candles: pl.DataFrame, probs: pl.DataFrame) -> pl.DataFrame:
     """The target's candles (timestamp, open, close) with ``probs`` (timestamp, ``p``, any other per-bar column)
     joined by time; ``p`` is null on bars nothing scored (a gate never takes them)."""
-    return candles.select("timestamp", "open", "close").join(probs, on="timestamp", how="left")
+    return candles.select(catalog.TIMESTAMP, "open", "close").join(probs, on=catalog.TIMESTAMP, how="left")
 
 
 def _span(frame: pl.DataFrame, first, last) -> tuple[int, int]:
-    ts = frame["timestamp"]
+    ts = frame[catalog.TIMESTAMP]
     a = int(ts.search_sorted(first, side="left"))
     b = int(ts.search_sorted(last, side="right"))
     return a, b
@@ -272,7 +273,7 @@ def evaluate(
         if n.startswith("gated")
         and ((v["trades"] >= 20 and (v["hit_rate"] or 0) >= SUSPECT_HIT_RATE) or v["sharpe"] > SUSPECT_SHARPE)
     ]
-    ts = bars["timestamp"][a:b]
+    ts = bars[catalog.TIMESTAMP][a:b]
     return {
         "first": ts[0].isoformat(),
         "last": ts[-1].isoformat(),

@@ -32,7 +32,7 @@ def per_fold_auc(
     """AUC within each fold's test span (rows ``start <= row < stop``), averaged weighted by its rows
     (:func:`macd_ml.models.learners.train.auc_within`: pooled, it would also score each fold's intercept)."""
     out: dict[str, float] = {}
-    row = table["row"].to_numpy()
+    row = table[catalog.ROW].to_numpy()
     fold = np.full(len(row), -1)
     for k, (start, stop) in enumerate(spans):
         fold[(row >= start) & (row < stop)] = k

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from macd_ml.artifacts import catalog
 from macd_ml.features.labels import label_name
 from macd_ml.features.segments import segment_starts
 from macd_ml.features.splits import Fold
@@ -24,9 +25,9 @@ def build_dataset(
     features: pl.DataFrame, labels: pl.DataFrame, names: list[str], horizons: list[int], gap_tolerance_hours: int
 ) -> Dataset:
     """Feature matrix + labels aligned row for row (labels.parquet has the feature table's rows)."""
-    if features.height != labels.height or not features["timestamp"].equals(labels["timestamp"]):
+    if features.height != labels.height or not features[catalog.TIMESTAMP].equals(labels[catalog.TIMESTAMP]):
         raise ValueError("labels are not aligned with the feature table")
-    ts = features["timestamp"].dt.epoch("us").to_numpy()
+    ts = features[catalog.TIMESTAMP].dt.epoch("us").to_numpy()
     Y = labels.select([pl.col(label_name(h)).cast(pl.Float32) for h in horizons]).to_numpy()
     return Dataset(
         X=features.select(names).to_numpy().astype(np.float32),
@@ -44,7 +45,7 @@ def inference_view(features: pl.DataFrame, names: list[str], horizons: list[int]
     missing = [n for n in names if n not in features.columns]
     if missing:
         raise ValueError(f"the feature table lacks {len(missing)} feature(s) the model needs, e.g. {missing[:3]}")
-    ts = features["timestamp"].dt.epoch("us").to_numpy()
+    ts = features[catalog.TIMESTAMP].dt.epoch("us").to_numpy()
     return Dataset(
         X=features.select(names).to_numpy().astype(np.float32),
         Y=None,

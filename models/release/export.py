@@ -66,7 +66,7 @@ def export_run(
     files[catalog.META_ONNX] = shipped_graph.SerializeToString()
     files[catalog.ENSEMBLE_ONNX] = ensemble.SerializeToString()
 
-    rows = holdout["row"].to_numpy().astype(np.int64)
+    rows = holdout[catalog.ROW].to_numpy().astype(np.int64)
     view = inference_view(features, feature_names, horizons, gap_tolerance_hours)
     ens, provider = session(files[catalog.ENSEMBLE_ONNX])
     out = run_ensemble(ens, windows(view.X, view.segment_start, rows, spec.lookback))

@@ -87,19 +87,19 @@ def decide(
         return unopposed("the champion has no ensemble.onnx (made before export existed)", champion_id)
 
     hold = read_parquet(challenger_files[catalog.HOLDOUT_PREDICTIONS]).select(
-        "timestamp", catalog.label_column(horizon)
+        catalog.TIMESTAMP, catalog.label_column(horizon)
     )
     shipped = read_parquet(challenger_files[catalog.SHIPPED_HOLDOUT]).select(
-        "timestamp", catalog.shipped_column(horizon)
+        catalog.TIMESTAMP, catalog.shipped_column(horizon)
     )
-    window = hold.join(shipped, on="timestamp").filter(pl.col(catalog.label_column(horizon)).is_not_null())
+    window = hold.join(shipped, on=catalog.TIMESTAMP).filter(pl.col(catalog.label_column(horizon)).is_not_null())
     if champ.holdout.first is not None:
-        window = window.filter(pl.col("timestamp") >= champ.holdout.first)
+        window = window.filter(pl.col(catalog.TIMESTAMP) >= champ.holdout.first)
     try:
-        champ_scores = _score_champion(files, features or _from_files(data_dir), window["timestamp"], horizon)
+        champ_scores = _score_champion(files, features or _from_files(data_dir), window[catalog.TIMESTAMP], horizon)
     except (DataError, KeyError, ValueError) as exc:
         return unopposed(f"the champion cannot score this data ({str(exc).splitlines()[0]})", champion_id)
-    window = window.join(champ_scores, on="timestamp", how="inner")
+    window = window.join(champ_scores, on=catalog.TIMESTAMP, how="inner")
     n = window.height
     if n < spec.min_window_rows:
         return unopposed(
@@ -118,7 +118,7 @@ def decide(
     forced = spec.force and not promote
     if forced:
         reason += "; promoted anyway (force)"
-    first, last = window["timestamp"].min(), window["timestamp"].max()
+    first, last = window[catalog.TIMESTAMP].min(), window[catalog.TIMESTAMP].max()
     shift = prediction_shift(window["champion"].to_numpy(), window[catalog.shipped_column(horizon)].to_numpy())
     if shift["psi"] is not None:
         shift["limit"] = spec.max_prediction_psi
@@ -173,10 +173,12 @@ def _score_champion(
     if horizon not in spec.horizons:
         raise ValueError(f"the champion has no {horizon} h horizon")
     frame = table.frame.with_row_index("_row")
-    rows = frame.join(pl.DataFrame({"timestamp": timestamps}), on="timestamp", how="inner")["_row"].to_numpy()
+    rows = frame.join(pl.DataFrame({catalog.TIMESTAMP: timestamps}), on=catalog.TIMESTAMP, how="inner")[
+        "_row"
+    ].to_numpy()
     sess, _ = session(ens_path)
     scored = score_features(sess, spec, table.frame, np.sort(rows), gap)
-    return scored.select("timestamp", pl.col(catalog.shipped_column(horizon)).alias("champion"))
+    return scored.select(catalog.TIMESTAMP, pl.col(catalog.shipped_column(horizon)).alias("champion"))
 
 
 def decision_document(decision: Decision) -> dict:

@@ -58,7 +58,7 @@ def score_features(
     view = inference_view(features, spec.feature_names, spec.horizons, gap_tolerance_hours)
     bars = windows(view.X, view.segment_start, np.asarray(rows, dtype=np.int64), spec.lookback)
     out = run_ensemble(sess, bars)
-    cols: dict[str, object] = {"timestamp": features["timestamp"].gather(rows)}
+    cols: dict[str, object] = {catalog.TIMESTAMP: features[catalog.TIMESTAMP].gather(rows)}
     for j, h in enumerate(spec.horizons):
         cols[catalog.shipped_column(h)] = out["shipped"][:, j].astype(np.float64)
     for m in spec.models:
