@@ -14,28 +14,38 @@ as a cached Prefect task in the flow, or called directly (the bench's direct mod
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from macd_ml.artifacts import catalog
-from macd_ml.artifacts.store import read_bytes, read_text
+from macd_ml.artifacts.store import ArtifactRef, RunRef, read_bytes, read_text
 from macd_ml.errors import PromotionRefused
 from macd_ml.features.ingest import panel_symbols
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.stages_runner import Call, Stages
 from macd_ml.flows.unchanged import published_config
-from macd_ml.models.evaluation.metrics import Decision, metrics_schema
+from macd_ml.models.evaluation.metrics import Decision, Metrics, metrics_schema
 from macd_ml.models.learners.registry import FIT_COST, SEQUENCE_MODELS
 from macd_ml.tasks.backtest import backtest_task, drift_task
 from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task
 from macd_ml.tasks.features import features_task, folds_task, labels_task
-from macd_ml.tasks.health import health_task
+from macd_ml.tasks.health import HealthResult, health_task
 from macd_ml.tasks.ingest import ingest_task, synthetic_market_task
 from macd_ml.tasks.metrics import metrics_task, timings, training_summary
 from macd_ml.tasks.promotion import champion_task
 from macd_ml.tasks.publish import promote_task, publish_run_task
-from macd_ml.tasks.refs import MarketRef, PanelMember, TrainingData, load_folds
+from macd_ml.tasks.refs import (
+    FoldOutput,
+    MarketRef,
+    PanelMember,
+    RefitOutput,
+    StackResult,
+    TableRef,
+    TrainingData,
+    load_folds,
+)
 from macd_ml.tasks.report import report_task
 from macd_ml.tasks.stack import stack_task
 from macd_ml.tasks.train import assemble_task, fit_fold_task, refit_task
@@ -43,123 +53,148 @@ from macd_ml.tasks.train import assemble_task, fit_fold_task, refit_task
 log = logging.getLogger(__name__)
 
 
-def run_pipeline(config: RetrainConfig, out: Path, run_id: str, s: Stages):
-    """Run every stage for ``config`` into ``out`` as run ``run_id``; returns the published run (RunRef).
-    Raises PromotionRefused when the run is published but may not become current."""
-    data_dir = config.data_dir or s.run(synthetic_market_task, config.synthetic, str(out))
-    market = s.run(ingest_task, str(data_dir), config.target, config.cross_symbols(), str(out))
+@dataclass(frozen=True)
+class Prepared:
+    """What training reads: the validated market, the feature table, labels, folds and the pooled panel."""
 
-    feats = s.run(features_task, market, config.features, config.gap_tolerance_hours, str(out))
-    labels = s.run(
-        labels_task, market, feats, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, str(out)
-    )
-    folds = s.run(folds_task, feats, config.horizons, config.folds, str(out))
+    market: MarketRef
+    features: TableRef
+    labels: ArtifactRef
+    folds: ArtifactRef
+    panel: list[PanelMember]
 
-    inputs = TrainingData(
-        features=feats,
-        labels=labels,
-        folds=folds,
-        horizons=config.horizons,
-        gap_tolerance_hours=config.gap_tolerance_hours,
-        collapse_std=config.models.collapse_std,
-    )
-    panel = _panel(config, market, s, str(out))
-    fold_outputs, refits = _train(config, inputs, panel, str(out), s)
-    tables = s.run(assemble_task, fold_outputs, refits, labels, config.horizons, str(out))
+    def training_data(self, config: RetrainConfig) -> TrainingData:
+        return TrainingData(
+            features=self.features,
+            labels=self.labels,
+            folds=self.folds,
+            horizons=config.horizons,
+            gap_tolerance_hours=config.gap_tolerance_hours,
+            collapse_std=config.models.collapse_std,
+        )
 
+
+@dataclass(frozen=True)
+class Trained:
+    """What the checks and the shipping read: the fits, the OOF and holdout tables, the stack and the metrics."""
+
+    fold_outputs: list[FoldOutput]
+    refits: list[RefitOutput]
+    tables: dict[str, ArtifactRef]
+    stack: StackResult
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A run ready to publish: every artifact, its metrics, the health report, the report, the backtest's files."""
+
+    artifacts: dict[str, ArtifactRef]
+    metrics: Metrics
+    health: HealthResult
+    report: dict[str, ArtifactRef]
+    backtest_files: dict[str, ArtifactRef]
+
+
+def run_pipeline(config: RetrainConfig, out: Path, run_id: str, s: Stages) -> RunRef:
+    """Run every stage for ``config`` into ``out`` as run ``run_id``; returns the published run. Raises
+    PromotionRefused when the run is published but may not become current."""
+    prepared = prepare(config, str(out), s)
+    trained = train(config, prepared, str(out), s)
+    checked = check(config, prepared, trained, str(out), s)
+    return ship(config, prepared, trained, checked, str(out), run_id, s)
+
+
+def prepare(config: RetrainConfig, out: str, s: Stages) -> Prepared:
+    """ingest + validation ─► features ─► labels ─► purged walk-forward folds (and the pooled panel)."""
+    data_dir = config.data_dir or s.run(synthetic_market_task, config.synthetic, out)
+    market = s.run(ingest_task, str(data_dir), config.target, config.cross_symbols(), out)
+    feats = s.run(features_task, market, config.features, config.gap_tolerance_hours, out)
+    labels = s.run(labels_task, market, feats, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, out)
+    folds = s.run(folds_task, feats, config.horizons, config.folds, out)
+    return Prepared(market, feats, labels, folds, _panel(config, market, s, out))
+
+
+def train(config: RetrainConfig, p: Prepared, out: str, s: Stages) -> Trained:
+    """fold fits + refits ─► OOF and holdout tables ─► meta-stacking (OOF only) ─► metrics."""
+    fold_outputs, refits = _fits(config, p.training_data(config), p.panel, out, s)
+    tables = s.run(assemble_task, fold_outputs, refits, p.labels, config.horizons, out)
     training = training_summary(fold_outputs, refits)
-    stack = s.run(
-        stack_task,
-        tables,
-        config.stack_models(),
-        config.horizons,
-        config.stacking,
-        load_folds(folds).embargo_hours,
-        {m: t["collapsed"] for m, t in training.items()},
-        str(out),
-    )
+    collapsed = {m: t["collapsed"] for m, t in training.items()}
+    embargo = load_folds(p.folds).embargo_hours
+    stack = s.run(stack_task, tables, config.stack_models(), config.horizons, config.stacking, embargo, collapsed, out)
+    models, horizons = config.models.trained(), config.horizons
     metrics = s.run(
-        metrics_task,
-        market,
-        feats,
-        labels,
-        folds,
-        tables,
-        config.models.trained(),
-        config.horizons,
-        training,
-        refits,
-        stack,
+        metrics_task, p.market, p.features, p.labels, p.folds, tables, models, horizons, training, refits, stack
     )
-    backtest = s.run(
-        backtest_task, market, stack.files, config.primary_horizon(), config.backtest, str(out), config.report.plots
-    )
-    drift = s.run(
-        drift_task, feats.data, feats.names, folds, config.drift_window_hours, config.health.max_feature_psi, str(out)
-    )
-    metrics = metrics.model_copy(update={"backtest": backtest.summary, "drift": drift})
-    exported = s.run(
-        export_task, feats, refits, tables, stack.files, config.horizons, config.gap_tolerance_hours, str(out)
-    )
+    return Trained(fold_outputs, refits, tables, stack, metrics)
+
+
+def check(config: RetrainConfig, p: Prepared, t: Trained, out: str, s: Stages) -> Checked:
+    """backtest · drift ─► ONNX export with parity ─► health gate ─► report."""
+    h, plots = config.primary_horizon(), config.report.plots
+    backtest = s.run(backtest_task, p.market, t.stack.files, h, config.backtest, out, plots)
+    psi = config.health.max_feature_psi
+    drift = s.run(drift_task, p.features.data, p.features.names, p.folds, config.drift_window_hours, psi, out)
+    metrics = t.metrics.model_copy(update={"backtest": backtest.summary, "drift": drift})
+    gap = config.gap_tolerance_hours
+    exported = s.run(export_task, p.features, t.refits, t.tables, t.stack.files, config.horizons, gap, out)
     artifacts = {
-        catalog.FEATURES: feats.data,
-        catalog.FEATURES_META: feats.meta,
-        catalog.LABELS: labels,
-        catalog.FOLDS: folds,
-        **tables,
-        **stack.files,
+        catalog.FEATURES: p.features.data,
+        catalog.FEATURES_META: p.features.meta,
+        catalog.LABELS: p.labels,
+        catalog.FOLDS: p.folds,
+        **t.tables,
+        **t.stack.files,
         **exported.files,
         **backtest.files,
     }
-    for r in refits:
+    for r in t.refits:
         for fname, ref in r.files.items():
             artifacts[catalog.model_file(r.model, fname)] = ref
     run_config = published_config(config)
     health = s.run(
-        health_task, artifacts, metrics, run_config, config.health, config.models.collapse_std, market, str(out)
+        health_task, artifacts, metrics, run_config, config.health, config.models.collapse_std, p.market, out
     )
     metrics = metrics.model_copy(update={"parity": exported.parity, "health": health.report})
     importance = {
         r.model: r.files[catalog.importance_file(r.model)]
-        for r in refits
+        for r in t.refits
         if catalog.importance_file(r.model) in r.files
     }
-    report = s.run(report_task, metrics, tables, stack.files, importance, str(out), backtest.files, config.report.plots)
+    report = s.run(report_task, metrics, t.tables, t.stack.files, importance, out, backtest.files, plots)
     artifacts.update({catalog.HEALTH: health.file, **report})
+    return Checked(artifacts, metrics, health, report, backtest.files)
 
-    if health.report.passed:
-        decision = s.run(
-            champion_task,
-            str(out),
-            artifacts,
-            metrics,
-            market.data_dir,
-            config.primary_horizon(),
-            config.promotion,
-            run_id,
-        )
+
+def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, run_id: str, s: Stages) -> RunRef:
+    """champion / challenger ─► publish the run folder ─► UI artifacts ─► promote OUT/current ─► bundle."""
+    h = config.primary_horizon()
+    if c.health.report.passed:
+        decision = s.run(champion_task, out, c.artifacts, c.metrics, p.market.data_dir, h, config.promotion, run_id)
     else:
-        failed = ", ".join(c.name for c in health.report.failures())
+        failed = ", ".join(x.name for x in c.health.report.failures())
         decision = Decision(
             promote=False,
             reason=f"the health gate refused it ({failed})",
             challenger=run_id,
-            horizon=config.primary_horizon(),
+            horizon=h,
             margin_se=config.promotion.margin_se,
         )
     # publication is content-addressed: --force recomputes the stages, and identical results publish no duplicate;
     # the timings and the promotion decision (which depends on the current champion) are not part of that content
+    documents = {
+        catalog.CONFIG: published_config(config),
+        catalog.METRICS: c.metrics.model_dump(mode="json"),
+        catalog.METRICS_SCHEMA: metrics_schema(),
+    }
     run = s.run(
         publish_run_task,
-        str(out),
+        out,
         run_id,
-        artifacts,
-        {
-            catalog.CONFIG: run_config,
-            catalog.METRICS: metrics.model_dump(mode="json"),
-            catalog.METRICS_SCHEMA: metrics_schema(),
-        },
-        timings=timings(fold_outputs, refits),
+        c.artifacts,
+        documents,
+        timings=timings(t.fold_outputs, t.refits),
         promotion=decision.model_dump(mode="json"),
     )
     if run.run_id != run_id:
@@ -168,17 +203,18 @@ def run_pipeline(config: RetrainConfig, out: Path, run_id: str, s: Stages):
             run_id,
             run.run_id,
         )
+    images = {name: read_bytes(ref) for name, ref in {**c.report, **c.backtest_files}.items() if name.endswith(".png")}
     s.ui_artifacts(
-        metrics.model_copy(update={"run_id": run.run_id}),
-        read_text(report[catalog.REPORT]),
+        c.metrics.model_copy(update={"run_id": run.run_id}),
+        read_text(c.report[catalog.REPORT]),
         decision,
-        images={name: read_bytes(ref) for name, ref in {**report, **backtest.files}.items() if name.endswith(".png")},
+        images=images,
     )
     if not decision.promote:
-        detail = "; ".join(f"{c.name}: {c.detail}" for c in health.report.failures()) or decision.reason
+        detail = "; ".join(f"{x.name}: {x.detail}" for x in c.health.report.failures()) or decision.reason
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")
-    s.run(promote_task, str(out), run, decision.champion)
-    s.run(bundle_task, run, str(out))
+    s.run(promote_task, out, run, decision.champion)
+    s.run(bundle_task, run, out)
     return run
 
 
@@ -196,7 +232,7 @@ def _panel(config: RetrainConfig, market: MarketRef, s: Stages, out: str) -> lis
     return members
 
 
-def _train(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember], out: str, s: Stages):
+def _fits(config: RetrainConfig, inputs: TrainingData, panel: list[PanelMember], out: str, s: Stages):
     """Every (model, fold) fit and every refit at once (``s.fan_out``: the flow's task runner, or a Dask cluster
     with ``scale.runner = "dask"``). Models in ``models.pooled`` also get the panel. Longest first (the costliest
     model's refit, then its latest, largest folds): the pool's FIFO queue then ends on short tasks instead of

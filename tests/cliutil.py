@@ -161,7 +161,10 @@ def package_copy(where: str | os.PathLike) -> Path:
     """A complete copy of the package under ``where``: macd_ml/ with its own modules and every folder it links,
     copied (no link back to the checkout). Returns the copy's macd_ml folder; ``env={"PYTHONPATH": where}``
     makes a CLI process run the copy (a test edits it to see what a code change does)."""
-    root = Path(__file__).resolve().parents[1] / "macd_ml"
+    import macd_ml
+
+    # the package this process imports: the checkout's, or the mutated copy tests/mutations.py put first
+    root = Path(macd_ml.__file__).resolve().parent
     pkg = Path(where) / "macd_ml"
     pkg.mkdir(parents=True)
     for entry in sorted(root.iterdir()):

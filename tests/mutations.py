@@ -222,6 +222,30 @@ MUTATIONS = [
         "cache records used without checking their signature",
     ),
     Mutation(
+        "stored-inputs-unsigned",
+        "artifacts/records.py",
+        "        if not verify_signature(purpose, folder.name, _record_body(doc), signature):\n",
+        "        if False:\n",
+        ("tests/test_pipeline_direct.py::test_a_record_edited_after_it_was_signed_is_not_used",),
+        "a stored feature table (or candles) used though its record was edited after it was signed",
+    ),
+    Mutation(
+        "live-check-lenient",
+        "serving/live_check.py",
+        "        ok = worst <= run.spec.live_tolerance\n",
+        "        ok = True\n",
+        ("tests/test_export_health.py::test_the_live_check_catches_a_feature_code_change",),
+        "the live check passes a run whose bot path (feature code, window) computes other probabilities",
+    ),
+    Mutation(
+        "health-check-breaks-the-next",
+        "models/release/health.py",
+        '            raise FileNotFoundError(f"the run has no {rel}")\n',
+        "            return self.files[rel]\n",
+        ("tests/test_export_health.py::test_the_holdout_auc_gate_reads_the_holdout_not_the_validation",),
+        "a check that needs a missing file fails with a KeyError instead of saying which file",
+    ),
+    Mutation(
         "unsigned-manifest",
         "artifacts/store.py",
         "if signed:\n        if run_id",
@@ -484,8 +508,8 @@ MUTATIONS = [
     Mutation(
         "backtest-threshold-on-holdout",
         "tasks/backtest.py",
-        'choose_threshold(bars, signals, h, spec, (oof_rows["timestamp"][0], oof_rows["timestamp"][-1]))',
-        'choose_threshold(bars, signals, h, spec, (holdout["timestamp"][0], holdout["timestamp"][-1]))',
+        "choose_threshold(bars, signals, h, spec, (oof_rows[catalog.TIMESTAMP][0], oof_rows[catalog.TIMESTAMP][-1]))",
+        "choose_threshold(bars, signals, h, spec, (holdout[catalog.TIMESTAMP][0], holdout[catalog.TIMESTAMP][-1]))",
         (
             "tests/test_backtest.py::test_the_runs_backtest_chooses_its_threshold_on_the_oof_rows_alone",
             f"{BLIND}::test_nothing_fitted_or_decided_reads_the_holdout",
@@ -511,7 +535,7 @@ MUTATIONS = [
     Mutation(
         "promotion-window-uncut",
         "models/release/promotion.py",
-        '        window = window.filter(pl.col("timestamp") >= champ.holdout.first)\n',
+        "        window = window.filter(pl.col(catalog.TIMESTAMP) >= champ.holdout.first)\n",
         "        pass\n",
         ("tests/test_export_health.py::test_champion_challenger_never_scores_the_champion_on_bars_it_was_fitted_on",),
         "champion/challenger scores the champion on bars it was fitted on: the champion favoured",
