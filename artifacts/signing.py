@@ -40,16 +40,23 @@ def key_path() -> Path:
 
 
 def _create(path: Path) -> None:
+    """Write a new key beside ``path`` and link it into place: the file appears whole or not at all, so two
+    processes starting at once on a fresh machine both read the one key that won (never a half-written one)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return  # someone else created it first: use theirs
-    try:
-        os.write(fd, secrets.token_hex(_KEY_BYTES).encode() + b"\n")
-        os.fsync(fd)
+        try:
+            os.write(fd, secrets.token_hex(_KEY_BYTES).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # atomic, and refuses to replace a key someone else made first: use theirs
+        except FileExistsError:
+            pass
     finally:
-        os.close(fd)
+        tmp.unlink(missing_ok=True)
 
 
 MAX_KEY_FILE = 64 * 1024

@@ -406,7 +406,7 @@ def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares
     """Through the CLI: another run is promoted between this run's champion/challenger decision and its
     promotion. The run is published, not promoted (exit 3, one line naming the new champion and what to do); the
     same command started again reuses every stage, compares that run folder with the new champion, promotes it."""
-    import macd_ml.flows.retrain as retrain_module
+    import macd_ml.flows.pipeline as pipeline_module
 
     out = tmp_path / "out"
     code, _, err = cli("retrain", "--data", str(market_dir), "--out", str(out), *FAST)
@@ -414,15 +414,18 @@ def test_a_retrain_whose_champion_moved_is_refused_and_the_same_retrain_compares
     first = store.current_run(out)
     other = "20250101T000000Z-0000000f"  # a run promoted by someone else meanwhile (minimal, signed)
     _minimal_runs(out, other)
-    decide = retrain_module.champion_task
+    champion = pipeline_module.champion_task
 
     def decide_then_lose_the_race(*args, **kwargs):
-        decision = decide(*args, **kwargs)
+        decision = champion.fn(*args, **kwargs)
         promote(out, other)
         return decision
 
+    racing = champion.with_options()  # the same task (name, no cache), its body swapped for the racing one
+    racing.fn = decide_then_lose_the_race
+
     again = ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=5"]
-    monkeypatch.setattr(retrain_module, "champion_task", decide_then_lose_the_race)
+    monkeypatch.setattr(pipeline_module, "champion_task", racing)
     code, _, err = cli(*again)
     monkeypatch.undo()
     line = next(ln for ln in err.splitlines() if ln.startswith("macd-ml:"))

@@ -182,3 +182,32 @@ def test_forced_recompute_of_unchanged_content_publishes_no_duplicate(market, tm
     states = task_states(latest_flow_run_id())
     assert states["lgb-fold0"] == "Completed", "force recomputed the stages"
     assert [p.name for p in (out / "runs").iterdir()] == [first] and first in stdout
+
+
+def test_a_new_signing_key_appears_whole_so_two_first_runs_share_it(tmp_path, monkeypatch):
+    """Two commands starting at once on a fresh machine both create the key: the file must never be seen half
+    written (the second once read 0 bytes and refused: 'signing key is too short'), and both must use one key."""
+    import os
+    import threading
+
+    from macd_ml.artifacts import signing
+
+    path = tmp_path / "cfg" / "signing.key"
+    seen_while_writing = []
+    write = os.write
+
+    def slow_write(fd, data):  # the moment a reader could look: the key's own path must not exist yet
+        seen_while_writing.append(path.exists())
+        return write(fd, data)
+
+    monkeypatch.setattr(signing.os, "write", slow_write)
+    threads = [threading.Thread(target=signing._create, args=(path,)) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert seen_while_writing and not any(seen_while_writing[:1])
+    keys = {path.read_bytes()}
+    assert len(keys) == 1 and len(path.read_bytes().strip()) >= 32
+    assert [p.name for p in path.parent.iterdir()] == ["signing.key"]  # no temp file left behind
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
