@@ -21,6 +21,7 @@ again, and a signed record of the passed preflight for this config, code and can
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.signing import sign, verify_signature
 from macd_ml.artifacts.store import cache_dir, sha256_file, write_json
 from macd_ml.errors import ConfigError
+from macd_ml.features.build import FeatureTable, feature_fingerprint
 from macd_ml.features.ingest import Candles, Market, default_cross, load_market, panel_symbols
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.splits import Folds, make_folds
@@ -39,7 +41,7 @@ from macd_ml.features.synth import synth_market
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.models.ensemble.stacking import MIN_INNER_BLOCK, inner_block_size
 from macd_ml.models.learners.registry import min_fit_rows
-from macd_ml.tasks.candles import candle_reader, store_candles
+from macd_ml.tasks.candles import candle_reader, store_candles, write_synthetic_market
 from macd_ml.tasks.keys import make_key
 from macd_ml.tasks.table import feature_table, store_table
 
@@ -123,12 +125,28 @@ def preflight(config: RetrainConfig, out_dir: Path | str | None = None) -> Shape
         )
     shape = Shape(bars=bars, feature_rows=n, folds=folds, n_oof=n_oof)
     if out is not None:
-        if config.data_dir:  # (a synthetic market lives in memory here: its files are written by the flow)
+        if config.data_dir:
             for c in (market.target, *market.cross):
                 store_candles(c, out)
             store_table(table, market, config.features, config.gap_tolerance_hours, out)
+        else:
+            _store_synthetic(config, out, market, table)
         _remember(config, out, shape)
     return shape
+
+
+def _store_synthetic(config: RetrainConfig, out: Path, generated: Market, table: FeatureTable) -> None:
+    """The synthetic market checked here lived in memory: write its files (as the flow's first stage would, the
+    same folder), read them back once (stored as every candle file is), and store the table built here under the
+    files' content when the candles read back equal the ones it was built from (else the features stage builds)."""
+    folder = write_synthetic_market(config.synthetic, out)
+    cross = [c.symbol for c in generated.cross]
+    stored = load_market(folder, config.target, cross, read=candle_reader(out))
+    pairs = zip((generated.target, *generated.cross), (stored.target, *stored.cross))
+    if all(a.frame.equals(b.frame) for a, b in pairs):
+        spec, gap = config.features, config.gap_tolerance_hours
+        table = dataclasses.replace(table, fingerprint=feature_fingerprint(stored, spec, gap))
+        store_table(table, stored, spec, gap, out)
 
 
 def _record_path(config: RetrainConfig, out: Path) -> Path:

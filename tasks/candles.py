@@ -12,6 +12,8 @@ a cold run parses each candle file once and builds the feature table once.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +24,10 @@ from macd_ml.artifacts.store import (
     ArtifactRef,
     cache_dir,
     sha256_file,
+    write_bytes,
 )
 from macd_ml.features.ingest import Candles, Market, read_candles
+from macd_ml.features.synth import SynthSpec, synth_market, write_market
 from macd_ml.tasks.keys import make_key
 
 log = logging.getLogger(__name__)
@@ -79,3 +83,20 @@ def market_candles(market: Market, out_dir: Path | str) -> dict[str, ArtifactRef
         doc, _ = load_record(_candles_folder(out_dir, c.sha256, c.symbol), "candles") or ({}, None)
         refs[c.symbol] = ArtifactRef.model_validate(doc["file"])
     return refs
+
+
+# ------------------------------------------------------------------------------------------ synthetic market
+
+
+def write_synthetic_market(spec: SynthSpec, out_dir: Path | str) -> Path:
+    """The synthetic market for ``spec`` as candle files under ``OUT/synthetic/HASH/`` (generated once: the folder
+    is named by the spec's hash and stamped last, so a half-written folder is generated again)."""
+    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    folder = Path(out_dir) / "synthetic" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+    stamp = folder / "synth.json"
+    if stamp.is_file() and stamp.read_text() == blob:
+        return folder
+    write_market(synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps), folder)
+    write_bytes(stamp, blob.encode())
+    log.info("synthetic market (%s bars x %s) written to %s", spec.hours, len(spec.symbols), folder)
+    return folder

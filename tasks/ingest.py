@@ -3,16 +3,14 @@ Each returns a small reference; nothing here reads feature code."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from pathlib import Path
 
-from macd_ml.artifacts.store import sha256_file, write_bytes
+from macd_ml.artifacts.store import sha256_file
 from macd_ml.features.ingest import find_symbol_file, load_market
-from macd_ml.features.synth import SynthSpec, synth_market, write_market
-from macd_ml.tasks.candles import candle_reader, market_candles
+from macd_ml.features.synth import SynthSpec
+from macd_ml.tasks.candles import candle_reader, market_candles, write_synthetic_market
 from macd_ml.tasks.policy import ContentKey
 from macd_ml.tasks.refs import MarketRef, market_ref, resolve_cross
 from macd_ml.tasks.results import cached_task
@@ -22,19 +20,8 @@ log = logging.getLogger(__name__)
 
 @cached_task(name="synthetic-market")
 def synthetic_market_task(spec: SynthSpec, out_dir: str) -> str:
-    """Generate (or reuse) the deterministic synthetic market for ``spec``; return its folder.
-
-    The folder is named by the spec's hash and stamped last, so a half-written folder is regenerated."""
-    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    folder = Path(out_dir) / "synthetic" / hashlib.sha256(blob.encode()).hexdigest()[:16]
-    stamp = folder / "synth.json"
-    if stamp.is_file() and stamp.read_text() == blob:
-        return str(folder)
-    market = synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps)
-    write_market(market, folder)
-    write_bytes(stamp, blob.encode())
-    log.info("synthetic market (%s bars x %s) written to %s", spec.hours, len(spec.symbols), folder)
-    return str(folder)
+    """Generate (or reuse) the deterministic synthetic market for ``spec``; return its folder (tasks/candles.py)."""
+    return str(write_synthetic_market(spec, out_dir))
 
 
 class IngestKey(ContentKey):

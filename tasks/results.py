@@ -350,7 +350,7 @@ def route_stage_logs() -> None:
     inside a run their INFO lines go where a task's own log lines go: the run's log in the API (the UI) and the
     console. Every task calls it (in a Dask worker's process too); idempotent. Prefect's
     ``PREFECT_LOGGING_EXTRA_LOGGERS`` does the first half but leaves the level at WARNING."""
-    from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
+    from prefect.logging.handlers import APILogHandler
 
     stages = logging.getLogger("macd_ml")
     if any(isinstance(h, APILogHandler) for h in stages.handlers):
@@ -358,11 +358,7 @@ def route_stage_logs() -> None:
     api = APILogHandler()
     api.addFilter(_InsideARun())
     stages.addHandler(api)
-    for handler in logging.getLogger("prefect.task_runs").handlers:
-        if isinstance(handler, PrefectConsoleHandler):
-            stages.addHandler(handler)
-    stages.setLevel(logging.INFO)
-    stages.propagate = False
+    stages.setLevel(logging.INFO)  # and on to the root logger, where Prefect's console handler prints them
 
 
 def persisting(fn: Callable) -> Callable:

@@ -119,3 +119,24 @@ def test_a_stage_run_directly_names_its_folder_with_the_key_prefect_gives_it():
     assert run_direct(probe, 4, "o") != key  # another input, another folder
     with pytest.raises(RuntimeError, match="no cache key"):
         current_key()
+
+
+def test_the_synthetic_market_too_is_parsed_once_and_built_once(tmp_path, monkeypatch):
+    """``make run``'s path: preflight checks the generated market in memory, then writes its files, reads them back
+    once and stores its table under their content; the flow's stages reuse both."""
+    counts = _count_parses(monkeypatch)
+    out = tmp_path / "out"
+    config = lenient(
+        RetrainConfig.model_validate(
+            {
+                "out_dir": str(out),
+                "synthetic": {"hours": 3_000, "seed": 4},
+                "folds": {"n_folds": 3},
+                "models": {"enabled": ["lgb"]},
+            }
+        )
+    )
+    preflight(config, out)
+    run = run_pipeline(config, out, store.new_run_id(), direct_stages(workers=2))
+    assert counts["parsed"] == 2 and inputs.COUNTS["built"] == 1, (counts, inputs.COUNTS)
+    store.verify_run(run.path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,8 @@ def test_forged_cache_records_never_run_and_the_run_still_succeeds(market, tmp_p
     assert states["features"] == "Completed", states
     logs = "\n".join(flow_logs(latest_flow_run_id()))
     assert f"cache record {victim}" in logs and "not used" in logs
+    # the stages log with the standard library, and their lines reach the run's log (the UI) all the same
+    assert re.search(r"features: \d+ rows x \d+ features", logs), logs[-2000:]
     decoder_victim = next(p for i, p in enumerate(records) if i % 2 == 1 and p != victim)
     assert f"cache record {decoder_victim}" in logs, "a record naming another decoder is refused and named too"
 
