@@ -37,8 +37,10 @@ def load_record(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
         return None
 
 
-def save_record(folder: Path, purpose: str, name: str, frame: pl.DataFrame, doc: dict) -> None:
+def save_record(folder: Path, purpose: str, name: str, frame: pl.DataFrame, doc: dict) -> ArtifactRef:
+    """Write ``frame`` as ``folder/name``, then its signed record; returns the parquet's reference."""
     ref = write_parquet(folder / name, frame)
     doc = {**doc, "file": ref.model_dump(mode="json")}
     body = _record_body(doc)
     write_bytes(folder / RECORD, json.dumps({"doc": doc, "signature": sign(purpose, folder.name, body)}).encode())
+    return ref

@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 
 from macd_ml.errors import PromotionRefused
 from macd_ml.flows import logs
-from macd_ml.flows.stages import run_export, run_health
+from macd_ml.flows.rerun import run_export, run_health
 
 
 @flow(name="export-onnx", log_prints=False)

@@ -64,25 +64,22 @@ def candle_reader(out_dir: Path | str | None, store: bool = True) -> Callable[[P
     return read
 
 
-def store_candles(candles: Candles, out_dir: Path | str) -> None:
-    """Store one symbol's validated candles (read from a file) under their file's content key."""
+def store_candles(candles: Candles, out_dir: Path | str) -> ArtifactRef:
+    """Store one symbol's validated candles (read from a file) under their file's content key, unless a verified
+    copy is there already; returns the stored parquet's reference."""
     if candles.path is None:
         raise ValueError(f"{candles.symbol}: only candles read from a file are stored by the file's content")
     folder = _candles_folder(out_dir, candles.sha256, candles.symbol)
-    if load_record(folder, "candles") is None:
-        save_record(
-            folder, "candles", "candles.parquet", candles.frame, {"symbol": candles.symbol, "source": candles.sha256}
-        )
+    stored = load_record(folder, "candles")
+    if stored is not None:
+        return ArtifactRef.model_validate(stored[0]["file"])
+    doc = {"symbol": candles.symbol, "source": candles.sha256}
+    return save_record(folder, "candles", "candles.parquet", candles.frame, doc)
 
 
 def market_candles(market: Market, out_dir: Path | str) -> dict[str, ArtifactRef]:
     """The stored candles of every symbol of ``market`` (stored now if they were not)."""
-    refs = {}
-    for c in (market.target, *market.cross):
-        store_candles(c, out_dir)
-        doc, _ = load_record(_candles_folder(out_dir, c.sha256, c.symbol), "candles") or ({}, None)
-        refs[c.symbol] = ArtifactRef.model_validate(doc["file"])
-    return refs
+    return {c.symbol: store_candles(c, out_dir) for c in (market.target, *market.cross)}
 
 
 # ------------------------------------------------------------------------------------------ synthetic market

@@ -391,7 +391,7 @@ MUTATIONS = [
     ),
     Mutation(
         "stage-reads-unsigned-run",
-        "flows/stages.py",
+        "flows/rerun.py",
         "    manifest = verify_run(run)\n    refs = run_artifacts(run, manifest)\n    config = read_json",
         "    manifest = verify_run(run, signed=False)\n    refs = run_artifacts(run, manifest)\n    config = read_json",
         ("tests/test_export_health.py::test_a_run_edited_with_its_manifest_is_refused_by_every_command_that_reads_it",),
@@ -584,7 +584,7 @@ MUTATIONS = [
     ),
     Mutation(
         "restack-drops-collapse-flags",
-        "flows/stages.py",
+        "flows/rerun.py",
         "collapsed = {name: t.collapsed for name, t in m.training.items()}",
         "collapsed: dict = {}",
         (f"{NET}::test_collapsed_flags_reach_the_stacker",),

@@ -189,7 +189,7 @@ def test_collapsed_flags_reach_the_stacker(tmp_path, small_market_dir):
         assert metrics["meta"][h]["dropped"] == {"lgb": "collapsed"}, metrics["meta"][h]
         assert set(metrics["meta"][h]["models"]) <= {"xgb", "reference"}  # never the collapsed lgb
     # the stacking stage re-run alone against the run (macd-ml stack) reads the same flags from the run
-    from macd_ml.flows.stages import run_stack
+    from macd_ml.flows.rerun import run_stack
 
     again = run_stack(Path(path), tmp_path / "restacked")
     for h, shipped in again.items():

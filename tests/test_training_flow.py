@@ -261,7 +261,7 @@ def test_report_and_plots(trained):
 
 
 def test_stages_run_alone_against_a_run_folder(trained, tmp_path):
-    from macd_ml.flows.stages import run_report, run_stack
+    from macd_ml.flows.rerun import run_report, run_stack
     from tests.cliutil import cli
 
     _, run, _ = trained

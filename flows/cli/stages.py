@@ -69,7 +69,7 @@ def _into(p: argparse.ArgumentParser) -> None:
 
 
 def export_onnx(args: argparse.Namespace) -> int:
-    from macd_ml.flows.stages import run_export
+    from macd_ml.flows.rerun import run_export
 
     parity = run_export(Path(args.run), Path(args.into))
     for m, e in parity["models"].items():
@@ -82,7 +82,7 @@ def export_onnx(args: argparse.Namespace) -> int:
 
 
 def health(args: argparse.Namespace) -> int:
-    from macd_ml.flows.stages import run_health
+    from macd_ml.flows.rerun import run_health
 
     report = run_health(Path(args.run), args.data, live=not args.skip_live_check)
     print(report.model_dump_json(indent=2) if args.json else report.table())
@@ -90,7 +90,7 @@ def health(args: argparse.Namespace) -> int:
 
 
 def stack(args: argparse.Namespace) -> int:
-    from macd_ml.flows.stages import run_stack
+    from macd_ml.flows.rerun import run_stack
 
     meta = run_stack(Path(args.run), Path(args.into), args.set)
     for h, m in meta.items():
@@ -100,7 +100,7 @@ def stack(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from macd_ml.flows.stages import run_report
+    from macd_ml.flows.rerun import run_report
 
     print(run_report(Path(args.run), Path(args.into)))
     return EXIT_OK

@@ -1,4 +1,5 @@
-"""Stages after training, run alone against an existing run folder (``macd-ml stack``, ``macd-ml report``).
+"""Re-run one stage of a published run (``macd-ml stack``, ``report``, ``export-onnx``, ``health``) with the
+stage's own functions and writers (docs/architecture.md, "Stages as plain functions").
 
 A published run is immutable, so a stage re-run writes into another folder (``--into``); it reads the run's own
 OOF and holdout tables after checking them against its manifest. (To finish a run that failed in one of
