@@ -21,8 +21,8 @@ def _record_body(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True).encode()
 
 
-def load_record(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
-    """The stored doc and frame of ``folder``, or None when absent or failing its checks (logged)."""
+def load_signed(folder: Path, purpose: str) -> dict | None:
+    """The doc of ``folder``'s signed record, or None when absent or failing its signature (logged)."""
     path = folder / RECORD
     if not path.is_file():
         return None
@@ -31,6 +31,24 @@ def load_record(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
         doc, signature = signed["doc"], signed["signature"]
         if not verify_signature(purpose, folder.name, _record_body(doc), signature):
             raise IntegrityError(f"{path}: signature does not verify")
+        return doc
+    except (OSError, ValueError, KeyError, TypeError, IntegrityError) as exc:
+        log.warning("stored %s %s not used (%s); computing it again", purpose, folder, exc)
+        return None
+
+
+def save_signed(folder: Path, purpose: str, doc: dict) -> None:
+    """Write ``doc`` as ``folder``'s signed record (HMAC over the purpose, the folder's name and the doc)."""
+    body = _record_body(doc)
+    write_bytes(folder / RECORD, json.dumps({"doc": doc, "signature": sign(purpose, folder.name, body)}).encode())
+
+
+def load_record(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
+    """The stored doc and frame of ``folder``, or None when absent or failing its checks (logged)."""
+    doc = load_signed(folder, purpose)
+    if doc is None:
+        return None
+    try:
         return doc, read_parquet(ArtifactRef.model_validate(doc["file"]))  # checks the parquet's sha256
     except (OSError, ValueError, KeyError, TypeError, IntegrityError) as exc:
         log.warning("stored %s %s not used (%s); computing it again", purpose, folder, exc)
@@ -40,7 +58,5 @@ def load_record(folder: Path, purpose: str) -> tuple[dict, pl.DataFrame] | None:
 def save_record(folder: Path, purpose: str, name: str, frame: pl.DataFrame, doc: dict) -> ArtifactRef:
     """Write ``frame`` as ``folder/name``, then its signed record; returns the parquet's reference."""
     ref = write_parquet(folder / name, frame)
-    doc = {**doc, "file": ref.model_dump(mode="json")}
-    body = _record_body(doc)
-    write_bytes(folder / RECORD, json.dumps({"doc": doc, "signature": sign(purpose, folder.name, body)}).encode())
+    save_signed(folder, purpose, {**doc, "file": ref.model_dump(mode="json")})
     return ref

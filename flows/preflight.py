@@ -22,7 +22,6 @@ again, and a signed record of the passed preflight for this config, code and can
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,9 @@ import polars as pl
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.codehash import code_version
-from macd_ml.artifacts.signing import sign, verify_signature
-from macd_ml.artifacts.store import cache_dir, sha256_file, write_json
-from macd_ml.errors import ConfigError
+from macd_ml.artifacts.records import load_signed, save_signed
+from macd_ml.artifacts.store import cache_dir, sha256_file
+from macd_ml.errors import ConfigError, DataError
 from macd_ml.features.build import FeatureTable, feature_fingerprint
 from macd_ml.features.ingest import Candles, Market, default_cross, load_market, panel_symbols
 from macd_ml.features.labels import align_labels, label_name, make_labels
@@ -81,7 +80,8 @@ def preflight(config: RetrainConfig, out_dir: Path | str | None = None) -> Shape
     """Check the run ``config`` describes; with ``out_dir``, reuse what an earlier preflight of the same config,
     code and candles stored there, and store this one's inputs and result once every check passed."""
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and (shape := _passed(config, out)) is not None:
+    record = _record_folder(config, out) if out is not None else None
+    if record is not None and (shape := _passed(record)) is not None:
         return shape
     market = _market(config, out)
     bars = market.target.frame.height
@@ -131,7 +131,8 @@ def preflight(config: RetrainConfig, out_dir: Path | str | None = None) -> Shape
             store_table(table, market, config.features, config.gap_tolerance_hours, out)
         else:
             _store_synthetic(config, out, market, table)
-        _remember(config, out, shape)
+        if record is not None:
+            _remember(record, shape)
     return shape
 
 
@@ -149,11 +150,15 @@ def _store_synthetic(config: RetrainConfig, out: Path, generated: Market, table:
         store_table(table, stored, spec, gap, out)
 
 
-def _record_path(config: RetrainConfig, out: Path) -> Path:
-    """Keyed on the config's content, the code and the candle files' bytes (their sha256: no parse)."""
-    files = _files(config) if config.data_dir else {}
+def _record_folder(config: RetrainConfig, out: Path) -> Path | None:
+    """Keyed on the config's content, the code and the candle files' bytes (their sha256: no parse); None when
+    the files cannot be hashed (the checks then run and say why)."""
+    try:
+        files = _files(config) if config.data_dir else {}
+    except (DataError, OSError):
+        return None
     params = {"config": config.model_dump(mode="json", exclude={"force", "out_dir"}), "files": files}
-    return cache_dir(out, "preflight", make_key("preflight", code_version(__name__), params)) / "preflight.json"
+    return cache_dir(out, "preflight", make_key("preflight", code_version(__name__), params))
 
 
 def _files(config: RetrainConfig) -> dict[str, str]:
@@ -172,37 +177,20 @@ def _files(config: RetrainConfig) -> dict[str, str]:
     return files
 
 
-def _remember(config: RetrainConfig, out: Path, shape: Shape) -> None:
-    path = _record_path(config, out)
-    doc = {
-        "bars": shape.bars,
-        "feature_rows": shape.feature_rows,
-        "n_oof": shape.n_oof,
-        "folds": shape.folds.model_dump(mode="json"),
-    }
-    body = json.dumps(doc, sort_keys=True)
-    write_json(path, {"doc": doc, "signature": sign("preflight", path.parent.name, body.encode())})
+def _remember(record: Path, shape: Shape) -> None:
+    doc = {"bars": shape.bars, "feature_rows": shape.feature_rows, "n_oof": shape.n_oof}
+    save_signed(record, "preflight", {**doc, "folds": shape.folds.model_dump(mode="json")})
 
 
-def _passed(config: RetrainConfig, out: Path) -> Shape | None:
+def _passed(record: Path) -> Shape | None:
     """The shape an earlier preflight of this config, code and candles found, when its record verifies."""
+    doc = load_signed(record, "preflight")
+    if doc is None:
+        return None
     try:
-        path = _record_path(config, out)
-        if not path.is_file():
-            return None
-        signed = json.loads(path.read_bytes())
-        doc = signed["doc"]
-        if not verify_signature(
-            "preflight", path.parent.name, json.dumps(doc, sort_keys=True).encode(), signed["signature"]
-        ):
-            return None
-        return Shape(
-            bars=doc["bars"],
-            feature_rows=doc["feature_rows"],
-            n_oof=doc["n_oof"],
-            folds=Folds.model_validate(doc["folds"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        folds = Folds.model_validate(doc["folds"])
+        return Shape(bars=doc["bars"], feature_rows=doc["feature_rows"], n_oof=doc["n_oof"], folds=folds)
+    except (ValueError, KeyError, TypeError):
         return None  # the checks run again (and say what is wrong, if anything)
 
 

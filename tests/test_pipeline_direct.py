@@ -74,7 +74,7 @@ def test_a_stored_input_that_does_not_verify_is_parsed_again(market, tmp_path, m
     config = _config(market, out)
     preflight(config, out)
     assert counts["parsed"] == 2
-    (parquet,) = [p for p in (out / "cache" / "candles").rglob("candles.parquet")][:1]
+    parquet = next((out / "cache" / "candles").rglob("candles.parquet"))  # one of the two symbols
     parquet.write_bytes(parquet.read_bytes()[:-8] + b"\0" * 8)  # damaged after the record was signed
     inputs.candle_reader(out)(Path(market) / "ETHUSDT_1h.csv", "ETHUSDT")
     inputs.candle_reader(out)(Path(market) / "BTCUSDT_1h.csv", "BTCUSDT")
