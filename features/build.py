@@ -220,6 +220,23 @@ def build_features(
     )
 
 
+def table_until(table: FeatureTable, cut: Market, spec: FeatureSpec, gap_tolerance_hours: int) -> FeatureTable:
+    """The table ``build_features(cut, spec, gap_tolerance_hours)`` gives, taken from ``table``, the table of the
+    market ``cut`` was cut from (``Market.until``): its rows up to the cut's newest bar. Features are causal (a row
+    reads only bars at or before it; tests/test_features.py checks a prefix of the candles gives a prefix of the
+    table), so a walk-forward builds the table once and every cutoff slices it (docs/walkforward.md)."""
+    last = cut.target.frame[catalog.TIMESTAMP][-1]
+    frame = table.frame.filter(pl.col(catalog.TIMESTAMP) <= last)
+    return FeatureTable(
+        frame=frame,
+        names=table.names,
+        fingerprint=feature_fingerprint(cut, spec, gap_tolerance_hours),
+        target=table.target,
+        cross=table.cross,
+        rows_dropped={"warmup_incomplete_or_reference_missing": cut.target.frame.height - frame.height},
+    )
+
+
 def check_model_range(frame: pl.DataFrame, names: list[str], source: object, X: np.ndarray | None = None) -> None:
     """Raise DataError naming the first feature and timestamp whose value is infinite or beyond float32 (``X``:
     the frame's ``names`` as a matrix, when the caller has it)."""

@@ -437,10 +437,16 @@ def candles_from_frame(symbol: str, frame: pl.DataFrame, source: str | None = No
     ``sha256`` hashes the validated content, so equal candles give equal fingerprints."""
     label = source or f"<{symbol.upper()} candles in memory>"
     clean = validate_candles(frame, label)
+    return Candles(symbol=symbol.upper(), path=None, sha256=content_digest(clean), frame=clean)
+
+
+def content_digest(frame: pl.DataFrame) -> str:
+    """sha256 of validated candles' values (column by column): equal candles, equal digest, whatever file held
+    them."""
     digest = hashlib.sha256()
-    for col in clean.iter_columns():
+    for col in frame.iter_columns():
         digest.update(col.to_numpy().tobytes())
-    return Candles(symbol=symbol.upper(), path=None, sha256=digest.hexdigest(), frame=clean)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- gaps
@@ -481,6 +487,24 @@ class Market:
 
     def gap_reports(self) -> dict[str, dict]:
         return {c.symbol: c.gaps.to_dict() for c in (self.target, *self.cross)}
+
+    def until(self, last: datetime | None) -> "Market":
+        """The market as a bot saw it when the bar at ``last`` was the newest: every symbol's candles up to
+        ``last`` (None: the whole market), each fingerprinted by its content (:func:`cut_candles`; docs/walkforward.md,
+        "Cutoffs")."""
+        if last is None:
+            return self
+        return Market(target=cut_candles(self.target, last), cross=tuple(cut_candles(c, last) for c in self.cross))
+
+
+def cut_candles(c: Candles, last: datetime) -> Candles:
+    """``c`` up to and including the bar at ``last``; an error naming the file when none is left. Its ``sha256``
+    is the cut's content (not the file's): candles appended to the file later leave an earlier cutoff's
+    fingerprint, and so everything cached for it, as it was."""
+    frame = c.frame.filter(pl.col(catalog.TIMESTAMP) <= last)
+    if frame.height == 0:
+        raise DataError(c.path or c.symbol, f"no {c.symbol} candle at or before the cutoff {last.isoformat()}")
+    return Candles(c.symbol, c.path, f"cut:{content_digest(frame)}", frame)
 
 
 def load_market(

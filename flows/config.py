@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -54,11 +55,26 @@ class RetrainConfig(BaseModel):
         description="where runs/, cache/, bundles/ and current live; a relative path is under the worker's home "
         "(MACD_ML_HOME). In a deployment run the default 'out' gives way to the Prefect Variable macd_ml_out_dir",
     )
+    run_home: str = Field(
+        default="",
+        description="where runs/, current and bundles/ live; empty = out_dir. A fleet or walk-forward child "
+        "publishes under a home of its own and shares out_dir's cache with the other children",
+    )
     target: str = Field(default="ETHUSDT", description="symbol the ensemble predicts")
+    targets: list[str] = Field(
+        default=[],
+        description="a fleet (a watchlist): one retrain per symbol, each published under OUT/fleet/SYMBOL, with one "
+        "fleet report; empty = the target alone",
+    )
     cross: list[str] = Field(
         default=[],
         description="reference symbols for the cross-asset block; empty = BTCUSDT when the folder has it; "
         "['none'] = no reference symbol",
+    )
+    until: datetime | None = Field(
+        default=None,
+        description="train as a bot would have on this date: bars after it (ISO time, UTC) are ignored, labels "
+        "whose horizon passes it are undefined. Empty = the newest bar. A walk-forward sets one per cutoff",
     )
     horizons: list[int] = Field(default=[5, 12, 24], description="label horizons in hours")
     dead_zone_bps: float = Field(default=0.0, ge=0.0, description="moves smaller than this are left unlabelled")
@@ -71,6 +87,12 @@ class RetrainConfig(BaseModel):
     scale: ScaleOut = Field(
         default_factory=ScaleOut,
         description="where the training tasks run: the flow's threads or a Dask cluster (in no training cache key)",
+    )
+    fan_out: ScaleOut = Field(
+        default_factory=ScaleOut,
+        description="where the children of a fleet or a walk-forward run (docs/walkforward.md): 'threads' = one "
+        "after another in the flow's process, 'dask' = side by side on Dask worker processes (dask_workers of a "
+        "local cluster, or the workers of the scheduler at dask_address); in no cache key",
     )
     stacking: StackSpec = Field(default_factory=StackSpec, description="the meta-learner over the base models")
     synthetic: SynthSpec = Field(
@@ -109,10 +131,33 @@ class RetrainConfig(BaseModel):
             raise ValueError("target must not be empty")
         return v.strip().upper()
 
+    @field_validator("until", mode="before")
+    @classmethod
+    def _empty_until(cls, v: Any) -> Any:
+        return None if v in ("", None) else v
+
+    @field_validator("until")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return None
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
     @field_validator("data_dir", "result_storage", mode="before")
     @classmethod
     def _null_is_empty(cls, v: Any) -> Any:
         return "" if v is None else v  # config files written before the form had no nullable fields
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _upper_targets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.split(",")
+        if isinstance(v, list):
+            v = [s.strip().upper() for s in v if isinstance(s, str) and s.strip()]
+            if len(set(v)) != len(v):
+                raise ValueError(f"targets repeat a symbol ({v}); list each once")
+        return v
 
     @field_validator("cross", mode="before")
     @classmethod
@@ -157,6 +202,10 @@ class RetrainConfig(BaseModel):
         if h is not None and h not in self.horizons:
             raise ValueError(f"health.primary_horizon ({h}) is not one of the horizons {self.horizons}")
         return self
+
+    def home(self) -> Path:
+        """Where this run publishes (runs/, current, bundles/): ``run_home``, else ``out_dir``."""
+        return Path(self.run_home or self.out_dir).resolve()
 
     def stack_models(self) -> list[str]:
         """The base models the stack chooses from: the enabled ones, and the reference unless left out."""

@@ -108,7 +108,7 @@ def run_pipeline(config: RetrainConfig, out: Path, run_id: str, s: Stages) -> Ru
 def prepare(config: RetrainConfig, out: str, s: Stages) -> Prepared:
     """ingest + validation ─► features ─► labels ─► purged walk-forward folds (and the pooled panel)."""
     data_dir = config.data_dir or s.run(synthetic_market_task, config.synthetic, out)
-    market = s.run(ingest_task, str(data_dir), config.target, config.cross_symbols(), out)
+    market = s.run(ingest_task, str(data_dir), config.target, config.cross_symbols(), out, config.until)
     feats = s.run(features_task, market, config.features, config.gap_tolerance_hours, out)
     labels = s.run(labels_task, market, feats, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, out)
     folds = s.run(folds_task, feats, config.horizons, config.folds, out)
@@ -168,10 +168,12 @@ def check(config: RetrainConfig, p: Prepared, t: Trained, out: str, s: Stages) -
 
 
 def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, run_id: str, s: Stages) -> RunRef:
-    """champion / challenger ─► publish the run folder ─► UI artifacts ─► promote OUT/current ─► bundle."""
+    """champion / challenger ─► publish the run folder ─► UI artifacts ─► promote OUT/current ─► bundle; all of
+    it in the run's home (``config.run_home``, else OUT)."""
     h = config.primary_horizon()
+    home = str(config.home())
     if c.health.report.passed:
-        decision = s.run(champion_task, out, c.artifacts, c.metrics, p.market.data_dir, h, config.promotion, run_id)
+        decision = s.run(champion_task, home, c.artifacts, c.metrics, p.market.data_dir, h, config.promotion, run_id)
     else:
         failed = ", ".join(x.name for x in c.health.report.failures())
         decision = Decision(
@@ -190,7 +192,7 @@ def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, r
     }
     run = s.run(
         publish_run_task,
-        out,
+        home,
         run_id,
         c.artifacts,
         documents,
@@ -212,9 +214,9 @@ def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, r
     )
     if not decision.promote:
         detail = "; ".join(f"{x.name}: {x.detail}" for x in c.health.report.failures()) or decision.reason
-        raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}")
-    s.run(promote_task, out, run, decision.champion)
-    s.run(bundle_task, run, out)
+        raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}", run=run.path)
+    s.run(promote_task, home, run, decision.champion)
+    s.run(bundle_task, run, home)
     return run
 
 
@@ -225,7 +227,7 @@ def _panel(config: RetrainConfig, market: MarketRef, s: Stages, out: str) -> lis
         return []
     members = []
     for symbol in panel_symbols(market.data_dir, market.target, market.cross):
-        m = s.run(ingest_task, market.data_dir, symbol, market.cross, out)
+        m = s.run(ingest_task, market.data_dir, symbol, market.cross, out, market.until)
         f = s.run(features_task, m, config.features, config.gap_tolerance_hours, out)
         y = s.run(labels_task, m, f, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, out)
         members.append(PanelMember(symbol=symbol, features=f, labels=y))

@@ -32,7 +32,7 @@ from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.records import load_signed, save_signed
 from macd_ml.artifacts.store import cache_dir, sha256_file
 from macd_ml.errors import ConfigError, DataError
-from macd_ml.features.build import FeatureTable, feature_fingerprint
+from macd_ml.features.build import FeatureTable, feature_fingerprint, table_until
 from macd_ml.features.ingest import Candles, Market, default_cross, load_market, panel_symbols
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.splits import Folds, make_folds
@@ -83,9 +83,13 @@ def preflight(config: RetrainConfig, out_dir: Path | str | None = None) -> Shape
     record = _record_folder(config, out) if out is not None else None
     if record is not None and (shape := _passed(record)) is not None:
         return shape
-    market = _market(config, out)
+    whole = _market(config, out)
+    market = whole.until(config.until)
     bars = market.target.frame.height
-    table = feature_table(market, config.features, config.gap_tolerance_hours, out, store=False)
+    whole_table = feature_table(whole, config.features, config.gap_tolerance_hours, out, store=False)
+    table = whole_table
+    if config.until is not None:  # every cutoff of a walk-forward slices the one whole table
+        table = table_until(whole_table, market, config.features, config.gap_tolerance_hours)
     n = table.frame.height
     if n == 0:
         raise ConfigError(
@@ -126,11 +130,11 @@ def preflight(config: RetrainConfig, out_dir: Path | str | None = None) -> Shape
     shape = Shape(bars=bars, feature_rows=n, folds=folds, n_oof=n_oof)
     if out is not None:
         if config.data_dir:
-            for c in (market.target, *market.cross):
+            for c in (whole.target, *whole.cross):
                 store_candles(c, out)
-            store_table(table, market, config.features, config.gap_tolerance_hours, out)
+            store_table(whole_table, whole, config.features, config.gap_tolerance_hours, out)
         else:
-            _store_synthetic(config, out, market, table)
+            _store_synthetic(config, out, whole, whole_table)
         if record is not None:
             _remember(record, shape)
     return shape
@@ -154,14 +158,15 @@ def _record_folder(config: RetrainConfig, out: Path) -> Path | None:
     """Keyed on the config's content, the code and the candle files' bytes (their sha256: no parse); None when
     the files cannot be hashed (the checks then run and say why)."""
     try:
-        files = _files(config) if config.data_dir else {}
+        files = input_files(config) if config.data_dir else {}
     except (DataError, OSError):
         return None
     params = {"config": config.model_dump(mode="json", exclude={"force", "out_dir"}), "files": files}
     return cache_dir(out, "preflight", make_key("preflight", code_version(__name__), params))
 
 
-def _files(config: RetrainConfig) -> dict[str, str]:
+def input_files(config: RetrainConfig) -> dict[str, str]:
+    """Symbol -> sha256 of each candle file a run of ``config`` reads (target, cross, pooled panel)."""
     from macd_ml.features.ingest import find_symbol_file
 
     asked = config.cross_symbols()

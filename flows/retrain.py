@@ -61,7 +61,8 @@ def retrain(
     (verified first).
 
     Args:
-        config: what to train on and how; every field is described in the form.
+        config: what to train on and how; every field is described in the form. With ``targets`` (a watchlist)
+            the run is a fleet (flows/fleet.py) and returns the fleet report's folder.
         run_id: leave empty for a new run. To finish a failed run, its id (YYYYMMDDTHHMMSSZ-xxxxxxxx): every
             task that finished comes back Cached, and only what failed, and what depends on it, runs again.
         require_data: fail at once when no candle folder is given (config.data_dir or the Prefect Variable
@@ -73,22 +74,28 @@ def retrain(
     stop.inside_flow()  # run by the command: SIGTERM ends it at once (flows/stop.py); by a worker: Prefect's way
     logs.install()
     log = get_run_logger()
+    if config.targets:  # a watchlist: one child retrain per symbol (flows/fleet.py)
+        from macd_ml.flows.fleet import fleet
+
+        return fleet(config, require_data=require_data)
     config = resolve_locations(config, require_data)
-    out = Path(config.out_dir).resolve()
+    out, home = Path(config.out_dir).resolve(), config.home()
     run_id = validate_run_id(run_id) if run_id else _run_id()
     check_key_outside(out)
+    check_key_outside(home)
     fp = fingerprint(config)
-    if skip_unchanged and not config.force and (same := unchanged_run(out, fp)) is not None:
+    if skip_unchanged and not config.force and (same := unchanged_run(home, fp)) is not None:
         log.info("nothing changed since run %s (same config, code and candles; it is current): %s", same.name, same)
         return str(same)
     preflight(config, out)  # everything knowable from the config and the data's shape, before the first write
-    for p in clean_stale_temp(out):
-        log.info("removed %s, left by a writer that was killed", p)
+    for folder in dict.fromkeys([out, home]):
+        for p in clean_stale_temp(folder):
+            log.info("removed %s, left by a writer that was killed", p)
     _record(log, out, run_id, config)
     s = prefect_stages(config, out)
     run = run_pipeline(config, out, run_id, s)
     try:
-        remember(out, fp, run.run_id)
+        remember(home, fp, run.run_id)
     except OSError as exc:  # only a shortcut for the next unchanged run: never fail a promoted run over it
         log.warning("could not record run %s for the nothing-changed shortcut (%s)", run.run_id, exc)
     log.info("run folder: %s", run.path)

@@ -31,9 +31,11 @@ FLOW_MODULE = "macd_ml.flows.retrain"
 
 
 def published_config(config: RetrainConfig) -> dict[str, Any]:
-    """The config as a run publishes it (``config.json``): where the tasks ran (scale) and --force are not
-    content, so a run that differs only in them publishes nothing new."""
-    return config.model_dump(mode="json", exclude={"force": True, "scale": True, "promotion": {"force"}})
+    """The config as a run publishes it (``config.json``): where the tasks (scale) or children (fan_out) ran and
+    --force are not content, so a run that differs only in them publishes nothing new."""
+    return config.model_dump(
+        mode="json", exclude={"force": True, "scale": True, "fan_out": True, "promotion": {"force"}}
+    )
 
 
 def fingerprint(config: RetrainConfig) -> str | None:

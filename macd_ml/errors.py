@@ -30,7 +30,12 @@ class Refused(RuntimeError):
 
 
 class PromotionRefused(Refused):
-    """The health gate refused the run, or the champion beat it. The run is published for inspection."""
+    """The health gate refused the run, or the champion beat it. The run is published for inspection
+    (``run``: its folder, where known)."""
+
+    def __init__(self, message: str = "", run: str | None = None):
+        super().__init__(message)
+        self.run = run
 
 
 class NothingToShip(Refused):

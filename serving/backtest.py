@@ -66,7 +66,7 @@ class Source:
         )
 
 
-def _scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: int) -> pl.DataFrame:
+def scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: int) -> pl.DataFrame:
     """The shipped probability at ``h`` for every target bar in [first, last] (null where nothing scored)."""
     frame = market.target.frame
     upto = frame.filter(pl.col(catalog.TIMESTAMP) <= last)
@@ -116,7 +116,7 @@ def backtest_span(source: Source, data_dir: str, first: str | None = None, last:
         )
     if end <= start:
         raise DataError(data_dir, f"the span {start.isoformat()} .. {end.isoformat()} is empty")
-    probs = _scores(scorer, market, start, end, source.horizon)
+    probs = scores(scorer, market, start, end, source.horizon)
     bars = bars_with_probability(candles, probs)
     signals = macd_signals(bars["close"], source.spec)
     out = evaluate(bars, signals, source.horizon, source.threshold, source.spec, (start, end))
@@ -141,39 +141,17 @@ def promoted_runs(out_dir: Path | str) -> list[Path]:
 
 
 def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) -> dict:
-    """Each promoted run on the bars after its data until the next run's data end, stitched (module docstring)."""
+    """Each promoted run on the bars after its data until the next run's data end, stitched (module docstring;
+    serving/track_record.py)."""
+    from macd_ml.serving.track_record import Segment, stitch
+
     sources = sorted((Source.load(r) for r in promoted_runs(out_dir)), key=lambda s: s.data_last)
-    first = sources[0]
-    scorers = [Scorer(src.bundle) for src in sources]
-    market = load_market(data_dir, scorers[0].target, scorers[0].cross)
-    candles = market.target.frame
-    end = _when(last, candles[catalog.TIMESTAMP][-1], first.data_last.tzinfo)
-    pieces, segments = [], []
-    for i, src in enumerate(sources):
-        if src.horizon != first.horizon:
-            raise DataError(out_dir, f"run {src.bundle.run_id} gates at h={src.horizon}, the chain at {first.horizon}")
-        seg_end = min(sources[i + 1].data_last, end) if i + 1 < len(sources) else end
-        after = candles.filter(pl.col(catalog.TIMESTAMP) > src.data_last)[catalog.TIMESTAMP]
-        if not after.len() or after[0] > seg_end:
-            continue
-        probs = _scores(scorers[i], market, after[0], seg_end, src.horizon)
-        pieces.append(probs.with_columns(pl.lit(src.threshold).alias("thr")))  # each run gates with its own
-        segments.append(
-            {
-                "run_id": src.bundle.run_id,
-                "first": after[0].isoformat(),
-                "last": seg_end.isoformat(),
-                "threshold": src.threshold,
-                "bars": probs.height,
-            }
+    candles = load_market(data_dir, Scorer(sources[0].bundle).target).target.frame
+    end = _when(last, candles[catalog.TIMESTAMP][-1], sources[0].data_last.tzinfo)
+    segments = [
+        Segment(
+            src, src.data_last, min(sources[i + 1].data_last, end) if i + 1 < len(sources) else end, src.bundle.run_id
         )
-    if not pieces:
-        raise DataError(data_dir, "no bar comes after the data of any promoted run: nothing to replay")
-    bars = bars_with_probability(candles, pl.concat(pieces))
-    signals = macd_signals(bars["close"], first.spec)
-    span = (datetime.fromisoformat(segments[0]["first"]), datetime.fromisoformat(segments[-1]["last"]))
-    thr = bars["thr"].fill_null(1.0).to_numpy()  # bars no run scored have no probability: never taken gated
-    out = evaluate(bars, signals, first.horizon, thr, first.spec, span)
-    out["threshold"] = None
-    out["segments"] = segments
-    return out
+        for i, src in enumerate(sources)
+    ]
+    return stitch([s for s in segments if s.last > s.after], data_dir)

@@ -11,6 +11,7 @@ import polars as pl
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.codehash import code_version
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_parquet, write_json, write_parquet
+from macd_ml.features.build import table_until
 from macd_ml.features.labels import align_labels, label_name, make_labels
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec, check_folds, make_folds
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 
 @cached_task(name="features")
 def features_task(market: MarketRef, spec: FeatureSpec, gap_tolerance_hours: int, out_dir: str) -> TableRef:
-    table = feature_table(reload_market(market), spec, gap_tolerance_hours, out_dir)
+    table = feature_table(reload_market(market, whole=True), spec, gap_tolerance_hours, out_dir)
+    if market.until is not None:  # the whole table, built once for every cutoff, sliced (features/build.py)
+        table = table_until(table, reload_market(market), spec, gap_tolerance_hours)
     folder = cache_dir(out_dir, "features", current_key())
     data = write_parquet(folder / catalog.FEATURES, table.frame)
     meta = write_json(
@@ -37,6 +40,7 @@ def features_task(market: MarketRef, spec: FeatureSpec, gap_tolerance_hours: int
             "n_rows": table.frame.height,
             "rows_dropped": table.rows_dropped,
             "spec": spec.model_dump(mode="json"),
+            **({"until": market.until.isoformat()} if market.until else {}),  # the cutoff the rows end at
             "gap_tolerance_hours": gap_tolerance_hours,
             "code_version": code_version("macd_ml.features.build"),
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from macd_ml.artifacts.store import sha256_file
@@ -36,6 +37,7 @@ class IngestKey(ContentKey):
             "target": target,
             "cross": cross,
             "files": {str(f.name): sha256_file(f) for f in files},
+            "until": inputs.get("until"),
         }
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs):
@@ -46,12 +48,15 @@ class IngestKey(ContentKey):
 
 
 @cached_task(name="ingest", cache_policy=IngestKey())
-def ingest_task(data_dir: str, target: str, cross: list[str] | None, out_dir: str) -> MarketRef:
+def ingest_task(
+    data_dir: str, target: str, cross: list[str] | None, out_dir: str, until: datetime | None = None
+) -> MarketRef:
     """Read and validate every input file (or reuse the candles validated from the same bytes before) and store
-    the validated candles (tasks/candles.py). Cached on the files' content."""
+    the validated candles (tasks/candles.py). Cached on the files' content. With ``until``, the market is the
+    one a bot saw when that bar was the newest (``Market.until``): every later stage reads only bars up to it."""
     cross = resolve_cross(data_dir, target, cross)
     market = load_market(data_dir, target, cross, read=candle_reader(out_dir))
-    ref = market_ref(market, data_dir, market_candles(market, out_dir))
+    ref = market_ref(market.until(until), data_dir, market_candles(market, out_dir), until)
     for sym, g in ref.gaps.items():
         if g["n_gaps"]:
             log.warning(

@@ -93,7 +93,8 @@ def promote_task(out_dir: str, run: RunRef, champion: str | None) -> str:
     except ChampionMoved as exc:
         raise PromotionRefused(
             f"run {run.run_id} published but not promoted ({run.path}): {exc}; to compare it with the new "
-            "champion, start the same retrain again (every finished stage comes from the cache)"
+            "champion, start the same retrain again (every finished stage comes from the cache)",
+            run=run.path,
         ) from None
     log.info("promoted %s to %s/current", run.run_id, out_dir)
     return run.run_id

@@ -4,6 +4,7 @@ keys (``cache_token``)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -31,6 +32,7 @@ class MarketRef(BaseModel):
     rows: dict[str, int]
     gaps: dict[str, dict]
     span: dict[str, list[str]]
+    until: datetime | None = None  # the cutoff (Market.until): ``candles`` are the whole files', read up to it
 
     def cache_token(self) -> dict:
         return {"market": self.fingerprint, "target": self.target, "cross": self.cross}
@@ -50,9 +52,13 @@ class TableRef(BaseModel):
         return {"features": self.data.sha256}
 
 
-def market_ref(market: Market, data_dir: Path | str, stored: dict[str, ArtifactRef]) -> MarketRef:
+def market_ref(
+    market: Market, data_dir: Path | str, stored: dict[str, ArtifactRef], until: datetime | None = None
+) -> MarketRef:
+    """``market`` (cut at ``until`` when given; ``stored``: the whole files' stored candles) as a reference."""
     candles = (market.target, *market.cross)
     return MarketRef(
+        until=until,
         candles=stored,
         data_dir=str(Path(data_dir).resolve()),
         target=market.target.symbol,
@@ -74,9 +80,10 @@ def _file(c) -> Path:
     return c.path
 
 
-def reload_market(ref: MarketRef) -> Market:
+def reload_market(ref: MarketRef, whole: bool = False) -> Market:
     """The validated candles a MarketRef names, read from their stored copies (each checked against its sha256):
-    no file is parsed again, and a file edited during the run changes nothing in it."""
+    no file is parsed again, and a file edited during the run changes nothing in it. Cut at the reference's
+    cutoff, unless ``whole`` (the features stage: it builds the whole table once and slices it)."""
 
     def candles(symbol: str) -> Candles:
         return Candles(
@@ -86,7 +93,8 @@ def reload_market(ref: MarketRef) -> Market:
             frame=read_parquet(ref.candles[symbol]),
         )
 
-    return Market(target=candles(ref.target), cross=tuple(candles(c) for c in ref.cross))
+    market = Market(target=candles(ref.target), cross=tuple(candles(c) for c in ref.cross))
+    return market if whole else market.until(ref.until)
 
 
 def resolve_cross(data_dir: str, target: str, cross: list[str] | None) -> list[str]:

@@ -29,6 +29,7 @@ from typing import IO, Iterator, Mapping, NamedTuple
 
 LENIENT = ["--set", "health.auc_gates=false", "--set", "health.live_check=false", "--set", "promotion.margin_se=1000"]
 NO_PLOTS = ["--set", "report.plots=false"]
+RETRAINS = ("retrain", "walkforward", "fleet")  # the commands that retrain (relaxed unless strict)
 
 
 class Result(NamedTuple):
@@ -42,7 +43,7 @@ class Result(NamedTuple):
 def argv(args, strict: bool = False, plots: bool = False) -> list[str]:
     """The command line as strings (paths allowed), a retrain relaxed unless ``strict`` (see the module doc)."""
     args = [os.fspath(a) for a in args]
-    if not args or args[0] != "retrain" or strict:
+    if not args or args[0] not in RETRAINS or strict:
         return args
     return [*args, *LENIENT, *([] if plots else NO_PLOTS)]
 

@@ -145,6 +145,24 @@ def _files(run: Path, pattern: str) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob(pattern)) if p.is_file()}
 
 
+def _what_moved(a: Path, b: Path, rel: str) -> str:
+    """``rel``, and for a table that differs between runs ``a`` and ``b``: which columns, on how many rows."""
+    if not rel.endswith(".parquet") or not (a / rel).is_file() or not (b / rel).is_file():
+        return rel
+    ta, tb = pl.read_parquet(a / rel), pl.read_parquet(b / rel)
+    if ta.columns != tb.columns or ta.height != tb.height:
+        return f"{rel} (columns {ta.columns} / {tb.columns}, rows {ta.height} / {tb.height})"
+    moved = {
+        c: int((ta[c].cast(pl.String).fill_null("-") != tb[c].cast(pl.String).fill_null("-")).sum()) for c in ta.columns
+    }
+    first = {
+        c: ta["row"].filter(ta[c].cast(pl.String).fill_null("-") != tb[c].cast(pl.String).fill_null("-"))[0]
+        for c, n in moved.items()
+        if n and "row" in ta.columns
+    }
+    return f"{rel} (rows moved per column: { {c: n for c, n in moved.items() if n} }, first row: {first})"
+
+
 # --------------------------------------------------------------------------------------------- the two contracts
 
 
@@ -169,7 +187,7 @@ def test_nothing_fitted_or_decided_reads_the_holdout(runs):
         fa_, fb_ = _files(a, pattern), _files(b, pattern)
         assert fa_, f"no {pattern} in the run"
         differ = sorted(k for k in fa_.keys() | fb_.keys() if fa_.get(k) != fb_.get(k))
-        assert not differ, f"these depend on the holdout: {differ}"
+        assert not differ, f"these depend on the holdout: {[_what_moved(a, b, k) for k in differ]}"
     # labels before the holdout's embargo are the same rows' labels
     emb = folds.embargo_hours
     assert ya.slice(0, hold - emb).equals(yb.slice(0, hold - emb))

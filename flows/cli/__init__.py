@@ -4,7 +4,8 @@ writes it).
 
 Commands (``macd-ml --help`` lists them under these groups; each is still ``macd-ml NAME``):
 
-- train: ``retrain [--data DIR] [--out DIR]``, ``resume RUN_ID [--out DIR]``, and stage re-runs on a published run
+- train: ``retrain [--data DIR] [--out DIR]``, ``resume RUN_ID [--out DIR]``, ``walkforward --every 30d --since T``,
+  ``fleet --targets A,B,C`` (flows/cli/many.py), and stage re-runs on a published run
   folder, written elsewhere: ``stack|report|export-onnx RUN_DIR --into DIR``, ``health RUN_DIR [--json]``;
 - ship: ``bundle RUN_DIR --to FILE``, ``keys``, ``publish BUNDLE --to DEST`` (``--refresh``), ``rollback --to DEST``;
 - bot: ``fetch --from DEST --to FILE``, ``predict|shadow --bundle FILE --data DIR``, ``shadow-report --logs ...``,
@@ -31,10 +32,10 @@ import sys
 import macd_ml
 from macd_ml.artifacts.store import IntegrityError
 from macd_ml.errors import BundleError, ConfigError, DataError, Refused
-from macd_ml.flows.cli import backtest, config, data, run, serve, serving, stages
+from macd_ml.flows.cli import backtest, config, data, many, run, serve, serving, stages
 from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, GROUPS, Parser, one_line
 
-COMMANDS = (run, stages, serving, backtest, serve, config, data)
+COMMANDS = (run, many, stages, serving, backtest, serve, config, data)
 
 EPILOG = (
     "`macd-ml COMMAND --help` shows a command's options (docs/cli.md has them all). --out DIR always names the "

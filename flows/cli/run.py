@@ -74,7 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def retrain(args: argparse.Namespace) -> int:
     from macd_ml.artifacts.store import new_run_id
 
-    return run(retrain_config(args), new_run_id())
+    config = retrain_config(args)
+    if config.targets:  # a watchlist: the fleet (flows/cli/many.py)
+        from macd_ml.flows.cli.many import run_parent
+        from macd_ml.flows.fleet import fleet
+
+        return run_parent(lambda: fleet(config), Path(config.out_dir))
+    return run(config, new_run_id())
 
 
 def resume(args: argparse.Namespace) -> int:

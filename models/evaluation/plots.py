@@ -402,3 +402,30 @@ def plot_equity(path: Path, timestamps: list[str], equity: dict[str, list[float]
     ax.legend(loc="best", fontsize=8)
     fig.autofmt_xdate()
     return _save(fig, path)
+
+
+def plot_fleet(path: Path, rows: list[dict], horizon: int) -> Path:
+    """A fleet at a glance (flows/fleet.py): per target, the shipped holdout AUC beside the reference's at
+    ``horizon``, and the gate's holdout effect (gated - ungated long/flat Sharpe). Targets without a run are
+    left empty."""
+    fig = _new_figure((max(6.0, 0.9 * len(rows) + 2), 6))
+    ax, bx = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    names = [r["name"] for r in rows]
+    x = np.arange(len(rows))
+    h = str(horizon)
+    shipped = [(r.get("holdout_auc") or {}).get(h, np.nan) for r in rows]
+    ref = [(r.get("reference_auc") or {}).get(h, np.nan) for r in rows]
+    ax.bar(x - 0.2, shipped, 0.4, label="shipped", color="tab:blue")
+    ax.bar(x + 0.2, ref, 0.4, label="reference", color="tab:gray")
+    ax.axhline(0.5, color="black", linewidth=0.6)
+    ax.set_ylim(0.4, max(0.7, np.nanmax([*shipped, *ref, 0.6]) + 0.02))
+    ax.set_ylabel(f"holdout AUC, h={horizon}")
+    ax.legend(fontsize=8)
+    gate = np.array([np.nan if r.get("gate_sharpe_diff") is None else r["gate_sharpe_diff"] for r in rows], float)
+    bx.bar(x, gate, 0.5, color=["tab:green" if g > 0 else "tab:red" for g in gate])
+    bx.axhline(0.0, color="black", linewidth=0.6)
+    bx.set_ylabel("gated - ungated Sharpe\n(long/flat, holdout)")
+    for a in (ax, bx):
+        a.set_xticks(x, names, fontsize=8)
+    ax.set_title("fleet: what shipped against the reference, and what the gate did on each holdout")
+    return _save(fig, path)

@@ -369,3 +369,59 @@ def render_promotion(decision: Decision) -> str:
             f"std {shift['std_champion']:.3f} -> {shift['std_challenger']:.3f}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def track_record_markdown(doc: dict, children_table: str) -> str:
+    """The walk-forward report (flows/walkforward.py): the children, then per target its stitched record (the
+    backtest tables over the whole span, one row per segment), then the pool of the targets."""
+    walk = doc.get("walk", {})
+    lines = [
+        "# Walk-forward track record",
+        "",
+        f"A retrain every {walk.get('every')} ({walk.get('profile')} profile); each model trades only the bars after "
+        "its data, from raw candles through its bundle, with its own threshold (chosen on its OOF rows). A cutoff "
+        "whose run was refused or failed leaves the bot on the previous model.",
+        "",
+        "## Children",
+        "",
+        children_table,
+    ]
+    for target, rec in doc.get("targets", {}).items():
+        lines += ["", f"# {target}: {rec['first'][:10]} to {rec['last'][:10]} ({rec['bars']} bars)"]
+        lines += _backtest_section(rec)[2:]
+        lines += [
+            "",
+            "| segment | first | last | bars | threshold | AUC | trades ungated / gated | Sharpe ungated / gated | "
+            "buy and hold |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in rec["segments"]:
+            thr = "–" if s["threshold"] is None else f"{s['threshold']:.2f}"
+            a = "–" if s.get("auc") is None else f"{s['auc']:.3f}"
+            trades = f"{s.get('trades_ungated', '–')} / {s.get('trades_gated', '–')}"
+            sh = f"{s['sharpe_ungated']:.2f} / {s['sharpe_gated']:.2f}" if "sharpe_gated" in s else "–"
+            bh = _pct(s["return_buy_and_hold"]) if "return_buy_and_hold" in s else "–"
+            lines.append(
+                f"| {s['segment']} | {s['first'][:16]} | {s['last'][:16]} | {s['bars']} | {thr} | {a} | {trades} | "
+                f"{sh} | {bh} |"
+            )
+    pooled = doc.get("pooled")
+    if pooled:
+        lines += [
+            "",
+            f"# Pooled: {', '.join(pooled['targets'])} (equal weight), {pooled['first'][:10]} to "
+            f"{pooled['last'][:10]} ({pooled['bars']} hours)",
+            "",
+            "| strategy | cumulative | Sharpe (95 % interval) |",
+            "|---|---|---|",
+        ]
+        for key, label in _VARIANTS:
+            v = pooled["variants"].get(key)
+            if v is not None:
+                lo, hi = v["sharpe_interval"]
+                lines.append(f"| {label} | {_pct(v['cumulative_return'])} | {v['sharpe']:.2f} ({lo:.2f} to {hi:.2f}) |")
+        lines += ["", "| gated - ungated | Sharpe (95 % interval) |", "|---|---|"]
+        for mode, d in pooled["gated_minus_ungated"].items():
+            lo, hi = d["sharpe_interval"]
+            lines.append(f"| {mode.replace('_', '/')} | {d['sharpe']:+.2f} ({lo:+.2f} to {hi:+.2f}) |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,107 @@
+"""The fleet: every symbol of a watchlist retrained at once, one bundle per target (docs/walkforward.md, "Fleet").
+
+    one child retrain per target (flows/children.py; the cross symbols' candles stored once for all of them)
+    ─► each published under OUT/fleet/TARGET (its runs/, current and bundles/; champion / challenger against its
+    own champion) ─► the fleet report: OUT/fleet/report/ (fleet.md, children.json, fleet.png) and a UI artifact.
+
+``macd-ml fleet --targets A,B,C``, ``macd-ml retrain --set targets=[...]`` and a deployment run whose config has
+``targets`` (the nightly's watchlist) all run this flow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from macd_ml.artifacts.store import write_bytes
+from macd_ml.flows.children import Child, finish, run_children, table, write_children
+from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.locations import resolve as resolve_locations
+from macd_ml.tasks.results import SafeJSONSerializer
+
+FLEET = "fleet"
+
+
+def fleet_home(out: Path | str, target: str) -> Path:
+    """Where a fleet's target publishes: its runs/, current and bundles/."""
+    return Path(out).resolve() / FLEET / target.upper()
+
+
+def child_config(config: RetrainConfig, target: str, data_dir: str, out: Path) -> RetrainConfig:
+    """The fleet's config for one target: its own home; a cross symbol that is this target is left out."""
+    cross = [c for c in config.cross if c != target]
+    if config.cross and not cross:
+        cross = ["NONE"]
+    return RetrainConfig.model_validate(
+        {
+            **config.model_dump(),
+            "target": target,
+            "targets": [],
+            "cross": cross,
+            "data_dir": data_dir,
+            "out_dir": str(out),
+            "run_home": str(fleet_home(out, target)),
+        }
+    )
+
+
+@flow(
+    name="fleet",
+    log_prints=False,
+    task_runner=ThreadPoolTaskRunner(max_workers=1),  # type: ignore[arg-type]  # threads: children in turn
+    result_serializer=SafeJSONSerializer(),
+    persist_result=False,
+)
+def fleet(config: RetrainConfig = RetrainConfig(), require_data: bool = False) -> str:  # noqa: B008 (the UI form)
+    """Retrain every symbol of ``config.targets``, each published under OUT/fleet/SYMBOL; returns the fleet report
+    folder. Fails (after writing the report) when a child failed: a Retry runs only the failed children.
+
+    Args:
+        config: the retrain every target runs; ``targets`` is the watchlist.
+        require_data: fail at once without a candle folder (the nightly sets it).
+    """
+    from macd_ml.tasks.candles import write_synthetic_market
+
+    log = get_run_logger()
+    config = resolve_locations(config, require_data)
+    out = Path(config.out_dir).resolve()
+    data_dir = config.data_dir or str(write_synthetic_market(config.synthetic, out))
+    children = [Child(name=t, config=child_config(config, t, data_dir, out)) for t in config.targets]
+    log.info("fleet: %d targets (%s)", len(children), ", ".join(config.targets))
+    rows = run_children(children, config.fan_out, out, config.force)
+    report = write_report(out, config, rows)
+    finish(rows, report)
+    return str(report)
+
+
+def write_report(out: Path, config: RetrainConfig, rows: list) -> Path:
+    from macd_ml.models.evaluation.plots import plot_fleet
+
+    folder = out / FLEET / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_children(folder, rows)
+    h = config.primary_horizon()
+    if config.report.plots:
+        plot_fleet(folder / "fleet.png", [r.model_dump(mode="json") for r in rows], h)
+    md = "\n".join(
+        [
+            "# Fleet",
+            "",
+            f"{len(rows)} targets; each publishes under OUT/fleet/TARGET (current, bundles/). Holdout AUC of what "
+            "ships per horizon (the reference's in brackets); gate: gated - ungated long/flat Sharpe on the "
+            f"holdout at h={h}.",
+            "",
+            table(rows),
+            "",
+        ]
+    )
+    write_bytes(folder / "fleet.md", md.encode())
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=md, key="fleet-report", description="fleet")
+    except Exception:  # noqa: BLE001 - the files are written; the UI copy is a convenience
+        pass
+    return folder

@@ -1,0 +1,170 @@
+"""A stitched out-of-sample track record (docs/walkforward.md, "Track record"): a list of segments, each a run
+that trades only bars after the data it trained on, scored from raw candles through its bundle (the bot's path:
+:class:`~macd_ml.serving.scorer.Scorer`) and gated with its own threshold (chosen on its OOF rows), joined into one
+span and traded by the bot's MACD strategy always, gated, and as buy-and-hold (models/evaluation/backtest.py:
+moving-block bootstrap intervals). Beside the whole span: one row per segment (its own figures on its bars, as
+``macd-ml backtest RUN --since --until`` gives them, and the AUC of its probabilities against the realised moves),
+and, for several targets, the equal-weight pool of their hourly returns with intervals from blocks drawn at the
+same hours for every target.
+
+``macd-ml backtest --chain`` (the promoted runs of a real nightly history) and the walk-forward (one run per
+cutoff) are both a list of segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from macd_ml.artifacts import catalog
+from macd_ml.errors import DataError
+from macd_ml.features.ingest import load_market
+from macd_ml.features.labels import label_name, make_labels
+from macd_ml.models.evaluation.backtest import (
+    HOURS_PER_YEAR,
+    _sharpes,
+    bars_with_probability,
+    block_indices,
+    evaluate,
+    interval,
+    macd_signals,
+    sharpe,
+)
+from macd_ml.models.evaluation.stats import auc
+from macd_ml.serving.backtest import Source, scores
+from macd_ml.serving.scorer import Scorer
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run trading the bars after ``after`` (the newest bar it trained on) up to and including ``last``;
+    ``source`` None: no run to trade with yet (every bar is left ungated-only: the gate never takes one)."""
+
+    source: Source | None
+    after: datetime
+    last: datetime
+    label: str
+
+
+def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
+    """The track record of ``segments`` (in time order, not overlapping) on the candles in ``data_dir``."""
+    sources = [s.source for s in segments if s.source is not None]
+    if not sources:
+        raise DataError(data_dir, "no segment has a run to trade with")
+    first = sources[0]
+    for src in sources:
+        if src.horizon != first.horizon:
+            raise DataError(
+                data_dir, f"run {src.bundle.run_id} gates at h={src.horizon}, the record at {first.horizon}"
+            )
+    scorer0 = Scorer(first.bundle)
+    market = load_market(data_dir, scorer0.target, scorer0.cross, read=read)
+    candles = market.target.frame
+    ts = candles[catalog.TIMESTAMP]
+    pieces, rows = [], []
+    for seg in segments:
+        after = ts.filter(ts > seg.after)
+        if not after.len() or after[0] > seg.last:
+            continue
+        first_bar = after[0]
+        last_bar = ts.filter(ts <= seg.last)[-1]
+        if seg.source is None:
+            probs = pl.DataFrame({catalog.TIMESTAMP: ts.filter((ts >= first_bar) & (ts <= last_bar))})
+            probs = probs.with_columns(pl.lit(None, pl.Float64).alias("p"), pl.lit(1.0).alias("thr"))
+        else:
+            probs = scores(Scorer(seg.source.bundle), market, first_bar, last_bar, seg.source.horizon)
+            probs = probs.with_columns(pl.lit(seg.source.threshold).alias("thr"))  # each run gates with its own
+        pieces.append(probs)
+        rows.append(
+            {
+                "segment": seg.label,
+                "run_id": seg.source.bundle.run_id if seg.source else None,
+                "first": first_bar.isoformat(),
+                "last": last_bar.isoformat(),
+                "threshold": seg.source.threshold if seg.source else None,
+                "bars": probs.height,
+            }
+        )
+    if not pieces:
+        raise DataError(data_dir, "no bar comes after the data of any segment's run: nothing to trade")
+    h, spec = first.horizon, first.spec
+    bars = bars_with_probability(candles, pl.concat(pieces))
+    signals = macd_signals(bars["close"], spec)
+    thr = bars["thr"].fill_null(1.0).to_numpy()  # bars no run scored have no probability: never taken gated
+    span = (datetime.fromisoformat(rows[0]["first"]), datetime.fromisoformat(rows[-1]["last"]))
+    out = evaluate(bars, signals, h, thr, spec, span)
+    out["threshold"] = None
+    labels = make_labels(candles, [h])[label_name(h)].cast(pl.Float64).to_numpy()
+    p = bars["p"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    for row in rows:
+        a, b = _index(ts, row["first"]), _index(ts, row["last"]) + 1
+        seg_eval = evaluate(bars, signals, h, thr, spec, (ts[a], ts[b - 1])) if b - a >= 2 else None
+        scored = ~np.isnan(p[a:b])
+        row["auc"] = auc(labels[a:b][scored], p[a:b][scored]) if scored.any() else None
+        if seg_eval is not None:
+            v = seg_eval["variants"]
+            row.update(
+                {
+                    "trades_ungated": v["ungated_long_flat"]["trades"],
+                    "trades_gated": v["gated_long_flat"]["trades"],
+                    "sharpe_ungated": v["ungated_long_flat"]["sharpe"],
+                    "sharpe_gated": v["gated_long_flat"]["sharpe"],
+                    "return_buy_and_hold": v["buy_and_hold"]["cumulative_return"],
+                }
+            )
+    out["segments"] = rows
+    out["target"] = scorer0.target
+    return out
+
+
+def _index(ts: pl.Series, iso: str) -> int:
+    return int(ts.search_sorted(datetime.fromisoformat(iso), side="left"))
+
+
+def pool(records: dict[str, dict], block_hours: int, draws: int, seed: int) -> dict:
+    """The equal-weight pool of several targets' track records (``stitch`` results) over the hours they all
+    cover: per variant the pooled hourly return is the mean of the targets' returns; Sharpe with moving-block
+    intervals whose blocks are drawn at the same hours for every target (their co-movement kept), and the
+    gated - ungated difference the same way."""
+    if not records:
+        raise ValueError("nothing to pool")
+    common: set[str] | None = None
+    for r in records.values():
+        common = set(r["timestamps"]) if common is None else common & set(r["timestamps"])
+    hours = sorted(common or ())
+    if len(hours) < 2:
+        raise ValueError("the track records share fewer than 2 hours: nothing to pool")
+    variants = list(next(iter(records.values()))["equity"])
+    returns: dict[str, np.ndarray] = {}
+    for name in variants:
+        per_target = []
+        for r in records.values():
+            eq = np.asarray(r["equity"][name])
+            ret = np.diff(np.concatenate([[1.0], eq])) / np.concatenate([[1.0], eq[:-1]])
+            at = {t: i for i, t in enumerate(r["timestamps"])}
+            per_target.append(ret[[at[t] for t in hours]])
+        returns[name] = np.mean(per_target, axis=0)
+    idx = block_indices(len(hours), block_hours, draws, seed)
+    out: dict = {"targets": sorted(records), "first": hours[0], "last": hours[-1], "bars": len(hours), "variants": {}}
+    for name, ret in returns.items():
+        out["variants"][name] = {
+            "sharpe": sharpe(ret),
+            "sharpe_interval": interval(_sharpes(ret, idx)),
+            "cumulative_return": float(np.prod(1 + ret) - 1),
+        }
+    out["gated_minus_ungated"] = {}
+    for mode in ("long_flat", "long_short"):
+        g, u = returns.get(f"gated_{mode}"), returns.get(f"ungated_{mode}")
+        if g is None or u is None:
+            continue
+        out["gated_minus_ungated"][mode] = {
+            "sharpe": sharpe(g) - sharpe(u),
+            "sharpe_interval": interval(_sharpes(g, idx) - _sharpes(u, idx)),
+            "annual_return": float((g.mean() - u.mean()) * HOURS_PER_YEAR),
+        }
+    out["equity"] = {n: np.cumprod(1 + ret).tolist() for n, ret in returns.items()}
+    out["timestamps"] = hours
+    return out

@@ -1,0 +1,231 @@
+"""Many retrains at once (docs/walkforward.md): cutoffs that share one feature table, a walk-forward on two Dask
+worker processes whose stitched track record equals replaying each segment by hand, an extension by new candles
+that trains only the new cutoff, and a fleet in which one target's bad data never stops the others."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from macd_ml.features.build import build_features, table_until
+from macd_ml.features.ingest import Candles, Market
+from macd_ml.features.spec import FeatureSpec
+from macd_ml.features.synth import synth_market, write_market
+from macd_ml.flows.children import Failure, exit_code
+from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.walkforward import WalkForwardSpec, cutoffs
+from tests.flowutil import lenient, task_states
+
+HOURS = 4_000  # 2022-01-01 .. 2022-06-16
+START = datetime(2022, 4, 20, tzinfo=UTC)
+OLD_END = datetime(2022, 5, 26, tzinfo=UTC)  # the candles of the first walk-forward end here
+
+
+def _mem(frames: dict[str, pl.DataFrame]) -> Market:
+    def c(sym: str) -> Candles:
+        return Candles(sym, None, f"mem-{sym}", frames[sym])
+
+    return Market(c("ETHUSDT"), (c("BTCUSDT"),))
+
+
+# --------------------------------------------------------------------------------------------- pure parts
+
+
+def test_a_cutoff_slices_the_whole_table_and_names_its_content():
+    """Every cutoff's table is the whole table's prefix, equal to building on the cut candles (gaps included);
+    a cut's fingerprint follows its content, so candles appended later leave it as it was."""
+    frames = synth_market(symbols=("ETHUSDT", "BTCUSDT"), hours=2_500, seed=11, gaps=3)
+    whole = _mem(frames)
+    table = build_features(whole)
+    ts = whole.target.frame["timestamp"]
+    for i in (400, 1_200, len(ts) - 30, len(ts) - 1):
+        cut = whole.until(ts[i])
+        assert cut.target.frame["timestamp"][-1] == ts[i] and cut.cross[0].frame["timestamp"][-1] <= ts[i]
+        sliced = table_until(table, cut, FeatureSpec(), 1)
+        built = build_features(cut)
+        assert sliced.frame.equals(built.frame) and sliced.fingerprint == built.fingerprint
+    shorter = _mem({s: f.head(2_000) for s, f in frames.items()})  # the same market, 500 hours less
+    t = ts[1_500]
+    assert shorter.until(t).fingerprint() == whole.until(t).fingerprint()
+    assert whole.until(ts[1_501]).fingerprint() != whole.until(t).fingerprint()
+    with pytest.raises(Exception, match="no ETHUSDT candle at or before the cutoff"):
+        whole.until(ts[0] - timedelta(hours=1))
+
+
+def test_cutoffs_every_step_while_a_bar_is_left():
+    first, last = datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 6, 16, 15, tzinfo=UTC)
+    got = cutoffs(WalkForwardSpec(every="30d", start="2022-04-20"), first, last)
+    assert got == [datetime(2022, 4, 20, tzinfo=UTC), datetime(2022, 5, 20, tzinfo=UTC)]
+    assert len(cutoffs(WalkForwardSpec(every="1w", start="2022-04-20", end="2022-05-04"), first, last)) == 3
+    assert len(cutoffs(WalkForwardSpec(every="7d"), first, last)) == 12  # default: 12 back from the newest bar
+    for bad in ("0d", "30", "2m", "d"):
+        with pytest.raises(ValueError, match="every"):
+            WalkForwardSpec(every=bad)
+    with pytest.raises(Exception, match="not after the first bar"):
+        cutoffs(WalkForwardSpec(start="2021-01-01"), first, last)
+
+
+def test_the_worst_child_decides_the_exit_code():
+    def row(status):
+        return Failure(name=status, target="X", status=status, detail="")
+
+    assert exit_code([row("promoted"), row("promoted")]) == 0
+    assert exit_code([row("promoted"), row("refused")]) == 3
+    assert exit_code([row("refused"), row("bad-input")]) == 2
+    assert exit_code([row("bad-input"), row("failed"), row("promoted")]) == 1
+
+
+# --------------------------------------------------------------------------------------------- the flows
+
+
+def _config(data: Path, out: Path, **fan_out) -> RetrainConfig:
+    config = RetrainConfig.model_validate(
+        {
+            "data_dir": str(data),
+            "out_dir": str(out),
+            "folds": {"n_folds": 3},
+            "fan_out": fan_out or {"runner": "threads"},
+        }
+    )
+    return lenient(config)
+
+
+def _flow_run(state):
+    return state.state_details.flow_run_id
+
+
+def _children(report: Path) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads((report / "children.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    frames = synth_market(symbols=("ETHUSDT", "BTCUSDT", "SOLUSDT"), hours=HOURS, seed=21, gaps=1)
+    root = tmp_path_factory.mktemp("walk")
+    old = {s: f.filter(pl.col("timestamp") < OLD_END) for s, f in frames.items()}
+    write_market(old, root / "data")
+    return root, frames
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff(market):
+    pytest.importorskip("prefect_dask")
+    from macd_ml.flows.walkforward import walkforward
+    from macd_ml.serving.backtest import Source, backtest_span
+
+    root, frames = market
+    data, out = root / "data", root / "out"
+    walk = WalkForwardSpec(every="15d", start=START)
+    state = walkforward(_config(data, out, runner="dask", dask_workers=2), walk, return_state=True)
+    report = Path(state.result())
+    children = _children(report)
+    assert list(children) == ["ETHUSDT@2022-04-20T00:00", "ETHUSDT@2022-05-05T00:00", "ETHUSDT@2022-05-20T00:00"]
+    assert {c["status"] for c in children.values()} == {"promoted"}
+    workers = {c["worker"] for c in children.values()}
+    assert len(workers) == 2, f"the children ran in {workers}, not on two worker processes"
+
+    # each child saw only the bars up to its cutoff: features, labels (masked where the horizon passes it), span
+    for c in children.values():
+        run, until = Path(c["run"]["path"]), datetime.fromisoformat(c["until"])
+        feats = pl.read_parquet(run / "features.parquet")
+        labels = pl.read_parquet(run / "labels.parquet")
+        assert feats["timestamp"].max() <= until and feats.height > 2_000
+        for h in (5, 12, 24):
+            late = labels.filter(pl.col("timestamp") > until - timedelta(hours=h))
+            assert late.height >= h - 1 and late[f"y_{h}"].null_count() == late.height, f"h={h} labels pass the cutoff"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert datetime.fromisoformat(metrics["input"]["span"]["ETHUSDT"][1]) <= until
+
+    # the stitched record is each segment replayed by hand (`macd-ml backtest RUN --since --until`)
+    record = json.loads((report / "track_record.json").read_text())["targets"]["ETHUSDT"]
+    segments = record["segments"]
+    assert [s["run_id"] for s in segments] == [Path(c["run"]["path"]).name for c in children.values()]
+    for seg, c in zip(segments, children.values()):
+        by_hand = backtest_span(Source.load(c["run"]["path"]), str(data), seg["first"], seg["last"])
+        assert by_hand["bars"] == seg["bars"]
+        v = by_hand["variants"]
+        assert (seg["trades_ungated"], seg["trades_gated"]) == (
+            v["ungated_long_flat"]["trades"],
+            v["gated_long_flat"]["trades"],
+        )
+        assert seg["sharpe_gated"] == pytest.approx(v["gated_long_flat"]["sharpe"], abs=1e-12)
+    assert record["bars"] == sum(s["bars"] for s in segments)
+    assert (report / "equity_ETHUSDT.png").stat().st_size > 10_000
+    assert "gated - ungated" in (report / "track_record.md").read_text()
+
+    # the same walk-forward again: every child comes back Cached (one after another, in threads this time)
+    again = walkforward(_config(data, out), walk, return_state=True)
+    assert set(task_states(_flow_run(again)).values()) == {"Cached"}  # (and no subflow ran)
+
+    # a month of new candles: one more cutoff trains; the earlier ones publish the runs they published
+    write_market(frames, data)
+    extended = walkforward(_config(data, out), walk, return_state=True)
+    new = _children(Path(extended.result()))
+    assert list(new)[:3] == list(children) and len(new) == 4
+    for name, c in children.items():
+        assert new[name]["run"]["path"] == c["run"]["path"], f"{name} retrained on the appended candles"
+    fits = _fit_states(_flow_run(extended))
+    assert set(fits[list(new)[3]]) == {"Completed"}, "the new cutoff trains"
+    for name in children:
+        assert set(fits[name]) == {"Cached"}, f"{name}: its fits ran again"
+
+
+def _fit_states(parent_run_id) -> dict[str, list[str]]:
+    """Cutoff (ISO) -> the states of the fit and refit task runs of the retrain subflow that child ran."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentTaskRunId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent_run_id])))
+        subs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in tasks]))
+        )
+    out = {}
+    for sub in subs:
+        until = datetime.fromisoformat(sub.parameters["config"]["until"])
+        states = task_states(sub.id)
+        out[f"ETHUSDT@{until:%Y-%m-%dT%H:%M}"] = [s for n, s in states.items() if "-fold" in n or n.endswith("-refit")]
+    return out
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_only_it(market, tmp_path):
+    from macd_ml.flows.children import ChildrenFailed
+    from macd_ml.flows.fleet import fleet, fleet_home
+
+    _, frames = market
+    data, out = tmp_path / "data", tmp_path / "out"
+    short = {s: f.head(3_000) for s, f in frames.items()}
+    write_market(short, data)
+    sol = data / "SOLUSDT_1h.csv"
+    good = sol.read_text()
+    lines = good.splitlines()
+    lines[1500] = lines[1500].rsplit(",", 1)[0] + ",-5"  # a negative volume
+    sol.write_text("\n".join(lines) + "\n")
+
+    config = _config(data, out).model_copy(update={"targets": ["ETHUSDT", "SOLUSDT"]})
+    state = fleet(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ChildrenFailed) as err:
+        state.result()
+    assert err.value.code == 2
+    report = Path(err.value.report)
+    rows = _children(report)
+    assert rows["ETHUSDT"]["status"] == "promoted" and rows["SOLUSDT"]["status"] == "bad-input"
+    assert "SOLUSDT_1h.csv" in rows["SOLUSDT"]["detail"] and "volume" in rows["SOLUSDT"]["detail"]
+    assert (fleet_home(out, "ETHUSDT") / "current").exists() and not (fleet_home(out, "SOLUSDT") / "current").exists()
+    assert "| SOLUSDT | bad-input |" in (report / "fleet.md").read_text()
+
+    sol.write_text(good)  # fixed: the same fleet again runs SOLUSDT only
+    again = fleet(config, return_state=True)
+    states = {n: s for n, s in task_states(_flow_run(again)).items() if not n.startswith("retrain-")}
+    assert states == {"ETHUSDT": "Cached", "SOLUSDT": "Completed"}
+    rows = _children(Path(again.result()))
+    assert rows["SOLUSDT"]["status"] == "promoted"
+    assert Path(rows["SOLUSDT"]["run"]["path"]).parent.parent == fleet_home(out, "SOLUSDT")
+    bundles = sorted((fleet_home(out, "SOLUSDT") / "bundles").glob("*.tar.gz"))
+    assert len(bundles) == 1
