@@ -7,6 +7,7 @@ from __future__ import annotations
 
 # ------------------------------------------------------------------------------------------------- run files
 
+FLEET = "fleet"  # OUT/fleet/TARGET: a fleet target's home (runs/, current, bundles/; flows/fleet.py)
 MANIFEST = "manifest.json"  # every file below with its sha256, signed (artifacts/store.py)
 CONFIG = "config.json"  # the run's config as it ran (the CLI's `resume` reads it back)
 METRICS = "metrics.json"  # the figures of the run (models/evaluation/metrics.py)

@@ -7,6 +7,7 @@ default: the field is an ordinary input, and leaving it empty (omitted, ``null``
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
@@ -33,3 +34,4 @@ def optional_field(description: str) -> Any:
 
 OptionalPositiveInt = optional(Annotated[int, Field(ge=1)], {"type": "integer", "minimum": 1})
 OptionalRows = optional(Annotated[int, Field(ge=100)], {"type": "integer", "minimum": 100})
+OptionalTime = optional(datetime, {"type": "string", "format": "date-time"})

@@ -17,6 +17,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from macd_ml.errors import ConfigError
+from macd_ml.features.form import OptionalTime, optional_field
 from macd_ml.features.spec import FeatureSpec
 from macd_ml.features.splits import FoldSpec
 from macd_ml.features.synth import SynthSpec
@@ -71,10 +72,9 @@ class RetrainConfig(BaseModel):
         description="reference symbols for the cross-asset block; empty = BTCUSDT when the folder has it; "
         "['none'] = no reference symbol",
     )
-    until: datetime | None = Field(
-        default=None,
-        description="train as a bot would have on this date: bars after it (ISO time, UTC) are ignored, labels "
-        "whose horizon passes it are undefined. Empty = the newest bar. A walk-forward sets one per cutoff",
+    until: OptionalTime = optional_field(
+        "train as a bot would have on this date: bars after it (ISO time, UTC) are ignored, labels whose horizon "
+        "passes it are undefined. Empty = the newest bar. A walk-forward sets one per cutoff"
     )
     horizons: list[int] = Field(default=[5, 12, 24], description="label horizons in hours")
     dead_zone_bps: float = Field(default=0.0, ge=0.0, description="moves smaller than this are left unlabelled")
@@ -130,11 +130,6 @@ class RetrainConfig(BaseModel):
         if not v.strip():
             raise ValueError("target must not be empty")
         return v.strip().upper()
-
-    @field_validator("until", mode="before")
-    @classmethod
-    def _empty_until(cls, v: Any) -> Any:
-        return None if v in ("", None) else v
 
     @field_validator("until")
     @classmethod

@@ -15,13 +15,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import write_bytes
 from macd_ml.flows.children import Child, finish, run_children, table, write_children
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.tasks.results import SafeJSONSerializer
 
-FLEET = "fleet"
+FLEET = catalog.FLEET
 
 
 def fleet_home(out: Path | str, target: str) -> Path:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import write_bytes, write_json
 from macd_ml.errors import ConfigError
+from macd_ml.features.form import OptionalTime, optional_field
 from macd_ml.flows.children import Child, ChildResult, finish, run_children, table, write_children
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
@@ -47,10 +48,10 @@ class WalkForwardSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     every: str = Field(default="30d", description="time between cutoffs: N h, N d or N w (e.g. 30d)")
-    start: datetime | None = Field(
-        default=None, description="the first cutoff (ISO time, UTC); empty = 12 cutoffs back from the newest bar"
+    start: OptionalTime = optional_field(
+        "the first cutoff (ISO time, UTC); empty = 12 cutoffs back from the newest bar"
     )
-    end: datetime | None = Field(default=None, description="no cutoff after this (ISO time, UTC); empty = none")
+    end: OptionalTime = optional_field("no cutoff after this (ISO time, UTC); empty = none")
     targets: list[str] = Field(default=[], description="symbols, pooled in one record; empty = the config's target")
     profile: Literal["light", "full"] = Field(
         default="light",

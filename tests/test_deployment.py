@@ -131,7 +131,16 @@ def test_cross_empty_means_default_and_none_means_no_reference():
 def test_prefect_yaml_deployments_load_by_module_path():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
-    assert set(deps) == {"retrain", "retrain-nightly", "export", "health", "bundle", "publish"}
+    assert set(deps) == {
+        "retrain",
+        "retrain-nightly",
+        "fleet-nightly",
+        "walkforward",
+        "export",
+        "health",
+        "bundle",
+        "publish",
+    }
     names = {}
     for name, dep in deps.items():
         # a module path, not a file path: the flow comes from the installed package wherever the worker runs
@@ -141,6 +150,8 @@ def test_prefect_yaml_deployments_load_by_module_path():
     assert names == {
         "retrain": "retrain",
         "retrain-nightly": "retrain",
+        "fleet-nightly": "retrain",
+        "walkforward": "walkforward",
         "export": "export-onnx",
         "health": "health",
         "bundle": "bundle",
@@ -150,6 +161,15 @@ def test_prefect_yaml_deployments_load_by_module_path():
     assert nightly["schedules"][0]["cron"] == DEFAULT_CRON and nightly["schedules"][0]["timezone"] == "UTC"
     assert nightly["parameters"] == {"require_data": True, "skip_unchanged": True}
     assert "schedules" not in deps["retrain"]
+    fleet = deps["fleet-nightly"]  # the watchlist is a config like any other: the retrain flow fans it out
+    assert RetrainConfig.model_validate(fleet["parameters"]["config"]).targets == [
+        "BTCUSDT",
+        "ETHUSDT",
+        "SOLUSDT",
+        "BNBUSDT",
+        "XRPUSDT",
+    ]
+    assert fleet["schedules"][0]["active"] is False and fleet["parameters"]["require_data"] is True
     assert spec["pull"] == [{"macd_ml.deployments.steps.enter_home": {}}]
     assert "served" not in deps
 

@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         group="ship",
     )
     p.add_argument("bundle_file", metavar="BUNDLE", nargs="?", help="a bundle .tar.gz (not with --refresh)")
+    p.add_argument("--fleet", metavar="OUT", help="publish every fleet target's current bundle (OUT/fleet/T) to DEST/T")
     p.add_argument("--to", metavar="DEST", required=True, help="folder or fsspec URL (s3://bucket/path, ...)")
     p.add_argument("--keep", type=int, default=5, help="bundles to keep (default 5)")
     p.add_argument("--expires-days", type=float, default=7.0, help="bots refuse the metadata after this (default 7)")
@@ -106,6 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         group="bot",
     )
     p.add_argument("--from", dest="source", metavar="DEST", required=True, help="where the bundles are published")
+    p.add_argument("--target", metavar="SYMBOL", help="with a fleet destination: the target whose bundle to fetch")
     renamed(p, "--to", "--out", metavar="FILE", required=True, help="the .tar.gz to write")
     p.add_argument("--state", metavar="DIR", help="the metadata this bot has seen (default ~/.cache/macd-ml/bot/...)")
     add_trust_args(p)
@@ -119,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         predict,
         group="bot",
     )
-    p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
+    add_bundle_source(p, watchlist=True)
     add_trust_args(p)
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the bundle's target and cross)")
     p.add_argument("--last", type=positive_int, default=1, help="how many of the newest bars to score (default 1)")
@@ -138,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         shadow,
         group="bot",
     )
-    p.add_argument("--bundle", metavar="FILE", required=True, help="a bundle .tar.gz")
+    add_bundle_source(p)
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder")
     p.add_argument("--log", metavar="FILE", required=True, help="JSON-lines log to append to")
     p.add_argument("--follow", action="store_true", help="watch the folder and score new bars as they appear")
@@ -163,6 +165,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-bars", type=int, help="fewer bars than this fails (config shadow.min_bars, default 1)")
     p.add_argument("--data", metavar="DIR", help="candle folder, for the realised AUC of bars whose outcome is known")
     p.add_argument("--bundle", metavar="FILE", help="the bundle logged, for drift against its holdout")
+    p.add_argument(
+        "--from", dest="source", metavar="DEST", help="or: the bundle LATEST names at DEST (fetched, verified)"
+    )
+    p.add_argument("--state", metavar="DIR", help="with --from: the metadata this bot has seen")
     add_trust_args(p)
     p.add_argument("--target", metavar="SYMBOL", help="symbol the logs score (default: the bundle's, else ETHUSDT)")
     p.add_argument("--min-coverage", type=float, help="ML coverage target (config shadow.coverage, default 0.80)")
@@ -216,6 +222,16 @@ def publish(args: argparse.Namespace) -> int:
     from macd_ml.serving.publish import publish as do_publish
     from macd_ml.serving.publish import refresh
 
+    if args.fleet:
+        from macd_ml.serving.fleet import publish_fleet
+
+        if args.refresh or args.bundle_file:
+            raise ConfigError("publish --fleet OUT publishes the fleet's bundles: no BUNDLE, no --refresh")
+        for target, pointer in publish_fleet(
+            args.fleet, args.to, keep=args.keep, expires_days=args.expires_days, trust=trust_from(args)
+        ).items():
+            print(f"{args.to}/{target}: LATEST -> {pointer['bundle']} (run {pointer['run_id']})")
+        return EXIT_OK
     if args.refresh == (args.bundle_file is not None):
         raise ConfigError("publish: give a BUNDLE file, or --refresh (not both)")
     if args.refresh:
@@ -232,9 +248,11 @@ def publish(args: argparse.Namespace) -> int:
 def fetch(args: argparse.Namespace) -> int:
     from macd_ml.artifacts.store import write_bytes
     from macd_ml.serving.bundle import read_bundle
+    from macd_ml.serving.fleet import resolve
     from macd_ml.serving.publish import fetch_latest
 
-    data = fetch_latest(args.source, args.state, trust_from(args))
+    ((_, dest),) = _one(resolve(args.source, args.target), args.source)
+    data = fetch_latest(dest, args.state, trust_from(args))
     ref = write_bytes(args.to, data)
     print(f"{args.to}: run {read_bundle(data, args.to, trust=trust_from(args)).run_id}, sha256 {ref.sha256[:12]}")
     return EXIT_OK
@@ -251,16 +269,65 @@ def rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_bundle_source(p: argparse.ArgumentParser, watchlist: bool = False) -> None:
+    """``--bundle FILE``, or ``--from DEST`` (the bundle LATEST names there, fetched and verified as ``fetch``
+    does; a fleet destination with ``--target``)."""
+    p.add_argument("--bundle", metavar="FILE", help="a bundle .tar.gz")
+    p.add_argument(
+        "--from", dest="source", metavar="DEST", help="or: the bundle LATEST names at DEST (fetched, verified)"
+    )
+    every = "; without it, every target of the fleet (one JSON line per bar per target)" if watchlist else ""
+    p.add_argument("--target", metavar="SYMBOL", help=f"with a fleet destination: its target{every}")
+    p.add_argument("--state", metavar="DIR", help="with --from: the metadata this bot has seen")
+
+
+def _one(pairs: list, dest: str) -> list:
+    from macd_ml.errors import ConfigError
+
+    if len(pairs) != 1:
+        raise ConfigError(f"{dest} is a fleet of {len(pairs)} targets: name one with --target")
+    return pairs
+
+
+def _bundles(args: argparse.Namespace, many: bool = False) -> list:
+    """(target, Bundle) pairs from --bundle FILE or --from DEST [--target T], each verified against the trusted
+    keys."""
+    from macd_ml.errors import ConfigError
+    from macd_ml.serving.bundle import open_bundle, read_bundle
+    from macd_ml.serving.fleet import fleet_targets, resolve
+    from macd_ml.serving.publish import fetch_latest
+
+    if bool(args.bundle) == bool(args.source):
+        raise ConfigError("give --bundle FILE or --from DEST (one of them)")
+    trust = trust_from(args)
+    if args.bundle:
+        return [(None, open_bundle(args.bundle, trust))]
+    # shadow-report's --target also names the logs' symbol: it selects a fleet's target only where there is a fleet
+    pairs = resolve(args.source, args.target if fleet_targets(args.source) is not None else None)
+    if not many:
+        _one(pairs, args.source)
+    state = Path(args.state) if args.state else None
+    return [
+        (t, read_bundle(fetch_latest(dest, state / (t or "") if state else None, trust), dest, trust=trust))
+        for t, dest in pairs
+    ]
+
+
 def _scorer(args: argparse.Namespace):
     from macd_ml.serving import Scorer
 
-    return Scorer.load(args.bundle, stacking=False if args.no_stacking else None, trust=trust_from(args))
+    ((_, bundle),) = _bundles(args)
+    return Scorer(bundle, stacking=False if args.no_stacking else None)
 
 
 def predict(args: argparse.Namespace) -> int:
-    scorer = _scorer(args)
-    for bar in scorer.score(args.data, last=args.last):
-        print(json.dumps(bar.to_json()))
+    from macd_ml.serving import Scorer
+
+    for target, bundle in _bundles(args, many=True):
+        scorer = Scorer(bundle, stacking=False if args.no_stacking else None)
+        for bar in scorer.score(args.data, last=args.last):
+            line = bar.to_json()
+            print(json.dumps({"target": target, **line} if target else line))
     return EXIT_OK
 
 
@@ -282,12 +349,11 @@ def shadow_report(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from macd_ml.errors import ConfigError
-    from macd_ml.serving.bundle import open_bundle
     from macd_ml.serving.shadow import Targets, plot_rates, report
 
     holdout, target = None, args.target
-    if args.bundle:
-        b = open_bundle(args.bundle, trust_from(args))
+    if args.bundle or args.source:
+        ((_, b),) = _bundles(args)
         holdout = b.frame(catalog.SHIPPED_HOLDOUT)
         target = target or b.json(catalog.FEATURES_META)["target"]
     flags = {
