@@ -135,12 +135,15 @@ def plan(config: RetrainConfig, spec: WalkForwardSpec, data_dir: str, out: Path)
 
 
 def record_of(children: list[Child], rows: list, config: RetrainConfig, out: Path) -> dict:
-    """Per target the stitched track record; with several targets, their pool."""
+    """Per target the stitched track record; with several targets, their pool. A target's record starts at its
+    first cutoff that shipped: before that the bot had no model to gate with, and those cutoffs are listed under
+    ``untraded`` (a gate with no model would take no trade: not a figure of the gate)."""
     from macd_ml.serving.backtest import Source
     from macd_ml.serving.track_record import Segment, pool, stitch
     from macd_ml.tasks.candles import candle_reader
 
     records: dict[str, dict] = {}
+    untraded: dict[str, list[str]] = {}
     by_target: dict[str, list[tuple[Child, object]]] = {}
     for child, row in zip(children, rows):
         by_target.setdefault(child.config.target, []).append((child, row))
@@ -150,14 +153,18 @@ def record_of(children: list[Child], rows: list, config: RetrainConfig, out: Pat
         for i, (child, row) in enumerate(pairs):
             if isinstance(row, ChildResult) and row.status == "promoted" and row.run is not None:
                 current = Source.load(row.run.path)  # a refused or failed cutoff: the bot keeps its model
+            if current is None:
+                untraded.setdefault(target, []).append(child.name)
+                continue
             until = _until(child)
             nxt = _until(pairs[i + 1][0]) if i + 1 < len(pairs) else datetime.max.replace(tzinfo=until.tzinfo)
-            used = "" if current is None else current.bundle.run_id
+            status = getattr(row, "status", "?")
             segments.append(
-                Segment(current, until, nxt, f"{child.name} ({row.status}; trades with {used or 'no run'})")
+                Segment(current, until, nxt, f"{child.name} ({status}; trades with {current.bundle.run_id})")
             )
-        records[target] = stitch(segments, config.data_dir, read=candle_reader(out))
-    doc: dict = {"targets": records}
+        if segments:
+            records[target] = stitch(segments, config.data_dir, read=candle_reader(out))
+    doc: dict = {"targets": records, "untraded": untraded}
     if len(records) > 1:
         first = next(iter(records.values()))
         spec = config.backtest

@@ -40,10 +40,10 @@ from macd_ml.serving.scorer import Scorer
 
 @dataclass(frozen=True)
 class Segment:
-    """A run trading the bars after ``after`` (the newest bar it trained on) up to and including ``last``;
-    ``source`` None: no run to trade with yet (every bar is left ungated-only: the gate never takes one)."""
+    """A run trading the bars after ``after`` (the newest bar it trained on, or a later cutoff) up to and
+    including ``last``."""
 
-    source: Source | None
+    source: Source
     after: datetime
     last: datetime
     label: str
@@ -51,9 +51,9 @@ class Segment:
 
 def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
     """The track record of ``segments`` (in time order, not overlapping) on the candles in ``data_dir``."""
-    sources = [s.source for s in segments if s.source is not None]
+    sources = [s.source for s in segments]
     if not sources:
-        raise DataError(data_dir, "no segment has a run to trade with")
+        raise DataError(data_dir, "no segment to trade")
     first = sources[0]
     for src in sources:
         if src.horizon != first.horizon:
@@ -71,20 +71,16 @@ def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
             continue
         first_bar = after[0]
         last_bar = ts.filter(ts <= seg.last)[-1]
-        if seg.source is None:
-            probs = pl.DataFrame({catalog.TIMESTAMP: ts.filter((ts >= first_bar) & (ts <= last_bar))})
-            probs = probs.with_columns(pl.lit(None, pl.Float64).alias("p"), pl.lit(1.0).alias("thr"))
-        else:
-            probs = scores(Scorer(seg.source.bundle), market, first_bar, last_bar, seg.source.horizon)
-            probs = probs.with_columns(pl.lit(seg.source.threshold).alias("thr"))  # each run gates with its own
+        probs = scores(Scorer(seg.source.bundle), market, first_bar, last_bar, seg.source.horizon)
+        probs = probs.with_columns(pl.lit(seg.source.threshold).alias("thr"))  # each run gates with its own
         pieces.append(probs)
         rows.append(
             {
                 "segment": seg.label,
-                "run_id": seg.source.bundle.run_id if seg.source else None,
+                "run_id": seg.source.bundle.run_id,
                 "first": first_bar.isoformat(),
                 "last": last_bar.isoformat(),
-                "threshold": seg.source.threshold if seg.source else None,
+                "threshold": seg.source.threshold,
                 "bars": probs.height,
             }
         )

@@ -622,6 +622,56 @@ MUTATIONS = [
         ("tests/test_serving.py::test_shadow_report_counts_malformed_lines_and_stuck_lstm",),
         "shadow-report never sees an LSTM stuck at one value",
     ),
+    Mutation(
+        "cutoff-features-whole",
+        "tasks/features.py",
+        "    if market.until is not None:  # the whole table",
+        "    if False:  # the whole table",
+        ("tests/test_walkforward.py::test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff",),
+        "a walk-forward child trains on feature rows after its cutoff",
+    ),
+    Mutation(
+        "cutoff-labels-whole",
+        "tasks/features.py",
+        "    candles = reload_market(market).target.frame",
+        "    candles = reload_market(market, whole=True).target.frame",
+        ("tests/test_walkforward.py::test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff",),
+        "a child's labels near its cutoff read the bars after it",
+    ),
+    Mutation(
+        "cut-fingerprint-by-file",
+        "features/ingest.py",
+        'return Candles(c.symbol, c.path, f"cut:{content_digest(frame)}", frame)',
+        'return Candles(c.symbol, c.path, f"{c.sha256}@{last.isoformat()}", frame)',
+        ("tests/test_walkforward.py::test_a_cutoff_slices_the_whole_table_and_names_its_content",),
+        "a cutoff is named by its file: appending candles retrains every earlier cutoff",
+    ),
+    Mutation(
+        "segment-trades-its-training-bars",
+        "serving/track_record.py",
+        "        after = ts.filter(ts > seg.after)\n",
+        "        after = ts.filter(ts > seg.after - (ts[1] - ts[0]) * 48)\n",
+        ("tests/test_walkforward.py::test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff",),
+        "a walk-forward segment trades bars its model trained on",
+    ),
+    Mutation(
+        "refused-cutoff-still-trades",
+        "flows/walkforward.py",
+        'if isinstance(row, ChildResult) and row.status == "promoted" and row.run is not None:',
+        "if isinstance(row, ChildResult) and row.run is not None:",
+        ("tests/test_walkforward.py::test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff",),
+        "a cutoff the health gate refused trades in the track record",
+    ),
+    Mutation(
+        "child-failure-stops-the-rest",
+        "flows/children.py",
+        "        exc = state.result(raise_on_failure=False)",
+        "        exc = state.result()",
+        (
+            "tests/test_walkforward.py::test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_only_it",
+        ),
+        "one child's bad data ends the fleet without its table",
+    ),
 ]
 
 

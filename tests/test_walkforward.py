@@ -145,7 +145,9 @@ def test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff(mar
     segments = record["segments"]
     assert [s["run_id"] for s in segments] == [Path(c["run"]["path"]).name for c in children.values()]
     for seg, c in zip(segments, children.values()):
-        by_hand = backtest_span(Source.load(c["run"]["path"]), str(data), seg["first"], seg["last"])
+        source = Source.load(c["run"]["path"])
+        assert datetime.fromisoformat(seg["first"]) > max(source.data_last, datetime.fromisoformat(c["until"]))
+        by_hand = backtest_span(source, str(data), seg["first"], seg["last"])
         assert by_hand["bars"] == seg["bars"]
         v = by_hand["variants"]
         assert (seg["trades_ungated"], seg["trades_gated"]) == (
@@ -156,6 +158,22 @@ def test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff(mar
     assert record["bars"] == sum(s["bars"] for s in segments)
     assert (report / "equity_ETHUSDT.png").stat().st_size > 10_000
     assert "gated - ungated" in (report / "track_record.md").read_text()
+
+    # a refused cutoff leaves the bot on the model it had; before any model shipped there is nothing to gate with
+    from macd_ml.flows.children import ChildResult
+    from macd_ml.flows.walkforward import plan, record_of
+
+    config = _config(data, out)
+    planned = plan(config, walk, str(data), out)
+    rows = [ChildResult.model_validate(c) for c in children.values()]
+    refused = [rows[0], rows[1].model_copy(update={"status": "refused"}), rows[2]]
+    doc = record_of(planned, refused, config, out)
+    assert [s["run_id"] for s in doc["targets"]["ETHUSDT"]["segments"]] == [rows[0].run.run_id] * 2 + [
+        rows[2].run.run_id
+    ]
+    doc = record_of(planned, [rows[0].model_copy(update={"status": "refused"}), *rows[1:]], config, out)
+    assert doc["untraded"] == {"ETHUSDT": [rows[0].name]}
+    assert doc["targets"]["ETHUSDT"]["first"] > rows[1].until.isoformat()
 
     # the same walk-forward again: every child comes back Cached (one after another, in threads this time)
     again = walkforward(_config(data, out), walk, return_state=True)
@@ -229,3 +247,20 @@ def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_on
     assert Path(rows["SOLUSDT"]["run"]["path"]).parent.parent == fleet_home(out, "SOLUSDT")
     bundles = sorted((fleet_home(out, "SOLUSDT") / "bundles").glob("*.tar.gz"))
     assert len(bundles) == 1
+    # what the fleet publishes: one destination per target, and a bot reading one target or its whole watchlist
+    from tests.cliutil import cli
+
+    dest = tmp_path / "dest"
+    r = cli("publish", "--fleet", out, "--to", dest)
+    assert r.code == 0, r.err
+    assert json.loads((dest / "fleet.json").read_text()) == {"targets": ["ETHUSDT", "SOLUSDT"]}
+    r = cli("predict", "--from", dest, "--data", data, "--last", "2", "--state", tmp_path / "bot")
+    assert r.code == 0, r.err
+    lines = [json.loads(x) for x in r.out.splitlines()]
+    assert [x["target"] for x in lines] == ["ETHUSDT", "ETHUSDT", "SOLUSDT", "SOLUSDT"]
+    r = cli("fetch", "--from", dest, "--target", "SOLUSDT", "--to", tmp_path / "sol.tar.gz", "--state", tmp_path / "b2")
+    assert r.code == 0 and rows["SOLUSDT"]["run"]["path"].endswith(r.out.split("run ")[1].split(",")[0]), r.out + r.err
+    r = cli("fetch", "--from", dest, "--to", tmp_path / "x.tar.gz")
+    assert r.code == 2 and "fleet of 2 targets: name one with --target" in r.err
+    r = cli("predict", "--from", dest, "--target", "DOGEUSDT", "--data", data)
+    assert r.code == 2 and "not in the fleet" in r.err

@@ -386,6 +386,8 @@ def track_record_markdown(doc: dict, children_table: str) -> str:
         "",
         children_table,
     ]
+    for target, names in (doc.get("untraded") or {}).items():
+        lines += ["", f"{target}: no model had shipped by {', '.join(names)}; the record starts at the first that did."]
     for target, rec in doc.get("targets", {}).items():
         lines += ["", f"# {target}: {rec['first'][:10]} to {rec['last'][:10]} ({rec['bars']} bars)"]
         lines += _backtest_section(rec)[2:]
