@@ -113,7 +113,7 @@ def summarise(child: Child, run: Path, status: Status, detail: str = "") -> Chil
     )
 
 
-def run_child(child: Child) -> ChildResult:
+def run_child(child: Child, skip_unchanged: bool = True) -> ChildResult:
     """The retrain flow for ``child`` (a subflow of the calling task). A refusal is a result; bad input and
     crashes raise (the task fails; the parent's table says which)."""
     import time
@@ -122,7 +122,7 @@ def run_child(child: Child) -> ChildResult:
 
     t0 = time.perf_counter()
     try:
-        path = retrain(config=child.config, skip_unchanged=True)
+        path = retrain(config=child.config, skip_unchanged=skip_unchanged)
         result = summarise(child, Path(path), "promoted")
     except PromotionRefused as exc:
         run = getattr(exc, "run", None)
@@ -194,7 +194,9 @@ def share_inputs(children: list[Child], out: Path) -> int:
     return COUNTS["built"] - built
 
 
-def run_children(children: list[Child], fan_out: scale.ScaleOut, out: Path, force: bool = False) -> list:
+def run_children(
+    children: list[Child], fan_out: scale.ScaleOut, out: Path, force: bool = False, skip_unchanged: bool = True
+) -> list:
     """Every child on ``fan_out``'s runner at once; one :class:`ChildResult` or :class:`Failure` per child,
     in order. Never raises for a child."""
     names = [c.name for c in children]
@@ -204,7 +206,7 @@ def run_children(children: list[Child], fan_out: scale.ScaleOut, out: Path, forc
     options = {"result_storage": result_storage_block(str(out / "cache" / "results")), "refresh_cache": force or None}
     t = child_task(options)
     with scale.task_runner(fan_out) as runner:
-        futures = [scale.submit(runner, t, child=c) for c in children]
+        futures = [scale.submit(runner, t, child=c, skip_unchanged=skip_unchanged) for c in children]
         for f in futures:
             f.wait()
         states = [f.state for f in futures]

@@ -4,8 +4,8 @@
     ─► each published under OUT/fleet/TARGET (its runs/, current and bundles/; champion / challenger against its
     own champion) ─► the fleet report: OUT/fleet/report/ (fleet.md, children.json, fleet.png) and a UI artifact.
 
-``macd-ml fleet --targets A,B,C``, ``macd-ml retrain --set targets=[...]`` and a deployment run whose config has
-``targets`` (the nightly's watchlist) all run this flow.
+``macd-ml fleet --targets A,B,C``, ``macd-ml retrain --set targets=[...]`` and the ``fleet-nightly`` deployment
+(its config's ``targets``: the watchlist) run this flow; the retrain flow refuses ``targets``.
 """
 
 from __future__ import annotations
@@ -55,23 +55,32 @@ def child_config(config: RetrainConfig, target: str, data_dir: str, out: Path) -
     result_serializer=SafeJSONSerializer(),
     persist_result=False,
 )
-def fleet(config: RetrainConfig = RetrainConfig(), require_data: bool = False) -> str:  # noqa: B008 (the UI form)
+def fleet(
+    config: RetrainConfig = RetrainConfig(),  # noqa: B008 (the UI form)
+    require_data: bool = False,
+    skip_unchanged: bool = True,
+) -> str:
     """Retrain every symbol of ``config.targets``, each published under OUT/fleet/SYMBOL; returns the fleet report
     folder. Fails (after writing the report) when a child failed: a Retry runs only the failed children.
 
     Args:
         config: the retrain every target runs; ``targets`` is the watchlist.
         require_data: fail at once without a candle folder (the nightly sets it).
+        skip_unchanged: a child whose current run is exactly what its config, code and candles produce ends at
+            once with that run (flows/unchanged.py); off: every child looks up each of its cached stages.
     """
+    from macd_ml.errors import ConfigError
     from macd_ml.tasks.candles import write_synthetic_market
 
     log = get_run_logger()
     config = resolve_locations(config, require_data)
     out = Path(config.out_dir).resolve()
     data_dir = config.data_dir or str(write_synthetic_market(config.synthetic, out))
+    if not config.targets:
+        raise ConfigError("config key 'targets': a fleet needs its watchlist (e.g. [BTCUSDT, ETHUSDT])")
     children = [Child(name=t, config=child_config(config, t, data_dir, out)) for t in config.targets]
     log.info("fleet: %d targets (%s)", len(children), ", ".join(config.targets))
-    rows = run_children(children, config.fan_out, out, config.force)
+    rows = run_children(children, config.fan_out, out, config.force, skip_unchanged)
     report = write_report(out, config, rows)
     finish(rows, report)
     return str(report)

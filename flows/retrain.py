@@ -20,6 +20,7 @@ from macd_ml.artifacts.store import (
     new_run_id,
     validate_run_id,
 )
+from macd_ml.errors import ConfigError
 from macd_ml.flows import logs, stop
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
@@ -61,8 +62,8 @@ def retrain(
     (verified first).
 
     Args:
-        config: what to train on and how; every field is described in the form. With ``targets`` (a watchlist)
-            the run is a fleet (flows/fleet.py) and returns the fleet report's folder.
+        config: what to train on and how; every field is described in the form. ``targets`` (a watchlist) is
+            the fleet flow's (flows/fleet.py): here it is refused.
         run_id: leave empty for a new run. To finish a failed run, its id (YYYYMMDDTHHMMSSZ-xxxxxxxx): every
             task that finished comes back Cached, and only what failed, and what depends on it, runs again.
         require_data: fail at once when no candle folder is given (config.data_dir or the Prefect Variable
@@ -74,10 +75,11 @@ def retrain(
     stop.inside_flow()  # run by the command: SIGTERM ends it at once (flows/stop.py); by a worker: Prefect's way
     logs.install()
     log = get_run_logger()
-    if config.targets:  # a watchlist: one child retrain per symbol (flows/fleet.py)
-        from macd_ml.flows.fleet import fleet
-
-        return fleet(config, require_data=require_data)
+    if config.targets:
+        raise ConfigError(
+            f"config key 'targets' ({', '.join(config.targets)}) makes this a fleet: run the fleet flow "
+            "(deployment fleet-nightly, `macd-ml fleet`), or leave targets empty for one retrain"
+        )
     config = resolve_locations(config, require_data)
     out, home = Path(config.out_dir).resolve(), config.home()
     run_id = validate_run_id(run_id) if run_id else _run_id()

@@ -5,10 +5,7 @@ on, and the chain of promoted runs stitched into one equity curve.
   path: :class:`~macd_ml.serving.scorer.Scorer`), then the MACD strategy runs always and gated, with the run's
   own threshold (chosen on its OOF rows) and backtest settings. A span that starts before the run's holdout is
   refused: those bars trained the models (or chose the stacker), so their figures would not be honest.
-- **Chain** (``--chain OUT``): every promoted run in ``OUT/runs`` (verified), ordered by the last candle it
-  trained on; each scores the bars after that candle until the next run's last candle (the bot would have
-  switched to it then), each with its own threshold. One equity curve, as a bot retrained nightly would have
-  traded; in a historical replay a run's "promotion time" is the end of its data, not the wall clock.
+- **Chain** (``--chain OUT``): every promoted run stitched into one equity curve (serving/track_record.py).
 """
 
 from __future__ import annotations
@@ -89,7 +86,7 @@ def scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: i
     )
 
 
-def _when(text: str | None, default: datetime, tz) -> datetime:
+def span_time(text: str | None, default: datetime, tz) -> datetime:
     if not text:
         return default
     try:
@@ -107,8 +104,8 @@ def backtest_span(source: Source, data_dir: str, first: str | None = None, last:
     market = load_market(data_dir, scorer.target, scorer.cross)
     candles = market.target.frame
     tz = source.holdout_first.tzinfo
-    start = _when(first, source.holdout_first, tz)
-    end = _when(last, candles[catalog.TIMESTAMP][-1], tz)
+    start = span_time(first, source.holdout_first, tz)
+    end = span_time(last, candles[catalog.TIMESTAMP][-1], tz)
     if start < source.holdout_first:
         raise Refused(
             f"run {source.bundle.run_id} trained on bars up to its holdout ({source.holdout_first.isoformat()}); "
@@ -122,36 +119,3 @@ def backtest_span(source: Source, data_dir: str, first: str | None = None, last:
     out = evaluate(bars, signals, source.horizon, source.threshold, source.spec, (start, end))
     out["run_id"] = source.bundle.run_id
     return out
-
-
-def promoted_runs(out_dir: Path | str) -> list[Path]:
-    """Published runs whose promotion record says promoted, verified, oldest data first."""
-    from macd_ml.artifacts.store import read_json, verify_run
-
-    runs = []
-    for run in sorted((Path(out_dir) / "runs").glob("*")):
-        decision = run / catalog.PROMOTION
-        if not decision.is_file() or not read_json(decision).get("promote"):
-            continue
-        verify_run(run)
-        runs.append(run)
-    if not runs:
-        raise DataError(out_dir, "no promoted run to backtest")
-    return runs
-
-
-def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) -> dict:
-    """Each promoted run on the bars after its data until the next run's data end, stitched (module docstring;
-    serving/track_record.py)."""
-    from macd_ml.serving.track_record import Segment, stitch
-
-    sources = sorted((Source.load(r) for r in promoted_runs(out_dir)), key=lambda s: s.data_last)
-    candles = load_market(data_dir, Scorer(sources[0].bundle).target).target.frame
-    end = _when(last, candles[catalog.TIMESTAMP][-1], sources[0].data_last.tzinfo)
-    segments = [
-        Segment(
-            src, src.data_last, min(sources[i + 1].data_last, end) if i + 1 < len(sources) else end, src.bundle.run_id
-        )
-        for i, src in enumerate(sources)
-    ]
-    return stitch([s for s in segments if s.last > s.after], data_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -34,7 +35,7 @@ from macd_ml.models.evaluation.backtest import (
     sharpe,
 )
 from macd_ml.models.evaluation.stats import auc
-from macd_ml.serving.backtest import Source, scores
+from macd_ml.serving.backtest import Source, scores, span_time
 from macd_ml.serving.scorer import Scorer
 
 
@@ -164,3 +165,36 @@ def pool(records: dict[str, dict], block_hours: int, draws: int, seed: int) -> d
     out["equity"] = {n: np.cumprod(1 + ret).tolist() for n, ret in returns.items()}
     out["timestamps"] = hours
     return out
+
+
+def promoted_runs(out_dir: Path | str) -> list[Path]:
+    """Published runs whose promotion record says promoted, verified, oldest data first."""
+    from macd_ml.artifacts.store import read_json, verify_run
+
+    runs = []
+    for run in sorted((Path(out_dir) / "runs").glob("*")):
+        decision = run / catalog.PROMOTION
+        if not decision.is_file() or not read_json(decision).get("promote"):
+            continue
+        verify_run(run)
+        runs.append(run)
+    if not runs:
+        raise DataError(out_dir, "no promoted run to backtest")
+    return runs
+
+
+def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) -> dict:
+    """``macd-ml backtest --chain OUT``: each promoted run in OUT/runs (verified), ordered by the last candle it
+    trained on, scores the bars after that candle until the next run's last candle (the bot would have switched to
+    it then), each with its own threshold, stitched. In a historical replay a run's "promotion time" is the end of
+    its data, not the wall clock."""
+    sources = sorted((Source.load(r) for r in promoted_runs(out_dir)), key=lambda s: s.data_last)
+    candles = load_market(data_dir, Scorer(sources[0].bundle).target).target.frame
+    end = span_time(last, candles[catalog.TIMESTAMP][-1], sources[0].data_last.tzinfo)
+    segments = [
+        Segment(
+            src, src.data_last, min(sources[i + 1].data_last, end) if i + 1 < len(sources) else end, src.bundle.run_id
+        )
+        for i, src in enumerate(sources)
+    ]
+    return stitch([s for s in segments if s.last > s.after], data_dir)

@@ -639,6 +639,14 @@ MUTATIONS = [
         "a child's labels near its cutoff read the bars after it",
     ),
     Mutation(
+        "cutoff-backtest-whole",
+        "tasks/backtest.py",
+        "    candles = reload_market(market).target.frame",
+        "    candles = reload_market(market, whole=True).target.frame",
+        ("tests/test_walkforward.py::test_a_cutoff_run_is_blind_to_every_bar_after_its_cutoff",),
+        "a cut run's backtest (and its threshold's OOF table) reads the candles after its cutoff",
+    ),
+    Mutation(
         "cut-fingerprint-by-file",
         "features/ingest.py",
         'return Candles(c.symbol, c.path, f"cut:{content_digest(frame)}", frame)',

@@ -129,6 +129,7 @@ RENAMES = [
     (["backtest", "RUN", "--data", "D"], "--since", "--from", "first", "2024-06-01"),
     (["backtest", "RUN", "--data", "D"], "--until", "--to", "last", "2024-07-01"),
     (["backtest", "RUN", "--data", "D"], "--result", "--json", "result", "r.json"),
+    (["walkforward"], "--since", "--from", "first", "2023-01-01"),
 ]
 IDS = [f"{r[0][0]} {r[2]}" for r in RENAMES]
 

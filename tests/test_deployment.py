@@ -150,7 +150,7 @@ def test_prefect_yaml_deployments_load_by_module_path():
     assert names == {
         "retrain": "retrain",
         "retrain-nightly": "retrain",
-        "fleet-nightly": "retrain",
+        "fleet-nightly": "fleet",
         "walkforward": "walkforward",
         "export": "export-onnx",
         "health": "health",
@@ -161,7 +161,7 @@ def test_prefect_yaml_deployments_load_by_module_path():
     assert nightly["schedules"][0]["cron"] == DEFAULT_CRON and nightly["schedules"][0]["timezone"] == "UTC"
     assert nightly["parameters"] == {"require_data": True, "skip_unchanged": True}
     assert "schedules" not in deps["retrain"]
-    fleet = deps["fleet-nightly"]  # the watchlist is a config like any other: the retrain flow fans it out
+    fleet = deps["fleet-nightly"]  # the watchlist is a config key like any other
     assert RetrainConfig.model_validate(fleet["parameters"]["config"]).targets == [
         "BTCUSDT",
         "ETHUSDT",

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -77,6 +78,70 @@ def test_the_worst_child_decides_the_exit_code():
     assert exit_code([row("promoted"), row("refused")]) == 3
     assert exit_code([row("refused"), row("bad-input")]) == 2
     assert exit_code([row("bad-input"), row("failed"), row("promoted")]) == 1
+
+
+def test_the_pool_averages_targets_hour_by_hour_with_shared_blocks():
+    from macd_ml.serving.track_record import pool
+
+    rng = np.random.default_rng(3)
+    hours = [f"2023-01-01T{h:02d}:00:00+00:00" for h in range(24)] + [
+        f"2023-01-{d:02d}T{h:02d}:00:00+00:00" for d in range(2, 30) for h in range(24)
+    ]
+
+    def record(shift: float, n: int):
+        returns = {v: rng.normal(shift, 0.01, n) for v in ("buy_and_hold", "ungated_long_flat", "gated_long_flat")}
+        return {"timestamps": hours[:n], "equity": {v: np.cumprod(1 + r).tolist() for v, r in returns.items()}}, returns
+
+    a, ra = record(0.001, len(hours))
+    b, rb = record(-0.001, len(hours) - 48)  # ends two days earlier: the pool covers the hours both have
+    got = pool({"A": a, "B": b}, block_hours=24, draws=200, seed=0)
+    assert got["bars"] == len(hours) - 48 and got["targets"] == ["A", "B"]
+    mean = (ra["gated_long_flat"][: got["bars"]] + rb["gated_long_flat"]) / 2
+    np.testing.assert_allclose(
+        np.diff(np.concatenate([[1.0], got["equity"]["gated_long_flat"]]))
+        / np.concatenate([[1.0], got["equity"]["gated_long_flat"][:-1]]),
+        mean,
+        rtol=1e-9,
+    )
+    lo, hi = got["gated_minus_ungated"]["long_flat"]["sharpe_interval"]
+    assert lo < got["gated_minus_ungated"]["long_flat"]["sharpe"] < hi
+    same = pool({"A": a, "B": a}, block_hours=24, draws=200, seed=0)
+    assert same["variants"]["gated_long_flat"]["sharpe"] == pytest.approx(
+        pool({"A": a}, 24, 200, 0)["variants"]["gated_long_flat"]["sharpe"]
+    )
+
+
+def test_a_fleet_destination_names_its_targets_and_a_plain_one_does_not(tmp_path):
+    from macd_ml.errors import ConfigError
+    from macd_ml.serving.fleet import INDEX, resolve, target_dest
+
+    plain, fleet = tmp_path / "plain", tmp_path / "fleet"
+    plain.mkdir(), fleet.mkdir()
+    (fleet / INDEX).write_text(json.dumps({"targets": ["ethusdt", "SOLUSDT"]}))
+    assert resolve(str(plain), None) == [(None, str(plain))]
+    assert resolve(str(fleet), "solusdt") == [("SOLUSDT", target_dest(str(fleet), "SOLUSDT"))]
+    assert [t for t, _ in resolve(str(fleet), None)] == ["ETHUSDT", "SOLUSDT"]
+    with pytest.raises(ConfigError, match="plain destination"):
+        resolve(str(plain), "ETHUSDT")
+    with pytest.raises(ConfigError, match="not in the fleet"):
+        resolve(str(fleet), "BTCUSDT")
+    (fleet / INDEX).write_text("{}")
+    with pytest.raises(Exception, match="not a fleet index"):
+        resolve(str(fleet), None)
+
+
+def test_the_commands_take_workers_and_refuse_a_fleet_without_targets():
+    from macd_ml.flows.cli import build_parser
+    from macd_ml.flows.cli.many import fan_out_update
+    from tests.cliutil import cli
+
+    args = build_parser().parse_args(["walkforward", "--workers", "3", "--since", "2023-01-01", "--every", "7d"])
+    assert fan_out_update(args) == ["fan_out.runner=dask", "fan_out.dask_workers=3"]
+    assert (args.first, args.every, args.profile) == ("2023-01-01", "7d", "light")
+    r = cli("fleet")
+    assert r.code == 2 and "targets" in r.err
+    r = cli("walkforward", "--every", "30", "--since", "2023-01-01")
+    assert r.code == 2 and "every" in r.err
 
 
 # --------------------------------------------------------------------------------------------- the flows
@@ -264,3 +329,40 @@ def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_on
     assert r.code == 2 and "fleet of 2 targets: name one with --target" in r.err
     r = cli("predict", "--from", dest, "--target", "DOGEUSDT", "--data", data)
     assert r.code == 2 and "not in the fleet" in r.err
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_cutoff_run_is_blind_to_every_bar_after_its_cutoff(market, tmp_path):
+    """The walk-forward's leak net, on the whole retrain flow: a run cut at T on a market and on the same market
+    mirrored from the bar after T on (every later return flips sign, tests/mirror.py) publishes byte-identical
+    files: no stage (features, labels, folds, fits, stack, backtest, drift, export, the health gate's live check,
+    the report) reads a bar after its cutoff."""
+    from macd_ml.flows.retrain import retrain
+    from tests.mirror import mirror_market
+
+    _, frames = market
+    cut = START + timedelta(days=10)
+    write_market(frames, tmp_path / "a")
+    write_market(mirror_market(frames, cut + timedelta(hours=1)), tmp_path / "b")
+    runs = {}
+    for name in ("a", "b"):
+        config = _config(tmp_path / name, tmp_path / f"out-{name}").model_copy(update={"until": cut})
+        light = config.models.model_copy(update={"enabled": ["lgb", "xgb"]})
+        runs[name] = Path(retrain(config.model_copy(update={"models": light})))
+    files = {
+        n: {str(p.relative_to(r)): p.read_bytes() for p in sorted(r.rglob("*")) if p.is_file()} for n, r in runs.items()
+    }
+    assert len(files["a"]) > 30 and files["a"].keys() == files["b"].keys()
+    # the documents name the data folder and the run id; timings are wall-clock seconds
+    documents = {"config.json", "manifest.json", "metrics.json", "promotion.json", "timings.json"}
+    differ = sorted(k for k in files["a"] if files["a"][k] != files["b"][k] and k not in documents)
+    assert differ == [], f"these read bars after the cutoff: {differ}"
+    ma, mb = (json.loads(files[n]["metrics.json"]) for n in "ab")
+    for m in (ma, mb):
+        m.pop("run_id"), m["input"].pop("data_dir")
+    assert ma == mb
+    pa, pb = (json.loads(files[n]["promotion.json"]) for n in "ab")
+    assert {k: v for k, v in pa.items() if k != "challenger"} == {k: v for k, v in pb.items() if k != "challenger"}
+    # and the mirror did move the bars after the cutoff
+    fa, fb = (pl.read_csv(tmp_path / n / "ETHUSDT_1h.csv") for n in "ab")
+    assert not fa.equals(fb) and fa.head(2_000).equals(fb.head(2_000))

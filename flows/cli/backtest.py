@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def backtest(args: argparse.Namespace) -> int:
     from macd_ml.errors import ConfigError
-    from macd_ml.serving.backtest import Source, backtest_chain, backtest_span
+    from macd_ml.serving.backtest import Source, backtest_span
+    from macd_ml.serving.track_record import backtest_chain
 
     if bool(args.run) == bool(args.chain):
         raise ConfigError("give either RUN_DIR|BUNDLE or --chain OUT")

@@ -114,12 +114,22 @@ def _config(args: argparse.Namespace, **fields):
 
 
 def walkforward(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from macd_ml.errors import ConfigError
     from macd_ml.flows.walkforward import WalkForwardSpec
 
     config = _config(args, target=args.target)
-    walk = WalkForwardSpec(
-        every=args.every, start=args.first, end=args.last, targets=args.targets or [], profile=args.profile
-    )
+    try:
+        walk = WalkForwardSpec(
+            every=args.every, start=args.first, end=args.last, targets=args.targets or [], profile=args.profile
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = {"every": "--every", "start": "--since", "end": "--until", "targets": "--targets"}.get(
+            str(err["loc"][0]), str(err["loc"][0])
+        )
+        raise ConfigError(f"walkforward {flag}: {err['msg'].removeprefix('Value error, ')}") from None
     from macd_ml.flows.walkforward import walkforward as flow
 
     return run_parent(lambda: flow(config, walk), Path(config.out_dir))

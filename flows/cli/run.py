@@ -75,7 +75,7 @@ def retrain(args: argparse.Namespace) -> int:
     from macd_ml.artifacts.store import new_run_id
 
     config = retrain_config(args)
-    if config.targets:  # a watchlist: the fleet (flows/cli/many.py)
+    if config.targets:  # a watchlist: the fleet flow (flows/cli/many.py)
         from macd_ml.flows.cli.many import run_parent
         from macd_ml.flows.fleet import fleet
 
