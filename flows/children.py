@@ -294,3 +294,20 @@ def finish(rows: list, report: Path) -> None:
             report=str(report),
             code=exit_code(rows),
         )
+
+
+PARENT = "parent"  # the record a parent flow leaves in its report folder, for `macd-ml resume REPORT_DIR`
+
+
+def remember_parent(folder: Path, flow: str, params: dict[str, Any]) -> None:
+    """Record (signed) which parent flow wrote ``folder`` and with what parameters, before its children run."""
+    from macd_ml.artifacts.records import save_signed
+
+    save_signed(folder, PARENT, {"flow": flow, "params": params})
+
+
+def parent_record(folder: Path) -> dict | None:
+    """The parent record of a report folder, when it verifies; else None."""
+    from macd_ml.artifacts.records import load_signed
+
+    return load_signed(folder, PARENT)

@@ -17,7 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import write_bytes
-from macd_ml.flows.children import Child, finish, run_children, table, write_children
+from macd_ml.flows.children import Child, finish, remember_parent, run_children, table, write_children
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.tasks.results import SafeJSONSerializer
@@ -80,6 +80,8 @@ def fleet(
         raise ConfigError("config key 'targets': a fleet needs its watchlist (e.g. [BTCUSDT, ETHUSDT])")
     children = [Child(name=t, config=child_config(config, t, data_dir, out)) for t in config.targets]
     log.info("fleet: %d targets (%s)", len(children), ", ".join(config.targets))
+    params = {"config": config.model_dump(mode="json"), "require_data": require_data, "skip_unchanged": skip_unchanged}
+    remember_parent(out / FLEET / "report", "fleet", params)
     rows = run_children(children, config.fan_out, out, config.force, skip_unchanged)
     report = write_report(out, config, rows)
     finish(rows, report)
@@ -90,7 +92,6 @@ def write_report(out: Path, config: RetrainConfig, rows: list) -> Path:
     from macd_ml.models.evaluation.plots import plot_fleet
 
     folder = out / FLEET / "report"
-    folder.mkdir(parents=True, exist_ok=True)
     write_children(folder, rows)
     h = config.primary_horizon()
     if config.report.plots:

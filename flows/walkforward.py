@@ -30,7 +30,7 @@ from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import write_bytes, write_json
 from macd_ml.errors import ConfigError
 from macd_ml.features.form import OptionalTime, optional_field
-from macd_ml.flows.children import Child, ChildResult, finish, run_children, table, write_children
+from macd_ml.flows.children import Child, ChildResult, finish, remember_parent, run_children, table, write_children
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.unchanged import published_config
@@ -208,6 +208,10 @@ def walkforward(
     logger.info(
         "walk-forward: %d children (%s every %s)", len(children), ", ".join(walk.targets or [config.target]), walk.every
     )
+    folder = report_folder(out, walk, children)
+    remember_parent(
+        folder, "walkforward", {"config": config.model_dump(mode="json"), "walk": walk.model_dump(mode="json")}
+    )
     rows = run_children(children, config.fan_out, out, config.force)
     report = write_report(out, walk, config, children, rows)
     finish(rows, report)
@@ -226,7 +230,6 @@ def write_report(out: Path, walk: WalkForwardSpec, config: RetrainConfig, childr
     from macd_ml.models.evaluation.report import track_record_markdown
 
     folder = report_folder(out, walk, children)
-    folder.mkdir(parents=True, exist_ok=True)
     shipped = [r for r in rows if isinstance(r, ChildResult) and r.run is not None]
     doc: dict = {"walk": walk.model_dump(mode="json"), "children": [r.model_dump(mode="json") for r in rows]}
     if shipped:

@@ -257,6 +257,21 @@ def test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff(mar
         assert set(fits[name]) == {"Cached"}, f"{name}: its fits ran again"
 
 
+def _latest_parent():
+    """The newest flow run that is no subflow."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True)),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+    return run.id
+
+
 def _fit_states(parent_run_id) -> dict[str, list[str]]:
     """Cutoff (ISO) -> the states of the fit and refit task runs of the retrain subflow that child ran."""
     from prefect.client.orchestration import get_client
@@ -303,18 +318,20 @@ def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_on
     assert (fleet_home(out, "ETHUSDT") / "current").exists() and not (fleet_home(out, "SOLUSDT") / "current").exists()
     assert "| SOLUSDT | bad-input |" in (report / "fleet.md").read_text()
 
-    sol.write_text(good)  # fixed: the same fleet again runs SOLUSDT only
-    again = fleet(config, return_state=True)
-    states = {n: s for n, s in task_states(_flow_run(again)).items() if not n.startswith("retrain-")}
+    sol.write_text(good)  # fixed: `macd-ml resume REPORT_DIR` runs the same fleet again: SOLUSDT only
+    from tests.cliutil import cli
+
+    r = cli("resume", report)
+    assert r.code == 0, r.err
+    assert "| SOLUSDT | promoted |" in r.out and f"report: {report}" in r.out
+    states = {n: s for n, s in task_states(_latest_parent()).items() if not n.startswith("retrain-")}
     assert states == {"ETHUSDT": "Cached", "SOLUSDT": "Completed"}
-    rows = _children(Path(again.result()))
+    rows = _children(report)
     assert rows["SOLUSDT"]["status"] == "promoted"
     assert Path(rows["SOLUSDT"]["run"]["path"]).parent.parent == fleet_home(out, "SOLUSDT")
     bundles = sorted((fleet_home(out, "SOLUSDT") / "bundles").glob("*.tar.gz"))
     assert len(bundles) == 1
     # what the fleet publishes: one destination per target, and a bot reading one target or its whole watchlist
-    from tests.cliutil import cli
-
     dest = tmp_path / "dest"
     r = cli("publish", "--fleet", out, "--to", dest)
     assert r.code == 0, r.err

@@ -167,6 +167,7 @@ def run_parent(call, out: Path) -> int:
             )
             if exc.report:
                 print((Path(exc.report) / "children.md").read_text())
+                print(f"macd-ml: or: macd-ml resume {exc.report}", file=sys.stderr)
             return exc.code
         except Exception as exc:
             from macd_ml.errors import ConfigError, DataError
@@ -179,3 +180,26 @@ def run_parent(call, out: Path) -> int:
     print(f"report: {report}")
     code = exit_code(rows_from_report(report))
     return code if code else EXIT_OK
+
+
+def resume_parent(folder: Path) -> int:
+    """``macd-ml resume REPORT_DIR``: the walk-forward or fleet that wrote ``folder``, again, with the parameters
+    it recorded there (signed): finished children come back Cached, failed ones run."""
+    from macd_ml.errors import ConfigError
+    from macd_ml.flows.children import parent_record
+    from macd_ml.flows.config import validate_config
+
+    record = parent_record(folder)
+    if record is None:
+        raise ConfigError(f"{folder}: no verified record of a walkforward or fleet here (is it a report folder?)")
+    params = dict(record["params"])
+    config = validate_config(params.pop("config"))
+    if record["flow"] == "walkforward":
+        from macd_ml.flows.walkforward import WalkForwardSpec
+        from macd_ml.flows.walkforward import walkforward as flow
+
+        walk = WalkForwardSpec.model_validate(params["walk"])
+        return run_parent(lambda: flow(config, walk), Path(config.out_dir))
+    from macd_ml.flows.fleet import fleet
+
+    return run_parent(lambda: fleet(config, **params), Path(config.out_dir))

@@ -67,7 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         resume,
         group="train",
     )
-    p.add_argument("run_id", metavar="RUN_ID", help="the run id a failed run printed (YYYYMMDDTHHMMSSZ-xxxxxxxx)")
+    p.add_argument(
+        "run_id",
+        metavar="RUN_ID|REPORT_DIR",
+        help="the run id a failed run printed (YYYYMMDDTHHMMSSZ-xxxxxxxx), or the report folder a failed walkforward "
+        "or fleet printed (only its failed children run again)",
+    )
     add_out_arg(p, "the output folder OUT of that run (default: out)")
 
 
@@ -88,6 +93,10 @@ def resume(args: argparse.Namespace) -> int:
     from macd_ml.flows.config import validate_config
     from macd_ml.tasks.publish import read_run_record, run_record_path
 
+    if Path(args.run_id).is_dir():  # a walk-forward's or fleet's report folder (flows/cli/many.py)
+        from macd_ml.flows.cli.many import resume_parent
+
+        return resume_parent(Path(args.run_id))
     run_id = validate_run_id(args.run_id)
     out = args.out or "out"
     folder = run_dir(out, run_id)
