@@ -639,12 +639,12 @@ MUTATIONS = [
         "a child's labels near its cutoff read the bars after it",
     ),
     Mutation(
-        "cutoff-backtest-whole",
-        "tasks/backtest.py",
-        "    candles = reload_market(market).target.frame",
-        "    candles = reload_market(market, whole=True).target.frame",
+        "cutoff-ignored-on-reload",
+        "tasks/refs.py",
+        "    return market if whole else market.until(ref.until)",
+        "    return market",
         ("tests/test_walkforward.py::test_a_cutoff_run_is_blind_to_every_bar_after_its_cutoff",),
-        "a cut run's backtest (and its threshold's OOF table) reads the candles after its cutoff",
+        "every stage of a cut run reads the candles after its cutoff",
     ),
     Mutation(
         "cut-fingerprint-by-file",

@@ -26,9 +26,11 @@ START = datetime(2022, 4, 20, tzinfo=UTC)
 OLD_END = datetime(2022, 5, 26, tzinfo=UTC)  # the candles of the first walk-forward end here
 
 
-def _mem(frames: dict[str, pl.DataFrame]) -> Market:
+def _mem(frames: dict[str, pl.DataFrame], file: str = "v1") -> Market:
+    """The market as if read from files whose sha256 is ``file`` (another version of a file: another sha)."""
+
     def c(sym: str) -> Candles:
-        return Candles(sym, None, f"mem-{sym}", frames[sym])
+        return Candles(sym, None, f"{file}-{sym}", frames[sym])
 
     return Market(c("ETHUSDT"), (c("BTCUSDT"),))
 
@@ -49,7 +51,7 @@ def test_a_cutoff_slices_the_whole_table_and_names_its_content():
         sliced = table_until(table, cut, FeatureSpec(), 1)
         built = build_features(cut)
         assert sliced.frame.equals(built.frame) and sliced.fingerprint == built.fingerprint
-    shorter = _mem({s: f.head(2_000) for s, f in frames.items()})  # the same market, 500 hours less
+    shorter = _mem({s: f.head(2_000) for s, f in frames.items()}, "v0")  # the same files, 500 hours shorter
     t = ts[1_500]
     assert shorter.until(t).fingerprint() == whole.until(t).fingerprint()
     assert whole.until(ts[1_501]).fingerprint() != whole.until(t).fingerprint()
