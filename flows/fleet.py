@@ -90,8 +90,10 @@ def fleet(
 
 def write_report(out: Path, config: RetrainConfig, rows: list) -> Path:
     from macd_ml.models.evaluation.plots import plot_fleet
+    from macd_ml.tasks.report import embed_images
 
     folder = out / FLEET / "report"
+    folder.mkdir(parents=True, exist_ok=True)
     write_children(folder, rows)
     h = config.primary_horizon()
     if config.report.plots:
@@ -106,13 +108,15 @@ def write_report(out: Path, config: RetrainConfig, rows: list) -> Path:
             "",
             table(rows),
             "",
+            *(["![fleet](fleet.png)", ""] if config.report.plots else []),
         ]
     )
     write_bytes(folder / "fleet.md", md.encode())
+    images = {"fleet.png": (folder / "fleet.png").read_bytes()} if config.report.plots else {}
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(markdown=md, key="fleet-report", description="fleet")
+        create_markdown_artifact(markdown=embed_images(md, images), key="fleet-report", description="fleet")
     except Exception:  # noqa: BLE001 - the files are written; the UI copy is a convenience
         pass
     return folder

@@ -230,6 +230,7 @@ def write_report(out: Path, walk: WalkForwardSpec, config: RetrainConfig, childr
     from macd_ml.models.evaluation.report import track_record_markdown
 
     folder = report_folder(out, walk, children)
+    folder.mkdir(parents=True, exist_ok=True)
     shipped = [r for r in rows if isinstance(r, ChildResult) and r.run is not None]
     doc: dict = {"walk": walk.model_dump(mode="json"), "children": [r.model_dump(mode="json") for r in rows]}
     if shipped:
@@ -248,7 +249,7 @@ def write_report(out: Path, walk: WalkForwardSpec, config: RetrainConfig, childr
     md = track_record_markdown(doc, table(rows))
     write_bytes(folder / "track_record.md", md.encode())
     write_json(folder / "track_record.json", _light(doc))
-    _ui_artifact(md)
+    _ui_artifact(md, {p.name: p.read_bytes() for p in folder.glob("equity_*.png")})
     return folder
 
 
@@ -261,10 +262,15 @@ def _light(doc: dict) -> dict:
     return keep
 
 
-def _ui_artifact(markdown: str) -> None:
+def _ui_artifact(markdown: str, images: dict[str, bytes]) -> None:
+    """The report on the flow run's page, its plots embedded (the UI serves no files)."""
+    from macd_ml.tasks.report import embed_images
+
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(markdown=markdown, key="walkforward-track-record", description="walk-forward")
+        create_markdown_artifact(
+            markdown=embed_images(markdown, images), key="walkforward-track-record", description="walk-forward"
+        )
     except Exception as exc:  # noqa: BLE001 - the files are written; the UI copy is a convenience
         log.warning("could not publish the track record to the UI (%s)", exc)

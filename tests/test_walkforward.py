@@ -225,6 +225,8 @@ def test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff(mar
     assert record["bars"] == sum(s["bars"] for s in segments)
     assert (report / "equity_ETHUSDT.png").stat().st_size > 10_000
     assert "gated - ungated" in (report / "track_record.md").read_text()
+    assert "![equity ETHUSDT](equity_ETHUSDT.png)" in (report / "track_record.md").read_text()
+    assert "](data:image/png;base64," in _artifact("walkforward-track-record")  # the UI serves no files
 
     # a refused cutoff leaves the bot on the model it had; before any model shipped there is nothing to gate with
     from macd_ml.flows.children import ChildResult
@@ -257,6 +259,16 @@ def test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff(mar
     assert set(fits[list(new)[3]]) == {"Completed"}, "the new cutoff trains"
     for name in children:
         assert set(fits[name]) == {"Cached"}, f"{name}: its fits ran again"
+
+
+def _artifact(key: str) -> str:
+    """The newest markdown artifact under ``key`` on the test API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return str(max(found, key=lambda a: a.created).data)
 
 
 def _latest_parent():
@@ -307,7 +319,9 @@ def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_on
     lines[1500] = lines[1500].rsplit(",", 1)[0] + ",-5"  # a negative volume
     sol.write_text("\n".join(lines) + "\n")
 
-    config = _config(data, out).model_copy(update={"targets": ["ETHUSDT", "SOLUSDT"]})
+    config = _config(data, out)
+    plots = config.report.model_copy(update={"plots": True})  # the fleet's plot (and the runs')
+    config = config.model_copy(update={"targets": ["ETHUSDT", "SOLUSDT"], "report": plots})
     state = fleet(config, return_state=True)
     assert state.is_failed()
     with pytest.raises(ChildrenFailed) as err:
@@ -319,6 +333,7 @@ def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_on
     assert "SOLUSDT_1h.csv" in rows["SOLUSDT"]["detail"] and "volume" in rows["SOLUSDT"]["detail"]
     assert (fleet_home(out, "ETHUSDT") / "current").exists() and not (fleet_home(out, "SOLUSDT") / "current").exists()
     assert "| SOLUSDT | bad-input |" in (report / "fleet.md").read_text()
+    assert (report / "fleet.png").stat().st_size > 5_000 and "](data:image/png;base64," in _artifact("fleet-report")
 
     sol.write_text(good)  # fixed: `macd-ml resume REPORT_DIR` runs the same fleet again: SOLUSDT only
     from tests.cliutil import cli

@@ -391,6 +391,7 @@ def track_record_markdown(doc: dict, children_table: str) -> str:
     for target, rec in doc.get("targets", {}).items():
         lines += ["", f"# {target}: {rec['first'][:10]} to {rec['last'][:10]} ({rec['bars']} bars)"]
         lines += _backtest_section(rec)[2:]
+        lines += ["", f"![equity {target}](equity_{target}.png)"]
         lines += [
             "",
             "| segment | first | last | bars | threshold | AUC | trades ungated / gated | Sharpe ungated / gated | "
@@ -426,4 +427,5 @@ def track_record_markdown(doc: dict, children_table: str) -> str:
         for mode, d in pooled["gated_minus_ungated"].items():
             lo, hi = d["sharpe_interval"]
             lines.append(f"| {mode.replace('_', '/')} | {d['sharpe']:+.2f} ({lo:+.2f} to {hi:+.2f}) |")
+        lines += ["", "![equity, pooled](equity_pooled.png)"]
     return "\n".join(lines) + "\n"
