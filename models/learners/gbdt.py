@@ -167,6 +167,10 @@ class LGBModel(BoosterPerHorizon):
             "lambda_l2": p.lambda_l2,
             "seed": p.seed,
             "deterministic": True,
+            # LightGBM picks col- or row-wise histograms by timing both on each Dataset unless told: under load
+            # the pick can differ between two runs of the same fit, and so can the trees (its docs: set one of
+            # force_col_wise / force_row_wise with deterministic). Col-wise is the one it picks on these tables.
+            "force_col_wise": True,
             "num_threads": cpu_threads(),
             "verbosity": -1,
         }
