@@ -128,7 +128,8 @@ def run_child(child: Child, skip_unchanged: bool = True) -> ChildResult:
         run = getattr(exc, "run", None)
         if run is None:
             raise
-        result = summarise(child, Path(run), "refused", str(exc))
+        # the table says why: the message after "run X published but not promoted (PATH): "
+        result = summarise(child, Path(run), "refused", str(exc).split("): ", 1)[-1])
     except Refused as exc:  # nothing may ship (every model of a horizon collapsed): no run folder
         result = ChildResult(
             name=child.name,
