@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -79,11 +80,18 @@ def local_api(timeout_s: float = 120.0, while_starting: Callable[[], object] | N
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "macd_ml.flows.local_api", str(os.getpid()), str(port)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    # the server's own output (its errors, and the tracebacks of a shutdown that cancels a database call under
+    # load) goes to a log in the Prefect home, not onto the command's console, which ends with one line
+    log = server_log()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "macd_ml.flows.local_api", str(os.getpid()), str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+        )
     atexit.register(_stop, proc)
     if while_starting is not None:
         while_starting()
@@ -91,13 +99,22 @@ def local_api(timeout_s: float = 120.0, while_starting: Callable[[], object] | N
     deadline = time.monotonic() + timeout_s
     while not _healthy(url):
         if proc.poll() is not None:
-            raise RuntimeError(f"the local Prefect server exited with code {proc.returncode} before answering")
+            raise RuntimeError(
+                f"the local Prefect server exited with code {proc.returncode} before answering (its log: {log})"
+            )
         if time.monotonic() > deadline:
             _stop(proc)
-            raise RuntimeError(f"the local Prefect server did not answer within {timeout_s:.0f} s")
+            raise RuntimeError(f"the local Prefect server did not answer within {timeout_s:.0f} s (its log: {log})")
         time.sleep(0.1)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield url
+
+
+def server_log() -> Path:
+    """Where the temporary server writes: ``PREFECT_HOME/macd-ml-local-server.log``."""
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / "macd-ml-local-server.log"
 
 
 def _stop(proc: subprocess.Popen) -> None:
