@@ -39,6 +39,13 @@ Status = Literal["promoted", "refused", "bad-input", "failed"]
 EXIT_FOR: dict[str, int] = {"promoted": 0, "refused": 3, "bad-input": 2, "failed": 1}
 
 
+def cross_for(config: RetrainConfig, target: str) -> list[str]:
+    """``config.cross`` for a child predicting ``target``: a cross symbol that is the target itself is left out
+    (its own candles are the target block); none left of an explicit list means no reference symbol."""
+    cross = [c for c in config.cross if c != target]
+    return ["NONE"] if config.cross and not cross else cross
+
+
 class Child(BaseModel):
     """One child retrain: a name for tables and the UI, and its full config (target, cutoff, home)."""
 

@@ -17,7 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import write_bytes
-from macd_ml.flows.children import Child, finish, remember_parent, run_children, table, write_children
+from macd_ml.flows.children import Child, cross_for, finish, remember_parent, run_children, table, write_children
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.tasks.results import SafeJSONSerializer
@@ -32,15 +32,12 @@ def fleet_home(out: Path | str, target: str) -> Path:
 
 def child_config(config: RetrainConfig, target: str, data_dir: str, out: Path) -> RetrainConfig:
     """The fleet's config for one target: its own home; a cross symbol that is this target is left out."""
-    cross = [c for c in config.cross if c != target]
-    if config.cross and not cross:
-        cross = ["NONE"]
     return RetrainConfig.model_validate(
         {
             **config.model_dump(),
             "target": target,
             "targets": [],
-            "cross": cross,
+            "cross": cross_for(config, target),
             "data_dir": data_dir,
             "out_dir": str(out),
             "run_home": str(fleet_home(out, target)),

@@ -30,7 +30,16 @@ from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import write_bytes, write_json
 from macd_ml.errors import ConfigError
 from macd_ml.features.form import OptionalTime, optional_field
-from macd_ml.flows.children import Child, ChildResult, finish, remember_parent, run_children, table, write_children
+from macd_ml.flows.children import (
+    Child,
+    ChildResult,
+    cross_for,
+    finish,
+    remember_parent,
+    run_children,
+    table,
+    write_children,
+)
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.unchanged import published_config
@@ -108,7 +117,13 @@ def child_config(
 ) -> RetrainConfig:
     """The retrain one cutoff runs: the walk-forward's config for ``target``, cut at ``until``, published under
     a home of its own (module docstring)."""
-    update: dict = {"target": target, "targets": [], "until": until, "out_dir": str(out)}
+    update: dict = {
+        "target": target,
+        "targets": [],
+        "cross": cross_for(config, target),
+        "until": until,
+        "out_dir": str(out),
+    }
     if spec.profile == "light":
         update["models"] = config.models.model_copy(update={"enabled": LIGHT_MODELS, "pooled": []})
         update["report"] = config.report.model_copy(update={"plots": False})

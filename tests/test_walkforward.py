@@ -146,6 +146,29 @@ def test_the_commands_take_workers_and_refuse_a_fleet_without_targets():
     assert r.code == 2 and "every" in r.err
 
 
+def test_a_target_that_is_a_cross_symbol_leaves_its_own_cross_block(tmp_path):
+    from macd_ml.flows.fleet import child_config as fleet_child
+    from macd_ml.flows.walkforward import child_config as walk_child
+
+    config = RetrainConfig.model_validate({"cross": ["BTCUSDT"], "out_dir": str(tmp_path)})
+    assert fleet_child(config, "BTCUSDT", "d", tmp_path).cross_symbols() == []
+    assert fleet_child(config, "ETHUSDT", "d", tmp_path).cross_symbols() == ["BTCUSDT"]
+    walk = walk_child(config, WalkForwardSpec(), "BTCUSDT", START, tmp_path)
+    assert walk.cross_symbols() == [] and walk.until == START and walk.models.enabled == ["lgb", "xgb"]
+    assert Path(walk.run_home).parts[-4:-2] == ("walkforward", "BTCUSDT")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_retrain_flow_refuses_a_watchlist_and_names_the_fleet(tmp_path):
+    from macd_ml.errors import ConfigError
+    from macd_ml.flows.retrain import retrain
+
+    config = RetrainConfig.model_validate({"targets": ["ETHUSDT", "SOLUSDT"], "out_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="fleet"):
+        retrain(config)
+    assert not (tmp_path / "runs").exists()
+
+
 # --------------------------------------------------------------------------------------------- the flows
 
 
@@ -246,7 +269,7 @@ def test_walkforward_on_two_workers_then_extended_trains_only_the_new_cutoff(mar
 
     # the same walk-forward again: every child comes back Cached (one after another, in threads this time)
     again = walkforward(_config(data, out), walk, return_state=True)
-    assert set(task_states(_flow_run(again)).values()) == {"Cached"}  # (and no subflow ran)
+    assert set(task_states(_flow_run(again), at_least=3).values()) == {"Cached"}  # (and no subflow ran)
 
     # a month of new candles: one more cutoff trains; the earlier ones publish the runs they published
     write_market(frames, data)
@@ -299,7 +322,7 @@ def _fit_states(parent_run_id) -> dict[str, list[str]]:
     out = {}
     for sub in subs:
         until = datetime.fromisoformat(sub.parameters["config"]["until"])
-        states = task_states(sub.id)
+        states = task_states(sub.id, at_least=12)  # 3 models (light), 3 folds and a refit each
         out[f"ETHUSDT@{until:%Y-%m-%dT%H:%M}"] = [s for n, s in states.items() if "-fold" in n or n.endswith("-refit")]
     return out
 
@@ -341,7 +364,7 @@ def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_on
     r = cli("resume", report)
     assert r.code == 0, r.err
     assert "| SOLUSDT | promoted |" in r.out and f"report: {report}" in r.out
-    states = {n: s for n, s in task_states(_latest_parent()).items() if not n.startswith("retrain-")}
+    states = {n: s for n, s in task_states(_latest_parent(), at_least=2).items() if not n.startswith("retrain-")}
     assert states == {"ETHUSDT": "Cached", "SOLUSDT": "Completed"}
     rows = _children(report)
     assert rows["SOLUSDT"]["status"] == "promoted"
