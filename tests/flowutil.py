@@ -55,23 +55,9 @@ def _name(run) -> str:
     return re.sub(r"-[0-9a-f]{3}$", "", run.name)
 
 
-def task_states(flow_run_id, at_least: int = 0, timeout: float = 30.0) -> dict[str, str]:
-    """Task run name -> final state name, e.g. {'features': 'Cached', 'xgb-fold0': 'Completed'}. The server
-    records task runs from events, a moment after they happen: with ``at_least``, wait (up to ``timeout``
-    seconds) until that many task runs are recorded, each in a final state."""
-    import time
-
-    from prefect.events.worker import EventsWorker
-
-    if at_least:
-        EventsWorker.drain_all(timeout=10)
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = _task_runs(flow_run_id)
-        done = [r for r in runs if r.state is not None and r.state.is_final()]
-        if len(done) >= at_least and len(done) == len(runs) or time.monotonic() > deadline:
-            return {_name(r): (r.state.name if r.state else "?") for r in runs}
-        time.sleep(0.2)
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> final state name, e.g. {'features': 'Cached', 'xgb-fold0': 'Completed'}."""
+    return {_name(r): (r.state.name if r.state else "?") for r in _task_runs(flow_run_id)}
 
 
 def task_tags(flow_run_id) -> dict[str, set[str]]:
