@@ -294,6 +294,7 @@ def _artifact(key: str) -> str:
     return str(max(found, key=lambda a: a.created).data)
 
 
+@pytest.mark.heavy  # a fleet of two full-profile retrains, a resume, publish and a bot reading the watchlist
 @pytest.mark.usefixtures("prefect_server")
 def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_only_it(market, tmp_path):
     from macd_ml.flows.children import ChildrenFailed
@@ -355,6 +356,7 @@ def test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_on
     assert r.code == 2 and "not in the fleet" in r.err
 
 
+@pytest.mark.heavy  # two retrains on mirrored markets
 @pytest.mark.usefixtures("prefect_server")
 def test_a_cutoff_run_is_blind_to_every_bar_after_its_cutoff(market, tmp_path):
     """The walk-forward's leak net, on the whole retrain flow: a run cut at T on a market and on the same market
