@@ -189,8 +189,8 @@ def backtest_chain(out_dir: Path | str, data_dir: str, last: str | None = None) 
     it then), each with its own threshold, stitched. In a historical replay a run's "promotion time" is the end of
     its data, not the wall clock."""
     sources = sorted((Source.load(r) for r in promoted_runs(out_dir)), key=lambda s: s.data_last)
-    candles = load_market(data_dir, Scorer(sources[0].bundle).target).target.frame
-    end = span_time(last, candles[catalog.TIMESTAMP][-1], sources[0].data_last.tzinfo)
+    tz = sources[0].data_last.tzinfo
+    end = span_time(last, datetime.max.replace(tzinfo=tz), tz)  # default: the newest bar (stitch stops there)
     segments = [
         Segment(
             src, src.data_last, min(sources[i + 1].data_last, end) if i + 1 < len(sources) else end, src.bundle.run_id

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from macd_ml.flows.cli.common import EXIT_OK, command, iso_time, renamed
+from macd_ml.flows.cli.common import EXIT_OK, SPAN_IS_SINCE_UNTIL, command, iso_time, renamed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN_DIR|BUNDLE", nargs="?", help="a run folder or a bundle .tar.gz")
     p.add_argument("--chain", metavar="OUT", help="every promoted run in OUT/runs, each until the next one's data")
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the run's target and cross)")
-    span = "--from/--to name where a command reads and writes; a span of bars is --since/--until"
     renamed(
         p,
         "--since",
         "--from",
-        why=span,
+        why=SPAN_IS_SINCE_UNTIL,
         dest="first",
         metavar="T",
         type=iso_time,
@@ -40,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p,
         "--until",
         "--to",
-        why=span,
+        why=SPAN_IS_SINCE_UNTIL,
         dest="last",
         metavar="T",
         type=iso_time,

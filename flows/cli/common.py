@@ -89,6 +89,7 @@ class _OldSpelling(argparse.Action):
 
 
 OUT_MEANS_OUT = "--out now means only the pipeline's output folder OUT"
+SPAN_IS_SINCE_UNTIL = "--from/--to name where a command reads and writes; a span of bars is --since/--until"
 
 
 def renamed(p: argparse.ArgumentParser, new: str, old: str, why: str = OUT_MEANS_OUT, **kwargs) -> argparse.Action:

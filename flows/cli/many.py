@@ -8,7 +8,7 @@ from pathlib import Path
 
 from macd_ml.flows.cli.common import (
     EXIT_ERROR,
-    EXIT_OK,
+    SPAN_IS_SINCE_UNTIL,
     add_config_args,
     add_market_args,
     add_out_arg,
@@ -64,12 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_market_args(p, "folder with SYMBOL_1h.csv|parquet files (default: the synthetic market)")
     p.add_argument("--targets", metavar="A,B", type=symbols, help="several targets, pooled in one record")
     p.add_argument("--every", metavar="N{h,d,w}", default="30d", help="time between cutoffs (default 30d)")
-    span = "--from/--to name where a command reads and writes; a span of bars is --since/--until"
     renamed(
         p,
         "--since",
         "--from",
-        why=span,
+        why=SPAN_IS_SINCE_UNTIL,
         dest="first",
         metavar="T",
         type=iso_time,
@@ -179,7 +178,7 @@ def run_parent(call, out: Path) -> int:
     print((report / "children.md").read_text())
     print(f"report: {report}")
     code = exit_code(rows_from_report(report))
-    return code if code else EXIT_OK
+    return code
 
 
 def resume_parent(folder: Path) -> int:
