@@ -30,6 +30,9 @@ STACK = "stack.json"  # the stacking choice, candidates and diversity
 ENSEMBLE_ONNX = "onnx/ensemble.onnx"  # features -> every horizon's shipped probability (what the bot runs)
 META_ONNX = "onnx/meta.onnx"  # base-model probabilities -> shipped probability
 PARITY = "parity.json"  # ONNX against native, per model and horizon
+GATE_ONNX = "onnx/gate.onnx"  # a signal bar's inputs -> P(the MACD trade makes money) (models/gate/graph.py)
+TRADE_GATE = "trade_gate.json"  # the trade gate: what ships (kind, thresholds, model), its figures (models/gate/)
+GATE_TRADES = "gate_trades.parquet"  # every signal row with its trade label and the gate's probabilities
 
 BACKTEST = "backtest.json"
 EQUITY_PLOT = "plots/equity.png"
@@ -68,3 +71,9 @@ def prediction_column(model: str, h: int | str) -> str:
 def shipped_column(h: int | str) -> str:
     """The shipped predictor's probability for horizon ``h`` (shipped tables, the scorer's output)."""
     return f"shipped_h{h}"
+
+
+def out_of_sample_column(h: int | str) -> str:
+    """The shipped predictor's probability on an OOF row where it is out of sample (null where its fitted
+    weights saw the row): what the trade gate learns from (shipped OOF table)."""
+    return f"oos_h{h}"

@@ -15,6 +15,12 @@ Each symbol's 1-bar log return is
   a few days: no trending regimes, and fold-to-fold swings of the label base rate are those of a random walk, so
   what is learnable is learnable within every fold, at 3,000 h as at 30,000 h. ``signal=0`` gives a driftless
   random walk: the null market.
+- optionally (``trade_signal`` > 0) a planted *trade* signal with no direction in it: after each MACD(12, 26, 9)
+  crossover of the close, the next ``TRADE_BARS`` bars drift with the signal when it crossed hard (|histogram| over
+  price and volatility above ``STRENGTH_SPLIT``, about the median) and against it when it crossed softly. Whether
+  a MACD trade pays is then learnable from the signal's strength; the sign of the move is not, on average over bars
+  or over signals (the two kinds of crossing are about equally common), and only at crossing bars does anything
+  drift. The trade gate's test market (docs/trade-gate.md).
 
 Everything comes from one ``numpy.random.Generator(PCG64(seed))``; the same arguments give the same bytes.
 """
@@ -42,6 +48,9 @@ LEAD_WEIGHT = 1.0
 # quantity's std for a unit-volatility random walk, so the oscillator has about unit std.
 OSC_SPAN = 48
 OSC_NORM = 0.80
+TRADE_BARS = 12  # bars after a MACD crossover that the planted trade signal drifts
+TRADE_SCALE = 0.12  # that drift per bar, in units of the bar's volatility, per unit of trade_signal
+STRENGTH_SPLIT = 0.04  # |MACD histogram| / (close * sigma) at a crossing: about its median on a random walk
 
 
 class SynthSpec(BaseModel):
@@ -54,6 +63,9 @@ class SynthSpec(BaseModel):
     seed: int = Field(default=7, description="random seed of the generated market")
     signal: float = Field(default=1.0, ge=0.0, description="planted-signal strength; 0 = driftless random walk")
     gaps: int = Field(default=2, ge=0, description="exchange-outage gaps punched into every symbol")
+    trade_signal: float = Field(
+        default=0.0, ge=0.0, description="planted trade-outcome signal (no direction in it); 0 = none"
+    )
 
 
 def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
@@ -87,6 +99,34 @@ def _oscillator(logp: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], z[:-1]])
 
 
+def _with_trade_signal(r: np.ndarray, sigma: np.ndarray, logp0: float, strength: float) -> np.ndarray:
+    """The returns ``r`` with the planted trade signal added (see the module docstring). Sequential: a drift
+    moves the price, and so where the next crossover falls."""
+    out = r.copy()
+    a12, a26, a9 = 2 / 13, 2 / 27, 2 / 10
+    logp = logp0
+    e12 = e26 = sig = None
+    prev_hist = None
+    drift_left, drift = 0, 0.0
+    for t in range(len(out)):
+        if drift_left:
+            out[t] += drift * sigma[t]
+            drift_left -= 1
+        logp += out[t]
+        c = float(np.exp(logp))
+        e12 = c if e12 is None else e12 + a12 * (c - e12)
+        e26 = c if e26 is None else e26 + a26 * (c - e26)
+        line = e12 - e26
+        sig = line if sig is None else sig + a9 * (line - sig)
+        hist = line - sig
+        if t >= 26 and prev_hist is not None and ((hist > 0 >= prev_hist) or (hist < 0 <= prev_hist)):
+            side = 1.0 if hist > 0 else -1.0
+            follow = 1.0 if abs(hist) / (c * sigma[t]) > STRENGTH_SPLIT else -1.0
+            drift_left, drift = TRADE_BARS, strength * TRADE_SCALE * side * follow
+        prev_hist = hist
+    return out
+
+
 def synth_market(
     symbols: list[str] | tuple[str, ...] = DEFAULT_SYMBOLS,
     hours: int = 20_000,
@@ -95,6 +135,7 @@ def synth_market(
     reference: str | None = None,
     gaps: int = 0,
     start: datetime = DEFAULT_START,
+    trade_signal: float = 0.0,
 ) -> dict[str, pl.DataFrame]:
     """Return SYMBOL -> candles (timestamp UTC, open, high, low, close, volume)."""
     symbols = [s.upper() for s in symbols]
@@ -125,6 +166,8 @@ def synth_market(
         if sym != reference:
             own = _oscillator(np.cumsum(r), sigma)  # on the driftless path: the drift never feeds back on itself
             r = r + signal * SIGNAL_SCALE * sigma * (LEAD_WEIGHT * lead + own)
+        if trade_signal > 0:
+            r = _with_trade_signal(r, sigma, np.log(100.0 * (1 + i)), trade_signal)
         logp = np.log(100.0 * (1 + i)) + np.cumsum(r)
         if sym == reference:
             lead = _oscillator(logp, sigma)

@@ -24,6 +24,7 @@ from macd_ml.features.synth import SynthSpec
 from macd_ml.flows.scale import ScaleOut
 from macd_ml.models.ensemble.stacking import StackSpec
 from macd_ml.models.evaluation.backtest import BacktestSpec
+from macd_ml.models.gate.secondary import GateSpec
 from macd_ml.models.learners.registry import ModelsConfig
 from macd_ml.models.release.health import HealthSpec
 from macd_ml.models.release.promotion import PromotionSpec
@@ -102,6 +103,11 @@ class RetrainConfig(BaseModel):
     backtest: BacktestSpec = Field(
         default_factory=BacktestSpec,
         description="the bot's MACD strategy on the holdout, always and gated by the shipped probability",
+    )
+    gate: GateSpec = Field(
+        default_factory=GateSpec,
+        description="the trade gate: meta-labels of the MACD trades, chosen against no gate and the direction gate "
+        "on out-of-fold trades (docs/trade-gate.md)",
     )
     report: ReportSpec = Field(default_factory=ReportSpec, description="what the run's report draws")
     drift_window_hours: int = Field(

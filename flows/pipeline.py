@@ -3,7 +3,8 @@
     ingest+validate ─► features ─► labels ─► purged walk-forward folds
         ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout,
            and beside them the fixed reference model (same tasks, folds and holdout; a stack input by default)
-        ─► OOF and holdout tables ─► meta-stacking (OOF only) ─► metrics ─► backtest · drift ─► ONNX export
+        ─► OOF and holdout tables ─► meta-stacking (OOF only) ─► metrics ─► backtest · drift · trade gate
+        ─► ONNX export
         ─► health gate ─► report ─► champion / challenger ─► publish the run folder ─► promote OUT/current ─► bundle
 
 :func:`run_pipeline` only wires: every stage is a function in ``tasks/`` run through ``s`` (flows/stages_runner.py):
@@ -31,6 +32,7 @@ from macd_ml.tasks.backtest import backtest_task, drift_task
 from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task
 from macd_ml.tasks.features import features_task, folds_task, labels_task
+from macd_ml.tasks.gate import gate_task
 from macd_ml.tasks.health import HealthResult, health_task
 from macd_ml.tasks.ingest import ingest_task, synthetic_market_task
 from macd_ml.tasks.metrics import metrics_task, timings, training_summary
@@ -131,12 +133,31 @@ def train(config: RetrainConfig, p: Prepared, out: str, s: Stages) -> Trained:
 
 
 def check(config: RetrainConfig, p: Prepared, t: Trained, out: str, s: Stages) -> Checked:
-    """backtest · drift ─► ONNX export with parity ─► health gate ─► report."""
+    """backtest · drift · trade gate (meta-labels, chosen on OOF trades) ─► ONNX export with parity ─► health gate
+    ─► report."""
     h, plots = config.primary_horizon(), config.report.plots
     backtest = s.run(backtest_task, p.market, t.stack.files, h, config.backtest, out, plots)
     psi = config.health.max_feature_psi
     drift = s.run(drift_task, p.features.data, p.features.names, p.folds, config.drift_window_hours, psi, out)
     metrics = t.metrics.model_copy(update={"backtest": backtest.summary, "drift": drift})
+    gate_files: dict[str, ArtifactRef] = {}
+    if config.gate.enabled:
+        embargo = load_folds(p.folds).embargo_hours
+        gate = s.run(
+            gate_task,
+            p.market,
+            p.features,
+            t.stack.files,
+            p.panel,
+            config.horizons,
+            h,
+            config.backtest,
+            config.gate,
+            embargo,
+            out,
+        )
+        metrics = metrics.model_copy(update={"trade_gate": gate.summary})
+        gate_files = gate.files
     gap = config.gap_tolerance_hours
     exported = s.run(export_task, p.features, t.refits, t.tables, t.stack.files, config.horizons, gap, out)
     artifacts = {
@@ -148,6 +169,7 @@ def check(config: RetrainConfig, p: Prepared, t: Trained, out: str, s: Stages) -
         **t.stack.files,
         **exported.files,
         **backtest.files,
+        **gate_files,
     }
     for r in t.refits:
         for fname, ref in r.files.items():
@@ -223,14 +245,14 @@ def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, r
 def _panel(config: RetrainConfig, market: MarketRef, s: Stages, out: str) -> list[PanelMember]:
     """Pooled training's other symbols: each ingested, featurised (the target's cross symbols) and labelled by
     the same cached tasks as the target."""
-    if not config.models.pooled:
+    if not config.models.pooled and not (config.gate.enabled and config.gate.pooled):
         return []
     members = []
     for symbol in panel_symbols(market.data_dir, market.target, market.cross):
         m = s.run(ingest_task, market.data_dir, symbol, market.cross, out, market.until)
         f = s.run(features_task, m, config.features, config.gap_tolerance_hours, out)
         y = s.run(labels_task, m, f, config.horizons, config.dead_zone_bps, config.gap_tolerance_hours, out)
-        members.append(PanelMember(symbol=symbol, features=f, labels=y))
+        members.append(PanelMember(symbol=symbol, features=f, labels=y, market=m))
     return members
 
 

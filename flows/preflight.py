@@ -61,7 +61,9 @@ def _market(config: RetrainConfig, out_dir: Path | None) -> Market:
         cross = asked if asked is not None else default_cross(config.data_dir, config.target)
         return load_market(config.data_dir, config.target, cross, read=candle_reader(out_dir, store=False))
     spec = config.synthetic
-    frames = synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps)
+    frames = synth_market(
+        spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps, trade_signal=spec.trade_signal
+    )
     if config.target not in frames:
         raise ConfigError(f"config key 'target': {config.target} is not among synthetic.symbols {spec.symbols}")
     asked = config.cross_symbols()

@@ -274,6 +274,7 @@ def _light(doc: dict) -> dict:
     for rec in [*keep.get("targets", {}).values(), keep.get("pooled") or {}]:
         rec.pop("equity", None)
         rec.pop("timestamps", None)
+        rec.pop("gate_returns", None)
     return keep
 
 

@@ -10,7 +10,7 @@ on, and the chain of promoted runs stitched into one equity curve.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from macd_ml.artifacts import catalog
 from macd_ml.errors import DataError, Refused
 from macd_ml.features.ingest import Candles, Market, load_market
 from macd_ml.models.evaluation.backtest import BacktestSpec, bars_with_probability, evaluate, macd_signals
+from macd_ml.models.gate.secondary import GateSpec
 from macd_ml.serving.bundle import Bundle, build_bundle, open_bundle, read_bundle
 from macd_ml.serving.scorer import Scorer
 
@@ -34,6 +35,8 @@ class Source:
     spec: BacktestSpec
     holdout_first: datetime
     data_last: datetime
+    gate: dict | None = None  # the run's trade gate (trade_gate.json), when it has one
+    gate_spec: GateSpec = field(default_factory=GateSpec)  # its sizing settings
 
     @classmethod
     def load(cls, path: Path | str, trust=None) -> "Source":
@@ -60,16 +63,20 @@ class Source:
             spec=BacktestSpec.model_validate(config.get("backtest") or {}),
             holdout_first=datetime.fromisoformat(metrics["holdout"]["first"]),
             data_last=datetime.fromisoformat(metrics["input"]["span"][metrics["target"]][1]),
+            gate=bundle.json(catalog.TRADE_GATE) if catalog.TRADE_GATE in bundle.members else None,
+            gate_spec=GateSpec.model_validate(config.get("gate") or {}),
         )
 
 
 def scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: int) -> pl.DataFrame:
-    """The shipped probability at ``h`` for every target bar in [first, last] (null where nothing scored)."""
+    """The shipped probability at ``h`` for every target bar in [first, last] (null where nothing scored), and the
+    trade gate's probability ``q`` where the bundle has a gate and the bar a MACD signal it scored."""
     frame = market.target.frame
     upto = frame.filter(pl.col(catalog.TIMESTAMP) <= last)
     n = upto.filter(pl.col(catalog.TIMESTAMP) >= first).height
+    schema: dict = {catalog.TIMESTAMP: frame[catalog.TIMESTAMP].dtype, "p": pl.Float64, "q": pl.Float64}
     if n == 0:
-        return pl.DataFrame(schema={catalog.TIMESTAMP: frame[catalog.TIMESTAMP].dtype, "p": pl.Float64})
+        return pl.DataFrame(schema=schema)
     cut = Market(
         Candles(market.target.symbol, market.target.path, market.target.sha256, upto),
         tuple(
@@ -81,8 +88,9 @@ def scores(scorer: Scorer, market: Market, first: datetime, last: datetime, h: i
         {
             catalog.TIMESTAMP: [b.timestamp for b in bars],
             "p": [None if b.probabilities is None else b.probabilities[str(h)] for b in bars],
+            "q": [None if b.gate is None else b.gate.get("q") for b in bars],
         },
-        schema={catalog.TIMESTAMP: frame[catalog.TIMESTAMP].dtype, "p": pl.Float64},
+        schema=schema,
     )
 
 

@@ -47,6 +47,7 @@ FILES = (
     catalog.REPORT,
     catalog.META,
     catalog.FEATURES_META,
+    catalog.TRADE_GATE,
     catalog.CONFIG,
     catalog.SHIPPED_HOLDOUT,
     catalog.HOLDOUT_PREDICTIONS,

@@ -63,6 +63,7 @@ class BarScore:
     base: dict[str, dict[str, float]] = field(default_factory=dict)
     reason: str | None = None
     latency_ms: float | None = None
+    gate: dict | None = None  # the trade gate's answer for this bar (serving/trade_gate.py); None: no gate shipped
 
     def to_json(self) -> dict:
         return {
@@ -73,6 +74,7 @@ class BarScore:
             "base": self.base,
             "reason": self.reason,
             "latency_ms": self.latency_ms,
+            "gate": self.gate,
         }
 
 
@@ -161,6 +163,9 @@ class Scorer:
             self.models[m] = _ModelGraph(
                 m, session(data)[0], json.loads(props["feature_names"]), int(props.get("window", "1"))
             )
+        from macd_ml.serving.trade_gate import TradeGate
+
+        self.trade_gate = TradeGate.from_bundle(bundle, check_graph)
 
     @classmethod
     def load(cls, path: Path | str, stacking: bool | None = None, trust=None) -> Scorer:
@@ -226,6 +231,8 @@ class Scorer:
         else:  # some bar has no complete feature row: the models that can still score it need its own features
             partial = build_features(market, self.spec, self.gap_tolerance_hours, keep_incomplete=True).frame
         out = self._score_rows(complete, partial, wanted)
+        if self.trade_gate is not None:
+            self.trade_gate.answer(market.target.frame, complete, out)
         per_bar = (time.perf_counter() - t0) * 1000.0 / max(1, len(out))
         for b in out:
             b.latency_ms = round(per_bar, 3)

@@ -70,6 +70,7 @@ def score_bars(scorer, market: Market, times: list[datetime], log: Path) -> int:
                     "models": [],
                     "base": {},
                     "reason": None,
+                    "gate": None,
                     "error": {"kind": type(exc).__name__, "message": str(exc).splitlines()[0]},
                     "bundle": scorer.bundle.sha256[:12],
                     "run_id": scorer.bundle.run_id,

@@ -29,6 +29,7 @@ from macd_ml.models.evaluation.backtest import (
     _sharpes,
     bars_with_probability,
     block_indices,
+    compare_gates,
     evaluate,
     interval,
     macd_signals,
@@ -73,7 +74,14 @@ def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
         first_bar = after[0]
         last_bar = ts.filter(ts <= seg.last)[-1]
         probs = scores(Scorer(seg.source.bundle), market, first_bar, last_bar, seg.source.horizon)
-        probs = probs.with_columns(pl.lit(seg.source.threshold).alias("thr"))  # each run gates with its own
+        gate = seg.source.gate or {}
+        thr = gate.get("thresholds") or {}
+        probs = probs.with_columns(  # each run gates with its own thresholds and its own choice of gate
+            pl.lit(seg.source.threshold).alias("thr"),
+            pl.lit(thr.get("direction"), dtype=pl.Float64).alias("thr_direction"),
+            pl.lit(thr.get("meta"), dtype=pl.Float64).alias("thr_meta"),
+            pl.lit(gate.get("kind")).alias("kind"),
+        )
         pieces.append(probs)
         rows.append(
             {
@@ -82,6 +90,7 @@ def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
                 "first": first_bar.isoformat(),
                 "last": last_bar.isoformat(),
                 "threshold": seg.source.threshold,
+                "gate": gate.get("kind"),
                 "bars": probs.height,
             }
         )
@@ -114,7 +123,45 @@ def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
             )
     out["segments"] = rows
     out["target"] = scorer0.target
+    a, b = _index(ts, rows[0]["first"]), _index(ts, rows[-1]["last"]) + 1
+    out.update(_gate_kinds(bars[a:b], signals[a:b], h, spec, first.gate_spec))
     return out
+
+
+def _gate_kinds(bars: pl.DataFrame, signals: np.ndarray, h: int, spec, gate_spec) -> dict:
+    """Each trade gate kind over the stitched span against taking every signal, every segment deciding with its
+    own thresholds; ``shipped``: each segment's own choice (a run without a trade gate trades by the direction
+    gate, as before the trade gate existed)."""
+    from macd_ml.models.gate.choice import decide, summary_of
+    from macd_ml.models.gate.secondary import KINDS
+
+    if "kind" not in bars.columns or bars["kind"].drop_nulls().len() == 0:
+        return {}
+    p = bars["p"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    q = bars["q"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    thr_d = bars["thr_direction"].cast(pl.Float64).fill_null(bars["thr"]).fill_null(1.0).to_numpy()
+    thr_m = (
+        bars["thr_meta"].cast(pl.Float64).fill_null(2.0).to_numpy()
+    )  # no meta threshold: the meta kinds take nothing
+    kinds = bars["kind"].fill_null("direction").to_numpy()
+    gates: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
+        k: decide(k, signals, p, q, thr_d, thr_m, gate_spec) for k in KINDS
+    }
+    take = np.zeros(len(signals), bool)
+    size = np.ones(len(signals))
+    for k, (tk, sz) in gates.items():
+        mine = kinds == k
+        take[mine] = tk[mine]
+        if sz is not None:
+            size[mine] = sz[mine]
+    gates["shipped"] = (take, size)
+    open_ = bars["open"].cast(pl.Float64).to_numpy()
+    idx = block_indices(len(open_), spec.block_hours or max(h, 24), spec.bootstrap, spec.seed)
+    cmp = compare_gates(open_, signals, h, spec, gates, idx)
+    return {
+        "gate_kinds": {k: summary_of(v) for k, v in cmp["kinds"].items()},
+        "gate_returns": {k: v.tolist() for k, v in cmp["returns"].items()},
+    }
 
 
 def _index(ts: pl.Series, iso: str) -> int:
@@ -164,6 +211,44 @@ def pool(records: dict[str, dict], block_hours: int, draws: int, seed: int) -> d
         }
     out["equity"] = {n: np.cumprod(1 + ret).tolist() for n, ret in returns.items()}
     out["timestamps"] = hours
+    if all("gate_returns" in r for r in records.values()):
+        out["gate_kinds"] = _pool_gates(records, hours, idx)
+    return out
+
+
+def _pool_gates(records: dict[str, dict], hours: list[str], idx: np.ndarray) -> dict:
+    """The trade gate kinds of several track records, pooled as :func:`pool` pools the variants: each kind minus
+    taking every signal, per position style, with intervals from the same blocks for every target."""
+    names = set.intersection(*(set(r["gate_returns"]) for r in records.values()))
+    pooled: dict[str, np.ndarray] = {}
+    for name in names:
+        per_target = []
+        for r in records.values():
+            stamps = r["timestamps"][-len(r["gate_returns"][name]) :]
+            at = {t: i for i, t in enumerate(stamps)}
+            if not all(t in at for t in hours):
+                break
+            per_target.append(np.asarray(r["gate_returns"][name])[[at[t] for t in hours]])
+        else:
+            pooled[name] = np.mean(per_target, axis=0)
+    out: dict = {}
+    for name, ret in pooled.items():
+        kind, _, mode = name.rpartition("_long_")
+        mode = "long_" + mode
+        base = pooled.get(f"none_{mode}")
+        if base is None:
+            continue
+        d = _sharpes(ret, idx) - _sharpes(base, idx)
+        out.setdefault(kind, {})[mode] = {
+            "sharpe": sharpe(ret),
+            "trades": None,
+            "minus_none": {
+                "sharpe": sharpe(ret) - sharpe(base),
+                "sharpe_interval": interval(d),
+                "annual_return": float((ret.mean() - base.mean()) * HOURS_PER_YEAR),
+                "annual_return_interval": interval((ret[idx].mean(axis=1) - base[idx].mean(axis=1)) * HOURS_PER_YEAR),
+            },
+        }
     return out
 
 

@@ -93,7 +93,10 @@ def write_synthetic_market(spec: SynthSpec, out_dir: Path | str) -> Path:
     stamp = folder / "synth.json"
     if stamp.is_file() and stamp.read_text() == blob:
         return folder
-    write_market(synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps), folder)
+    write_market(
+        synth_market(spec.symbols, spec.hours, spec.seed, spec.signal, gaps=spec.gaps, trade_signal=spec.trade_signal),
+        folder,
+    )
     write_bytes(stamp, blob.encode())
     log.info("synthetic market (%s bars x %s) written to %s", spec.hours, len(spec.symbols), folder)
     return folder

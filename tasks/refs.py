@@ -137,6 +137,7 @@ class PanelMember(BaseModel):
     symbol: str
     features: TableRef
     labels: ArtifactRef
+    market: MarketRef | None = None  # its validated candles (the trade gate's pooled rows read them)
 
 
 def load_folds(ref: ArtifactRef) -> Folds:

@@ -28,6 +28,7 @@ from cliutil import package_copy  # (run as a script: tests/ is on sys.path)
 ROOT = Path(__file__).resolve().parents[1]
 NET = "tests/test_leakage_net.py"
 BLIND = "tests/test_blindness.py"
+GATE = "tests/test_trade_gate.py"
 
 
 @dataclass(frozen=True)
@@ -679,6 +680,73 @@ MUTATIONS = [
             "tests/test_walkforward.py::test_a_fleet_target_with_bad_data_never_stops_the_others_and_a_rerun_runs_only_it",
         ),
         "one child's bad data ends the fleet without its table",
+    ),
+    Mutation(
+        "trade-label-enters-at-the-signal-bar",
+        "features/trades.py",
+        "        e = t + 1\n",
+        "        e = t\n",
+        (f"{GATE}::test_trade_labels_by_hand", f"{GATE}::test_labels_match_the_backtest_trades"),
+        "a trade label enters at the signal bar's open, a price the decision at its close never had",
+    ),
+    Mutation(
+        "gate-purged-by-signal-time",
+        "models/gate/secondary.py",
+        "return (pl.col(EXIT) + pl.duration(hours=gap_hours) < start)",
+        "return (pl.col(catalog.TIMESTAMP) + pl.duration(hours=gap_hours) < start)",
+        (
+            f"{GATE}::test_purging_uses_the_trade_s_span_not_a_fixed_horizon",
+            f"{GATE}::test_inner_blocks_train_only_on_trades_that_ended_before_them",
+        ),
+        "the gate's training rows purged by the signal's time, not the trade's exit: trades still open reach in",
+    ),
+    Mutation(
+        "gate-learns-in-sample-primary",
+        "models/gate/train.py",
+        "        *(pl.col(catalog.out_of_sample_column(h)).alias(catalog.shipped_column(h)) for h in horizons),",
+        "        *(pl.col(catalog.shipped_column(h)) for h in horizons),",
+        (f"{GATE}::test_the_gate_learns_from_out_of_sample_primary_probabilities_only",),
+        "the secondary model learns from the stacker's in-sample probabilities",
+    ),
+    Mutation(
+        "oos-column-in-sample",
+        "models/ensemble/stacking.py",
+        '    if shipped.kind == "meta":\n        honest = np.full(len(y), np.nan)',
+        '    if shipped.kind == "never":\n        honest = np.full(len(y), np.nan)',
+        ("tests/test_stacking.py::test_the_out_of_sample_column_is_never_an_in_sample_prediction",),
+        "the out-of-sample column carries a meta-learner's in-sample probabilities",
+    ),
+    Mutation(
+        "gate-final-fit-reads-the-holdout",
+        "models/gate/train.py",
+        "        train = pool.filter(purged_before(pool, hold_first, embargo_hours))",
+        "        train = rows.filter(pl.col(LABEL).is_not_null())",
+        (f"{BLIND}::test_nothing_fitted_or_decided_reads_the_holdout",),
+        "the shipped secondary model is fitted on the holdout's trades too",
+    ),
+    Mutation(
+        "gate-chosen-on-the-holdout",
+        "models/gate/train.py",
+        "    a, b = _span(ts, first, oof_last)",
+        "    a, b = _span(ts, first, ts[-1])",
+        (f"{BLIND}::test_nothing_fitted_or_decided_reads_the_holdout",),
+        "the gate's thresholds and kind are chosen on a span that runs into the holdout",
+    ),
+    Mutation(
+        "gate-chosen-without-correction",
+        "models/gate/choice.py",
+        "    alpha = 0.05 / max(tried, 1)",
+        "    alpha = 0.05",
+        (f"{GATE}::test_on_the_null_market_no_gate_kind_beats_no_gate_over_a_walk_forward",),
+        "the best of many candidates ships when it beats no gate at the plain 95 % level: gates ship on noise",
+    ),
+    Mutation(
+        "gate-parity-unchecked",
+        "models/release/health.py",
+        '    ok = worst <= tol and bool(parity.get("passed"))',
+        '    ok = bool(parity.get("passed"))',
+        (f"{GATE}::test_a_learnable_trade_outcome_is_found_by_the_meta_gate_and_not_by_the_direction_gate",),
+        "the health gate no longer re-scores gate.onnx against the native probabilities",
     ),
 ]
 

@@ -18,7 +18,7 @@ PACKAGE = ROOT / "macd_ml"
 # deployments it serves included
 LAYERS = ["errors", "artifacts", "features", "models", "serving", "tasks", "flows", "deployments", "cli"]
 # models/ inside, bottom to top
-MODEL_ROLES = ["evaluation", "learners", "ensemble", "release"]
+MODEL_ROLES = ["evaluation", "learners", "ensemble", "release", "gate"]
 
 
 def _modules() -> dict[str, Path]:

@@ -63,7 +63,12 @@ HOLDOUT_FIGURES = (
     "/drift/*",  # the newest window (the holdout's end) against the training rows
     "/parity/*",  # ONNX against native, on the holdout rows
     "/health/*",  # the gate reads the holdout
+    "/trade_gate/holdout/*",  # the trade gate's holdout figures (reported only)
+    "/trade_gate/signals/holdout",
+    "/trade_gate/parity/*",  # gate.onnx against native, on the holdout's and the OOF span's signals
 )
+# trade_gate.json is metrics.json's "trade_gate" plus the model
+GATE_FIGURES = tuple(p.removeprefix("/trade_gate") for p in HOLDOUT_FIGURES if p.startswith("/trade_gate/"))
 # backtest.json is metrics.json's "backtest"
 BACKTEST_FIGURES = tuple(p.removeprefix("/backtest") for p in HOLDOUT_FIGURES if p.startswith("/backtest/"))
 # stack.json: the choice and its inner walk-forward scores stay; holdout figures may move
@@ -204,6 +209,12 @@ def test_nothing_fitted_or_decided_reads_the_holdout(runs):
     assert ba["threshold_choice"] == bb["threshold_choice"] and ba["threshold"] == bb["threshold"]
     assert ba["threshold_choice"]["oof_sharpe"], "the threshold was chosen on an OOF table"
     assert _unexpected(ba, bb, BACKTEST_FIGURES) == []
+
+    # the trade gate: its secondary model (in gate.onnx above), its thresholds and its choice; only holdout figures
+    ga, gb = _json(a, "trade_gate.json"), _json(b, "trade_gate.json")
+    assert ga["model"] is not None and ga["inner"]["n_test"] > 0, "the gate fitted a secondary model"
+    assert _unexpected(ga, gb, GATE_FIGURES) == []
+    assert ga["holdout"] != gb["holdout"], "the gate's holdout figures moved"
 
     # champion/challenger: both compared with the same champion, on the same bars
     pa, pb = _json(a, "promotion.json"), _json(b, "promotion.json")

@@ -24,10 +24,14 @@ from tests.cliutil import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "docs" / "schemas"
-SCORE = "score.v1.schema.json"
-SHADOW = "shadow-log.v1.schema.json"
-SCORE_FIELDS = ["time", "probabilities", "path", "models", "base", "reason", "latency_ms"]
+SCORE = "score.v2.schema.json"
+SHADOW = "shadow-log.v2.schema.json"
+SCORE_FIELDS = ["time", "probabilities", "path", "models", "base", "reason", "latency_ms", "gate"]
 SHADOW_FIELDS = [*SCORE_FIELDS, "error", "bundle", "run_id"]
+V1 = {  # the previous version stays for bots that still read it
+    "score.v1.schema.json": SCORE_FIELDS[:-1],
+    "shadow-log.v1.schema.json": [*SCORE_FIELDS[:-1], "error", "bundle", "run_id"],
+}
 
 
 def _schema(name: str) -> dict:
@@ -45,7 +49,7 @@ def _errors(name: str, doc: dict) -> list[str]:
 # --------------------------------------------------------------------------------------------- the schemas alone
 
 
-@pytest.mark.parametrize("name,fields", [(SCORE, SCORE_FIELDS), (SHADOW, SHADOW_FIELDS)])
+@pytest.mark.parametrize("name,fields", [(SCORE, SCORE_FIELDS), (SHADOW, SHADOW_FIELDS), *V1.items()])
 def test_schemas_are_valid_draft_2020_12_and_carry_their_version(name, fields):
     schema = _schema(name)
     Draft202012Validator.check_schema(schema)

@@ -177,6 +177,8 @@ def test_a_healthy_run_is_published_with_its_gate_and_onnx(run):
         "outputs",
         "not-collapsed",
         "onnx-parity",
+        "trade-gate",
+        "trade-gate-figures",
         "holdout-auc",
         "val-holdout-drop",
         "oof-rows",

@@ -202,3 +202,20 @@ def test_the_model_card_says_whether_the_pick_beat_the_reference():
     m.update({"shipped": "best:reference", "models": ["reference"], "weights": None})
     card = render_report(Metrics.model_validate(overruled))
     assert "The inner-CV pick was meta, but against the reference model" in card and "so the reference ships" in card
+
+
+def test_the_out_of_sample_column_is_never_an_in_sample_prediction():
+    """What the trade gate learns from (docs/trade-gate.md): with the meta-learner shipping, the shipped OOF
+    probability is in sample (its weights saw every OOF row); the out-of-sample column holds the inner blocks'
+    predictions only (calibrated like the shipped one) and nothing before the first block. With the mean or one
+    model shipping nothing is fitted on the rows, and the two columns agree."""
+    spec = StackSpec(reference_margin_se=0, include_reference=False)
+    oof = _table(6_000, 5, {"a": 0.6, "b": 0.2, "c": 0.1})
+    st = stack_horizon(oof, ["a", "b", "c"], H, spec, embargo_hours=24)
+    assert st.shipped.kind == "meta"
+    first = int(6_000 * spec.min_train_fraction)
+    assert np.isnan(st.oof_honest[:first]).all() and np.isfinite(st.oof_honest[first:]).all()
+    assert np.abs(st.oof_honest[first:] - st.oof_shipped[first:]).max() > 1e-3, "in-sample values leaked in"
+    single = stack_horizon(_table(6_000, 4, {"strong": 1.2, "n1": 0.0}), ["strong", "n1"], H, spec, 24)
+    assert single.shipped.kind != "meta"
+    assert np.allclose(single.oof_honest, single.oof_shipped)

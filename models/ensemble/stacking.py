@@ -177,6 +177,7 @@ class HorizonStack:
     calibration_brier: dict[str, float] | None = None  # inner walk-forward Brier per calibration kind
     oof_shipped: np.ndarray | None = None  # the shipped (calibrated) probability on every OOF row, time-sorted
     oof_timestamps: pl.Series | None = None
+    oof_honest: np.ndarray | None = None  # the shipped probability on OOF rows where it is out of sample (else NaN)
 
 
 def diversity(P: np.ndarray, models: list[str], threshold: float, collapsed: dict[str, bool]) -> dict:
@@ -295,6 +296,13 @@ def stack_horizon(
     cal = calibration.choose(shipped.predict_raw(P_shipped), y, blocks, spec.calibrations)
     shipped.calibration = cal.calibrator
     in_sample = shipped.predict(P_shipped)
+    # the shipped probability where it is out of sample: every OOF row for the mean or one model (nothing fitted
+    # on the rows but the calibration map), the inner test blocks' predictions for a meta-learner (its weights
+    # were fitted on the rest). What the trade gate learns from (models/gate/secondary.py)
+    honest = in_sample.copy()
+    if shipped.kind == "meta":
+        honest = np.full(len(y), np.nan)
+        honest[test_idx] = shipped.calibration.apply(meta_pred[best_c])
     return HorizonStack(
         horizon=h,
         shipped=shipped,
@@ -311,6 +319,7 @@ def stack_horizon(
         calibration_brier=cal.inner_brier,
         oof_shipped=in_sample,
         oof_timestamps=rows[catalog.TIMESTAMP],
+        oof_honest=honest,
     )
 
 
@@ -394,7 +403,13 @@ def stack_all(
         raw = st.shipped.predict_raw(holdout.select(prediction_columns_for(st.shipped.models, h)).to_numpy())
         y_hold = holdout[label_name(h)].cast(pl.Float64).to_numpy()
         oof_frames.append(
-            pl.DataFrame({catalog.TIMESTAMP: st.oof_timestamps, catalog.shipped_column(h): st.oof_shipped})
+            pl.DataFrame(
+                {
+                    catalog.TIMESTAMP: st.oof_timestamps,
+                    catalog.shipped_column(h): st.oof_shipped,
+                    catalog.out_of_sample_column(h): pl.Series(st.oof_honest).fill_nan(None),
+                }
+            )
             if st.oof_timestamps is not None
             else None
         )

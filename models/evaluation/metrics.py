@@ -221,6 +221,11 @@ class Metrics(_Doc):
         default=None, description="feature PSI and prediction shift (models/evaluation/drift.py)"
     )
     parity: dict | None = Field(default=None, description="ONNX parity on the holdout (models/release/export.py)")
+    trade_gate: dict | None = Field(
+        default=None,
+        description="the trade gate: the kind that ships, its thresholds and figures on OOF trades and the holdout "
+        "(models/gate/, docs/trade-gate.md)",
+    )
     health: HealthReport | None = None
 
     def model_order(self) -> list[str]:

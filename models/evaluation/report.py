@@ -207,6 +207,7 @@ def render_report(metrics: Metrics, plots: list[str] | None = None, plots_drawn:
             lines.append(f"| {check.name} | {result} | {check.detail.replace('|', '/')} |")
     lines += _calibration_section(metrics, h)
     lines += _backtest_section(metrics.backtest)
+    lines += _trade_gate_section(metrics.trade_gate)
     lines += _drift_section(metrics.drift)
     if plots:
         lines += ["", "## Plots", ""]
@@ -317,6 +318,71 @@ def _backtest_section(bt: dict | None) -> list[str]:
     return lines
 
 
+GATE_KINDS = (
+    ("direction", "direction gate (P of the signal's direction)"),
+    ("meta", "meta gate (P the trade pays)"),
+    ("meta_sized", "meta gate, sized"),
+)
+
+
+def gate_kinds_table(kinds: dict) -> list[str]:
+    """Each gate kind minus no gate (taking every signal), per position style, with 95 % intervals."""
+    lines = [
+        "| gate - no gate | style | trades (no gate: n) | Sharpe (95 % interval) | annual return (95 % interval) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in GATE_KINDS:
+        k = kinds.get(key)
+        if not k:
+            continue
+        for mode in ("long_flat", "long_short"):
+            d = k[mode]["minus_none"]
+            n0 = kinds.get("none", {}).get(mode, {}).get("trades", "–")
+            lo, hi = d["sharpe_interval"]
+            rlo, rhi = d["annual_return_interval"]
+            lines.append(
+                f"| {label} | {mode.replace('_', '/')} | {k[mode]['trades']} ({n0}) | {d['sharpe']:+.2f} "
+                f"({lo:+.2f} to {hi:+.2f}) | {_pct(d['annual_return'])} ({_pct(rlo)} to {_pct(rhi)}) |"
+            )
+    return lines
+
+
+def _trade_gate_section(gate: dict | None) -> list[str]:
+    if not gate:
+        return []
+    inner = gate.get("inner") or {}
+    sig = gate.get("signals", {})
+    lines = [
+        "",
+        "## Trade gate: take this MACD trade?",
+        "",
+        f"**Ships: {gate['kind']}**: {gate['reason']}. Chosen on out-of-fold trades ({gate['oof_span'][0][:10]} to "
+        f"{gate['oof_span'][1][:10]}; {sig.get('oof', 0)} target signals"
+        + (f", {sig['panel']} more from the panel" if sig.get("panel") else "")
+        + f"), label '{gate['label']}'. Thresholds: direction {gate['thresholds']['direction']}, meta "
+        f"{_f(gate['thresholds'].get('meta'), 4)}."
+        + (
+            f" Secondary model: inner walk-forward AUC {_f(inner.get('auc'))} on {inner.get('n_test')} signals "
+            f"(L2 C = {inner.get('C')})."
+            if inner
+            else f" {gate.get('note', '')}"
+        ),
+        "",
+        "Out-of-fold trades (what chose it):",
+        "",
+        *gate_kinds_table(gate.get("oof", {})),
+    ]
+    hold = gate.get("holdout") or {}
+    if hold.get("kinds"):
+        lines += [
+            "",
+            f"Holdout (reported only; {hold['signals']} signals, secondary AUC {_f(hold.get('auc'))}):",
+            "",
+            *gate_kinds_table(hold["kinds"]),
+        ]
+    return lines
+
+
 def _drift_section(drift: dict | None) -> list[str]:
     if not drift:
         return []
@@ -391,12 +457,13 @@ def track_record_markdown(doc: dict, children_table: str) -> str:
     for target, rec in doc.get("targets", {}).items():
         lines += ["", f"# {target}: {rec['first'][:10]} to {rec['last'][:10]} ({rec['bars']} bars)"]
         lines += _backtest_section(rec)[2:]
+        lines += _record_gates(rec)
         lines += ["", f"![equity {target}](equity_{target}.png)"]
         lines += [
             "",
-            "| segment | first | last | bars | threshold | AUC | trades ungated / gated | Sharpe ungated / gated | "
-            "buy and hold |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| segment | first | last | bars | threshold | trade gate | AUC | trades ungated / gated | "
+            "Sharpe ungated / gated | buy and hold |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in rec["segments"]:
             thr = "–" if s["threshold"] is None else f"{s['threshold']:.2f}"
@@ -405,8 +472,8 @@ def track_record_markdown(doc: dict, children_table: str) -> str:
             sh = f"{s['sharpe_ungated']:.2f} / {s['sharpe_gated']:.2f}" if "sharpe_gated" in s else "–"
             bh = _pct(s["return_buy_and_hold"]) if "return_buy_and_hold" in s else "–"
             lines.append(
-                f"| {s['segment']} | {s['first'][:16]} | {s['last'][:16]} | {s['bars']} | {thr} | {a} | {trades} | "
-                f"{sh} | {bh} |"
+                f"| {s['segment']} | {s['first'][:16]} | {s['last'][:16]} | {s['bars']} | {thr} | "
+                f"{s.get('gate') or '–'} | {a} | {trades} | {sh} | {bh} |"
             )
     pooled = doc.get("pooled")
     if pooled:
@@ -427,5 +494,30 @@ def track_record_markdown(doc: dict, children_table: str) -> str:
         for mode, d in pooled["gated_minus_ungated"].items():
             lo, hi = d["sharpe_interval"]
             lines.append(f"| {mode.replace('_', '/')} | {d['sharpe']:+.2f} ({lo:+.2f} to {hi:+.2f}) |")
+        lines += _record_gates(pooled)
         lines += ["", "![equity, pooled](equity_pooled.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _record_gates(rec: dict) -> list[str]:
+    """A track record's trade gate kinds against taking every signal (each segment with its own thresholds;
+    ``shipped``: each segment's own choice)."""
+    kinds = rec.get("gate_kinds")
+    if not kinds:
+        return []
+    lines = ["", "Trade gate kinds minus no gate (every MACD signal taken), 95 % moving-block intervals:", ""]
+    lines += [
+        "| gate - no gate | style | Sharpe (95 % interval) | annual return (95 % interval) |",
+        "|---|---|---|---|",
+    ]
+    for key, label in [*GATE_KINDS, ("shipped", "what each run shipped")]:
+        k = kinds.get(key)
+        for mode in ("long_flat", "long_short") if k else ():
+            d = k[mode]["minus_none"]
+            lo, hi = d["sharpe_interval"]
+            rlo, rhi = d["annual_return_interval"]
+            lines.append(
+                f"| {label} | {mode.replace('_', '/')} | {d['sharpe']:+.2f} ({lo:+.2f} to {hi:+.2f}) | "
+                f"{_pct(d['annual_return'])} ({_pct(rlo)} to {_pct(rhi)}) |"
+            )
+    return lines

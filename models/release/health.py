@@ -11,6 +11,8 @@ Checks (severity ``error`` refuses promotion; ``warning`` is reported only):
   probabilities;
 - ``holdout-auc``: the shipped holdout AUC at the primary horizon is at least ``min_test_auc`` and above 0.5 by
   ``min_auc_se`` standard errors (SE = sqrt(h / 3n));
+- ``trade-gate``: the trade gate's ``gate.onnx`` matches its native probabilities on the holdout signals
+  (docs/trade-gate.md); ``trade-gate-figures``: no gate kind's holdout trades look too good to be true (a warning);
 - ``val-holdout-drop``: validation -> holdout AUC falls by less than ``max_drop_rel`` (relative);
 - ``oof-rows``: at least ``min_oof_rows`` out-of-fold rows (a warning);
 - ``live``: the bot's own path (serving/live_check.py: a ``Scorer`` over the run's files, candles in) scores the
@@ -212,6 +214,51 @@ def check_parity(run: RunUnderCheck) -> Outcome:
     )
 
 
+def check_trade_gate(run: RunUnderCheck) -> Outcome:
+    """The trade gate (models/gate/): ``onnx/gate.onnx`` re-scored here matches the native probabilities of the
+    holdout's signals (what the bot runs is what was evaluated)."""
+    if catalog.TRADE_GATE not in run.files:
+        return True, "no trade gate in this run (gate.enabled is off)"
+    doc = read_json(run.file(catalog.TRADE_GATE))
+    if catalog.GATE_ONNX not in run.files:
+        return doc.get("model") is None, f"ships {doc['kind']}; no secondary model (too few signals), no gate.onnx"
+    trades = read_parquet(run.file(catalog.GATE_TRADES)).filter(pl.col("q_holdout").is_not_null())
+    X = trades.select(doc["model"]["inputs"]).cast(pl.Float64).to_numpy().astype(np.float32)
+    q = run.sessions[catalog.GATE_ONNX].run(None, {"x": X})[0][:, 0] if len(X) else np.zeros(0)
+    worst = float(np.max(np.abs(q - trades["q_holdout"].to_numpy()))) if len(X) else 0.0
+    parity = doc.get("parity") or {}
+    tol = parity.get("tolerance", 1e-4)
+    ok = worst <= tol and bool(parity.get("passed"))
+    return ok, (
+        f"ships {doc['kind']}; gate.onnx max |onnx - native| {worst:.2g} on {len(X)} holdout signals "
+        f"(export parity {'passed' if parity.get('passed') else 'FAILED'}, tolerance {tol:g})"
+    )
+
+
+def check_trade_gate_figures(run: RunUnderCheck) -> Outcome:
+    """A warning when a gate kind's holdout trades look too good for an hourly MACD gate (Sharpe above 5, or a hit
+    rate of 80 % over 20 trades or more): a leak, not an edge, unless the holdout is tiny. Only the holdout: the
+    out-of-fold figures are the best of a choice, optimistic by construction."""
+    from macd_ml.models.evaluation.backtest import SUSPECT_HIT_RATE, SUSPECT_SHARPE
+
+    if catalog.TRADE_GATE not in run.files:
+        return True, "no trade gate in this run"
+    kinds = (read_json(run.file(catalog.TRADE_GATE)).get("holdout") or {}).get("kinds", {})
+    problems = [
+        f"{kind} {mode}: Sharpe {v['sharpe']:.1f}, hit rate {v['hit_rate'] or 0:.0%} over {v['trades']} trades"
+        for kind, figures in kinds.items()
+        if kind != "none"
+        for mode, v in figures.items()
+        if mode != "mean"
+        and (v["sharpe"] > SUSPECT_SHARPE or (v["trades"] >= 20 and (v["hit_rate"] or 0) >= SUSPECT_HIT_RATE))
+    ]
+    return not problems, (
+        "too good for hourly crypto (look-ahead?): " + "; ".join(problems)
+        if problems
+        else "no gate kind looks too good"
+    )
+
+
 def check_holdout_auc(run: RunUnderCheck) -> Outcome:
     h, spec = run.horizon, run.spec
     shipped = run.metrics.meta[str(h)]
@@ -277,6 +324,8 @@ CHECKS: list[tuple[str, Callable[[RunUnderCheck], Outcome], Severity]] = [
     ("outputs", check_outputs, "error"),
     ("not-collapsed", check_not_collapsed, "error"),
     ("onnx-parity", check_parity, "error"),
+    ("trade-gate", check_trade_gate, "error"),
+    ("trade-gate-figures", check_trade_gate_figures, "warning"),
     ("holdout-auc", check_holdout_auc, "auc"),
     ("val-holdout-drop", check_drop, "auc"),
     ("oof-rows", check_oof_rows, "warning"),
