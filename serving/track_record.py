@@ -39,6 +39,8 @@ from macd_ml.models.evaluation.stats import auc
 from macd_ml.serving.backtest import Source, scores, span_time
 from macd_ml.serving.scorer import Scorer
 
+RANDOM_DRAWS = 200  # random skips at each gate's own rate (models/evaluation/backtest.py: random_skips)
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -157,7 +159,7 @@ def _gate_kinds(bars: pl.DataFrame, signals: np.ndarray, h: int, spec, gate_spec
     gates["shipped"] = (take, size)
     open_ = bars["open"].cast(pl.Float64).to_numpy()
     idx = block_indices(len(open_), spec.block_hours or max(h, 24), spec.bootstrap, spec.seed)
-    cmp = compare_gates(open_, signals, h, spec, gates, idx)
+    cmp = compare_gates(open_, signals, h, spec, gates, idx, random_draws=RANDOM_DRAWS, seed=spec.seed)
     return {
         "gate_kinds": {k: summary_of(v) for k, v in cmp["kinds"].items()},
         "gate_returns": {k: v.tolist() for k, v in cmp["returns"].items()},

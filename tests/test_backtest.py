@@ -10,11 +10,13 @@ import pytest
 
 from macd_ml.features.synth import synth_market
 from macd_ml.models.evaluation.backtest import (
+    MODES,
     BacktestSpec,
     choose_threshold,
     evaluate,
     gate,
     macd_signals,
+    sharpe,
     simulate,
     summary,
 )
@@ -211,3 +213,29 @@ def test_the_runs_backtest_chooses_its_threshold_on_the_oof_rows_alone():
     b = run_backtest(mirror_from(candles, first), oof, flipped, h, spec)
     assert a["threshold_choice"] == b["threshold_choice"] and a["threshold"] == b["threshold"]
     assert a["variants"] != b["variants"]
+
+
+def test_a_gate_is_set_against_random_skips_at_its_own_rate():
+    """A gate that skips at random beats about half of the random draws at its rate; one that knows which trades
+    pay (here: an oracle) beats nearly all: trading less is not an edge."""
+    from macd_ml.models.evaluation.backtest import random_skips
+
+    rng = np.random.default_rng(4)
+    n = 4_000
+    open_ = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    sig = np.zeros(n, np.int8)
+    at = np.sort(rng.choice(np.arange(30, n - 30), 300, replace=False))
+    sig[at] = rng.choice([-1, 1], 300)
+    spec = BacktestSpec()
+
+    def mean_sharpe(take):
+        return float(np.mean([sharpe(simulate(open_, sig, take, 5, m, spec.cost).returns) for m in MODES]))
+
+    lucky = np.zeros(n, bool)
+    lucky[rng.choice(at, 120, replace=False)] = True
+    coin = random_skips(open_, sig, lucky, 5, spec, 200, 1, mean_sharpe(lucky))
+    assert coin["rate"] == pytest.approx(0.4) and 0.1 < coin["gate_beats_share"] < 0.9
+    pays = np.array([sig[t] * (open_[min(t + 6, n - 1)] / open_[t + 1] - 1) > 0 for t in at])
+    oracle = np.zeros(n, bool)
+    oracle[at[pays]] = True
+    assert random_skips(open_, sig, oracle, 5, spec, 200, 1, mean_sharpe(oracle))["gate_beats_share"] > 0.95

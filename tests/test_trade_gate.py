@@ -409,3 +409,12 @@ def test_the_export_parity_of_the_gate_graph():
     assert good["passed"] and good["rows"] == 200
     other = fit_gate(rows, inputs, 1, "T", 0.001, GateSpec())  # another model's graph
     assert not gate_parity(gate_onnx(other).SerializeToString(), model, X)["passed"]
+
+
+def test_bad_gate_settings_are_refused_naming_the_key():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="gate.min_size"):
+        GateSpec(min_size=0.9, max_size=0.5)
+    with pytest.raises(ValidationError, match="gate.skip_shares"):
+        GateSpec(skip_shares=[0.2, 1.0])

@@ -308,11 +308,17 @@ def compare_gates(
     spec: BacktestSpec,
     gates: dict[str, tuple[np.ndarray, np.ndarray | None]],
     idx: np.ndarray,
+    random_draws: int = 0,
+    seed: int = 0,
 ) -> dict:
     """Each gate (name -> which signals it takes, and their sizes or None) against taking every signal, on the
     same bars, in both position styles: the variant's figures with a Sharpe interval, and the gate minus no gate
     (Sharpe and annual return, with moving-block intervals drawn with ``idx``) per style and averaged over the two
-    styles (``mean``: what the trade gate's choice reads). Also the hourly returns of every run (``returns``)."""
+    styles (``mean``: what the trade gate's choice reads). Also the hourly returns of every run (``returns``).
+
+    With ``random_draws``, each unsized gate is also set against skipping signals at random at its own rate
+    (``random_skips``): the mean Sharpe of those draws and the share of them the gate beats. A gate that only
+    trades less beats about half of them; one that picks the better trades beats most."""
     everything = np.ones(len(signals), bool)
     base = {m: simulate(open_, signals, everything, horizon, m, spec.cost) for m in MODES}
     out: dict = {"kinds": {}, "returns": {f"none_{m}": base[m].returns for m in MODES}}
@@ -343,5 +349,37 @@ def compare_gates(
             "minus_none": float(np.mean([kind[m]["minus_none"]["sharpe"] for m in MODES])),
             "minus_none_interval": interval(mean_diff),
         }
+        if random_draws and name != "none" and size is None:
+            kind["mean"]["random_skips"] = random_skips(
+                open_, signals, take, horizon, spec, random_draws, seed, kind["mean"]["sharpe"]
+            )
         out["kinds"][name] = kind
     return out
+
+
+def random_skips(
+    open_: np.ndarray,
+    signals: np.ndarray,
+    take: np.ndarray,
+    horizon: int,
+    spec: BacktestSpec,
+    draws: int,
+    seed: int,
+    gate_sharpe: float,
+) -> dict:
+    """Skip signals at random at the gate's own rate, ``draws`` times: the mean Sharpe (over both position styles)
+    of those draws, and the share of them the gate's ``gate_sharpe`` beats."""
+    at = np.flatnonzero(signals != 0)
+    rate = float(take[at].mean()) if len(at) else 0.0
+    rng = np.random.default_rng(seed)
+    scores = np.empty(draws)
+    for k in range(draws):
+        pick = np.zeros(len(signals), bool)
+        pick[at] = rng.random(len(at)) < rate
+        scores[k] = np.mean([sharpe(simulate(open_, signals, pick, horizon, m, spec.cost).returns) for m in MODES])
+    return {
+        "rate": rate,
+        "draws": draws,
+        "mean_sharpe": float(scores.mean()),
+        "gate_beats_share": float((gate_sharpe > scores).mean()),
+    }

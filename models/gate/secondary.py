@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from macd_ml.artifacts import catalog
 from macd_ml.features.trades import Barrier, LabelKind, macd_histogram, strength, trade_outcomes, volatility
@@ -78,6 +78,14 @@ class GateSpec(BaseModel):
     min_signals: int = Field(
         default=60, ge=10, description="fewer labelled target signal rows with primary probabilities: no meta gate"
     )
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> "GateSpec":
+        if self.min_size > self.max_size:
+            raise ValueError(f"gate.min_size ({self.min_size}) is above gate.max_size ({self.max_size})")
+        if any(not 0 < x < 1 for x in self.skip_shares):
+            raise ValueError(f"gate.skip_shares {self.skip_shares}: each must be a share strictly between 0 and 1")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- rows
