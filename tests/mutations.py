@@ -684,8 +684,8 @@ MUTATIONS = [
     Mutation(
         "trade-label-enters-at-the-signal-bar",
         "features/trades.py",
-        "        e = t + 1\n",
-        "        e = t\n",
+        "        e = int(t) + 1\n",
+        "        e = int(t)\n",
         (f"{GATE}::test_trade_labels_by_hand", f"{GATE}::test_labels_match_the_backtest_trades"),
         "a trade label enters at the signal bar's open, a price the decision at its close never had",
     ),

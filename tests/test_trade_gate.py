@@ -418,3 +418,19 @@ def test_bad_gate_settings_are_refused_naming_the_key():
         GateSpec(min_size=0.9, max_size=0.5)
     with pytest.raises(ValidationError, match="gate.skip_shares"):
         GateSpec(skip_shares=[0.2, 1.0])
+
+
+def test_pooled_rows_are_standardised_per_symbol():
+    """A panel symbol whose inputs are the target's on another scale (here x 100 + 50) adds exactly what a copy of
+    the target's rows would: each symbol is standardised by its own rows. The "is the target" input is folded into
+    the bias of the model the bot runs."""
+    target = _rows(300, [5])
+    scaled = target.with_columns((pl.col("f") * 100 + 50).alias("f"), pl.col(STRENGTH) * 100, pl.lit("P").alias(SYMBOL))
+    copy = target.with_columns(pl.lit("P").alias(SYMBOL))
+    inputs = ["f", SIDE, STRENGTH, "p_h5"]
+    X = target.select(inputs).cast(pl.Float64).to_numpy()
+    a = fit_gate(pl.concat([target, scaled]), inputs, 1, "T", 1.0, GateSpec(pooled=True)).predict(X)
+    b = fit_gate(pl.concat([target, copy]), inputs, 1, "T", 1.0, GateSpec(pooled=True)).predict(X)
+    assert np.allclose(a, b, atol=1e-8)
+    with_symbol = fit_gate(pl.concat([target, scaled]), inputs, 1, "T", 1.0, GateSpec(pooled=True, symbol_feature=True))
+    assert len(with_symbol.weights) == len(inputs)  # the bot's graph reads the same inputs
