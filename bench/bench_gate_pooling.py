@@ -106,9 +106,12 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="use every k-th run of each target (time)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    runs = sorted(Path(args.runs).glob("*/*/*/runs/*"))
+    newest: dict[Path, Path] = {}  # per cutoff home, its newest run with a trade gate
+    for r in sorted(Path(args.runs).glob("*/*/*/runs/*")):
+        if (r / catalog.TRADE_GATE).is_file():
+            newest[r.parent.parent] = r
     by_target: dict[str, list[Path]] = {}
-    for r in runs:
+    for r in newest.values():
         by_target.setdefault(r.parts[-5], []).append(r)
     chosen = [r for rs in by_target.values() for r in sorted(rs)[:: args.every]]
     rows = [one_run(r, args.data) for r in chosen]
