@@ -65,7 +65,7 @@ class TradeGate:
         power = strength(hist, close, volatility(close))
         at = {t: i for i, t in enumerate(ts.to_list())}
         rows = {t: i for i, t in enumerate(complete[catalog.TIMESTAMP].to_list())}
-        names = [n for n in self.inputs if n not in (SIDE, STRENGTH) and not n.startswith("p_h")]
+        names = self.inputs[: self.inputs.index(SIDE)] if self.inputs else []  # the features come first
         X = complete.select(names).to_numpy().astype(np.float64) if names and complete.height else None
         for bar in scores:
             i = at.get(bar.timestamp)
@@ -119,6 +119,7 @@ class TradeGate:
         r = rows.get(bar.timestamp)
         if self.session is None or X is None or r is None or bar.probabilities is None:
             return np.array([np.nan])
-        probs = [bar.probabilities.get(n[len("p_h") :], np.nan) for n in self.inputs if n.startswith("p_h")]
+        horizons = [n.removeprefix("p_h") for n in self.inputs[self.inputs.index(STRENGTH) + 1 :]]  # then the probs
+        probs = [bar.probabilities.get(h, np.nan) for h in horizons]
         x = np.concatenate([X[r], [side, power], probs]).astype(np.float32).reshape(1, -1)
         return self.session.run(None, {"x": x})[0][:, 0].astype(np.float64)

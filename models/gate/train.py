@@ -105,7 +105,11 @@ def train_gate(
     )
     oof_first, oof_last = oof_probs[catalog.TIMESTAMP].min(), oof_probs[catalog.TIMESTAMP].max()
     ts_col = pl.col(catalog.TIMESTAMP)
-    oof_rows = rows.filter(ts_col.is_between(oof_first, oof_last) & pl.col(hcol).is_not_null())
+    # OOF signal rows with an out-of-sample primary probability whose trade ended before the holdout began (with
+    # the default embargo every OOF trade does; a label that reaches into the holdout is never read)
+    oof_rows = rows.filter(
+        ts_col.is_between(oof_first, oof_last) & pl.col(hcol).is_not_null() & (pl.col(EXIT) < hold_first)
+    )
     hold_rows = rows.filter(ts_col >= hold_first)
     panel_rows = None
     if spec.pooled and panel:
