@@ -47,6 +47,7 @@ from macd_ml.models.ensemble.predictor import Predictor
 from macd_ml.models.release.onnx_export import EnsembleSpec, ensemble_spec
 from macd_ml.models.release.scoring import session, windows
 from macd_ml.serving.bundle import Bundle, open_bundle
+from macd_ml.serving.trade_gate import TradeGate
 
 HISTORY_BARS = 800
 Path_ = Literal["stacked", "mean", "single", "none"]
@@ -163,8 +164,6 @@ class Scorer:
             self.models[m] = _ModelGraph(
                 m, session(data)[0], json.loads(props["feature_names"]), int(props.get("window", "1"))
             )
-        from macd_ml.serving.trade_gate import TradeGate
-
         self.trade_gate = TradeGate.from_bundle(bundle, check_graph)
 
     @classmethod

@@ -25,11 +25,12 @@ from macd_ml.errors import DataError
 from macd_ml.features.ingest import load_market
 from macd_ml.features.labels import label_name, make_labels
 from macd_ml.models.evaluation.backtest import (
-    HOURS_PER_YEAR,
+    MODES,
     _sharpes,
     bars_with_probability,
     block_indices,
     compare_gates,
+    difference,
     evaluate,
     interval,
     macd_signals,
@@ -142,9 +143,7 @@ def _gate_kinds(bars: pl.DataFrame, signals: np.ndarray, h: int, spec, gate_spec
     p = bars["p"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     q = bars["q"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     thr_d = bars["thr_direction"].cast(pl.Float64).fill_null(bars["thr"]).fill_null(1.0).to_numpy()
-    thr_m = (
-        bars["thr_meta"].cast(pl.Float64).fill_null(2.0).to_numpy()
-    )  # no meta threshold: the meta kinds take nothing
+    thr_m = bars["thr_meta"].cast(pl.Float64).fill_null(2.0).to_numpy()  # none: the meta kinds take nothing
     kinds = bars["kind"].fill_null("direction").to_numpy()
     gates: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
         k: decide(k, signals, p, q, thr_d, thr_m, gate_spec) for k in KINDS
@@ -184,15 +183,10 @@ def pool(records: dict[str, dict], block_hours: int, draws: int, seed: int) -> d
     if len(hours) < 2:
         raise ValueError("the track records share fewer than 2 hours: nothing to pool")
     variants = list(next(iter(records.values()))["equity"])
-    returns: dict[str, np.ndarray] = {}
-    for name in variants:
-        per_target = []
-        for r in records.values():
-            eq = np.asarray(r["equity"][name])
-            ret = np.diff(np.concatenate([[1.0], eq])) / np.concatenate([[1.0], eq[:-1]])
-            at = {t: i for i, t in enumerate(r["timestamps"])}
-            per_target.append(ret[[at[t] for t in hours]])
-        returns[name] = np.mean(per_target, axis=0)
+    returns = {
+        name: _mean_at([(r["timestamps"], _from_equity(r["equity"][name])) for r in records.values()], hours)
+        for name in variants
+    }
     idx = block_indices(len(hours), block_hours, draws, seed)
     out: dict = {"targets": sorted(records), "first": hours[0], "last": hours[-1], "bars": len(hours), "variants": {}}
     for name, ret in returns.items():
@@ -201,16 +195,11 @@ def pool(records: dict[str, dict], block_hours: int, draws: int, seed: int) -> d
             "sharpe_interval": interval(_sharpes(ret, idx)),
             "cumulative_return": float(np.prod(1 + ret) - 1),
         }
-    out["gated_minus_ungated"] = {}
-    for mode in ("long_flat", "long_short"):
-        g, u = returns.get(f"gated_{mode}"), returns.get(f"ungated_{mode}")
-        if g is None or u is None:
-            continue
-        out["gated_minus_ungated"][mode] = {
-            "sharpe": sharpe(g) - sharpe(u),
-            "sharpe_interval": interval(_sharpes(g, idx) - _sharpes(u, idx)),
-            "annual_return": float((g.mean() - u.mean()) * HOURS_PER_YEAR),
-        }
+    out["gated_minus_ungated"] = {
+        mode: difference(returns[f"gated_{mode}"], returns[f"ungated_{mode}"], idx)[0]
+        for mode in MODES
+        if f"gated_{mode}" in returns and f"ungated_{mode}" in returns
+    }
     out["equity"] = {n: np.cumprod(1 + ret).tolist() for n, ret in returns.items()}
     out["timestamps"] = hours
     if all("gate_returns" in r for r in records.values()):
@@ -218,38 +207,36 @@ def pool(records: dict[str, dict], block_hours: int, draws: int, seed: int) -> d
     return out
 
 
+def _from_equity(equity: list[float]) -> np.ndarray:
+    eq = np.asarray(equity)
+    return np.diff(np.concatenate([[1.0], eq])) / np.concatenate([[1.0], eq[:-1]])
+
+
+def _mean_at(series: list[tuple[list[str], np.ndarray]], hours: list[str]) -> np.ndarray:
+    """The mean over targets of each one's hourly returns (its timestamps, its returns) at ``hours``."""
+    picked = []
+    for stamps, ret in series:
+        at = {t: i for i, t in enumerate(stamps)}
+        picked.append(np.asarray(ret)[[at[t] for t in hours]])
+    return np.mean(picked, axis=0)
+
+
 def _pool_gates(records: dict[str, dict], hours: list[str], idx: np.ndarray) -> dict:
-    """The trade gate kinds of several track records, pooled as :func:`pool` pools the variants: each kind minus
-    taking every signal, per position style, with intervals from the same blocks for every target."""
+    """The trade gate kinds of several track records, pooled as :func:`pool` pools the variants (a record's gate
+    returns cover its timestamps): each kind minus taking every signal, per position style, with intervals from the
+    same blocks for every target."""
     names = set.intersection(*(set(r["gate_returns"]) for r in records.values()))
-    pooled: dict[str, np.ndarray] = {}
-    for name in names:
-        per_target = []
-        for r in records.values():
-            stamps = r["timestamps"][-len(r["gate_returns"][name]) :]
-            at = {t: i for i, t in enumerate(stamps)}
-            if not all(t in at for t in hours):
-                break
-            per_target.append(np.asarray(r["gate_returns"][name])[[at[t] for t in hours]])
-        else:
-            pooled[name] = np.mean(per_target, axis=0)
+    pooled = {n: _mean_at([(r["timestamps"], r["gate_returns"][n]) for r in records.values()], hours) for n in names}
     out: dict = {}
     for name, ret in pooled.items():
-        kind, _, mode = name.rpartition("_long_")
-        mode = "long_" + mode
-        base = pooled.get(f"none_{mode}")
-        if base is None:
+        kind, _, style = name.rpartition("_long_")
+        mode = f"long_{style}"
+        if name.startswith("none_") or f"none_{mode}" not in pooled:
             continue
-        d = _sharpes(ret, idx) - _sharpes(base, idx)
         out.setdefault(kind, {})[mode] = {
             "sharpe": sharpe(ret),
             "trades": None,
-            "minus_none": {
-                "sharpe": sharpe(ret) - sharpe(base),
-                "sharpe_interval": interval(d),
-                "annual_return": float((ret.mean() - base.mean()) * HOURS_PER_YEAR),
-                "annual_return_interval": interval((ret[idx].mean(axis=1) - base[idx].mean(axis=1)) * HOURS_PER_YEAR),
-            },
+            "minus_none": difference(ret, pooled[f"none_{mode}"], idx)[0],
         }
     return out
 

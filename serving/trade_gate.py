@@ -20,8 +20,8 @@ import numpy as np
 import polars as pl
 
 from macd_ml.artifacts import catalog
-from macd_ml.features.trades import macd_histogram, strength, volatility
-from macd_ml.models.evaluation.backtest import BacktestSpec, macd_signals
+from macd_ml.features.trades import strength, volatility
+from macd_ml.models.evaluation.backtest import BacktestSpec, macd_signals_and_histogram
 from macd_ml.models.gate.choice import decide
 from macd_ml.models.gate.secondary import SIDE, STRENGTH, GateSpec
 
@@ -60,8 +60,7 @@ class TradeGate:
         rows)."""
         ts = candles[catalog.TIMESTAMP]
         close = candles["close"].cast(pl.Float64).to_numpy()
-        signals = macd_signals(candles["close"], self.backtest)
-        hist = macd_histogram(candles["close"], self.backtest.fast, self.backtest.slow, self.backtest.signal)
+        signals, hist = macd_signals_and_histogram(candles["close"], self.backtest)
         power = strength(hist, close, volatility(close))
         at = {t: i for i, t in enumerate(ts.to_list())}
         rows = {t: i for i, t in enumerate(complete[catalog.TIMESTAMP].to_list())}

@@ -336,7 +336,9 @@ def gate_kinds_table(kinds: dict, with_shipped: bool = False) -> list[str]:
     ]
     for key, label in labels:
         k = kinds.get(key)
-        for mode in ("long_flat", "long_short") if k else ():
+        if not k:
+            continue
+        for mode in ("long_flat", "long_short"):
             d = k[mode]["minus_none"]
             n0 = kinds.get("none", {}).get(mode, {}).get("trades")
             trades = "–" if k[mode].get("trades") is None else f"{k[mode]['trades']} ({n0})"

@@ -68,7 +68,7 @@ def meta_threshold(
     scores: dict[str, float | None] = {}
     for share in spec.skip_shares:
         thr = float(np.quantile(qs, share))
-        take = (signals != 0) & np.isfinite(q) & (np.nan_to_num(q, nan=0.0) >= thr)
+        take, _ = decide("meta", signals, q, q, thr, thr, spec)  # the meta kind reads q only
         runs = {m: simulate(open_, signals, take, horizon, m, bt.cost) for m in MODES}
         enough = all(len(runs[m].trades) >= max(5, bt.min_trade_share * base[m]) for m in MODES)
         scores[f"{thr:.6f}"] = float(np.mean([sharpe(runs[m].returns) for m in MODES])) if enough else None

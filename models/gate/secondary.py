@@ -27,9 +27,9 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from macd_ml.artifacts import catalog
-from macd_ml.features.trades import Barrier, LabelKind, macd_histogram, strength, trade_outcomes, volatility
+from macd_ml.features.trades import Barrier, LabelKind, strength, trade_outcomes, volatility
 from macd_ml.models.ensemble.logistic import EPS, fit_logistic, sigmoid
-from macd_ml.models.evaluation.backtest import BacktestSpec, macd_signals
+from macd_ml.models.evaluation.backtest import BacktestSpec, macd_signals_and_histogram
 
 GateKind = Literal["none", "direction", "meta", "meta_sized"]
 KINDS: tuple[GateKind, ...] = ("none", "direction", "meta", "meta_sized")
@@ -108,9 +108,8 @@ def signal_rows(
     ts = candles[catalog.TIMESTAMP]
     open_ = candles["open"].cast(pl.Float64).to_numpy()
     close = candles["close"].cast(pl.Float64).to_numpy()
-    signals = macd_signals(candles["close"], bt)
+    signals, hist = macd_signals_and_histogram(candles["close"], bt)
     sigma = volatility(close)
-    hist = macd_histogram(candles["close"], bt.fast, bt.slow, bt.signal)
     trades = trade_outcomes(
         ts, open_, close, signals, horizon, bt.cost, spec.label, Barrier(spec.profit_take, spec.stop_loss), sigma
     )

@@ -125,7 +125,8 @@ def train_gate(
     open_ = candles["open"].cast(pl.Float64).to_numpy()
     signals = macd_signals(candles["close"], bt)
     p_oof = _per_bar(candles, oof_probs, catalog.shipped_column(horizon))
-    labelled = oof_rows.filter(pl.col(LABEL).is_not_null()).height
+    y_oof = oof_rows.filter(pl.col(LABEL).is_not_null())
+    labelled = y_oof.height
     inner = None
     if labelled >= spec.min_signals:
         inner = inner_walk_forward(oof_rows, panel_rows, inputs, n_prob, target, spec, embargo_hours)
@@ -165,7 +166,7 @@ def train_gate(
     else:
         trades = trades.with_columns(pl.lit(None, dtype=pl.Float64).alias(Q_HOLDOUT))
 
-    y_oof = oof_rows.filter(pl.col(LABEL).is_not_null())
+    scored = trades.filter(pl.col(Q_OOF).is_not_null())
     doc = {
         "kind": chosen["kind"],
         "reason": chosen["reason"],
@@ -182,8 +183,8 @@ def train_gate(
             "n_rows": inner.n_rows,
             "n_test": len(inner.q),
             "auc": auc(
-                trades.filter(pl.col(Q_OOF).is_not_null())[LABEL].cast(pl.Float64).to_numpy(),
-                trades.filter(pl.col(Q_OOF).is_not_null())[Q_OOF].to_numpy(),
+                scored[LABEL].cast(pl.Float64).to_numpy(),
+                scored[Q_OOF].to_numpy(),
             ),
         },
         "signals": {

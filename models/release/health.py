@@ -239,7 +239,7 @@ def check_trade_gate_figures(run: RunUnderCheck) -> Outcome:
     """A warning when a gate kind's holdout trades look too good for an hourly MACD gate (Sharpe above 5, or a hit
     rate of 80 % over 20 trades or more): a leak, not an edge, unless the holdout is tiny. Only the holdout: the
     out-of-fold figures are the best of a choice, optimistic by construction."""
-    from macd_ml.models.evaluation.backtest import SUSPECT_HIT_RATE, SUSPECT_SHARPE
+    from macd_ml.models.evaluation.backtest import too_good
 
     if catalog.TRADE_GATE not in run.files:
         return True, "no trade gate in this run"
@@ -249,8 +249,7 @@ def check_trade_gate_figures(run: RunUnderCheck) -> Outcome:
         for kind, figures in kinds.items()
         if kind != "none"
         for mode, v in figures.items()
-        if mode != "mean"
-        and (v["sharpe"] > SUSPECT_SHARPE or (v["trades"] >= 20 and (v["hit_rate"] or 0) >= SUSPECT_HIT_RATE))
+        if mode != "mean" and too_good(v)
     ]
     return not problems, (
         "too good for hourly crypto (look-ahead?): " + "; ".join(problems)
