@@ -34,6 +34,9 @@ GATE_ONNX = "onnx/gate.onnx"  # a signal bar's inputs -> P(the MACD trade makes 
 TRADE_GATE = "trade_gate.json"  # the trade gate: what ships (kind, thresholds, model), its figures (models/gate/)
 GATE_TRADES = "gate_trades.parquet"  # every signal row with its trade label and the gate's probabilities
 
+TRAINING_PROFILE = "training_profile.json"  # the end of the run's data; how unlike the training rows a bar is
+TRAINING_REFERENCE = "training_reference.parquet"  # the training rows a bar's dissimilarity is measured against
+
 BACKTEST = "backtest.json"
 EQUITY_PLOT = "plots/equity.png"
 HEALTH = "health.json"  # the health gate's checks

@@ -211,3 +211,22 @@ def write_market(market: dict[str, pl.DataFrame], out_dir: Path | str, fmt: str 
         os.replace(tmp, dest)
         paths.append(dest)
     return paths
+
+
+def shift_volatility(frame: pl.DataFrame, start: datetime, factor: float) -> pl.DataFrame:
+    """The same candles with every log return from the bar opening at ``start`` on multiplied by ``factor`` (each
+    bar's open, high and low keep their log distance to its close, scaled alike): a market whose volatility regime
+    shifts at ``start``, for testing what notices bars unlike the training data."""
+    if factor <= 0:
+        raise ValueError("factor must be > 0")
+    ts = frame["timestamp"]
+    k = np.where((ts >= start).to_numpy(), factor, 1.0)
+    close = frame["close"].cast(pl.Float64).to_numpy()
+    log_close = np.log(close)
+    steps = np.diff(log_close, prepend=log_close[0]) * k
+    new_log = log_close[0] + np.cumsum(steps)
+
+    def moved(col: str) -> pl.Series:
+        return pl.Series(col, np.exp(new_log + k * (np.log(frame[col].cast(pl.Float64).to_numpy()) - log_close)))
+
+    return frame.with_columns(moved("open"), moved("high"), moved("low"), pl.Series("close", np.exp(new_log)))

@@ -28,6 +28,7 @@ from macd_ml.models.gate.secondary import GateSpec
 from macd_ml.models.learners.registry import ModelsConfig
 from macd_ml.models.release.health import HealthSpec
 from macd_ml.models.release.promotion import PromotionSpec
+from macd_ml.serving.guards import ServingSpec
 from macd_ml.serving.shadow import Targets as ShadowTargets
 
 
@@ -116,6 +117,11 @@ class RetrainConfig(BaseModel):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="champion / challenger")
     shadow: ShadowTargets = Field(
         default_factory=ShadowTargets, description="the production targets shadow-report checks a shadow log against"
+    )
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec,
+        description="the bot's side: when a model counts as expired, and how unlike the training data a bar may be "
+        "(docs/bot-contract.md)",
     )
     result_storage: str = Field(
         default="",

@@ -3,7 +3,7 @@
     ingest+validate ─► features ─► labels ─► purged walk-forward folds
         ─► per-model OOF fold tasks (lgb · xgb · lgb_cross · lstm · tft) + full refits scoring the holdout,
            and beside them the fixed reference model (same tasks, folds and holdout; a stack input by default)
-        ─► OOF and holdout tables ─► meta-stacking (OOF only) ─► metrics ─► backtest · drift · trade gate
+        ─► OOF and holdout tables ─► meta-stacking (OOF only) ─► metrics ─► backtest · drift · trade gate · familiarity
         ─► ONNX export
         ─► health gate ─► report ─► champion / challenger ─► publish the run folder ─► promote OUT/current ─► bundle
 
@@ -31,6 +31,7 @@ from macd_ml.models.learners.registry import FIT_COST, SEQUENCE_MODELS
 from macd_ml.tasks.backtest import backtest_task, drift_task
 from macd_ml.tasks.bundle import bundle_task
 from macd_ml.tasks.export import export_task
+from macd_ml.tasks.familiarity import familiarity_task
 from macd_ml.tasks.features import features_task, folds_task, labels_task
 from macd_ml.tasks.gate import gate_task
 from macd_ml.tasks.health import HealthResult, health_task
@@ -158,6 +159,8 @@ def check(config: RetrainConfig, p: Prepared, t: Trained, out: str, s: Stages) -
         )
         metrics = metrics.model_copy(update={"trade_gate": gate.summary})
         gate_files = gate.files
+    familiar = s.run(familiarity_task, p.features, p.folds, config.serving.unfamiliar, out)
+    metrics = metrics.model_copy(update={"familiarity": familiar.summary})
     gap = config.gap_tolerance_hours
     exported = s.run(export_task, p.features, t.refits, t.tables, t.stack.files, config.horizons, gap, out)
     artifacts = {
@@ -170,6 +173,7 @@ def check(config: RetrainConfig, p: Prepared, t: Trained, out: str, s: Stages) -
         **exported.files,
         **backtest.files,
         **gate_files,
+        **familiar.files,
     }
     for r in t.refits:
         for fname, ref in r.files.items():

@@ -22,6 +22,7 @@ from macd_ml.features.ingest import Candles, Market, load_market
 from macd_ml.models.evaluation.backtest import BacktestSpec, bars_with_probability, evaluate, macd_signals
 from macd_ml.models.gate.secondary import GateSpec
 from macd_ml.serving.bundle import Bundle, build_bundle, open_bundle, read_bundle
+from macd_ml.serving.guards import ONLY_FLAG
 from macd_ml.serving.scorer import Scorer
 
 
@@ -108,7 +109,7 @@ def span_time(text: str | None, default: datetime, tz) -> datetime:
 
 def backtest_span(source: Source, data_dir: str, first: str | None = None, last: str | None = None) -> dict:
     """The run's backtest on [first, last] (default: its holdout start to the newest bar)."""
-    scorer = Scorer(source.bundle)
+    scorer = Scorer(source.bundle, serving=ONLY_FLAG)  # the model as it is, not the bot's fallbacks
     market = load_market(data_dir, scorer.target, scorer.cross)
     candles = market.target.frame
     tz = source.holdout_first.tzinfo

@@ -48,6 +48,8 @@ FILES = (
     catalog.META,
     catalog.FEATURES_META,
     catalog.TRADE_GATE,
+    catalog.TRAINING_PROFILE,
+    catalog.TRAINING_REFERENCE,
     catalog.CONFIG,
     catalog.SHIPPED_HOLDOUT,
     catalog.HOLDOUT_PREDICTIONS,

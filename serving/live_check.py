@@ -18,6 +18,7 @@ from macd_ml.artifacts.store import read_bytes, read_parquet
 from macd_ml.features.ingest import Market
 from macd_ml.models.release.health import RunUnderCheck
 from macd_ml.serving.bundle import Bundle
+from macd_ml.serving.guards import ONLY_FLAG
 from macd_ml.serving.scorer import Scorer
 
 
@@ -32,7 +33,7 @@ def live_check(market: Market):
 
     def check(run: RunUnderCheck) -> tuple[bool, str]:
         bars = run.spec.live_bars
-        scorer = Scorer(Bundle(members=_members(run), index={}, sha256=""))
+        scorer = Scorer(Bundle(members=_members(run), index={}, sha256=""), serving=ONLY_FLAG)
         scores = scorer.score(market, last=bars)
         live = pl.DataFrame(
             {

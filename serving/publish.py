@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from macd_ml.serving.bundle import BundleError, read_bundle
+from macd_ml.serving.contract import CONTRACT_VERSION
 from macd_ml.serving.trust import Trust, TrustError, publish_signer
 
 POINTER = "LATEST"
@@ -315,7 +316,9 @@ def publish(
 
 
 def _set_pointer(targets: dict, pointer: dict) -> None:
-    """``LATEST`` carries the length and sha256 of the bundle it names; bundles no entry names leave targets."""
+    """``LATEST`` carries the length and sha256 of the bundle it names, and the contract version
+    (docs/schemas/publish-pointer.v3.schema.json); bundles no entry names leave targets."""
+    pointer["contract_version"] = CONTRACT_VERSION
     current = targets[pointer["bundle"]]
     named = {pointer["bundle"], *(h["bundle"] for h in pointer.get("history", []))}
     for path in [p for p in targets if p != POINTER and p not in named]:
@@ -372,6 +375,7 @@ def refresh(dest: str, expires_days: float = 7.0, now: datetime | None = None) -
         pointer = repo.pointer()
         if pointer is None:
             raise BundleError(f"{dest}: nothing published yet")
+        _set_pointer(targets, pointer)  # the same bundle; a pointer written before contract_version gains it
         return pointer
 
     return _commit(dest, change, expires_days, now)

@@ -47,6 +47,8 @@ from macd_ml.models.ensemble.predictor import Predictor
 from macd_ml.models.release.onnx_export import EnsembleSpec, ensemble_spec
 from macd_ml.models.release.scoring import session, windows
 from macd_ml.serving.bundle import Bundle, open_bundle
+from macd_ml.serving.contract import CONTRACT_VERSION
+from macd_ml.serving.guards import Guards, ServingSpec, split_open
 from macd_ml.serving.trade_gate import TradeGate
 
 HISTORY_BARS = 800
@@ -65,9 +67,13 @@ class BarScore:
     reason: str | None = None
     latency_ms: float | None = None
     gate: dict | None = None  # the trade gate's answer for this bar (serving/trade_gate.py); None: no gate shipped
+    flags: list[str] = field(default_factory=list)  # "expired", "unfamiliar" (serving/guards.py)
+    dissimilarity: float | None = None  # how unlike the training rows the bar is (None: not measured)
+    model_age_hours: float | None = None  # hours from the end of the run's data to this bar's close
 
     def to_json(self) -> dict:
         return {
+            "contract_version": CONTRACT_VERSION,
             "time": self.timestamp.isoformat(),
             "probabilities": self.probabilities,
             "path": self.path,
@@ -76,6 +82,9 @@ class BarScore:
             "reason": self.reason,
             "latency_ms": self.latency_ms,
             "gate": self.gate,
+            "flags": list(self.flags),
+            "dissimilarity": self.dissimilarity,
+            "model_age_hours": self.model_age_hours,
         }
 
 
@@ -143,7 +152,9 @@ class _ModelGraph:
 class Scorer:
     """A verified bundle, its ONNX sessions, and the feature spec it was trained with."""
 
-    def __init__(self, bundle: Bundle, stacking: bool | None = None):
+    def __init__(self, bundle: Bundle, stacking: bool | None = None, serving: ServingSpec | dict | None = None):
+        """``serving``: the policy for expired models and unfamiliar bars (serving/guards.py): a ServingSpec, or a
+        dict of its fields overriding the run's own (config key ``serving``); default the run's."""
         self.bundle = bundle
         self.stacking = stacking if stacking is not None else os.environ.get("MACD_ML_STACKING", "1") != "0"
         meta = bundle.json(catalog.FEATURES_META)
@@ -165,12 +176,19 @@ class Scorer:
                 m, session(data)[0], json.loads(props["feature_names"]), int(props.get("window", "1"))
             )
         self.trade_gate = TradeGate.from_bundle(bundle, check_graph)
+        if not isinstance(serving, ServingSpec):
+            run_config = bundle.json(catalog.CONFIG) if catalog.CONFIG in bundle.members else {}
+            serving = ServingSpec.model_validate({**(run_config.get("serving") or {}), **(serving or {})})
+        self.guards = Guards.from_bundle(bundle, serving)
+        self.last_dropped: list[datetime] = []  # the open bars (still forming) the last score() left out
 
     @classmethod
-    def load(cls, path: Path | str, stacking: bool | None = None, trust=None) -> Scorer:
+    def load(
+        cls, path: Path | str, stacking: bool | None = None, trust=None, serving: ServingSpec | dict | None = None
+    ) -> Scorer:
         """Open, verify (signature against ``trust``, default ``Trust.resolve()``; every member's sha256) and load
         a bundle file."""
-        return cls(open_bundle(path, trust), stacking)
+        return cls(open_bundle(path, trust), stacking, serving)
 
     @property
     def bars_needed(self) -> int:
@@ -179,8 +197,12 @@ class Scorer:
 
     # -- inputs
 
-    def market(self, candles: Market | Path | str | dict[str, pl.DataFrame], tail: int) -> Market:
-        """The candles this bundle reads (target and cross), validated, each cut to its newest ``tail`` bars."""
+    def market(
+        self, candles: Market | Path | str | dict[str, pl.DataFrame], tail: int, now: datetime | None = None
+    ) -> Market:
+        """The candles this bundle reads (target and cross), validated, without the bars still open at ``now``
+        (default: the wall clock; their open times go to ``last_dropped``), each cut to its newest ``tail``
+        bars. A bar opening after ``now`` is bad data: an error naming the file."""
         if isinstance(candles, Market):
             market = candles
         elif isinstance(candles, (str, Path)):
@@ -198,24 +220,30 @@ class Scorer:
                 tuple(candles_from_frame(c, candles[c]) for c in self.cross),
             )
 
-        def cut(c: Candles) -> Candles:
-            return Candles(c.symbol, c.path, c.sha256, c.frame.tail(tail))
-
-        return Market(cut(market.target), tuple(cut(c) for c in market.cross))
-
-    # -- scoring
-
-    def score(self, candles: Market | Path | str | dict[str, pl.DataFrame], last: int = 1) -> list[BarScore]:
-        """Scores for the newest ``last`` bars of the target (oldest first)."""
-        t0 = time.perf_counter()
-        market = self.market(candles, HISTORY_BARS + self.ensemble.lookback + last)
-        now = datetime.now(timezone.utc)
+        now = now or datetime.now(timezone.utc)
         for c in (market.target, *market.cross):
             newest = c.frame[catalog.TIMESTAMP].max() if c.frame.height else None
             if isinstance(newest, datetime) and newest > now:
                 raise DataError(
                     str(c.path or c.symbol), f"{c.symbol}'s newest bar is dated {newest}, in the future; bad candles"
                 )
+        self.last_dropped = split_open(market.target.frame, now)[1]
+
+        def cut(c: Candles) -> Candles:
+            return Candles(c.symbol, c.path, c.sha256, split_open(c.frame, now)[0].tail(tail))
+
+        return Market(cut(market.target), tuple(cut(c) for c in market.cross))
+
+    # -- scoring
+
+    def score(
+        self, candles: Market | Path | str | dict[str, pl.DataFrame], last: int = 1, now: datetime | None = None
+    ) -> list[BarScore]:
+        """Scores for the newest ``last`` closed bars of the target (oldest first). A bar still open at ``now``
+        (default: the wall clock; a replay passes the time it replays) is not scored: ``last_dropped`` names it.
+        Each bar carries its model age, dissimilarity and flags (serving/guards.py)."""
+        t0 = time.perf_counter()
+        market = self.market(candles, HISTORY_BARS + self.ensemble.lookback + last, now)
         n_bars = market.target.frame.height
         if n_bars < self.bars_needed:
             raise InsufficientData(
@@ -230,6 +258,9 @@ class Scorer:
         else:  # some bar has no complete feature row: the models that can still score it need its own features
             partial = build_features(market, self.spec, self.gap_tolerance_hours, keep_incomplete=True).frame
         out = self._score_rows(complete, partial, wanted)
+        far = self.guards.dissimilarity(complete, wanted.to_list())
+        for bar in out:
+            self.guards.apply(bar, far.get(bar.timestamp))
         if self.trade_gate is not None:
             self.trade_gate.answer(market.target.frame, complete, out)
         per_bar = (time.perf_counter() - t0) * 1000.0 / max(1, len(out))

@@ -1,8 +1,9 @@
 """Shadow mode and its report: score every bar as the bot would, log it, and check the log against targets.
 
-**Log format** (one JSON object per line, appended; ``macd-ml shadow``)::
+**Log format** (one JSON object per line, appended; ``macd-ml shadow``; docs/schemas/shadow-log.v3.schema.json)::
 
-    {"time": "2024-01-01T05:00:00+00:00",         # the bar scored (its open time, UTC)
+    {"contract_version": 3,
+     "time": "2024-01-01T05:00:00+00:00",         # the bar scored (its open time, UTC), once it has closed
      "probabilities": {"5": 0.53, "12": 0.51, "24": 0.49} | null,
      "path": "stacked" | "mean" | "single" | "none",
      "models": ["lgb", "xgb", ...],                # the base models that scored
@@ -10,14 +11,18 @@
      "latency_ms": 18.4,                           # candles -> probabilities for this bar
      "error": null | {"kind": "DataError", "message": "..."},
      "reason": null | "why a fallback path was taken",
+     "gate": {...} | null,                         # the trade gate's answer (serving/trade_gate.py)
+     "flags": [] | ["expired", "unfamiliar"],      # serving/guards.py
+     "dissimilarity": 0.81, "model_age_hours": 5.0,
      "bundle": "3f2a9c1d0b7e", "run_id": "20240101T003000Z-1a2b3c4d"}
 
 **Report** (``macd-ml shadow-report``): ML coverage (bars with a probability / bars), stacking activation (bars
 on the stacked path / bars), LSTM normal-output rate (bars whose LSTM output is finite, in (0, 1) and not part of
-a run of ``stuck_window`` equal values / bars), bars with an ML error (the old "no serious ML errors"), each
-against :class:`Targets`; errors by kind and latency p50/p95; with the candles, the realised AUC per horizon for
-bars whose outcome is known; with the bundle, the drift (PSI) of the shipped probabilities against the run's
-holdout (reported, not gated). Malformed lines are counted and listed with their line numbers, never a crash.
+a run of ``stuck_window`` equal values / bars), bars with an ML error (the old "no serious ML errors"), bars
+scored by an expired model, the share of bars unlike the training data, each against :class:`Targets`; errors
+by kind and latency p50/p95; with the candles, the realised AUC per horizon for bars whose outcome is known; with
+the bundle, the drift (PSI) of the shipped probabilities against the run's holdout (reported, not gated).
+Malformed lines are counted and listed with their line numbers, never a crash.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from macd_ml.artifacts import catalog
 from macd_ml.errors import DataError
 from macd_ml.features.ingest import Candles, Market, load_market
 from macd_ml.models.evaluation.drift import psi  # the one PSI (the health gate's feature drift too)
+from macd_ml.serving.contract import CONTRACT_VERSION
+from macd_ml.serving.guards import BAR, EXPIRED, UNFAMILIAR
 
 # --------------------------------------------------------------------------------------------- shadow
 
@@ -49,32 +56,47 @@ def _truncate(market: Market, t: datetime) -> Market:
     return Market(cut(market.target), tuple(cut(c) for c in market.cross))
 
 
-def _line(scorer, bar) -> dict:
+def shadow_line(scorer, bar) -> dict:
+    """The shadow-log line of a scored bar (docs/schemas/shadow-log.v3.schema.json)."""
     return {**bar.to_json(), "error": None, "bundle": scorer.bundle.sha256[:12], "run_id": scorer.bundle.run_id}
 
 
+def error_line(scorer, t: datetime, exc: BaseException) -> dict:
+    """The shadow-log line of a bar whose scoring raised: no probability, the error's kind and first line."""
+    return {
+        "contract_version": CONTRACT_VERSION,
+        "time": t.isoformat(),
+        "probabilities": None,
+        "path": "none",
+        "models": [],
+        "base": {},
+        "reason": None,
+        "gate": None,
+        "flags": [],
+        "dissimilarity": None,
+        "model_age_hours": None,
+        "error": {"kind": type(exc).__name__, "message": (str(exc).splitlines() or [""])[0]},
+        "bundle": scorer.bundle.sha256[:12],
+        "run_id": scorer.bundle.run_id,
+    }
+
+
+def closed(times: list[datetime], now: datetime) -> tuple[list[datetime], list[datetime]]:
+    """Bars closed at ``now`` (their close, open time + 1 h, at or before it) and those still open."""
+    return [t for t in times if t + BAR <= now], [t for t in times if t + BAR > now]
+
+
 def score_bars(scorer, market: Market, times: list[datetime], log: Path) -> int:
-    """Score each bar with only the candles up to it (as the bot saw them), append a line per bar."""
+    """Score each bar with only the candles up to it, at its close (as the bot saw it), append a line per bar."""
     n = 0
     with open(log, "a") as fh:
         for t in times:
             t0 = time.perf_counter()
             try:
-                (bar,) = scorer.score(_truncate(market, t), last=1)
-                line = _line(scorer, bar)
+                (bar,) = scorer.score(_truncate(market, t), last=1, now=t + BAR)
+                line = shadow_line(scorer, bar)
             except Exception as exc:  # noqa: BLE001 - a shadow logs every failure and carries on
-                line = {
-                    "time": t.isoformat(),
-                    "probabilities": None,
-                    "path": "none",
-                    "models": [],
-                    "base": {},
-                    "reason": None,
-                    "gate": None,
-                    "error": {"kind": type(exc).__name__, "message": str(exc).splitlines()[0]},
-                    "bundle": scorer.bundle.sha256[:12],
-                    "run_id": scorer.bundle.run_id,
-                }
+                line = error_line(scorer, t, exc)
             line["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
             fh.write(json.dumps(line) + "\n")
             fh.flush()
@@ -82,18 +104,38 @@ def score_bars(scorer, market: Market, times: list[datetime], log: Path) -> int:
     return n
 
 
-def replay(scorer, data_dir: str, log: Path, last: int | None = None) -> int:
-    """Score the bars the folder has (the newest ``last``, or every bar that can be scored), one at a time."""
+def replay(scorer, data_dir: str, log: Path, last: int | None = None, now: datetime | None = None) -> int:
+    """Score the bars the folder has that are closed at ``now`` (default the wall clock): the newest ``last``, or
+    every bar that can be scored, one at a time. A bar still open is left out, and said so on stderr."""
     market = load_market(data_dir, scorer.target, scorer.cross)
-    times = market.target.frame[catalog.TIMESTAMP].to_list()[scorer.bars_needed - 1 :]
+    times, still_open = closed(market.target.frame[catalog.TIMESTAMP].to_list(), now or datetime.now(timezone.utc))
+    _say_open(still_open)
+    times = times[scorer.bars_needed - 1 :]
     return score_bars(scorer, market, times[-last:] if last else times, log)
 
 
+def _say_open(still_open: list[datetime]) -> None:
+    for t in still_open:
+        print(
+            f"shadow: the bar of {t.isoformat()} is still open (closes {(t + BAR).isoformat()}); not scored",
+            file=sys.stderr,
+        )
+
+
 def follow(
-    scorer, data_dir: str, log: Path, poll_s: float = 30.0, max_bars: int | None = None, timeout_s: float | None = None
+    scorer,
+    data_dir: str,
+    log: Path,
+    poll_s: float = 30.0,
+    max_bars: int | None = None,
+    timeout_s: float | None = None,
+    clock=None,
 ) -> int:
-    """Watch the folder and score each new bar as it appears (after the newest one already logged)."""
+    """Watch the folder and score each new bar once it has closed (after the newest one already logged); a bar
+    still open is scored at a later poll. ``clock``: the time now (tests inject one; default the wall clock)."""
+    clock = clock or (lambda: datetime.now(timezone.utc))
     done = 0
+    told: list[datetime] = []
     newest = _newest_logged(log)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
@@ -107,8 +149,12 @@ def follow(
             if market is None
             else [t for t in market.target.frame[catalog.TIMESTAMP].to_list() if newest is None or t > newest]
         )
+        times, still_open = closed(times, clock())
+        if still_open and still_open != told:
+            _say_open(still_open)
+            told = still_open
         if newest is None:
-            times = times[-1:]  # starting fresh: the newest bar, then every bar after it
+            times = times[-1:]  # starting fresh: the newest closed bar, then every bar after it
         if market is not None and times:
             done += score_bars(scorer, market, times, log)
             newest = times[-1]
@@ -150,6 +196,16 @@ class Targets(BaseModel):
     stuck_window: int = Field(
         default=24, ge=2, description="an LSTM output equal over this many bars in a row counts as stuck"
     )
+    max_expired: int = Field(
+        default=0, ge=0, description="most bars scored by an expired model (older than serving.max_model_age_hours)"
+    )
+    max_unfamiliar: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="most share of bars unlike the training data (flag 'unfamiliar'; about 1% where the market is "
+        "like the training data)",
+    )
 
 
 @dataclass
@@ -162,6 +218,8 @@ class ShadowReport:
     errors: dict[str, int]
     latency_p50: float | None
     latency_p95: float | None
+    expired: int = 0  # bars scored by a model older than its max age
+    unfamiliar: float | None = None  # share of bars unlike the training data
     realised_auc: dict[str, dict] = field(default_factory=dict)
     drift: dict[str, float] = field(default_factory=dict)
     checks: list[dict] = field(default_factory=list)
@@ -230,6 +288,9 @@ def check_line(d: dict, now: datetime) -> datetime:
             raise ValueError(f"'base'[{m}] is not an object")
         for h, v in per_h.items():
             _probability(v, f"base[{m}][{h}]")
+    flags = d.get("flags", [])
+    if not isinstance(flags, list) or any(f not in (EXPIRED, UNFAMILIAR) for f in flags):
+        raise ValueError(f"'flags' is {flags!r}, not a list of {EXPIRED!r} / {UNFAMILIAR!r}")
     lat = d.get("latency_ms")
     if lat is not None and (isinstance(lat, bool) or not isinstance(lat, (int, float)) or not lat >= 0):
         raise ValueError(f"'latency_ms' is {lat!r}, not a duration")
@@ -259,6 +320,8 @@ def read_logs(source: Path, now: datetime | None = None) -> tuple[pl.DataFrame, 
                     bad.append((f.name, n, str(exc)))
                     continue
                 err = d.get("error")
+                flags = d.get("flags")
+                flags = flags if isinstance(flags, list) else []  # lines before contract version 3 have none
                 lstm = (d.get("base") or {}).get("lstm")
                 lstm_first = float(next(iter(lstm.values()))) if isinstance(lstm, dict) and lstm else None
                 rows.append(
@@ -271,6 +334,8 @@ def read_logs(source: Path, now: datetime | None = None) -> tuple[pl.DataFrame, 
                         "has_lstm": isinstance(lstm, dict),
                         "latency": d.get("latency_ms"),
                         "error": err.get("kind") if isinstance(err, dict) else None,
+                        "expired": EXPIRED in flags,
+                        "unfamiliar": UNFAMILIAR in flags,
                     }
                 )
     frame = (
@@ -285,6 +350,8 @@ def read_logs(source: Path, now: datetime | None = None) -> tuple[pl.DataFrame, 
                 "has_lstm": pl.Boolean,
                 "latency": pl.Float64,
                 "error": pl.String,
+                "expired": pl.Boolean,
+                "unfamiliar": pl.Boolean,
             },
             orient="row",
         )
@@ -346,6 +413,8 @@ def report(
         errors=errors,
         latency_p50=float(np.percentile(lat, 50)) if len(lat) else None,
         latency_p95=float(np.percentile(lat, 95)) if len(lat) else None,
+        expired=int(frame["expired"].sum()) if n else 0,
+        unfamiliar=float(frame["unfamiliar"].cast(pl.Float64).mean()) if n else None,  # type: ignore[arg-type]
     )
     probs = [json.loads(p) for p in frame["probs"].to_list()] if n else []
     if data_dir and n:
@@ -401,6 +470,20 @@ def report(
             "target": targets.max_errors,
             "unit": "",
             "passed": n_errors <= targets.max_errors,
+        },
+        {
+            "name": "bars from an expired model",
+            "value": rep.expired,
+            "target": targets.max_expired,
+            "unit": "",
+            "passed": rep.expired <= targets.max_expired,
+        },
+        {
+            "name": "unfamiliar bars",
+            "value": rep.unfamiliar,
+            "target": targets.max_unfamiliar,
+            "unit": "%",
+            "passed": rep.unfamiliar is None or rep.unfamiliar <= targets.max_unfamiliar,
         },
     ]
     rep.passed = all(c["passed"] for c in rep.checks)

@@ -38,6 +38,7 @@ from macd_ml.models.evaluation.backtest import (
 )
 from macd_ml.models.evaluation.stats import auc
 from macd_ml.serving.backtest import Source, scores, span_time
+from macd_ml.serving.guards import ONLY_FLAG
 from macd_ml.serving.scorer import Scorer
 
 RANDOM_DRAWS = 200  # random skips at each gate's own rate (models/evaluation/backtest.py: random_skips)
@@ -65,7 +66,7 @@ def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
             raise DataError(
                 data_dir, f"run {src.bundle.run_id} gates at h={src.horizon}, the record at {first.horizon}"
             )
-    scorer0 = Scorer(first.bundle)
+    scorer0 = Scorer(first.bundle, serving=ONLY_FLAG)
     market = load_market(data_dir, scorer0.target, scorer0.cross, read=read)
     candles = market.target.frame
     ts = candles[catalog.TIMESTAMP]
@@ -76,7 +77,7 @@ def stitch(segments: list[Segment], data_dir: str, read=None) -> dict:
             continue
         first_bar = after[0]
         last_bar = ts.filter(ts <= seg.last)[-1]
-        probs = scores(Scorer(seg.source.bundle), market, first_bar, last_bar, seg.source.horizon)
+        probs = scores(Scorer(seg.source.bundle, serving=ONLY_FLAG), market, first_bar, last_bar, seg.source.horizon)
         gate = seg.source.gate or {}
         thr = gate.get("thresholds") or {}
         probs = probs.with_columns(  # each run gates with its own thresholds and its own choice of gate

@@ -66,6 +66,7 @@ HOLDOUT_FIGURES = (
     "/trade_gate/holdout/*",  # the trade gate's holdout figures (reported only)
     "/trade_gate/signals/holdout",
     "/trade_gate/parity/*",  # gate.onnx against native, on the holdout's and the OOF span's signals
+    "/familiarity/holdout_unfamiliar_rate",  # the share of holdout bars unlike the training rows (reported only)
 )
 # trade_gate.json is metrics.json's "trade_gate" plus the model
 GATE_FIGURES = tuple(p.removeprefix("/trade_gate") for p in HOLDOUT_FIGURES if p.startswith("/trade_gate/"))
@@ -188,7 +189,8 @@ def test_nothing_fitted_or_decided_reads_the_holdout(runs):
     assert any(ma["meta"][h]["test_auc"] != mb["meta"][h]["test_auc"] for h in ma["meta"]), "holdout AUCs moved"
 
     # every fitted file, the folds, the OOF predictions and what ships: byte-identical
-    for pattern in ("models/**/*", "onnx/*", "folds.json", "oof.parquet", "shipped_oof.parquet", "meta.json"):
+    shipped = ("folds.json", "oof.parquet", "shipped_oof.parquet", "meta.json", "training_profile.json")
+    for pattern in ("models/**/*", "onnx/*", *shipped, "training_reference.parquet"):
         fa_, fb_ = _files(a, pattern), _files(b, pattern)
         assert fa_, f"no {pattern} in the run"
         differ = sorted(k for k in fa_.keys() | fb_.keys() if fa_.get(k) != fb_.get(k))

@@ -1,5 +1,6 @@
-"""The bot's contract (docs/bot-contract.md): what ``Scorer.score`` returns and what ``macd-ml shadow`` logs validate
-against the versioned JSON Schemas committed under ``docs/schemas/``; lines that break the contract do not.
+"""The bot's contract (docs/bot-contract.md): what ``Scorer.score`` returns, what ``macd-ml shadow`` logs and the
+pointer ``macd-ml publish`` signs validate against the versioned JSON Schemas committed under ``docs/schemas/``;
+documents that break the contract do not, and a published schema file never changes (its sha256 is frozen here).
 
 The outputs are real: a bundle from a real (small) retrain, scored on every path (stacked, mean, single, none), and
 a shadow log written by the real command plus an error line written by the real shadow loop. The schemas are
@@ -9,7 +10,10 @@ gets a new version (docs/bot-contract.md, "Versions")."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -19,18 +23,37 @@ from jsonschema import Draft202012Validator
 from macd_ml.artifacts import store
 from macd_ml.features.ingest import load_market
 from macd_ml.serving import Scorer, read_bundle
+from macd_ml.serving.contract import CONTRACT_VERSION, DOCUMENTS, schema_file
+from macd_ml.serving.publish import publish, read_pointer, refresh, rollback
 from macd_ml.serving.shadow import read_logs, score_bars
 from tests.cliutil import cli
+from tests.trustutil import small_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "docs" / "schemas"
-SCORE = "score.v2.schema.json"
-SHADOW = "shadow-log.v2.schema.json"
-SCORE_FIELDS = ["time", "probabilities", "path", "models", "base", "reason", "latency_ms", "gate"]
+SCORE = schema_file("score")
+SHADOW = schema_file("shadow-log")
+POINTER = schema_file("publish-pointer")
+V1_SCORE = ["time", "probabilities", "path", "models", "base", "reason", "latency_ms"]
+SCORE_FIELDS = ["contract_version", *V1_SCORE, "gate", "flags", "dissimilarity", "model_age_hours"]
 SHADOW_FIELDS = [*SCORE_FIELDS, "error", "bundle", "run_id"]
-V1 = {  # the previous version stays for bots that still read it
-    "score.v1.schema.json": SCORE_FIELDS[:-1],
-    "shadow-log.v1.schema.json": [*SCORE_FIELDS[:-1], "error", "bundle", "run_id"],
+POINTER_FIELDS = ["contract_version", "bundle", "sha256", "run_id", "published_at", "history"]
+PREVIOUS = {  # earlier versions stay for bots that still read them
+    "score.v1.schema.json": V1_SCORE,
+    "shadow-log.v1.schema.json": [*V1_SCORE, "error", "bundle", "run_id"],
+    "score.v2.schema.json": [*V1_SCORE, "gate"],
+    "shadow-log.v2.schema.json": [*V1_SCORE, "gate", "error", "bundle", "run_id"],
+}
+# Every published schema file and its sha256. A published version never changes: a change to a document is a new
+# CONTRACT_VERSION with new files (docs/bot-contract.md, "Versions"), whose hashes are added here.
+FROZEN = {
+    "publish-pointer.v3.schema.json": "8bc75de9ab60a7073b711f82e06f367e91b11ba0f9f7fb67dbc5da2b13117d62",
+    "score.v1.schema.json": "56d892ff3d393e84e6fa3a54c2d5159275cc7f2424e8a35dd953a7a9dd1705c2",
+    "score.v2.schema.json": "e5b3a62b91bf0ccabe545605057ac2ca6910db02720754f09d5bd843850e1508",
+    "score.v3.schema.json": "d77700e62257c9b6ac1512cff0b7cd5ee334f5b85cc60ee52da2886d9aadc5ee",
+    "shadow-log.v1.schema.json": "14f8cbe07ee963b661fbaaa1e3a9dd8927df9cbd75195b0a900a816c3e9555c3",
+    "shadow-log.v2.schema.json": "262e9c79208ba405484a7d6a0115fa9eec191e5bf1f97cc62ae51ecc33724fa2",
+    "shadow-log.v3.schema.json": "4fe773e191c35d1bcc7802dc91db52aed743a95859ccc7f9104433a0de2cb68c",
 }
 
 
@@ -49,7 +72,9 @@ def _errors(name: str, doc: dict) -> list[str]:
 # --------------------------------------------------------------------------------------------- the schemas alone
 
 
-@pytest.mark.parametrize("name,fields", [(SCORE, SCORE_FIELDS), (SHADOW, SHADOW_FIELDS), *V1.items()])
+@pytest.mark.parametrize(
+    "name,fields", [(SCORE, SCORE_FIELDS), (SHADOW, SHADOW_FIELDS), (POINTER, POINTER_FIELDS), *PREVIOUS.items()]
+)
 def test_schemas_are_valid_draft_2020_12_and_carry_their_version(name, fields):
     schema = _schema(name)
     Draft202012Validator.check_schema(schema)
@@ -57,6 +82,21 @@ def test_schemas_are_valid_draft_2020_12_and_carry_their_version(name, fields):
     kind, version = name.removesuffix(".schema.json").rsplit(".", 1)
     assert schema["$id"].endswith(f":{kind}:{version}"), "the $id names the file's version"
     assert schema["required"] == fields and schema["additionalProperties"] is False
+
+
+def test_published_schemas_never_change_and_the_newest_is_the_contract_version():
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in SCHEMAS.glob("*.json")}
+    assert set(files) == set(FROZEN), "a schema file was added or removed: a new version adds its files and hashes"
+    changed = sorted(name for name, sha in files.items() if FROZEN[name] != sha)
+    assert not changed, f"published schema files changed: {changed}; a change to the contract is a new version"
+    newest = max(int(n.split(".v")[1].split(".")[0]) for n in files)
+    assert newest == CONTRACT_VERSION
+    for doc in DOCUMENTS:
+        assert (SCHEMAS / schema_file(doc)).is_file(), f"{doc} has no schema at contract version {CONTRACT_VERSION}"
+        assert _schema(schema_file(doc))["properties"]["contract_version"] == {
+            "description": 'the bot contract\'s version (docs/bot-contract.md, "Versions")',
+            "const": CONTRACT_VERSION,
+        }
 
 
 # --------------------------------------------------------------------------------------------- real outputs
@@ -99,6 +139,16 @@ def _scores_on_every_path(bundle_file: Path, market: Path) -> list[dict]:
     bars += Scorer(bundle, stacking=False).score(frames)  # mean, "stacking is off"
     eth = frames["ETHUSDT"]
     bars += scorer.score({**frames, "ETHUSDT": pl.concat([eth.head(eth.height - 30), eth.tail(20)])})  # none
+    # an expired model (fallback: no probability) and bars unlike the training data (flagged)
+    aged = Scorer(bundle)
+    aged.guards.data_end -= timedelta(days=30)
+    bars += aged.score(frames, last=1)
+    strange = Scorer(bundle, serving={"on_expired": "flag"})
+    strange.guards.familiarity = dataclasses.replace(strange.guards.familiarity, threshold=0.0)
+    strange.guards.data_end -= timedelta(days=30)
+    bars += strange.score(frames, last=1)
+    assert bars[-2].flags == ["expired"] and bars[-2].path == "none"
+    assert bars[-1].flags == ["expired", "unfamiliar"] and bars[-1].probabilities is not None
     return [b.to_json() for b in bars]
 
 
@@ -108,6 +158,16 @@ def test_real_scores_on_every_path_validate_against_the_score_schema(bundle_file
     assert {s["path"] for s in scores} == {"stacked", "mean", "single", "none"}, "every path is exercised"
     for s in scores:
         assert _errors(SCORE, json.loads(json.dumps(s))) == [], s  # through JSON, as predict prints it
+        assert s["contract_version"] == CONTRACT_VERSION
+    for edit in (
+        lambda d: d.update(contract_version=2),  # another version's document
+        lambda d: d.update(flags=["stale"]),  # a flag the contract does not know
+        lambda d: d.update(flags=["expired", "expired"]),
+        lambda d: d.update(dissimilarity=-0.1),
+    ):
+        broken = copy.deepcopy(scores[0])
+        edit(broken)
+        assert _errors(SCORE, broken), broken
 
     code, stdout, err = cli(*["predict", "--bundle", str(bundle_file), "--data", str(market), "--last", "2"])
     assert code == 0, err
@@ -162,3 +222,25 @@ def test_real_shadow_lines_validate_and_broken_lines_do_not(bundle_file, market,
     # a score line lacks the shadow fields; a shadow line has fields a score does not
     assert _errors(SHADOW, {k: good[k] for k in SCORE_FIELDS})
     assert _errors(SCORE, good)
+
+
+def test_the_publish_pointer_validates_through_publish_rollback_and_refresh(tmp_path):
+    """The pointer a bot reads (LATEST's ``custom``) after each command that writes it."""
+    dest = str(tmp_path / "dest")
+    pointers = [publish(small_bundle(tmp_path, n), dest) for n in range(3)]
+    pointers += [rollback(dest), refresh(dest), read_pointer(dest)]
+    assert pointers[-1]["rolled_back_from"] and len(pointers[-1]["history"]) == 1
+    for p in pointers:
+        assert _errors(POINTER, json.loads(json.dumps(p))) == [], p
+        assert p["contract_version"] == CONTRACT_VERSION
+    good = read_pointer(dest)
+    for edit in (
+        lambda d: d.pop("contract_version"),
+        lambda d: d.update(sha256="abc"),
+        lambda d: d.update(extra=1),
+        lambda d: d.update(history=[{"bundle": "x"}]),
+        lambda d: d["rolled_back_from"].update(published_at="yesterday"),
+    ):
+        broken = copy.deepcopy(good)
+        edit(broken)
+        assert _errors(POINTER, broken), broken

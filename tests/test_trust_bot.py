@@ -18,27 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from macd_ml.artifacts import store
 from macd_ml.serving.bundle import BundleError, build_bundle, read_bundle
 from macd_ml.serving.publish import fetch_latest, publish, read_pointer, refresh, rollback
 from macd_ml.serving.trust import Trust, TrustError, key_document, public_key_path, publish_signer
 from tests.cliutil import cli, spawn
-
-RUN_FILES = ("onnx/ensemble.onnx", "meta.json", "features.json", "metrics.json")
-
-
-def small_run(out: Path, run_id: str) -> Path:
-    """A verified run folder with the members a bundle needs (their content is not scored here)."""
-    run = out / "runs" / run_id
-    refs = {}
-    for rel in RUN_FILES:
-        refs[rel] = store.write_bytes(run / rel, json.dumps({"run": run_id, "file": rel}).encode())
-    store.write_manifest(run, refs)
-    return run
-
-
-def small_bundle(tmp: Path, n: int) -> bytes:
-    return build_bundle(small_run(tmp / f"out{n}", f"20260101T00000{n}Z-{n:08x}"))
+from tests.trustutil import small_bundle, small_run
 
 
 @pytest.fixture()

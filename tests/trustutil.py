@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 from pathlib import Path
 
+from macd_ml.artifacts import store
+from macd_ml.serving.bundle import build_bundle
 from tests.cliutil import cli
 from tests.flowutil import spawn_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "folds.n_folds=3", "--set", 'models.enabled=["lgb"]']
+RUN_FILES = ("onnx/ensemble.onnx", "meta.json", "features.json", "metrics.json")
+
+
+def small_run(out: Path, run_id: str) -> Path:
+    """A verified run folder with the members a bundle needs (their content is not scored: for publishing)."""
+    run = out / "runs" / run_id
+    refs = {}
+    for rel in RUN_FILES:
+        refs[rel] = store.write_bytes(run / rel, json.dumps({"run": run_id, "file": rel}).encode())
+    store.write_manifest(run, refs)
+    return run
+
+
+def small_bundle(tmp: Path, n: int) -> bytes:
+    """The signed bundle of :func:`small_run` number ``n``."""
+    return build_bundle(small_run(tmp / f"out{n}", f"20260101T00000{n}Z-{n:08x}"))
 
 
 def _retrain(market: Path, out: Path, *extra: str) -> tuple[int, str, str]:

@@ -124,12 +124,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_bundle_source(p, watchlist=True)
     add_trust_args(p)
     p.add_argument("--data", metavar="DIR", required=True, help="candle folder (the bundle's target and cross)")
-    p.add_argument("--last", type=positive_int, default=1, help="how many of the newest bars to score (default 1)")
+    p.add_argument(
+        "--last", type=positive_int, default=1, help="how many of the newest closed bars to score (default 1)"
+    )
     p.add_argument(
         "--no-stacking",
         action="store_true",
         help="never take the stacked path (the old ML_ENABLE_STACKING=0; also MACD_ML_STACKING=0)",
     )
+    add_guard_args(p)
 
     p = command(
         sub,
@@ -149,6 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bars", type=int, help="stop after logging this many bars (--follow)")
     p.add_argument("--timeout", type=float, help="stop after this many seconds (--follow)")
     p.add_argument("--no-stacking", action="store_true", help="never take the stacked path")
+    add_guard_args(p, replay=True)
     add_trust_args(p)
 
     p = command(
@@ -179,6 +183,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-lstm-normal", type=float, help="LSTM normal-output target (config shadow.lstm_normal, default 0.95)"
     )
     p.add_argument("--max-errors", type=int, help="most bars with an ML error (config shadow.max_errors, default 0)")
+    p.add_argument(
+        "--max-expired", type=int, help="most bars from an expired model (config shadow.max_expired, default 0)"
+    )
+    p.add_argument(
+        "--max-unfamiliar",
+        type=float,
+        help="most share of bars unlike the training data (config shadow.max_unfamiliar, default 0.25)",
+    )
     add_config_args(p)
     p.add_argument("--plot", metavar="PNG", help="write the rates over time to this PNG")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -269,6 +281,52 @@ def rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _utc_time(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO time (e.g. 2024-05-01T13:00:00Z)") from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def add_guard_args(p: argparse.ArgumentParser, replay: bool = False) -> None:
+    """``--now`` and the serving policy (serving/guards.py); the policy's defaults are the bundle's run config."""
+    what = "the bars closed by then are replayed" if replay else "only bars closed by then are scored"
+    p.add_argument(
+        "--now", type=_utc_time, metavar="TIME", help=f"the time it is (ISO, UTC; default the clock): {what}"
+    )
+    p.add_argument(
+        "--max-model-age",
+        type=float,
+        metavar="HOURS",
+        help="a bar more than this after the end of the model's data is expired (default: the bundle's "
+        "serving.max_model_age_hours; 0 = never)",
+    )
+    p.add_argument(
+        "--on-expired",
+        choices=["fallback", "flag"],
+        help="an expired bar: no probability (fallback) or only the flag (default: the bundle's serving.on_expired)",
+    )
+    p.add_argument(
+        "--on-unfamiliar",
+        choices=["flag", "fallback", "off"],
+        help="a bar unlike the training data: flag it, withhold its probability, or do not measure (default: the "
+        "bundle's serving.on_unfamiliar)",
+    )
+
+
+def serving_from(args: argparse.Namespace) -> dict:
+    """The serving-policy overrides the flags give (the rest stays the bundle's)."""
+    given = {
+        "max_model_age_hours": args.max_model_age,
+        "on_expired": args.on_expired,
+        "on_unfamiliar": args.on_unfamiliar,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def add_bundle_source(p: argparse.ArgumentParser, watchlist: bool = False) -> None:
     """``--bundle FILE``, or ``--from DEST`` (the bundle LATEST names there, fetched and verified as ``fetch``
     does; a fleet destination with ``--target``)."""
@@ -317,15 +375,30 @@ def _scorer(args: argparse.Namespace):
     from macd_ml.serving import Scorer
 
     ((_, bundle),) = _bundles(args)
-    return Scorer(bundle, stacking=False if args.no_stacking else None)
+    return _load_scorer(Scorer, bundle, args)
+
+
+def _load_scorer(cls, bundle, args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from macd_ml.errors import ConfigError
+
+    try:
+        return cls(bundle, stacking=False if args.no_stacking else None, serving=serving_from(args))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"serving.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def predict(args: argparse.Namespace) -> int:
     from macd_ml.serving import Scorer
 
     for target, bundle in _bundles(args, many=True):
-        scorer = Scorer(bundle, stacking=False if args.no_stacking else None)
-        for bar in scorer.score(args.data, last=args.last):
+        scorer = _load_scorer(Scorer, bundle, args)
+        bars = scorer.score(args.data, last=args.last, now=args.now)
+        for t in scorer.last_dropped:
+            print(f"predict: the bar of {t.isoformat()} is still open; not scored", file=sys.stderr)
+        for bar in bars:
             line = bar.to_json()
             print(json.dumps({"target": target, **line} if target else line))
     return EXIT_OK
@@ -337,10 +410,14 @@ def shadow(args: argparse.Namespace) -> int:
     scorer = _scorer(args)
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
+    if args.follow and args.now is not None:
+        from macd_ml.errors import ConfigError
+
+        raise ConfigError("shadow: --now replays the bars closed by a time; --follow watches the clock (not both)")
     if args.follow:
         n = follow(scorer, args.data, log, poll_s=args.poll, max_bars=args.max_bars, timeout_s=args.timeout)
     else:
-        n = replay(scorer, args.data, log, last=args.last)
+        n = replay(scorer, args.data, log, last=args.last, now=args.now)
     print(f"{n} bars logged to {log}", file=sys.stderr)
     return EXIT_OK
 
@@ -361,6 +438,8 @@ def shadow_report(args: argparse.Namespace) -> int:
         "stacking": args.min_stacking,
         "lstm_normal": args.min_lstm_normal,
         "max_errors": args.max_errors,
+        "max_expired": args.max_expired,
+        "max_unfamiliar": args.max_unfamiliar,
         "min_bars": args.min_bars,
     }
     base = config_from(args).shadow  # --config / --set shadow.*; the flags above win

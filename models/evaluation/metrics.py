@@ -226,6 +226,11 @@ class Metrics(_Doc):
         description="the trade gate: the kind that ships, its thresholds and figures on OOF trades and the holdout "
         "(models/gate/, docs/trade-gate.md)",
     )
+    familiarity: dict | None = Field(
+        default=None,
+        description="how unlike the training rows a bar may be before the bot flags it: the threshold, and the share "
+        "of holdout bars above it (models/release/familiarity.py)",
+    )
     health: HealthReport | None = None
 
     def model_order(self) -> list[str]:
