@@ -58,13 +58,25 @@ class SynthSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    symbols: list[str] = Field(default=list(DEFAULT_SYMBOLS), min_length=1, description="symbols to generate")
-    hours: int = Field(default=12_000, ge=2_000, description="bars per symbol")
-    seed: int = Field(default=7, description="random seed of the generated market")
-    signal: float = Field(default=1.0, ge=0.0, description="planted-signal strength; 0 = driftless random walk")
-    gaps: int = Field(default=2, ge=0, description="exchange-outage gaps punched into every symbol")
+    symbols: list[str] = Field(
+        default=list(DEFAULT_SYMBOLS), min_length=1, title="Symbols generated", description="symbols to generate"
+    )
+    hours: int = Field(default=12_000, ge=2_000, title="Bars per symbol", description="bars per symbol")
+    seed: int = Field(default=7, title="Market seed", description="random seed of the generated market")
+    signal: float = Field(
+        default=1.0,
+        ge=0.0,
+        title="Planted signal strength",
+        description="planted-signal strength; 0 = driftless random walk",
+    )
+    gaps: int = Field(
+        default=2, ge=0, title="Outage gaps per symbol", description="exchange-outage gaps punched into every symbol"
+    )
     trade_signal: float = Field(
-        default=0.0, ge=0.0, description="planted trade-outcome signal (no direction in it); 0 = none"
+        default=0.0,
+        ge=0.0,
+        title="Planted trade signal",
+        description="planted trade-outcome signal (no direction in it); 0 = none",
     )
 
 
@@ -219,7 +231,7 @@ def shift_volatility(frame: pl.DataFrame, start: datetime, factor: float) -> pl.
     shifts at ``start``, for testing what notices bars unlike the training data."""
     if factor <= 0:
         raise ValueError("factor must be > 0")
-    ts = frame["timestamp"]
+    ts = frame[catalog.TIMESTAMP]
     k = np.where((ts >= start).to_numpy(), factor, 1.0)
     close = frame["close"].cast(pl.Float64).to_numpy()
     log_close = np.log(close)

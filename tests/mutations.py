@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NET = "tests/test_leakage_net.py"
 BLIND = "tests/test_blindness.py"
 GATE = "tests/test_trade_gate.py"
+GUARDS = "tests/test_bot_guards.py"
 
 
 @dataclass(frozen=True)
@@ -747,6 +748,54 @@ MUTATIONS = [
         '    ok = bool(parity.get("passed"))',
         (f"{GATE}::test_a_learnable_trade_outcome_is_found_by_the_meta_gate_and_not_by_the_direction_gate",),
         "the health gate no longer re-scores gate.onnx against the native probabilities",
+    ),
+    Mutation(
+        "open-candle-scored",
+        "serving/guards.py",
+        "    closes = pl.col(catalog.TIMESTAMP) + pl.duration(hours=1)",
+        "    closes = pl.col(catalog.TIMESTAMP)",
+        (f"{GUARDS}::test_the_open_candle_is_never_scored_and_the_scorer_says_so",),
+        "the Scorer scores the candle still forming (its open time, not its close, compared with now)",
+    ),
+    Mutation(
+        "shadow-scores-open-bars",
+        "serving/shadow.py",
+        "    return [t for t in times if t + BAR <= now], [t for t in times if t + BAR > now]",
+        "    return [t for t in times if t <= now], [t for t in times if t > now]",
+        (f"{GUARDS}::test_follow_scores_a_bar_only_once_it_has_closed",),
+        "the shadow logs a bar before it has closed",
+    ),
+    Mutation(
+        "expired-model-answers",
+        "serving/guards.py",
+        "        if limit > 0 and bar.model_age_hours is not None and bar.model_age_hours > limit:",
+        "        if limit > 0 and bar.model_age_hours is not None and bar.model_age_hours > limit * 24:",
+        (f"{GUARDS}::test_an_expired_model_falls_back_with_its_reason_or_only_flags",),
+        "the age limit read in days: a model three times too old still answers",
+    ),
+    Mutation(
+        "familiarity-reads-the-holdout",
+        "tasks/familiarity.py",
+        "    fam = fit_familiarity(X[fit.start : fit.stop], times[fit.start : fit.stop], names, spec)",
+        "    fam = fit_familiarity(X, times, names, spec)",
+        (f"{BLIND}::test_nothing_fitted_or_decided_reads_the_holdout",),
+        "the reference rows and threshold the bundle carries are drawn from every row, the holdout's too",
+    ),
+    Mutation(
+        "familiarity-threshold-beside-itself",
+        "models/release/familiarity.py",
+        "    cal = draft.score(X, times_us)",
+        "    cal = draft.score(X)",
+        (f"{GUARDS}::test_the_threshold_ignores_neighbours_in_time_which_no_live_bar_has",),
+        "the threshold is measured against each training row's neighbours in time: live bars flagged en masse",
+    ),
+    Mutation(
+        "pointer-without-contract-version",
+        "serving/publish.py",
+        '    pointer["contract_version"] = CONTRACT_VERSION\n',
+        "",
+        ("tests/test_contract_schemas.py::test_the_publish_pointer_validates_through_publish_rollback_and_refresh",),
+        "the publish pointer no longer says which contract it follows",
     ),
 ]
 

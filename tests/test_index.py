@@ -19,6 +19,8 @@ INDEX = ROOT / "docs" / "tests.md"
 THROUGH_OTHERS = {
     "macd_ml.flows.cli.__main__": "`python -m macd_ml.flows.cli`: every CLI test (tests/cliutil.py)",
     "macd_ml.flows.stop": "SIGTERM handling: test_faults.py runs the command and kills it",
+    "macd_ml.tasks.familiarity": "the familiarity stage: test_bot_guards.py scores the bundle it makes, "
+    "test_blindness.py shows it reads no holdout row",
     "macd_ml.flows.scale": "the task runner: test_dask.py, every flow test",
     "macd_ml.flows.local_api": "the command's temporary server: every test that runs the CLI in a process",
     "macd_ml.flows.logs": "one traceback per failure: test_faults.py",
