@@ -11,7 +11,7 @@ each time), with the candles already in memory the way a bot holds them:
 * ``frames``: a ``{symbol: polars.DataFrame}`` dict, validated on every call;
 * ``folder``: a candle folder read from disk on every call (what ``macd-ml predict`` does).
 
-Also the split of the ``market`` path into features and ONNX. p50/p95 over the calls, measured in one process.
+Also the split of the ``market`` path into features, ONNX and the bar's dissimilarity (serving/guards.py). p50/p95 over the calls, measured in one process.
 Target on this CPU: p50 <= 20 ms end to end.
 """
 
@@ -95,6 +95,10 @@ def main() -> None:
     X = table.select(scorer.ensemble.feature_names).to_numpy().astype(np.float32)
     bars = X[None, -scorer.ensemble.lookback :, :]
     row("  of which: ensemble.onnx", timed(lambda b: scorer._ensemble.run(None, {"bars": b}), [bars] * n))
+    if scorer.guards.familiarity is not None:  # the dissimilarity of the bar against the bundle's training rows
+        names = scorer.guards.familiarity.names
+        rows = [table.select(names).to_numpy()[-1:]] * n
+        row("  of which: dissimilarity", timed(scorer.guards.familiarity.score, rows))
     target = 20.0
     p50 = statistics.median(end_to_end) * 1000.0
     print(f"target p50 <= {target:g} ms end to end: {'met' if p50 <= target else 'NOT met'} ({p50:.1f} ms)")
