@@ -119,6 +119,10 @@ def test_the_bundle_carries_the_end_of_its_data(bundle, end):
     assert scorer.guards.data_end == end - HOURS_AFTER * HOUR
     profile = scorer.bundle.json("training_profile.json")
     assert profile["training_end"] < profile["data_end"], "the reference rows end before the holdout"
+    fam = scorer.bundle.json("metrics.json")["familiarity"]
+    assert fam["threshold"] == profile["threshold"] and 0 <= fam["holdout_unfamiliar_rate"] <= 0.2
+    report = scorer.bundle.members["report.md"].decode()
+    assert "## Bars unlike the training data" in report and f"{profile['threshold']:.3f}" in report
 
 
 def test_an_expired_model_falls_back_with_its_reason_or_only_flags(bundle, market, end):

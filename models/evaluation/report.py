@@ -209,6 +209,7 @@ def render_report(metrics: Metrics, plots: list[str] | None = None, plots_drawn:
     lines += _backtest_section(metrics.backtest)
     lines += _trade_gate_section(metrics.trade_gate)
     lines += _drift_section(metrics.drift)
+    lines += _familiarity_section(metrics.familiarity)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.rsplit('/', 1)[-1][:-4]}]({p})" for p in sorted(plots)]
@@ -389,6 +390,25 @@ def _trade_gate_section(gate: dict | None) -> list[str]:
             *gate_kinds_table(hold["kinds"]),
         ]
     return lines
+
+
+def _familiarity_section(fam: dict | None) -> list[str]:
+    """What the bot will flag as unlike the training data (docs/bot-contract.md)."""
+    if not fam:
+        return []
+    rate = fam.get("holdout_unfamiliar_rate")
+    share = "–" if rate is None else f"{100 * rate:.1f} %"
+    return [
+        "",
+        "## Bars unlike the training data",
+        "",
+        f"- Data ends {fam['data_end']}: the bot counts the model's age from there (serving.max_model_age_hours).",
+        f"- Dissimilarity threshold {fam['threshold']:.3f}: the {fam['quantile']:g} quantile of "
+        f"{fam['calibration_rows']} training rows' own scores against {fam['reference_rows']} reference rows (each "
+        "without its own week).",
+        f"- Holdout bars above it: {share} (about {100 * (1 - fam['quantile']):.1f} % where the holdout is like the "
+        "training data; far more means the market moved away from what the model knows).",
+    ]
 
 
 def _drift_section(drift: dict | None) -> list[str]:
