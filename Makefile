@@ -31,6 +31,12 @@ lock:
 
 install: $(STAMP)
 
+## freqtrade into the venv, for examples/freqtrade/ and its tests (docs/examples.md): its pinned set beside the
+## lock, installed without resolving. CI runs it before the tests; without it those tests skip, saying so
+.PHONY: freqtrade
+freqtrade: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/freqtrade.txt
+
 ## run the retrain flow on the built-in synthetic market (Prefect's local ephemeral server, SQLite)
 run: $(STAMP)
 	$(VENV)/bin/macd-ml retrain --out $(OUT)
