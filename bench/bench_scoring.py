@@ -11,7 +11,8 @@ each time), with the candles already in memory the way a bot holds them:
 * ``frames``: a ``{symbol: polars.DataFrame}`` dict, validated on every call;
 * ``folder``: a candle folder read from disk on every call (what ``macd-ml predict`` does).
 
-Also the split of the ``market`` path into features, ONNX and the bar's dissimilarity (serving/guards.py). p50/p95 over the calls, measured in one process.
+Also the split of the ``market`` path into features, ONNX and the bar's dissimilarity (serving/guards.py).
+p50/p95 over the calls, measured in one process.
 Target on this CPU: p50 <= 20 ms end to end.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.config import RetrainConfig, form_values
 
 DEPLOYMENT_NAME = "served"
 DEFAULT_CRON = "30 0 * * *"  # 00:30 UTC, after the day's last hourly candle has closed
@@ -22,14 +22,16 @@ POLL_SECONDS = 2
 
 def deployment_parameters(config: RetrainConfig, require_data: bool = False) -> dict[str, Any]:
     """A scheduled run on real candles must have them (``require_data``) and ends at once when nothing changed
-    since the current run (``skip_unchanged``, flows/unchanged.py). Unset optional fields are left out: the form
-    shows them as plain integers (features/form.py), so a ``null`` default fails the API's schema check (422)."""
-    config_values = config.model_dump(mode="json", exclude_none=True)
-    return {"config": config_values, "require_data": require_data, "skip_unchanged": require_data}
+    since the current run (``skip_unchanged``, flows/unchanged.py). The config in the run form's shape
+    (flows/config.py, ``form_values``: what differs from the defaults, the rest of the form at its defaults), so
+    the form opens on it; unset optional fields are left out (a ``null`` fails the API's schema check: 422)."""
+    return {"config": form_values(config), "require_data": require_data, "skip_unchanged": require_data}
 
 
 def build(config: RetrainConfig, cron: str = DEFAULT_CRON, timezone: str = TIMEZONE):
-    """The RunnerDeployment object (schedule, form defaults, one run at a time)."""
+    """The RunnerDeployment object (schedule, form defaults). One run at a time per output folder: the flow
+    holds its OUT's global concurrency limit (flows/retrain.py, ``output_slot``), after checking its input, so a
+    bad run fails at once instead of waiting behind a good one."""
     from prefect.schedules import Cron
 
     from macd_ml.flows.retrain import retrain
@@ -39,7 +41,6 @@ def build(config: RetrainConfig, cron: str = DEFAULT_CRON, timezone: str = TIMEZ
         # without a candle folder only UI runs (on the synthetic market): a schedule never trains on it
         schedules=[Cron(cron, timezone=timezone)] if config.data_dir else [],
         parameters=deployment_parameters(config, require_data=bool(config.data_dir)),
-        concurrency_limit=1,
         description="Retrain of the MACD gate ensemble served by `macd-ml serve` (schedule + UI runs).",
         tags=["macd-ml", "served"],
     )

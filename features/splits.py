@@ -14,7 +14,7 @@ in time, not rows, so gaps in the data never shrink it:
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,18 +27,36 @@ from macd_ml.features.segments import HOUR_US
 class FoldSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_folds: int = Field(default=5, ge=2, le=50, description="number of walk-forward test spans")
-    scheme: Literal["expanding", "sliding"] = Field(default="expanding", description="training window")
+    n_folds: int = Field(
+        default=5, ge=2, le=50, title="Number of folds", description="number of walk-forward test spans"
+    )
+    scheme: Literal["expanding", "sliding"] = Field(
+        default="expanding",
+        title="Training window",
+        description="expanding: every fold trains on all rows before it; sliding: on the latest rows only",
+    )
     holdout_fraction: float = Field(
-        default=0.15, gt=0.0, lt=0.5, description="latest fraction of rows kept for the final holdout"
+        default=0.15,
+        gt=0.0,
+        lt=0.5,
+        title="Holdout share",
+        description="latest fraction of rows kept for the final holdout",
     )
     min_train_fraction: float = Field(
-        default=0.3, gt=0.0, lt=0.9, description="share of development rows before the first test span"
+        default=0.3,
+        gt=0.0,
+        lt=0.9,
+        title="Training share before the first fold",
+        description="share of development rows before the first test span",
     )
     early_stop_fraction: float = Field(
-        default=0.15, gt=0.0, lt=0.5, description="end of each training span used for early stopping"
+        default=0.15,
+        gt=0.0,
+        lt=0.5,
+        title="Early-stopping share of each fold",
+        description="end of each training span used for early stopping",
     )
-    embargo_hours: OptionalPositiveInt = optional_field(
+    embargo_hours: Annotated[OptionalPositiveInt, Field(title="Embargo (hours)")] = optional_field(
         "hours between a training span and the test span after it; empty = the longest horizon (also the minimum)"
     )
 

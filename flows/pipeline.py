@@ -5,7 +5,7 @@
            and beside them the fixed reference model (same tasks, folds and holdout; a stack input by default)
         ─► OOF and holdout tables ─► meta-stacking (OOF only) ─► metrics ─► backtest · drift · trade gate · familiarity
         ─► ONNX export
-        ─► health gate ─► report ─► champion / challenger ─► publish the run folder ─► promote OUT/current ─► bundle
+        ─► health gate ─► report ─► champion / challenger ─► publish the run folder ─► bundle ─► promote OUT/current
 
 :func:`run_pipeline` only wires: every stage is a function in ``tasks/`` run through ``s`` (flows/stages_runner.py):
 as a cached Prefect task in the flow, or called directly (the bench's direct mode). Tasks pass references
@@ -194,8 +194,13 @@ def check(config: RetrainConfig, p: Prepared, t: Trained, out: str, s: Stages) -
 
 
 def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, run_id: str, s: Stages) -> RunRef:
-    """champion / challenger ─► publish the run folder ─► UI artifacts ─► promote OUT/current ─► bundle; all of
-    it in the run's home (``config.run_home``, else OUT)."""
+    """champion / challenger ─► publish the run folder ─► UI artifacts ─► bundle ─► promote OUT/current; all of
+    it in the run's home (``config.run_home``, else OUT). The bundle is written before ``current`` moves, so
+    ``current`` never names a run without its bundle (a failed bundle write leaves it where it was). Last, one
+    artifact on the flow run says where the outputs are and what was decided (``s.ui_artifacts(outputs=...)``)."""
+    from macd_ml.artifacts.store import current_run
+    from macd_ml.tasks.report import RunOutputs
+
     h = config.primary_horizon()
     home = str(config.home())
     if c.health.report.passed:
@@ -237,12 +242,37 @@ def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, r
         read_text(c.report[catalog.REPORT]),
         decision,
         images=images,
+        made_by=c.report,
     )
+
+    def outputs(status: str, why: str, bundle: ArtifactRef | None = None) -> RunOutputs:
+        return RunOutputs(
+            target=config.target,
+            run_id=run.run_id,
+            status=status,
+            why=" ".join(why.split()),
+            run_folder=run.path,
+            report=str(Path(run.path) / catalog.REPORT),
+            bundle=None if bundle is None else str(bundle.path),
+            home=home,
+            current=current_run(home),
+        )
+
     if not decision.promote:
         detail = "; ".join(f"{x.name}: {x.detail}" for x in c.health.report.failures()) or decision.reason
+        s.ui_artifacts(outputs=outputs("not promoted", detail))
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}", run=run.path)
-    s.run(promote_task, home, run, decision.champion)
-    s.run(bundle_task, run, home)
+    bundle: ArtifactRef | None = None
+    try:
+        bundle = s.run(bundle_task, run, home)
+        s.run(promote_task, home, run, decision.champion)
+    except PromotionRefused as exc:  # another run was promoted meanwhile: this one is published and bundled
+        s.ui_artifacts(outputs=outputs("not promoted", str(exc).split("): ", 1)[-1], bundle))
+        raise
+    except Exception as exc:  # current was not moved: it still names the run it named before
+        s.ui_artifacts(outputs=outputs("failed", f"{type(exc).__name__}: {exc}", bundle))
+        raise
+    s.ui_artifacts(outputs=outputs("promoted", decision.reason, bundle))
     return run
 
 

@@ -42,16 +42,23 @@ class ScaleOut(BaseModel):
 
     runner: Literal["threads", "dask"] = Field(
         default="threads",
+        title="Runner",
         description="'threads' = the flow's thread pool (MACD_ML_PARALLEL_TASKS tasks at once); 'dask' = a Dask "
         "cluster through prefect-dask (pip install 'macd-ml[dask]')",
     )
     dask_address: str = Field(
         default="",
+        title="Dask scheduler address",
         description="with runner 'dask': address of a running Dask scheduler, e.g. 'tcp://10.0.0.5:8786'; "
         "empty = start a local cluster for the training stage",
+        json_schema_extra={"pattern": r"^\s*\S*\s*$"},  # no space inside (the validator below)
     )
-    dask_workers: int = Field(default=2, ge=1, description="worker processes of the local cluster")
-    dask_threads_per_worker: int = Field(default=1, ge=1, description="tasks each local worker process runs at once")
+    dask_workers: int = Field(
+        default=2, ge=1, title="Local Dask workers", description="worker processes of the local cluster"
+    )
+    dask_threads_per_worker: int = Field(
+        default=1, ge=1, title="Tasks per Dask worker", description="tasks each local worker process runs at once"
+    )
 
     @field_validator("dask_address")
     @classmethod

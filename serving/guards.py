@@ -18,7 +18,6 @@ record) only flag: they measure the model as it is, not the bot's fallbacks.
 
 from __future__ import annotations
 
-import io
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -43,21 +42,26 @@ class ServingSpec(BaseModel):
     max_model_age_hours: float = Field(
         default=72.0,
         ge=0.0,
+        title="Model expires after (hours)",
         description="a bar scored more than this many hours after the end of the run's data is 'expired' "
         "(FreqAI's expiration_hours); 0 = never",
     )
     on_expired: Literal["fallback", "flag"] = Field(
         default="fallback",
+        title="When the model has expired",
         description="fallback: an expired bar gets no probability (path none, reason 'model expired'); flag: it "
         "keeps its probability and carries the flag",
     )
     on_unfamiliar: Literal["flag", "fallback", "off"] = Field(
         default="flag",
+        title="When a bar is unlike the training data",
         description="a bar more unlike the training rows than the threshold: flag it, give it no probability "
         "(fallback), or do not measure (off)",
     )
     unfamiliar: FamiliaritySpec = Field(
-        default_factory=FamiliaritySpec, description="how the run measures how unlike its training rows a bar is"
+        default_factory=FamiliaritySpec,
+        title="Measuring unlike the training data",
+        description="how the run measures how unlike its training rows a bar is",
     )
 
 
@@ -87,7 +91,7 @@ class Guards:
         doc = bundle.json(catalog.TRAINING_PROFILE)
         fam = None
         if catalog.TRAINING_REFERENCE in bundle.members:
-            ref = pl.read_parquet(io.BytesIO(bundle.members[catalog.TRAINING_REFERENCE]))
+            ref = bundle.frame(catalog.TRAINING_REFERENCE)  # verified with the bundle
             fam = Familiarity.from_json(
                 doc,
                 ref.select(doc["names"]).to_numpy().astype(np.float32),

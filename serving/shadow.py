@@ -184,25 +184,47 @@ class Targets(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    coverage: float = Field(default=0.80, ge=0, le=1, description="least share of bars with an ML probability")
-    stacking: float = Field(default=0.90, ge=0, le=1, description="least share of bars scored by the stacked path")
+    coverage: float = Field(
+        default=0.80, ge=0, le=1, title="Least ML coverage", description="least share of bars with an ML probability"
+    )
+    stacking: float = Field(
+        default=0.90,
+        ge=0,
+        le=1,
+        title="Least stacked-path share",
+        description="least share of bars scored by the stacked path",
+    )
     lstm_normal: float = Field(
-        default=0.95, ge=0, le=1, description="least share of bars with a normal LSTM output (when it ships)"
+        default=0.95,
+        ge=0,
+        le=1,
+        title="Least normal LSTM share",
+        description="least share of bars with a normal LSTM output (when it ships)",
     )
     max_errors: int = Field(
-        default=0, ge=0, description="most bars that ended in an error (the old 'no serious ML errors')"
+        default=0,
+        ge=0,
+        title="Most error bars",
+        description="most bars that ended in an error (the old 'no serious ML errors')",
     )
-    min_bars: int = Field(default=1, ge=0, description="fewer logged bars than this fails")
+    min_bars: int = Field(default=1, ge=0, title="Fewest logged bars", description="fewer logged bars than this fails")
     stuck_window: int = Field(
-        default=24, ge=2, description="an LSTM output equal over this many bars in a row counts as stuck"
+        default=24,
+        ge=2,
+        title="Stuck LSTM window (bars)",
+        description="an LSTM output equal over this many bars in a row counts as stuck",
     )
     max_expired: int = Field(
-        default=0, ge=0, description="most bars scored by an expired model (older than serving.max_model_age_hours)"
+        default=0,
+        ge=0,
+        title="Most expired bars",
+        description="most bars scored by an expired model (older than serving.max_model_age_hours)",
     )
     max_unfamiliar: float = Field(
         default=0.25,
         ge=0,
         le=1,
+        title="Most unfamiliar share",
         description="most share of bars unlike the training data (flag 'unfamiliar'; about 1% where the market is "
         "like the training data)",
     )

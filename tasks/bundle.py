@@ -1,4 +1,5 @@
-"""Bundle task: after promotion, the run packed for the bot (serving/bundle.py) into ``OUT/bundles/``."""
+"""Bundle task: the run packed for the bot (serving/bundle.py) into ``OUT/bundles/``, before it is promoted (so
+``OUT/current`` never names a run without its bundle)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,27 @@
 """Report task: PNG plots + report.md into the cache (published with the run), and the same content on the
-Prefect UI as a markdown artifact and table artifacts on the flow run."""
+Prefect UI as a markdown artifact and table artifacts; plus the run's outputs artifact, the one the flow run page
+shows first.
+
+Where they show: the flow run page's Artifacts tab lists the flow run's own artifacts first ("Flow run"), then
+those of its task runs ("Task runs"), each list in the API's default order, by artifact id (random UUIDs: not the
+order they were made in). So the outputs artifact is the flow run's only artifact of its own, updated in place
+(a Retry of the same flow run rewrites it rather than adding a second one), and the report and its tables belong
+to the task run of the report stage.
+"""
 
 from __future__ import annotations
 
 import base64
+import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import numpy as np
 import polars as pl
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import MarkdownArtifact, TableArtifact
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import ArtifactRef, cache_dir, read_json, read_parquet, write_bytes
@@ -113,26 +125,146 @@ def embed_images(report_md: str, images: dict[str, bytes]) -> str:
     return report_md
 
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a run's outputs are and what was decided, for its outputs artifact. ``status``: "promoted",
+    "not promoted" (``why``: the health gate's refusal, or the champion moved), "failed" (``why``: the error;
+    ``current`` did not move) or "nothing changed" (the current run is this run)."""
+
+    target: str
+    run_id: str
+    status: str
+    why: str
+    run_folder: str | None
+    report: str | None
+    bundle: str | None
+    home: str
+    current: str | None
+
+
+def outputs_key(target: str) -> str:
+    return f"macd-ml-{target.lower()}-outputs"
+
+
+def render_outputs(o: RunOutputs) -> str:
+    """The outputs artifact: one table of paths (each in backticks), then the decision in one line."""
+
+    def where(path: str | None, missing: str) -> str:
+        return f"`{path}`" if path else missing
+
+    current = f"`{Path(o.home) / 'current'}` → run {o.current}" if o.current else "none yet"
+    bundle_missing = {"not promoted": "not written (not promoted)", "failed": "not written"}.get(o.status, "none")
+    rows = [
+        ("run folder", where(o.run_folder, "none")),
+        ("report", where(o.report, "none")),
+        ("bundle", where(o.bundle, bundle_missing)),
+        ("current", current),
+    ]
+    after = {
+        "promoted": f"promoted: {o.why}",
+        "not promoted": f"not promoted: {o.why}",
+        "failed": f"failed before its promotion; `current` did not move: {o.why}. Fix the cause, then Retry this "
+        "flow run or start the same retrain again (every finished stage comes back Cached)",
+        "nothing changed": f"nothing changed since run {o.current}, which is current: {o.why}",
+    }[o.status]
+    lines = [
+        f"## {o.target} run {o.run_id}: {o.status}",
+        "",
+        "| output | where |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        f"**Promotion:** {after}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def publish_outputs(o: RunOutputs) -> None:
+    """The run's outputs artifact on its flow run: created, or updated in place when this flow run has one
+    (a Retry), so it stays the flow run's only artifact of its own and the first its Artifacts tab shows. Never
+    fails the run: a UI that cannot take it costs a warning."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.runtime import flow_run
+
+    markdown, key = render_outputs(o), outputs_key(o.target)
+    description = f"{o.target} run {o.run_id}: {o.status}"
+    try:
+        with get_client(sync_client=True) as client:
+            here = flow_run.get_id()
+            mine = (
+                client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(here)])
+                    )
+                )
+                if here
+                else []
+            )
+            own = [a for a in mine if a.task_run_id is None]
+            if own:
+                client.update_artifact(own[0].id, ArtifactUpdate(data=markdown, description=description))
+                return
+        MarkdownArtifact(markdown=markdown, key=key, description=description).create(_sync=True)  # type: ignore[call-arg]
+    except Exception as exc:  # noqa: BLE001 - the run's outputs are on disk either way; the log says where
+        log.warning("could not publish the outputs artifact (%s); run folder %s", exc, o.run_folder)
+
+
+def _task_run_of(result: Any) -> Any:
+    """The id of the task run that returned ``result`` in this flow run (Prefect links each task's result to its
+    state for its own dependency tracking), else None."""
+    from prefect.utilities.engine import get_state_for_result
+
+    try:
+        found = get_state_for_result(result) if result is not None else None
+    except Exception:  # noqa: BLE001 - a Prefect that tracks results otherwise: the flow run holds them
+        return None
+    return found[0].state_details.task_run_id if found else None
+
+
 def publish_ui_artifacts(
-    metrics: Metrics, report_md: str, decision: Decision | None = None, images: dict[str, bytes] | None = None
+    metrics: Metrics | None = None,
+    report_md: str = "",
+    decision: Decision | None = None,
+    images: dict[str, bytes] | None = None,
+    *,
+    made_by: Any = None,
+    outputs: RunOutputs | None = None,
 ) -> None:
-    """Markdown report (plots embedded) + metrics, health and promotion tables on the flow run page of the
-    Prefect UI. ``images``: the report's relative image paths -> PNG bytes."""
+    """Markdown report (plots embedded) + metrics, health and promotion tables in the Prefect UI, on the task run
+    that returned ``made_by`` (the report stage's result; the flow run when none). ``images``: the report's
+    relative image paths -> PNG bytes. With ``outputs``: the run's outputs artifact instead
+    (:func:`publish_outputs`)."""
+    if outputs is not None:
+        publish_outputs(outputs)
+        return
+    assert metrics is not None
     key = "macd-ml-" + metrics.target.lower()
+    owner = _task_run_of(made_by)
+
+    def markdown(text: str, **kw: Any) -> None:
+        MarkdownArtifact(markdown=text, task_run_id=owner, **kw).create(_sync=True)  # type: ignore[call-arg]
+
+    def table(rows: list, **kw: Any) -> None:
+        TableArtifact(table=rows, task_run_id=owner, **kw).create(_sync=True)  # type: ignore[call-arg]
+
     report_md = embed_images(report_md, images or {})
     if decision is not None:
         report_md += render_promotion(decision)
-    create_markdown_artifact(report_md, key=f"{key}-report", description=f"Run {metrics.run_id or ''}")
+    markdown(report_md, key=f"{key}-report", description=f"Run {metrics.run_id or ''}")
     if metrics.health is not None:
-        create_table_artifact(
+        table(
             [c.model_dump() for c in metrics.health.checks],
             key=f"{key}-health",
             description=f"Health gate: {'passed' if metrics.health.passed else 'REFUSED'}",
         )
     if decision is not None:
-        create_table_artifact(
-            [decision.model_dump(mode="json")], key=f"{key}-promotion", description="Champion / challenger"
-        )
+        table([decision.model_dump(mode="json")], key=f"{key}-promotion", description="Champion / challenger")
     rows = []
     for name, per_h in metrics.models.items():
         for h, m in per_h.items():
@@ -141,7 +273,7 @@ def publish_ui_artifacts(
         rows.append(
             {"model": f"shipped ({s.shipped})", "horizon": h, "oof_auc": _r(s.val_auc), "test_auc": _r(s.test_auc)}
         )
-    create_table_artifact(rows, key=f"{key}-auc", description="AUC per model and horizon (shipped: inner-CV AUC)")
+    table(rows, key=f"{key}-auc", description="AUC per model and horizon (shipped: inner-CV AUC)")
     gaps = [
         {
             "horizon": h,
@@ -154,7 +286,7 @@ def publish_ui_artifacts(
         for h, s in metrics.meta.items()
     ]
     if gaps:
-        create_table_artifact(gaps, key=f"{key}-overfit-gap", description="Validation -> test gap of what ships")
+        table(gaps, key=f"{key}-overfit-gap", description="Validation -> test gap of what ships")
 
 
 def _r(x):

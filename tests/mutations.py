@@ -797,6 +797,22 @@ MUTATIONS = [
         ("tests/test_contract_schemas.py::test_the_publish_pointer_validates_through_publish_rollback_and_refresh",),
         "the publish pointer no longer says which contract it follows",
     ),
+    Mutation(
+        "promote-before-bundle",
+        "flows/pipeline.py",
+        "        bundle = s.run(bundle_task, run, home)\n        s.run(promote_task, home, run, decision.champion)",
+        "        s.run(promote_task, home, run, decision.champion)\n        bundle = s.run(bundle_task, run, home)",
+        ("tests/test_faults.py::test_a_bundle_that_cannot_be_written_leaves_current_on_the_previous_run",),
+        "current moves before the bundle is written: a failed bundle write leaves it on a run the bot cannot fetch",
+    ),
+    Mutation(
+        "form-accepts-a-zero-horizon",
+        "flows/config.py",
+        '"items": {"type": "integer", "minimum": 1}},',
+        '"items": {"type": "integer"}},',
+        ("tests/test_form.py::test_what_the_schema_accepts_the_config_accepts",),
+        "the run form lets a horizon of 0 through Submit: the run fails minutes later instead",
+    ),
 ]
 
 

@@ -23,9 +23,11 @@ def test_served_deployment_has_its_own_name_and_schedules_only_real_data():
     assert dep.name == "served"  # never one of prefect.yaml's deployments
     assert [s.schedule.cron for s in dep.schedules] == [DEFAULT_CRON]
     assert dep.schedules[0].schedule.timezone == "UTC"
-    assert dep.parameters["config"]["data_dir"] == "/data/candles"
+    # the run form's shape: what differs from the defaults (flows/config.py, form_values)
+    assert dep.parameters["config"] == {"data_dir": "/data/candles", "out_dir": "/srv/out"}
     assert dep.parameters["require_data"] is True and dep.parameters["skip_unchanged"] is True
-    assert dep.concurrency_limit == 1
+    # one run per output folder is the flow's own slot (flows/retrain.py, output_slot), taken after its checks
+    assert dep.concurrency_limit is None and dep.enforce_parameter_schema is True
     berlin = build(cfg, timezone="Europe/Berlin")
     assert berlin.schedules[0].schedule.timezone == "Europe/Berlin"
     # the API checks a deployment's parameters against its form's schema (a null optional field was a 422)
@@ -45,7 +47,7 @@ def _form():
 
 
 def _fields(schema):
-    """(path, field schema) for every field of the form, nested models included."""
+    """(path, field schema) for every field of the form, nested models and folded sections included."""
     defs = schema["definitions"]
 
     def walk(props, path):
@@ -54,8 +56,15 @@ def _fields(schema):
             ref = field.get("$ref") or next((a.get("$ref") for a in field.get("allOf", [])), None)
             if ref:
                 yield from walk(defs[ref.rsplit("/", 1)[-1]]["properties"], f"{path}{name}.")
+            elif "properties" in field:  # a folded section (flows/config.py, _folded)
+                yield from walk(field["properties"], f"{path}{name}.")
 
     yield from walk(schema["properties"], "")
+
+
+def _folded(field) -> bool:
+    """A section the form shows folded: "Defaults" (null) or "Edit" (its fields)."""
+    return [o.get("title") for o in field.get("anyOf", [])] == ["Defaults", "Edit"] and "properties" in field
 
 
 def test_ui_form_is_the_pydantic_config():
@@ -63,8 +72,9 @@ def test_ui_form_is_the_pydantic_config():
     assert list(schema["properties"]) == ["config", "run_id", "require_data", "skip_unchanged"]
     assert schema.get("required", []) == []
     form = schema["definitions"]["RetrainConfig"]["properties"]
-    for key in ("data_dir", "target", "cross", "horizons", "folds", "features", "force"):
-        assert key in form, key
+    assert list(form) == ["target", "data_dir", "horizons", "until", "force", "out_dir", "advanced"]
+    for key in ("cross", "folds", "features", "models", "serving"):
+        assert key in form["advanced"]["properties"], key
 
 
 def test_every_form_field_is_described_and_usable_without_a_type_toggle():
@@ -72,7 +82,12 @@ def test_every_form_field_is_described_and_usable_without_a_type_toggle():
     assert len(fields) > 60
     undescribed = [p for p, f in fields.items() if not f.get("description")]
     assert undescribed == [], f"form fields without a description: {undescribed}"
-    toggles = [p for p, f in fields.items() if "anyOf" in f or f.get("type") == "null" or "null" in str(f.get("type"))]
+    # a type toggle only where it folds a section ("Defaults" / "Edit"), never on a field a user types into
+    toggles = [
+        p
+        for p, f in fields.items()
+        if ("anyOf" in f and not _folded(f)) or f.get("type") == "null" or "null" in str(f.get("type"))
+    ]
     assert toggles == [], f"nullable fields (a type toggle in the UI): {toggles}"
     raw = [p for p, f in fields.items() if f.get("type") == "object" and "properties" not in f]
     assert raw == [], f"free-form JSON boxes: {raw}"
@@ -80,11 +95,11 @@ def test_every_form_field_is_described_and_usable_without_a_type_toggle():
 
 def test_models_are_an_enum_multi_select_and_feature_sets_typed():
     fields = dict(_fields(_form()))
-    enabled = fields["config.models.enabled"]
+    enabled = fields["config.advanced.models.enabled"]
     assert enabled["type"] == "array"
     assert set(enabled["items"]["enum"]) == {"lgb", "xgb", "lgb_cross", "lstm", "tft"}
     for m in ("lgb", "xgb", "lgb_cross", "lstm", "tft"):
-        assert fields[f"config.models.feature_sets.{m}"]["enum"] == ["own", "all"]
+        assert fields[f"config.advanced.models.feature_sets.{m}"]["enum"] == ["own", "all"]
     with pytest.raises(ConfigError, match="unknown model.*'gbm'"):
         validate_config({"models": {"enabled": ["lgb", "gbm"]}})
     with pytest.raises(ConfigError, match="feature_sets.lgb"):
@@ -161,6 +176,8 @@ def test_prefect_yaml_deployments_load_by_module_path():
     assert nightly["schedules"][0]["cron"] == DEFAULT_CRON and nightly["schedules"][0]["timezone"] == "UTC"
     assert nightly["parameters"] == {"require_data": True, "skip_unchanged": True}
     assert "schedules" not in deps["retrain"]
+    # a retrain waits for its output folder inside the flow, after its checks (flows/retrain.py, output_slot)
+    assert "concurrency_limit" not in deps["retrain"] and "concurrency_limit" not in nightly
     fleet = deps["fleet-nightly"]  # the watchlist is a config key like any other
     assert RetrainConfig.model_validate(fleet["parameters"]["config"]).targets == [
         "BTCUSDT",
@@ -170,6 +187,7 @@ def test_prefect_yaml_deployments_load_by_module_path():
         "XRPUSDT",
     ]
     assert fleet["schedules"][0]["active"] is False and fleet["parameters"]["require_data"] is True
+    assert fleet["concurrency_limit"] == 1
     assert spec["pull"] == [{"macd_ml.deployments.steps.enter_home": {}}]
     assert "served" not in deps
 
@@ -257,3 +275,166 @@ def test_report_artifact_embeds_every_plot():
     assert "](plots/" not in out
     uris = [line.split("](", 1)[1].rstrip(")") for line in out.splitlines() if line.startswith("![")]
     assert [base64.b64decode(u.split(",", 1)[1]) for u in uris] == [png, png[::-1]]
+
+
+# --------------------------------------------------------------------------------------------- a deployment run
+
+
+@pytest.fixture(scope="module")
+def retrain_deployment(prefect_server):
+    """The retrain flow as a deployment on the test API; its runs are executed here, as a worker would."""
+    from macd_ml.flows.retrain import retrain
+
+    return retrain.to_deployment(name="slot-test").apply()
+
+
+def _deployment_run(deployment_id, parameters: dict):
+    """Create a flow run of the deployment and run it in this process: (flow run id, final state)."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from macd_ml.flows.retrain import retrain
+
+    with get_client(sync_client=True) as client:
+        fr = client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+    return fr.id, run_flow(retrain, flow_run=fr, parameters=fr.parameters, return_type="state")
+
+
+def _slot(name: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name)
+
+
+class _Held:
+    """Another run's hold on an output folder's slot (a lease, as the flow takes it)."""
+
+    def __init__(self, out: Path):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+        from prefect.exceptions import ObjectAlreadyExists
+
+        from macd_ml.flows.retrain import slot_name
+
+        self.name = slot_name(out)
+        with get_client(sync_client=True) as client:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=self.name, limit=1))
+            except ObjectAlreadyExists:
+                pass
+            got = client.increment_concurrency_slots_with_lease([self.name], 1, "concurrency", lease_duration=600)
+        self.lease = got.json()["lease_id"]
+
+    def release(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(self.lease)
+
+
+def test_a_bad_deployment_run_fails_at_once_with_one_line_while_another_holds_its_folder(retrain_deployment, tmp_path):
+    """A rule across keys (the form cannot refuse it): the run ends FAILED in seconds, its state's message one line
+    naming the key, without waiting for the output folder another run holds and without writing anything."""
+    import time
+
+    out = tmp_path / "out"
+    held = _Held(out)
+    try:
+        config = {"horizons": [5, 24], "out_dir": str(out), "advanced": {"folds": {"embargo_hours": 6}}}
+        t0 = time.monotonic()
+        _, state = _deployment_run(retrain_deployment, {"config": config})
+        assert time.monotonic() - t0 < 60
+        assert state.is_failed(), state
+        assert state.message.startswith("config key 'folds.embargo_hours': ") and "\n" not in state.message
+        assert _slot(held.name).active_slots == 1  # still the other run's
+        assert not out.exists()  # nothing written
+    finally:
+        held.release()
+
+
+def test_a_deployment_run_waits_for_its_output_folder_after_its_checks_and_is_named_by_what_it_does(
+    retrain_deployment, tmp_path, monkeypatch
+):
+    """A good run checks its input first, then waits while another run holds its output folder, and starts writing
+    only once it holds the folder itself; its flow run is named by its target and run id."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from prefect.client.orchestration import get_client
+
+    import macd_ml.flows.retrain as retrain_module
+
+    checked, ran = threading.Event(), threading.Event()
+    monkeypatch.setattr(retrain_module, "preflight", lambda config, out: checked.set())
+
+    def pipeline(config, out, run_id, s):
+        assert _slot(retrain_module.slot_name(out)).active_slots == 1  # its own
+        ran.set()
+        return SimpleNamespace(run_id=run_id, path=str(out / "runs" / run_id))
+
+    monkeypatch.setattr(retrain_module, "run_pipeline", pipeline)
+    monkeypatch.setattr(retrain_module, "remember", lambda *a: None)
+    out = tmp_path / "out"
+    held = _Held(out)
+    result: dict = {}
+    runner = threading.Thread(
+        target=lambda: result.update(
+            zip(
+                ("id", "state"),
+                _deployment_run(retrain_deployment, {"config": {"target": "btcusdt", "out_dir": str(out)}}),
+            )
+        )
+    )
+    try:
+        runner.start()
+        assert checked.wait(60), "preflight never ran"
+        time.sleep(3)
+        assert runner.is_alive() and not ran.is_set(), "it did not wait for the folder another run holds"
+    finally:
+        held.release()
+    runner.join(120)
+    assert not runner.is_alive() and ran.is_set() and result["state"].is_completed(), result
+    assert _slot(held.name).active_slots == 0  # released at the end
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(result["id"])
+    assert fr.name == f"BTCUSDT {fr.expected_start_time:%Y%m%dT%H%M%SZ}-{str(fr.id)[:8]}", fr.name
+
+
+def test_the_outputs_artifact_is_the_flow_runs_only_one_and_a_retry_rewrites_it(prefect_server):
+    """The Artifacts tab lists a flow run's own artifacts first, in id order (random UUIDs): the outputs artifact
+    is its only own one, rewritten in place by a second attempt; the report's belong to a task run."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from macd_ml.tasks.report import RunOutputs, publish_outputs, publish_ui_artifacts
+
+    @task
+    def report() -> dict:
+        return {"report.md": "x"}
+
+    def outputs(status: str) -> RunOutputs:
+        return RunOutputs("ETHUSDT", "20260101T000000Z-0000000a", status, "why", "/o/runs/r", "/o/runs/r/report.md",
+                          None, "/o", None)  # fmt: skip
+
+    @flow
+    def attempt() -> None:
+        made = report()
+        from macd_ml.models.evaluation.metrics import Metrics
+
+        metrics = Metrics.model_construct(target="ETHUSDT", run_id="r", health=None, models={}, meta={})
+        publish_ui_artifacts(metrics, "# report", made_by=made)
+        publish_outputs(outputs("failed"))
+        publish_outputs(outputs("promoted"))
+
+    state = attempt(return_state=True)
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    own = [a for a in arts if a.task_run_id is None]
+    assert [a.key for a in own] == ["macd-ml-ethusdt-outputs"], [(a.key, a.task_run_id) for a in arts]
+    assert "promoted" in own[0].data and "failed" not in own[0].data and "`/o/runs/r`" in own[0].data
+    assert {a.key for a in arts if a.task_run_id is not None} >= {"macd-ml-ethusdt-report", "macd-ml-ethusdt-auc"}

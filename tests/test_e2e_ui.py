@@ -2,12 +2,19 @@
 PREFECT_HOME), a `process` work pool, `prefect deploy --all` from prefect.yaml, `prefect worker start`, and the
 Prefect UI driven in the system's Chromium by Playwright (no browser download).
 
-- a Custom run of the `retrain` deployment from the UI's form (JSON tab), waited on to Completed; its report
-  artifact shows its plots (every <img> decoded);
-- a run whose bundle write fails (a file stands where the `bundles` folder must be) is fixed and retried with the
-  UI's Retry button: only the failed task runs again, every other task comes back Cached;
-- the nightly cron is registered; a nightly run with no candle folder fails at once;
-- the same deploy-and-run against PostgreSQL (Debian's postgresql, started here) as the server's database.
+- the run form: short (the fields a run changes on top, everything else folded under "Advanced settings"), no two
+  fields with one title, and it refuses a bad value at Submit (a zero horizon at its field, a repeated one with
+  the API's answer) without creating a run; what it sends when filled in is the config it shows;
+- a Custom run of the `retrain` deployment from the UI's form (JSON tab): it checks its input, then waits while
+  another run holds its output folder; meanwhile a run with a rule across keys broken fails at once, its state one
+  line naming the key; released, the first runs to Completed. Its flow run is named by its target and run id, its
+  outputs artifact is the first of its Artifacts tab and lists paths that exist; its report shows its plots;
+- a run whose bundle write fails (a file stands where the `bundles` folder must be) leaves `current` where it was,
+  is fixed and retried with the UI's Retry button: only the bundle task (and the never-cached
+  champion/challenger and promote) runs again, every other task comes back Cached;
+- the nightly cron is registered; a nightly run with no candle folder fails at once, in one line;
+- the same deploy-and-run against PostgreSQL (Debian's postgresql, started here) as the server's database, with
+  the config in the flat shape of config files (accepted beside the form's).
 
 Screenshots go to E2E_ARTIFACTS (default .ci/artifacts), which CI keeps. CI runs this module after the unit tests
 (`make test`); it skips itself, naming what is missing, where Chromium or PostgreSQL is not installed.
@@ -24,12 +31,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from macd_ml.features.synth import synth_market, write_market
+from macd_ml.flows.config import ADVANCED, validate_config
+from macd_ml.flows.retrain import slot_name
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,13 +49,32 @@ PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tru
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-# a small run that passes the health gate on the generated market: the pipeline's behaviour, not its models
+# a small run that passes the health gate on the generated market: the pipeline's behaviour, not its models; in
+# the run form's shape (flows/config.py: the fields a run changes on top, the rest under "advanced")
 SMALL_CONFIG = {
     "target": "ETHUSDT",
-    "folds": {"n_folds": 3},
-    "models": {"enabled": ["lgb", "xgb"]},
-    "health": {"auc_gates": False, "live_check": False},
+    ADVANCED: {
+        "folds": {"n_folds": 3},
+        "models": {"enabled": ["lgb", "xgb"]},
+        "health": {"auc_gates": False, "live_check": False},
+    },
 }
+# the same in the flat shape of config files (and of runs started before the form had its sections)
+FLAT_SMALL_CONFIG = {"target": "ETHUSDT", **SMALL_CONFIG[ADVANCED]}
+# the form's fields before anything is opened, in order (the few a run changes, then the flow's other parameters)
+FORM_TOP = [
+    "Run settings",
+    "Symbol to predict",
+    "Candle folder",
+    "Horizons (hours ahead)",
+    "Train as of (UTC)",
+    "Recompute every stage (ignore the cache)",
+    "Output folder (OUT)",
+    "Advanced settings",
+    "Finish a failed run (its run id)",
+    "Require a candle folder",
+    "Skip when nothing changed",
+]
 
 
 def _free_port() -> int:
@@ -168,6 +197,41 @@ class Stack:
     def artifacts(self, run_id: str) -> list[dict]:
         return self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50})
 
+    def artifacts_shown(self, run_id: str) -> list[dict]:
+        """The artifacts the flow run page's Artifacts tab lists, in its order (the UI's own query)."""
+        body = {"artifacts": {"flow_run_id": {"any_": [run_id]}, "type": {"not_any_": ["result"]}}, "limit": 50}
+        return self.post("/artifacts/filter", body)
+
+    def delete(self, path: str) -> None:
+        req = urllib.request.Request(self.api + path, method="DELETE")
+        urllib.request.urlopen(req, timeout=30).close()
+
+    def logs_of(self, run_id: str) -> str:
+        logs = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        return "\n".join(entry["message"] for entry in logs)
+
+    def hold_slot(self, out: Path) -> str:
+        """Hold the output folder ``out`` as a running retrain does (its global concurrency limit, a lease)."""
+        name = slot_name(out)
+        try:
+            self.post("/v2/concurrency_limits/", {"name": name, "limit": 1})
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # already there
+                raise
+        body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": 900}
+        return self.post("/v2/concurrency_limits/increment-with-lease", body)["lease_id"]
+
+    def release_slot(self, lease_id: str) -> None:
+        req = urllib.request.Request(
+            self.api + "/v2/concurrency_limits/decrement-with-lease",
+            data=json.dumps({"lease_id": lease_id}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=30).close()
+
+    def slot(self, out: Path) -> dict:
+        return self.get(f"/v2/concurrency_limits/{slot_name(out)}")
+
     def log_tail(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
 
@@ -262,6 +326,31 @@ def _click_until(page, button, done, timeout: float = 90, attempts: int = 3) -> 
 
 def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _shot_all(page, name: str) -> None:
+    """The whole page, as tall as its content (the UI scrolls inside a panel, which full_page does not see)."""
+    height = page.evaluate("() => Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(int(height) + 50, 16_000)})
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.set_viewport_size(size)
+
+
+def _labels(page) -> list[str]:
+    """The form's field labels as drawn, top to bottom, without Prefect's " (Optional)"."""
+    return [t.removesuffix(" (Optional)") for t in page.locator(".schema-form-property__label").all_inner_texts()]
+
+
+def _field(page, title: str):
+    """The form field titled ``title`` (the innermost one: a section's field holds its fields' labels too)."""
+    label = page.get_by_text(f"{title} (Optional)", exact=True)
+    return page.locator(".schema-form-property").filter(has=label).last
+
+
+def _leaves_run_page(page) -> bool:
+    return not page.url.rstrip("/").endswith("/run")
 
 
 @pytest.fixture(scope="module")
@@ -362,16 +451,123 @@ def _report_images_load(page, stack: Stack, run_id: str) -> int:
     return n
 
 
-def test_ui_custom_run_completes_and_its_report_shows_its_plots(stack, page, candles):
+def test_ui_form_is_short_titled_and_refuses_bad_values_at_submit(stack, page, candles):
+    """What a person sees on the Custom run page: the fields a run changes on top and one folded "Advanced
+    settings" (before: 211 fields at once, "Force" and "Stacking" twice each); a bad value refused at Submit, the
+    page staying and saying why, no run created; filled in, it sends the config it shows."""
+    dep = stack.get("/deployments/name/retrain/retrain")
+    assert dep["enforce_parameter_schema"] is True and dep.get("concurrency_limit") is None
+    before = {r["id"] for r in stack.runs_of(dep["id"])}
+    page.goto(f"{stack.ui}/deployments/deployment/{dep['id']}/run")
+    horizons = _field(page, "Horizons (hours ahead)")
+    horizons.wait_for()
+    assert _labels(page) == FORM_TOP
+    _shot_all(page, "form")
+
+    # a zero horizon: refused at its field
+    hours = horizons.locator("input")
+    assert hours.count() == 3  # 5, 12, 24
+    hours.nth(0).fill("0")
+    page.get_by_role("button", name="Submit").click()
+    horizons.get_by_text("0 is less than the minimum of 1").wait_for(timeout=30_000)
+    assert not _leaves_run_page(page)
+    _shot(page, "form-refused-zero-horizon")
+    # a repeated horizon: refused (the API's schema check answers; the page stays and shows it)
+    hours.nth(0).fill("12")
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("has non-unique elements").first.wait_for(timeout=30_000)
+    assert not _leaves_run_page(page)
+    _shot(page, "form-refused-repeated-horizon")
+    assert {r["id"] for r in stack.runs_of(dep["id"])} == before, "a refused form created a run"
+
+    # filled in: the candle folder, a folder of its own, and one setting under Advanced settings -> Folds
+    hours.nth(0).fill("5")
+    _field(page, "Candle folder").locator("textarea, input").first.fill(str(candles))
+    _field(page, "Output folder (OUT)").locator("textarea, input").first.fill(str(stack.base / "out-form"))
+    _field(page, "Advanced settings").get_by_role("button", name="Edit", exact=True).first.click()
+    folds = _field(page, "Walk-forward folds and holdout")
+    folds.get_by_role("button", name="Edit", exact=True).first.click()
+    _field(page, "Number of folds").locator("input").first.fill("3")
+    opened = _labels(page)
+    assert len(opened) > len(FORM_TOP) + 25 and len(set(opened)) == len(opened), opened
+    _shot_all(page, "form-advanced-folds")
+    stack.cli("work-pool", "pause", "macd-ml")  # what the form sends is the point here, not another run
+    try:
+        assert _click_until(page, page.get_by_role("button", name="Submit"), lambda: _leaves_run_page(page)), (
+            f"the form did not submit:\n{page.inner_text('body')[-600:]}\nfailed UI requests:\n{_failures(page)}"
+        )
+        (new,) = _wait("the form's run", lambda: [r for r in stack.runs_of(dep["id"]) if r["id"] not in before], 60)
+        sent = new["parameters"]["config"]
+        assert sent["horizons"] == [5, 12, 24] and sent[ADVANCED]["folds"]["n_folds"] == 3, sent
+        assert sent[ADVANCED]["models"] is None  # a section left at "Defaults"
+        config = validate_config(sent)
+        assert (config.data_dir, config.folds.n_folds, config.models.enabled) == (
+            str(candles),
+            3,
+            ["lgb", "xgb", "lgb_cross", "lstm", "tft"],
+        )
+        stack.delete(f"/flow_runs/{new['id']}")
+    finally:
+        stack.cli("work-pool", "resume", "macd-ml")
+
+
+def _outputs(stack: Stack, run_id: str) -> dict:
+    """The flow run's outputs artifact: the only artifact of its own that its Artifacts tab lists (the report's
+    belong to a task run; the tab leaves out Prefect's records of results)."""
+    own = [a for a in stack.artifacts_shown(run_id) if a.get("task_run_id") is None]
+    assert [a["key"] for a in own] == ["macd-ml-ethusdt-outputs"], [(a["key"], a.get("task_run_id")) for a in own]
+    return own[0]
+
+
+def test_ui_custom_run_waits_for_its_folder_completes_and_shows_its_outputs_first(stack, page, candles):
     out = stack.base / "out-ui"
     params = {"config": {**SMALL_CONFIG, "data_dir": str(candles), "out_dir": str(out)}}
-    run_id = _custom_run(page, stack, "retrain", params)
+    lease = stack.hold_slot(out)  # another run is writing this output folder
+    try:
+        run_id = _custom_run(page, stack, "retrain", params)
+        # it checks its input, then waits for the folder, having written nothing and started no task
+        _wait("the run to wait for its output folder", lambda: "waiting for its slot" in stack.logs_of(run_id), 240)
+        assert stack.task_runs(run_id) == [] and not (out / "runs").exists()
+        # meanwhile a run the form cannot refuse (a rule across keys): it fails at once, in one line, not waiting
+        bad = json.loads(json.dumps(params))
+        bad["config"]["horizons"] = [5, 24]
+        bad["config"][ADVANCED]["folds"]["embargo_hours"] = 6
+        dep = stack.get("/deployments/name/retrain/retrain")
+        fr = stack.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": bad})
+        final = stack.wait_final(fr["id"], timeout=180)
+        message = final["state"].get("message") or ""
+        assert final["state"]["type"] == "FAILED", final["state"]
+        assert message.startswith("config key 'folds.embargo_hours': ") and "\n" not in message, message
+        assert stack.task_runs(fr["id"]) == [] and "Traceback" not in stack.logs_of(fr["id"])
+        assert stack.flow_run(run_id)["state"]["type"] == "RUNNING" and stack.slot(out)["active_slots"] == 1
+    finally:
+        stack.release_slot(lease)
     run = stack.wait_final(run_id)
-    page.reload()
-    page.wait_for_timeout(1500)
-    _shot(page, "ui-run-final")
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.log_tail('worker')}"
     assert (out / "current" / "manifest.json").is_file()
+    assert stack.slot(out)["active_slots"] == 0  # released
+
+    # named by what it does: target and run id (the run folder's name)
+    current = os.readlink(out / "current").rsplit("/", 1)[-1]
+    assert run["name"] == f"ETHUSDT {current}", run["name"]
+    page.goto(f"{stack.ui}/runs/flow-run/{run_id}")
+    page.get_by_text(run["name"]).first.wait_for(timeout=30_000)
+    _shot(page, "ui-run-final")
+
+    # one artifact, first on the Artifacts tab: the run folder, the report, the bundle, current, the decision
+    outputs = _outputs(stack, run_id)
+    paths = re.findall(r"`([^`]+)`", outputs["data"])
+    assert str(out / "runs" / current) in paths and str(out / "bundles" / f"{current}.tar.gz") in paths, paths
+    assert all(Path(p).exists() for p in paths), paths
+    assert ": promoted" in outputs["description"] and "**Promotion:** promoted" in outputs["data"]
+    page.get_by_text("Artifacts", exact=True).first.click()
+    cards = page.locator(".flow-run-artifacts a")
+    cards.first.wait_for(timeout=30_000)
+    assert "outputs" in cards.first.inner_text() or current in cards.first.inner_text(), cards.first.inner_text()
+    _shot(page, "ui-run-artifacts")
+    page.goto(f"{stack.ui}/artifacts/artifact/{outputs['id']}")
+    page.get_by_text(str(out / "runs" / current)).first.wait_for(timeout=30_000)
+    _shot(page, "outputs-artifact")
     assert any((out / "bundles").glob("*.tar.gz"))
     assert _report_images_load(page, stack, run_id) >= 3
 
@@ -384,6 +580,7 @@ def test_ui_retry_reruns_only_the_failed_write(stack, page, candles):
     first = _custom_run(page, stack, "retrain", params)
     assert stack.wait_final(first)["state"]["type"] == "COMPLETED"
 
+    current = os.readlink(out / "current")
     shutil.rmtree(out / "bundles")
     (out / "bundles").write_text("not a folder")
     run_id = _custom_run(page, stack, "retrain", params)
@@ -392,6 +589,9 @@ def test_ui_retry_reruns_only_the_failed_write(stack, page, candles):
     states = _states(stack, run_id)
     assert states.get("bundle") == "Failed", states
     assert {s for n, s in states.items() if n != "bundle"} <= {"Cached", "Completed"}, states
+    # the bundle is written before current moves: a failed bundle write never moved it
+    assert "promote" not in states and os.readlink(out / "current") == current
+    assert ": failed" in _outputs(stack, run_id)["description"]
 
     (out / "bundles").unlink()
     page.goto(f"{stack.ui}/runs/flow-run/{run_id}")
@@ -433,8 +633,9 @@ def test_ui_retry_reruns_only_the_failed_write(stack, page, candles):
     # have changed between two attempts) and cost milliseconds; every computing stage must come back Cached
     ran = sorted(n for n, s in again.items() if s != "Cached")
     assert ran == ["bundle", "champion-challenger", "promote"], f"the retry re-executed {ran}; all: {again}"
-    assert again["bundle"] == "Completed" and len(again) == len(states)
+    assert again["bundle"] == "Completed" and len(again) == len(states) + 1  # + promote, never reached before
     assert any((out / "bundles").glob("*.tar.gz"))
+    assert ": promoted" in _outputs(stack, run_id)["description"]  # the same artifact, rewritten by the Retry
 
 
 def test_nightly_cron_is_registered_and_refuses_to_run_without_candles(stack, page):
@@ -448,7 +649,8 @@ def test_nightly_cron_is_registered_and_refuses_to_run_without_candles(stack, pa
     fr = stack.post(f"/deployments/{nightly['id']}/create_flow_run", {"parameters": {}})
     final = stack.wait_final(fr["id"], timeout=180)
     assert final["state"]["type"] == "FAILED"
-    assert "macd_ml_data_dir" in (final["state"].get("message") or ""), final["state"]
+    message = final["state"].get("message") or ""
+    assert "macd_ml_data_dir" in message and "\n" not in message, final["state"]
     assert _states(stack, fr["id"]) == {}  # failed before the first task
 
 
@@ -461,7 +663,7 @@ def test_same_deploy_and_run_on_postgresql(postgres, tmp_path_factory, candles):
         out = s.base / "out"
         fr = s.post(
             f"/deployments/{dep['id']}/create_flow_run",
-            {"parameters": {"config": {**SMALL_CONFIG, "data_dir": str(candles), "out_dir": str(out)}}},
+            {"parameters": {"config": {**FLAT_SMALL_CONFIG, "data_dir": str(candles), "out_dir": str(out)}}},
         )
         final = s.wait_final(fr["id"])
         assert final["state"]["type"] == "COMPLETED", f"{final['state']}\n{s.log_tail('worker')}"

@@ -291,6 +291,42 @@ def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_p
                 assert not (run / "manifest.json").exists()
 
 
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.heavy  # two retrains and a resume
+def test_a_bundle_that_cannot_be_written_leaves_current_on_the_previous_run(market_dir, tmp_path):
+    """The bundle is written before ``current`` moves (flows/pipeline.py, ship): while a new run's bundle cannot be
+    written, ``current`` keeps naming the previous run, whose bundle is there; the new run is published, not
+    current, and the same retrain started again finishes it: every stage comes back Cached, the same run folder
+    is returned, its bundle is written, then it is promoted."""
+    if not _chattr_works(tmp_path):
+        pytest.skip("needs root and chattr for a real permission failure")
+    out = tmp_path / "out"
+    code, _, err = cli("retrain", "--data", str(market_dir), "--out", str(out), *FAST)
+    assert code == 0, err
+    first = store.current_run(out)
+    first_bundle = out / "bundles" / f"{first}.tar.gz"
+    assert first_bundle.is_file()
+
+    again = ["retrain", "--data", str(market_dir), "--out", str(out), *FAST, "--set", "models.lgb.num_leaves=5"]
+    with immutable(out / "bundles"):  # no new file can appear there; the first run's bundle stays
+        code, _, err = cli(*again)
+    assert code == 1, err
+    second = re.search(r"run (\S+) failed", err).group(1)
+    assert second != first
+    states = task_states(latest_flow_run_id())
+    assert states["bundle"] == "Failed" and "promote" not in states, states
+    assert store.current_run(out) == first and first_bundle.is_file()
+    verify_run(out / "runs" / second)  # published, complete, not current
+    assert not (out / "bundles" / f"{second}.tar.gz").exists()
+
+    code, out_text, err = cli(*again)
+    assert code == 0, err
+    assert f"run folder: {out / 'runs' / second}" in out_text, out_text
+    states = task_states(latest_flow_run_id())
+    assert {k for k, v in states.items() if v != "Cached"} == {"bundle"} | ALWAYS_RUN, states
+    assert store.current_run(out) == second and (out / "bundles" / f"{second}.tar.gz").is_file()
+
+
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
     return spawn_cli(args, log, shared_api=True)
 

@@ -28,7 +28,7 @@ this is 20 lines of L-BFGS-B (scipy) on the same objective (0.5·|w|² + C·Σ l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import polars as pl
@@ -53,31 +53,61 @@ BOOTSTRAP_DRAWS = 200  # the paired difference's SE against the reference (paire
 class StackSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    c_grid: list[float] = Field(default=[1e-3, 1e-2, 1e-1, 1.0], description="inverse L2 strengths tried")
-    nonneg: bool = Field(default=True, description="non-negative weights on the models' logits")
-    inner_folds: int = Field(default=4, ge=2, le=20, description="inner walk-forward blocks over the OOF rows")
-    min_train_fraction: float = Field(default=0.4, gt=0, lt=0.9, description="OOF rows before the first inner block")
+    c_grid: list[Annotated[float, Field(gt=0)]] = Field(
+        default=[1e-3, 1e-2, 1e-1, 1.0],
+        min_length=1,
+        title="Meta-learner L2 grid (C)",
+        description="inverse L2 strengths tried (each > 0)",
+    )
+    nonneg: bool = Field(
+        default=True, title="Non-negative weights", description="non-negative weights on the models' logits"
+    )
+    inner_folds: int = Field(
+        default=4,
+        ge=2,
+        le=20,
+        title="Inner folds (stacking)",
+        description="inner walk-forward blocks over the OOF rows",
+    )
+    min_train_fraction: float = Field(
+        default=0.4,
+        gt=0,
+        lt=0.9,
+        title="OOF share before the first inner fold",
+        description="OOF rows before the first inner block",
+    )
     include_reference: bool = Field(
         default=True,
+        title="Reference model joins the stack",
         description="the fixed reference model joins the stack as one more base model (it always trains and is "
         "reported; with this on it can also ship when the inner walk-forward prefers it)",
     )
     reference_margin_se: float = Field(
         default=1.5,
         ge=0,
+        title="Margin over the reference (SE)",
         description="with the reference in the stack, another candidate ships only if its inner-CV AUC beats the "
         "reference's by more than this many SE of their paired difference (0: the best inner-CV AUC ships)",
     )
     calibrations: list[calibration.Kind] = Field(
         default=["none", "platt"],
         min_length=1,
+        title="Calibrations tried",
         description="calibration maps the inner walk-forward chooses among ('none' always is one; 'isotonic' is "
         "off by default, see models/ensemble/calibration.py)",
     )
-    drop_collapsed: bool = Field(default=True, description="leave collapsed models out of the stack")
-    drop_redundant: bool = Field(default=False, description="drop the weaker model of each redundant pair")
+    drop_collapsed: bool = Field(
+        default=True, title="Leave out collapsed models", description="leave collapsed models out of the stack"
+    )
+    drop_redundant: bool = Field(
+        default=False, title="Drop redundant models", description="drop the weaker model of each redundant pair"
+    )
     redundancy_threshold: float = Field(
-        default=0.9, gt=0, le=1, description="OOF correlation that marks a pair redundant"
+        default=0.9,
+        gt=0,
+        le=1,
+        title="Redundancy correlation",
+        description="OOF correlation that marks a pair redundant",
     )
 
 

@@ -48,21 +48,37 @@ SUSPECT_HIT_RATE = 0.8
 class BacktestSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    fee_bps: float = Field(default=10.0, ge=0, description="fee per side in basis points (Binance spot taker: 10)")
-    slippage_bps: float = Field(default=2.0, ge=0, description="slippage per side in basis points")
-    fast: int = Field(default=12, ge=1, description="MACD fast EMA span")
-    slow: int = Field(default=26, ge=2, description="MACD slow EMA span")
-    signal: int = Field(default=9, ge=1, description="MACD signal EMA span")
+    fee_bps: float = Field(
+        default=10.0,
+        ge=0,
+        title="Fee per side (bps)",
+        description="fee per side in basis points (Binance spot taker: 10)",
+    )
+    slippage_bps: float = Field(
+        default=2.0, ge=0, title="Slippage per side (bps)", description="slippage per side in basis points"
+    )
+    fast: int = Field(default=12, ge=1, title="Strategy MACD fast EMA", description="MACD fast EMA span")
+    slow: int = Field(default=26, ge=2, title="Strategy MACD slow EMA", description="MACD slow EMA span")
+    signal: int = Field(default=9, ge=1, title="Strategy MACD signal EMA", description="MACD signal EMA span")
     thresholds: list[float] = Field(
         default=[0.5, 0.52, 0.54, 0.56, 0.58, 0.6],
+        title="Gate thresholds tried",
         description="gate thresholds tried on the OOF rows (the probability of the signal's direction)",
     )
     min_trade_share: float = Field(
-        default=0.2, gt=0, le=1, description="a threshold must keep at least this share of the ungated OOF trades"
+        default=0.2,
+        gt=0,
+        le=1,
+        title="Least share of trades kept",
+        description="a threshold must keep at least this share of the ungated OOF trades",
     )
-    bootstrap: int = Field(default=1000, ge=100, description="moving-block bootstrap resamples")
-    block_hours: int = Field(default=0, ge=0, description="bootstrap block length in hours; 0 = max(h, 24)")
-    seed: int = Field(default=0, description="bootstrap seed")
+    bootstrap: int = Field(
+        default=1000, ge=100, title="Bootstrap resamples", description="moving-block bootstrap resamples"
+    )
+    block_hours: int = Field(
+        default=0, ge=0, title="Bootstrap block (hours)", description="bootstrap block length in hours; 0 = max(h, 24)"
+    )
+    seed: int = Field(default=0, title="Bootstrap seed", description="bootstrap seed")
 
     @property
     def cost(self) -> float:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import polars as pl
@@ -44,39 +44,85 @@ def prob_input(h: int | str) -> str:
 class GateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(default=True, description="train the trade gate (meta-labels of the MACD trades)")
+    enabled: bool = Field(
+        default=True, title="Train the trade gate", description="train the trade gate (meta-labels of the MACD trades)"
+    )
     label: LabelKind = Field(
         default="exit",
+        title="Trade outcome label",
         description="trade outcome label: 'exit' (the bot's exits: opposite signal or the horizon) or 'barrier' "
         "(triple barrier: profit-take / stop-loss in multiples of recent volatility, the horizon as the time limit)",
     )
-    profit_take: float = Field(default=1.0, gt=0, description="barrier label: profit-take in sigma * sqrt(horizon)")
-    stop_loss: float = Field(default=1.0, gt=0, description="barrier label: stop-loss in sigma * sqrt(horizon)")
+    profit_take: float = Field(
+        default=1.0,
+        gt=0,
+        title="Profit-take (barrier label)",
+        description="barrier label: profit-take in sigma * sqrt(horizon)",
+    )
+    stop_loss: float = Field(
+        default=1.0,
+        gt=0,
+        title="Stop-loss (barrier label)",
+        description="barrier label: stop-loss in sigma * sqrt(horizon)",
+    )
     pooled: bool = Field(
         default=False,
+        title="Pool other symbols' signals",
         description="also train on the signal rows of the candle folder's other symbols (each standardised by its "
         "own rows, purged in time like the target's)",
     )
-    symbol_feature: bool = Field(default=False, description="pooled: add an 'is the target' input")
-    c_grid: list[float] = Field(
-        default=[0.001, 0.01, 0.1], min_length=1, description="inverse L2 strengths tried on the inner walk-forward"
+    symbol_feature: bool = Field(
+        default=False, title="Is-the-target input (pooled)", description="pooled: add an 'is the target' input"
     )
-    inner_folds: int = Field(default=4, ge=2, le=10, description="inner walk-forward blocks over the signal rows")
-    min_train_fraction: float = Field(default=0.4, gt=0, lt=0.9, description="signal rows before the first inner block")
+    c_grid: list[Annotated[float, Field(gt=0)]] = Field(
+        default=[0.001, 0.01, 0.1],
+        min_length=1,
+        title="Trade gate L2 grid (C)",
+        description="inverse L2 strengths tried on the inner walk-forward (each > 0)",
+    )
+    inner_folds: int = Field(
+        default=4,
+        ge=2,
+        le=10,
+        title="Inner folds (trade gate)",
+        description="inner walk-forward blocks over the signal rows",
+    )
+    min_train_fraction: float = Field(
+        default=0.4,
+        gt=0,
+        lt=0.9,
+        title="Signal share before the first inner fold",
+        description="signal rows before the first inner block",
+    )
     skip_shares: list[float] = Field(
         default=[0.2, 0.35, 0.5, 0.65],
         min_length=1,
-        description="meta gate thresholds tried: the share of the out-of-fold signals each one skips",
+        title="Skip shares tried",
+        description="meta gate thresholds tried: the share of the out-of-fold signals each one skips (each strictly "
+        "between 0 and 1)",
+        json_schema_extra={"items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
     )
-    min_size: float = Field(default=0.25, gt=0, le=1, description="sizing: the smallest position a taken trade gets")
-    max_size: float = Field(default=1.0, gt=0, le=1, description="sizing: the cap on a position")
+    min_size: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        title="Smallest position (sizing)",
+        description="sizing: the smallest position a taken trade gets (at most the largest)",
+    )
+    max_size: float = Field(
+        default=1.0, gt=0, le=1, title="Largest position (sizing)", description="sizing: the cap on a position"
+    )
     beyond_noise: bool = Field(
         default=True,
+        title="Ship a gate only beyond noise",
         description="a gate ships only if its out-of-fold Sharpe over 'no gate' has a bootstrap interval above 0; "
         "otherwise no gate ships (every MACD trade is taken)",
     )
     min_signals: int = Field(
-        default=60, ge=10, description="fewer labelled target signal rows with primary probabilities: no meta gate"
+        default=60,
+        ge=10,
+        title="Fewest signals for a meta gate",
+        description="fewer labelled target signal rows with primary probabilities: no meta gate",
     )
 
     @model_validator(mode="after")

@@ -36,6 +36,7 @@ class Learner:
     cost: float  # rough fit seconds per fold, relative (a run's timings.json): the flow submits costly tasks first
     features: FeatureSelection  # default feature set
     sequence: bool = False  # a torch sequence net: takes the ``gpu`` concurrency slot
+    title: str = ""  # its label in the UI form (its section, and its feature set)
 
     def model_class(self) -> type[Model]:
         module, _, name = self.model.partition(":")
@@ -43,11 +44,11 @@ class Learner:
 
 
 LEARNERS: tuple[Learner, ...] = (
-    Learner("lgb", "LightGBM on the target's features", PlainLGBParams, "macd_ml.models.learners.gbdt:LGBModel", 1.0, "own"),  # noqa: E501
-    Learner("xgb", "XGBoost on the target's features", XGBParams, "macd_ml.models.learners.gbdt:XGBModel", 1.0, "own"),
-    Learner("lgb_cross", "LightGBM with the cross-asset block", LGBParams, "macd_ml.models.learners.gbdt:LGBCrossModel", 2.0, "all"),  # noqa: E501
-    Learner("lstm", "multi-horizon LSTM", SequenceParams, "macd_ml.models.learners.lstm:LSTMModel", 5.0, "all", True),
-    Learner("tft", "Temporal Fusion Transformer", TFTParams, "macd_ml.models.learners.tft:TFTModel", 20.0, "all", True),
+    Learner("lgb", "LightGBM on the target's features", PlainLGBParams, "macd_ml.models.learners.gbdt:LGBModel", 1.0, "own", title="LightGBM"),  # noqa: E501
+    Learner("xgb", "XGBoost on the target's features", XGBParams, "macd_ml.models.learners.gbdt:XGBModel", 1.0, "own", title="XGBoost"),  # noqa: E501
+    Learner("lgb_cross", "LightGBM with the cross-asset block", LGBParams, "macd_ml.models.learners.gbdt:LGBCrossModel", 2.0, "all", title="LightGBM + cross-asset block"),  # noqa: E501
+    Learner("lstm", "multi-horizon LSTM", SequenceParams, "macd_ml.models.learners.lstm:LSTMModel", 5.0, "all", True, title="LSTM"),  # noqa: E501
+    Learner("tft", "Temporal Fusion Transformer", TFTParams, "macd_ml.models.learners.tft:TFTModel", 20.0, "all", True, title="Temporal Fusion Transformer"),  # noqa: E501
 )  # fmt: skip
 # trains in every run beside the enabled ones, with fixed parameters (models/learners/reference.py)
 REFERENCE_LEARNER = Learner(
@@ -82,7 +83,10 @@ FeatureSets = create_model(  # type: ignore[call-overload]
     __config__=ConfigDict(extra="forbid"),
     __doc__="Which features each model reads: 'own' = the target's own features, 'all' = plus the cross-asset block.",
     __module__=__name__,
-    **{lr.name: (FeatureSet, Field(default=lr.features, description=lr.description)) for lr in LEARNERS},
+    **{
+        lr.name: (FeatureSet, Field(default=lr.features, title=f"Features for {lr.title}", description=lr.description))
+        for lr in LEARNERS
+    },
 )
 
 
@@ -94,19 +98,26 @@ class _ModelsConfig(BaseModel):
 
     enabled: list[ModelName] = Field(
         default=list(NAMES),
-        description="models to train (at least one)",
-        json_schema_extra={"uniqueItems": True, "items": {"type": "string", "enum": list(NAMES)}},
+        title="Models to train",
+        description="models to train (at least one, each once)",
+        json_schema_extra={"minItems": 1, "uniqueItems": True, "items": {"type": "string", "enum": list(NAMES)}},
     )
-    feature_sets: FeatureSets = Field(default_factory=FeatureSets, description="which features each model reads")  # type: ignore[valid-type]
+    feature_sets: FeatureSets = Field(  # type: ignore[valid-type]
+        default_factory=FeatureSets, title="Feature set per model", description="which features each model reads"
+    )
     pooled: list[ModelName] = Field(
         default=[],
+        title="Models trained on the pooled panel",
         description="models fitted on the panel: the target's rows plus every other symbol in the data folder "
         "(not the cross symbols), each with the target's features and cross, rows up to each fold's end; scored "
         "on the target's folds and holdout only",
         json_schema_extra={"uniqueItems": True, "items": {"type": "string", "enum": list(NAMES)}},
     )
     collapse_std: float = Field(
-        default=1e-3, ge=0, description="a model whose inner-slice predictions vary less than this is collapsed"
+        default=1e-3,
+        ge=0,
+        title="Collapse threshold (prediction std)",
+        description="a model whose inner-slice predictions vary less than this is collapsed",
     )
 
     @field_validator("enabled", "pooled", mode="before")
@@ -121,7 +132,10 @@ class _ModelsConfig(BaseModel):
             raise ValueError(f"unknown model(s) {unknown}; known: {list(NAMES)}")
         if not v and info.field_name == "enabled":
             raise ValueError("enable at least one model")
-        return list(dict.fromkeys(v))
+        repeated = sorted({m for m in v if v.count(m) > 1})
+        if repeated:
+            raise ValueError(f"model(s) {repeated} listed twice; list each model once")
+        return list(v)
 
     @model_validator(mode="after")
     def _pooled_are_enabled(self) -> "_ModelsConfig":
@@ -146,7 +160,10 @@ ModelsConfig = create_model(  # type: ignore[call-overload]
     __base__=_ModelsConfig,
     __doc__=_ModelsConfig.__doc__,
     __module__=__name__,
-    **{lr.name: (lr.params, Field(default_factory=lr.params, description=lr.description)) for lr in LEARNERS},
+    **{
+        lr.name: (lr.params, Field(default_factory=lr.params, title=lr.title, description=lr.description))
+        for lr in LEARNERS
+    },
 )
 
 

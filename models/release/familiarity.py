@@ -39,16 +39,28 @@ class FamiliaritySpec(BaseModel):
         default=0.99,
         ge=0.5,
         le=0.9999,
+        title="Unfamiliar above this quantile",
         description="the threshold is this quantile of the training rows' own scores: about 1 - quantile of bars "
         "like the training data are flagged",
     )
     reference_rows: int = Field(
-        default=1000, ge=50, le=20_000, description="training rows kept in the bundle to measure distances to"
+        default=1000,
+        ge=50,
+        le=20_000,
+        title="Reference training rows",
+        description="training rows kept in the bundle to measure distances to",
     )
-    neighbours: int = Field(default=5, ge=1, le=50, description="a bar's score is its mean distance to this many")
+    neighbours: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        title="Nearest rows averaged",
+        description="a bar's score is its mean distance to this many",
+    )
     exclusion_hours: int = Field(
         default=168,
         ge=0,
+        title="Neighbours in time ignored (hours)",
         description="a training row's score ignores reference rows this close in time (their features are nearly "
         "its own; a live bar has no such neighbour)",
     )

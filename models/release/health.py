@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -51,22 +51,52 @@ class HealthSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    primary_horizon: OptionalPositiveInt = optional_field(
-        "horizon (hours) the AUC gates read; empty = the first horizon"
+    primary_horizon: Annotated[OptionalPositiveInt, Field(title="Primary horizon (hours)")] = optional_field(
+        "horizon (hours) the AUC gates read (one of the horizons); empty = the first horizon"
     )
-    min_test_auc: float = Field(default=0.52, ge=0, le=1, description="shipped holdout AUC at the primary horizon")
-    min_auc_se: float = Field(default=2.0, description="... and above 0.5 by this many standard errors")
-    max_drop_rel: float = Field(default=0.10, ge=0, description="largest relative validation -> holdout AUC drop")
-    min_oof_rows: int = Field(default=10_000, ge=0, description="fewer out-of-fold rows is a warning")
-    auc_gates: bool = Field(default=True, description="off: the AUC gates warn instead of refusing (test markets)")
-    live_check: bool = Field(default=True, description="score the newest bars in a fresh process and compare")
-    live_bars: int = Field(default=48, ge=1, description="bars the live check scores")
-    live_tolerance: float = Field(default=1e-3, gt=0, description="largest difference the live check accepts")
+    min_test_auc: float = Field(
+        default=0.52,
+        ge=0,
+        le=1,
+        title="Least holdout AUC",
+        description="shipped holdout AUC at the primary horizon",
+    )
+    min_auc_se: float = Field(
+        default=2.0, title="AUC above 0.5 by (SE)", description="... and above 0.5 by this many standard errors"
+    )
+    max_drop_rel: float = Field(
+        default=0.10,
+        ge=0,
+        title="Largest validation-to-holdout drop",
+        description="largest relative validation -> holdout AUC drop",
+    )
+    min_oof_rows: int = Field(
+        default=10_000, ge=0, title="Fewest OOF rows (warning)", description="fewer out-of-fold rows is a warning"
+    )
+    auc_gates: bool = Field(
+        default=True,
+        title="AUC gates refuse",
+        description="off: the AUC gates warn instead of refusing (test markets)",
+    )
+    live_check: bool = Field(
+        default=True, title="Live check", description="score the newest bars in a fresh process and compare"
+    )
+    live_bars: int = Field(default=48, ge=1, title="Live check bars", description="bars the live check scores")
+    live_tolerance: float = Field(
+        default=1e-3, gt=0, title="Live check tolerance", description="largest difference the live check accepts"
+    )
     max_feature_psi: float = Field(
-        default=0.25, gt=0, description="drift: a feature whose newest window has a PSI above this has drifted"
+        default=0.25,
+        gt=0,
+        title="Feature drift PSI limit",
+        description="drift: a feature whose newest window has a PSI above this has drifted",
     )
     max_drifted_share: float = Field(
-        default=0.2, ge=0, le=1, description="drift: largest share of drifted features before the drift warning"
+        default=0.2,
+        ge=0,
+        le=1,
+        title="Drifted feature share (warning)",
+        description="drift: largest share of drifted features before the drift warning",
     )
 
 

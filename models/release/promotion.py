@@ -33,15 +33,26 @@ class PromotionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     margin_se: float = Field(
-        default=1.0, ge=0, description="the challenger may be worse than the champion by at most this many SE"
+        default=1.0,
+        ge=0,
+        title="Challenger margin (SE)",
+        description="the challenger may be worse than the champion by at most this many SE",
     )
     min_window_rows: int = Field(
-        default=100, ge=1, description="fewer comparable rows: no comparison, the gates decide"
+        default=100,
+        ge=1,
+        title="Fewest comparable rows",
+        description="fewer comparable rows: no comparison, the gates decide",
     )
-    force: bool = Field(default=False, description="promote whatever the comparison says (a logged human override)")
+    force: bool = Field(
+        default=False,
+        title="Promote regardless of the comparison",
+        description="promote whatever the comparison says (a logged human override)",
+    )
     max_prediction_psi: float = Field(
         default=0.25,
         gt=0,
+        title="Prediction drift PSI limit",
         description="drift: PSI of the challenger's shipped probability against the champion's on the same bars "
         "above this is flagged (a warning in promotion.json and the report; it decides nothing)",
     )
