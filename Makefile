@@ -41,7 +41,7 @@ freqtrade: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/macd-ml retrain --out $(OUT)
 
-## the test suite (under 5 minutes on 2 cores): every unit and flow test but those marked heavy or e2e
+## the test suite (about 6 minutes on 2 cores): every unit and flow test but those marked heavy or e2e
 test: $(STAMP)
 	$(PY) -m pytest -q -n 3 --dist loadfile -m "not heavy and not e2e" --durations=10
 
