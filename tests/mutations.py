@@ -460,7 +460,7 @@ MUTATIONS = [
         "tasks/report.py",
         "report_md = embed_images(report_md, images or {})",
         "report_md = report_md",
-        ("tests/test_e2e_ui.py::test_ui_custom_run_completes_and_its_report_shows_its_plots",),
+        ("tests/test_e2e_ui.py::test_ui_custom_run_waits_for_its_folder_completes_and_shows_its_outputs_first",),
         "the UI's report artifact links its plots by relative path (broken images)",
     ),
     Mutation(
