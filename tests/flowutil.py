@@ -73,6 +73,29 @@ def latest_flow_run_id():
     return run.id
 
 
+def flow_run_of(run_id: str):
+    """The flow run of the run ``run_id`` (flow runs are named ``TARGET RUN_ID``): unlike the latest one, not
+    confused by a run another test left on the shared API."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=run_id)))
+        found = [r for r in runs if r.name.endswith(f" {run_id}")]
+        if len(found) != 1:
+            names = [r.name for r in client.read_flow_runs(limit=10)]
+            raise AssertionError(f"{len(found)} flow runs of run {run_id} on {client.api_url}; some: {names}")
+    return found[0].id
+
+
+def run_id_in(text: str) -> str:
+    """The run id a retrain's log names (``run id RUN_ID (resume with: ...)``)."""
+    import re
+
+    m = re.search(r"run id (\S+) \(resume with", text)
+    assert m, f"no run id in the output:\n{text[-2000:]}"
+    return m.group(1)
+
+
 def flow_logs(flow_run_id) -> list[str]:
     """Every log message the API holds for a flow run (its tasks' included), oldest first."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
