@@ -87,13 +87,16 @@ def flow_run_of(run_id: str):
     return found[0].id
 
 
-def run_id_in(text: str) -> str:
-    """The run id a retrain's log names (``run id RUN_ID (resume with: ...)``)."""
-    import re
+def flow_run_since(when) -> object:
+    """The one flow run created at or after ``when`` (a UTC datetime taken just before the command started it)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
 
-    m = re.search(r"run id (\S+) \(resume with", text)
-    assert m, f"no run id in the output:\n{text[-2000:]}"
-    return m.group(1)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=when))
+        )
+    assert len(runs) == 1, [r.name for r in runs]
+    return runs[0].id
 
 
 def flow_logs(flow_run_id) -> list[str]:

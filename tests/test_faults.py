@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from macd_ml.artifacts import store
 from macd_ml.artifacts.store import ArtifactWriteError, IntegrityError, promote, verify_run, write_bytes
 from macd_ml.features.synth import synth_market, write_market
 from tests.cliutil import cli
-from tests.flowutil import ALWAYS_RUN, flow_run_of, latest_flow_run_id, run_id_in, spawn_cli, task_states
+from tests.flowutil import ALWAYS_RUN, flow_run_of, flow_run_since, latest_flow_run_id, spawn_cli, task_states
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -319,10 +320,11 @@ def test_a_bundle_that_cannot_be_written_leaves_current_on_the_previous_run(mark
     verify_run(out / "runs" / second)  # published, complete, not current
     assert not (out / "bundles" / f"{second}.tar.gz").exists()
 
+    started = datetime.now(timezone.utc)
     code, out_text, err = cli(*again)
     assert code == 0, err
     assert f"run folder: {out / 'runs' / second}" in out_text, out_text
-    states = task_states(flow_run_of(run_id_in(out_text + err)))
+    states = task_states(flow_run_since(started))
     assert {k for k, v in states.items() if v != "Cached"} == {"bundle"} | ALWAYS_RUN, states
     assert store.current_run(out) == second and (out / "bundles" / f"{second}.tar.gz").is_file()
 
