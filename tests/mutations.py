@@ -810,7 +810,7 @@ MUTATIONS = [
         "flows/config.py",
         '"items": {"type": "integer", "minimum": 1}},',
         '"items": {"type": "integer"}},',
-        ("tests/test_form.py::test_what_the_schema_accepts_the_config_accepts",),
+        ("tests/test_form.py::test_the_schema_carries_the_validators_rules",),
         "the run form lets a horizon of 0 through Submit: the run fails minutes later instead",
     ),
 ]
