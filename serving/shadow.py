@@ -43,8 +43,8 @@ from macd_ml.artifacts import catalog
 from macd_ml.errors import DataError
 from macd_ml.features.ingest import Candles, Market, load_market
 from macd_ml.models.evaluation.drift import psi  # the one PSI (the health gate's feature drift too)
-from macd_ml.serving.contract import CONTRACT_VERSION
 from macd_ml.serving.guards import BAR, EXPIRED, UNFAMILIAR
+from macd_ml.serving.scorer import BarScore
 
 # --------------------------------------------------------------------------------------------- shadow
 
@@ -64,17 +64,7 @@ def shadow_line(scorer, bar) -> dict:
 def error_line(scorer, t: datetime, exc: BaseException) -> dict:
     """The shadow-log line of a bar whose scoring raised: no probability, the error's kind and first line."""
     return {
-        "contract_version": CONTRACT_VERSION,
-        "time": t.isoformat(),
-        "probabilities": None,
-        "path": "none",
-        "models": [],
-        "base": {},
-        "reason": None,
-        "gate": None,
-        "flags": [],
-        "dissimilarity": None,
-        "model_age_hours": None,
+        **BarScore(t, None, "none", []).to_json(),  # the score document's fields, every one empty
         "error": {"kind": type(exc).__name__, "message": (str(exc).splitlines() or [""])[0]},
         "bundle": scorer.bundle.sha256[:12],
         "run_id": scorer.bundle.run_id,
