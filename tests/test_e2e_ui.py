@@ -149,16 +149,28 @@ class Stack:
             raise AssertionError(f"prefect {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
         return r
 
+    @staticmethod
+    def _send(req: urllib.request.Request | str, timeout: float) -> bytes:
+        """One API call, retried while the server answers 503: Prefect's own client does the same, since a busy
+        SQLite database (another writer holding the lock) is answered with 503 "retry later", not a failure."""
+        for attempt in range(10):
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as r:
+                    return r.read()
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == 9:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def get(self, path: str):
-        with urllib.request.urlopen(self.api + path, timeout=10) as r:
-            return json.loads(r.read())
+        return json.loads(self._send(self.api + path, timeout=10))
 
     def post(self, path: str, body: dict):
         req = urllib.request.Request(
             self.api + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+        return json.loads(self._send(req, timeout=30))
 
     def start(self) -> Stack:
         self.spawn("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
@@ -203,8 +215,7 @@ class Stack:
         return self.post("/artifacts/filter", body)
 
     def delete(self, path: str) -> None:
-        req = urllib.request.Request(self.api + path, method="DELETE")
-        urllib.request.urlopen(req, timeout=30).close()
+        self._send(urllib.request.Request(self.api + path, method="DELETE"), timeout=30)
 
     def logs_of(self, run_id: str) -> str:
         logs = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
@@ -227,7 +238,7 @@ class Stack:
             data=json.dumps({"lease_id": lease_id}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        urllib.request.urlopen(req, timeout=30).close()
+        self._send(req, timeout=30)
 
     def slot(self, out: Path) -> dict:
         return self.get(f"/v2/concurrency_limits/{slot_name(out)}")
