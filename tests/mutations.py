@@ -806,6 +806,15 @@ MUTATIONS = [
         "current moves before the bundle is written: a failed bundle write leaves it on a run the bot cannot fetch",
     ),
     Mutation(
+        "resume-calls-an-unbundled-run-complete",
+        "flows/cli/run.py",
+        '    if decision.get("promote") and not default_bundle_path(folder).is_file():',
+        '    if decision.get("promote") and not default_bundle_path(folder).parent.is_dir():',
+        ("tests/test_faults.py::test_a_bundle_that_cannot_be_written_leaves_current_on_the_previous_run",),
+        "resume answers 'already complete' for a run that failed at its bundle, though the failure told the user to "
+        "resume it",
+    ),
+    Mutation(
         "form-accepts-a-zero-horizon",
         "flows/config.py",
         '"items": {"type": "integer", "minimum": 1}},',

@@ -297,8 +297,8 @@ def test_disk_full_during_a_run_keeps_current_and_earlier_runs(market_dir, tmp_p
 def test_a_bundle_that_cannot_be_written_leaves_current_on_the_previous_run(market_dir, tmp_path):
     """The bundle is written before ``current`` moves (flows/pipeline.py, ship): while a new run's bundle cannot be
     written, ``current`` keeps naming the previous run, whose bundle is there; the new run is published, not
-    current, and the same retrain started again finishes it: every stage comes back Cached, the same run folder
-    is returned, its bundle is written, then it is promoted."""
+    current, and ``macd-ml resume RUN_ID`` (what the failure advises) finishes it: every stage comes back Cached,
+    the same run folder is returned, its bundle is written, then it is promoted."""
     if not _chattr_works(tmp_path):
         pytest.skip("needs root and chattr for a real permission failure")
     out = tmp_path / "out"
@@ -319,10 +319,12 @@ def test_a_bundle_that_cannot_be_written_leaves_current_on_the_previous_run(mark
     assert store.current_run(out) == first and first_bundle.is_file()
     verify_run(out / "runs" / second)  # published, complete, not current
     assert not (out / "bundles" / f"{second}.tar.gz").exists()
+    assert f"macd-ml resume {second} --out {out}" in err, err[-2000:]
 
     started = datetime.now(timezone.utc)
-    code, out_text, err = cli(*again)
+    code, out_text, err = cli("resume", second, "--out", str(out))
     assert code == 0, err
+    assert f"run {second} is published but its bundle" in err, err
     assert f"run folder: {out / 'runs' / second}" in out_text, out_text
     states = task_states(flow_run_since(started))
     assert {k for k, v in states.items() if v != "Cached"} == {"bundle"} | ALWAYS_RUN, states

@@ -102,11 +102,15 @@ def resume(args: argparse.Namespace) -> int:
     folder = run_dir(out, run_id)
     if folder.exists():
         try:
-            verify_run(folder)
-            print(f"run {run_id} is already complete: {folder}")
-            return EXIT_OK
+            manifest = verify_run(folder)
         except IntegrityError as exc:
             print(f"macd-ml: {one_line(exc)}; rebuilding run {run_id}", file=sys.stderr)
+        else:
+            missing = unfinished(folder, manifest)
+            if missing is None:
+                print(f"run {run_id} is already complete: {folder}")
+                return EXIT_OK
+            print(f"macd-ml: run {run_id} is published but {missing}; finishing it", file=sys.stderr)
     record = run_record_path(out, run_id)
     if not record.is_file():
         raise ConfigError(
@@ -118,6 +122,20 @@ def resume(args: argparse.Namespace) -> int:
     except IntegrityError as exc:
         raise ConfigError(str(exc)) from None
     return run(config, run_id)
+
+
+def unfinished(folder: Path, manifest: dict) -> str | None:
+    """What a published run still lacks, or None when it is finished. The flow publishes the run folder, then writes
+    its bundle, then moves ``current`` (flows/pipeline.py, ship): a run whose decision was to promote but whose
+    bundle is missing failed after publishing, and resuming it writes the bundle and promotes it."""
+    from macd_ml.artifacts.store import read_json, run_artifacts
+    from macd_ml.serving.bundle import default_bundle_path
+
+    refs = run_artifacts(folder, manifest)
+    decision = read_json(refs[catalog.PROMOTION]) if catalog.PROMOTION in refs else {}
+    if decision.get("promote") and not default_bundle_path(folder).is_file():
+        return f"its bundle {default_bundle_path(folder)} was never written"
+    return None
 
 
 def run(config, run_id: str) -> int:
