@@ -329,6 +329,8 @@ def test_a_bundle_that_cannot_be_written_leaves_current_on_the_previous_run(mark
     states = task_states(flow_run_since(started))
     assert {k for k, v in states.items() if v != "Cached"} == {"bundle"} | ALWAYS_RUN, states
     assert store.current_run(out) == second and (out / "bundles" / f"{second}.tar.gz").is_file()
+    code, out_text, _ = cli("resume", second, "--out", str(out))  # finished now: nothing runs
+    assert code == 0 and f"run {second} is already complete" in out_text, out_text
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
