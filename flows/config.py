@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -384,6 +385,13 @@ def config_parameter(title: str = "Run settings") -> Any:
     unseen), titled. Prefect merges a ``Field`` default's ``json_schema_extra`` into the parameter's schema; a flow
     that does not validate its parameters gets the ``Field`` itself for a parameter a run leaves out."""
     return Field(RetrainConfig(), json_schema_extra={"title": title, "default": form_values(RetrainConfig())})
+
+
+def given(value: Any) -> Any:
+    """A flow parameter's value: its default where the run did not give it. The defaults of the flows' form
+    parameters are ``Field``s (they title the form's fields); a worker calls a flow with the parameters it was given
+    and leaves the others at those ``Field`` objects, validated or not."""
+    return value.get_default(call_default_factory=True) if isinstance(value, FieldInfo) else value
 
 
 def _ref_of(schema: dict[str, Any]) -> str | None:

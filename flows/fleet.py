@@ -14,11 +14,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
 from macd_ml.artifacts import catalog
 from macd_ml.artifacts.store import write_bytes
 from macd_ml.flows.children import Child, cross_for, finish, remember_parent, run_children, table, write_children
-from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.config import RetrainConfig, config_parameter, given
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.tasks.results import SafeJSONSerializer
 
@@ -45,6 +46,10 @@ def child_config(config: RetrainConfig, target: str, data_dir: str, out: Path) -
     )
 
 
+# the UI form: the same shape as the retrain's (flows/config.py); the watchlist is under "Advanced settings"
+FLEET_CONFIG = config_parameter("Every target's settings (the watchlist: Advanced settings, Targets)")
+
+
 @flow(
     name="fleet",
     log_prints=False,
@@ -53,9 +58,9 @@ def child_config(config: RetrainConfig, target: str, data_dir: str, out: Path) -
     persist_result=False,
 )
 def fleet(
-    config: RetrainConfig = RetrainConfig(),  # noqa: B008 (the UI form)
-    require_data: bool = False,
-    skip_unchanged: bool = True,
+    config: RetrainConfig = FLEET_CONFIG,
+    require_data: bool = Field(False, json_schema_extra={"title": "Require a candle folder"}),
+    skip_unchanged: bool = Field(True, json_schema_extra={"title": "Skip targets where nothing changed"}),
 ) -> str:
     """Retrain every symbol of ``config.targets``, each published under OUT/fleet/SYMBOL; returns the fleet report
     folder. Fails (after writing the report) when a child failed: a Retry runs only the failed children.
@@ -70,6 +75,7 @@ def fleet(
     from macd_ml.tasks.candles import write_synthetic_market
 
     log = get_run_logger()
+    config, require_data, skip_unchanged = given(config), given(require_data), given(skip_unchanged)
     config = resolve_locations(config, require_data)
     out = Path(config.out_dir).resolve()
     data_dir = config.data_dir or str(write_synthetic_market(config.synthetic, out))

@@ -31,7 +31,6 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
-from pydantic.fields import FieldInfo
 
 from macd_ml.artifacts.signing import check_key_outside
 from macd_ml.artifacts.store import (
@@ -41,7 +40,7 @@ from macd_ml.artifacts.store import (
 )
 from macd_ml.errors import ConfigError, DataError
 from macd_ml.flows import logs, stop
-from macd_ml.flows.config import RetrainConfig, config_parameter, validate_config
+from macd_ml.flows.config import RetrainConfig, config_parameter, given, validate_config
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.pipeline import run_pipeline
 from macd_ml.flows.preflight import preflight
@@ -146,13 +145,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _given(value: Any) -> Any:
-    """A parameter's value: its default where the run did not give it. The defaults are ``Field``s (they title
-    the form's fields); a worker calls the flow with the parameters it was given and, with Prefect's validation
-    off, leaves the others at those ``Field`` objects."""
-    return value.get_default(call_default_factory=True) if isinstance(value, FieldInfo) else value
-
-
 @flow(
     name="retrain",
     flow_run_name=run_name,
@@ -190,7 +182,7 @@ def retrain(
     logs.install()
     log = get_run_logger()
     try:
-        return _retrain(log, _given(config), _given(run_id), _given(require_data), _given(skip_unchanged))
+        return _retrain(log, given(config), given(run_id), given(require_data), given(skip_unchanged))
     except (ConfigError, DataError) as exc:
         if not deployment_run():
             raise  # the CLI prints it (exit 2); a fleet's or walk-forward's table reports it

@@ -40,7 +40,7 @@ from macd_ml.flows.children import (
     table,
     write_children,
 )
-from macd_ml.flows.config import RetrainConfig
+from macd_ml.flows.config import RetrainConfig, config_parameter, given
 from macd_ml.flows.locations import resolve as resolve_locations
 from macd_ml.flows.unchanged import published_config
 from macd_ml.tasks.results import SafeJSONSerializer
@@ -192,6 +192,10 @@ def _until(child: Child) -> datetime:
     return child.config.until
 
 
+# the UI form: the same shape as the retrain's (flows/config.py)
+WALK_CONFIG = config_parameter("Each cutoff's retrain settings")
+
+
 @flow(
     name="walkforward",
     log_prints=False,
@@ -200,8 +204,8 @@ def _until(child: Child) -> datetime:
     persist_result=False,
 )
 def walkforward(
-    config: RetrainConfig = RetrainConfig(),  # noqa: B008 (the UI form)
-    walk: WalkForwardSpec = WalkForwardSpec(),  # noqa: B008
+    config: RetrainConfig = WALK_CONFIG,
+    walk: WalkForwardSpec = Field(WalkForwardSpec(), json_schema_extra={"title": "Cutoffs, targets and profile"}),  # noqa: B008
 ) -> str:
     """Walk-forward track record: one retrain per cutoff (every ``walk.every`` from ``walk.start``), each trading
     only the bars after its data through its bundle, stitched into one record with bootstrap intervals.
@@ -215,6 +219,7 @@ def walkforward(
     from macd_ml.tasks.candles import write_synthetic_market
 
     logger = get_run_logger()
+    config, walk = given(config), given(walk)
     config = resolve_locations(config)
     out = Path(config.out_dir).resolve()
     data_dir = config.data_dir or str(write_synthetic_market(config.synthetic, out))

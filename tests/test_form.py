@@ -457,3 +457,28 @@ def test_create_flow_run_refuses_what_the_schema_refuses(deployment, config, nam
         assert err.value.response.status_code == 409 and named in err.value.response.text
         ok = client.create_flow_run_from_deployment(deployment, parameters={"config": {"horizons": [1, 5]}})
         client.delete_flow_run(ok.id)
+
+
+@pytest.mark.parametrize("entry", ["macd_ml.flows.fleet:fleet", "macd_ml.flows.walkforward:walkforward"])
+def test_the_fleet_and_walkforward_forms_have_the_retrains_shape(entry):
+    """The fleet's and the walk-forward's run forms open like the retrain's: the config in the form's shape (its
+    defaults, nothing flat hidden in the values), every parameter titled; a parameter a run leaves out takes its
+    default (a worker hands the flow the ``Field``)."""
+    import importlib
+
+    from macd_ml.flows.config import given
+
+    module, name = entry.split(":")
+    flow = getattr(importlib.import_module(module), name)
+    schema = parameter_schema(flow).model_dump_for_openapi()
+    props = schema["properties"]
+    assert props["config"]["default"] == {} and props["config"]["$ref"].endswith("/RetrainConfig")
+    assert all(p.get("title") and p["title"] != key for key, p in props.items()), props
+    assert schema["definitions"]["RetrainConfig"] == CONFIG  # the same folded form as the retrain's
+    bound = flow.validate_parameters({})
+    assert set(bound) == set(props)
+    defaults = {k: given(v) for k, v in bound.items()}
+    assert defaults["config"] == RetrainConfig()
+    assert all(not hasattr(v, "get_default") for v in defaults.values()), defaults
+    sent = flow.validate_parameters({"config": {"target": "BTCUSDT", ADVANCED: {"targets": ["BTCUSDT", "SOLUSDT"]}}})
+    assert given(sent["config"]).targets == ["BTCUSDT", "SOLUSDT"]
