@@ -37,6 +37,11 @@ install: $(STAMP)
 freqtrade: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/freqtrade.txt
 
+## hadolint into the venv (requirements/hadolint.txt): tests/test_image.py lints the Dockerfile with it. CI runs it
+.PHONY: hadolint
+hadolint: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/hadolint.txt
+
 ## run the retrain flow on the built-in synthetic market (Prefect's local ephemeral server, SQLite)
 run: $(STAMP)
 	$(VENV)/bin/macd-ml retrain --out $(OUT)
