@@ -47,7 +47,7 @@ def child_config(config: RetrainConfig, target: str, data_dir: str, out: Path) -
 
 
 # the UI form: the same shape as the retrain's (flows/config.py); the watchlist is under "Advanced settings"
-FLEET_CONFIG = config_parameter("Every target's settings (the watchlist: Advanced settings, Targets)")
+FLEET_CONFIG = config_parameter("Every target's settings (the watchlist: Advanced settings, Fleet watchlist)")
 
 
 @flow(
