@@ -197,7 +197,7 @@ def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, r
     """champion / challenger ─► publish the run folder ─► UI artifacts ─► bundle ─► promote OUT/current; all of
     it in the run's home (``config.run_home``, else OUT). The bundle is written before ``current`` moves, so
     ``current`` never names a run without its bundle (a failed bundle write leaves it where it was). Last, one
-    artifact on the flow run says where the outputs are and what was decided (``s.ui_artifacts(outputs=...)``)."""
+    artifact on the flow run says where the outputs are and what was decided (``s.outputs(...)``)."""
     from macd_ml.artifacts.store import current_run
     from macd_ml.tasks.report import RunOutputs
 
@@ -245,7 +245,7 @@ def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, r
         made_by=c.report,
     )
 
-    def outputs(status: str, why: str, bundle: ArtifactRef | None = None) -> RunOutputs:
+    def outcome(status: str, why: str, bundle: ArtifactRef | None = None) -> RunOutputs:
         return RunOutputs(
             target=config.target,
             run_id=run.run_id,
@@ -260,19 +260,19 @@ def ship(config: RetrainConfig, p: Prepared, t: Trained, c: Checked, out: str, r
 
     if not decision.promote:
         detail = "; ".join(f"{x.name}: {x.detail}" for x in c.health.report.failures()) or decision.reason
-        s.ui_artifacts(outputs=outputs("not promoted", detail))
+        s.outputs(outcome("not promoted", detail))
         raise PromotionRefused(f"run {run.run_id} published but not promoted ({run.path}): {detail}", run=run.path)
     bundle: ArtifactRef | None = None
     try:
         bundle = s.run(bundle_task, run, home)
         s.run(promote_task, home, run, decision.champion)
     except PromotionRefused as exc:  # another run was promoted meanwhile: this one is published and bundled
-        s.ui_artifacts(outputs=outputs("not promoted", str(exc).split("): ", 1)[-1], bundle))
+        s.outputs(outcome("not promoted", str(exc).split("): ", 1)[-1], bundle))
         raise
     except Exception as exc:  # current was not moved: it still names the run it named before
-        s.ui_artifacts(outputs=outputs("failed", f"{type(exc).__name__}: {exc}", bundle))
+        s.outputs(outcome("failed", f"{type(exc).__name__}: {exc}", bundle))
         raise
-    s.ui_artifacts(outputs=outputs("promoted", decision.reason, bundle))
+    s.outputs(outcome("promoted", decision.reason, bundle))
     return run
 
 

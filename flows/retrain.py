@@ -38,7 +38,7 @@ from macd_ml.artifacts.store import (
     new_run_id,
     validate_run_id,
 )
-from macd_ml.errors import ConfigError, DataError
+from macd_ml.errors import ConfigError, DataError, one_line
 from macd_ml.flows import logs, stop
 from macd_ml.flows.config import RetrainConfig, config_parameter, given, validate_config
 from macd_ml.flows.locations import resolve as resolve_locations
@@ -73,14 +73,14 @@ def run_name() -> str:
     target, and the run then ends saying what is wrong."""
     params = flow_run.parameters or {}
     config = params.get("config")
-    given = (
+    asked = (
         config.target
         if isinstance(config, RetrainConfig)
         else config.get("target")
         if isinstance(config, dict)
         else None
     )
-    target = given if isinstance(given, str) and given.strip() else str(RetrainConfig.model_fields["target"].default)
+    target = asked if isinstance(asked, str) and asked.strip() else str(RetrainConfig.model_fields["target"].default)
     run_id = params.get("run_id")
     return f"{target.strip().upper()} {run_id if isinstance(run_id, str) and run_id else _run_id()}"
 
@@ -141,10 +141,6 @@ def output_slot(out: Path, log: Any) -> Iterator[str | None]:
         yield name
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 @flow(
     name="retrain",
     flow_run_name=run_name,
@@ -187,8 +183,8 @@ def retrain(
         if not deployment_run():
             raise  # the CLI prints it (exit 2); a fleet's or walk-forward's table reports it
         # the flow run's final state says it in one line, with no traceback in the log: nothing ran, nothing waited
-        log.error("%s", _one_line(exc))
-        return Failed(message=_one_line(exc))  # type: ignore[return-value]  # Prefect ends the flow run in it
+        log.error("%s", one_line(exc))
+        return Failed(message=one_line(exc))  # type: ignore[return-value]  # Prefect ends the flow run in it
 
 
 def _retrain(log: Any, config: Any, run_id: str, require_data: bool, skip_unchanged: bool) -> str:

@@ -22,7 +22,7 @@ from macd_ml.flows import scale
 from macd_ml.flows.config import RetrainConfig
 from macd_ml.models.learners.device import cuda_available, parallel_tasks
 from macd_ml.tasks.policy import run_direct
-from macd_ml.tasks.report import publish_ui_artifacts
+from macd_ml.tasks.report import RunOutputs, publish_outputs, publish_ui_artifacts
 from macd_ml.tasks.results import result_storage_block
 
 # tasks whose result is not cached (they act on OUT/current, which is no part of any key) or cached on other terms
@@ -43,11 +43,13 @@ class Call:
 @dataclass
 class Stages:
     """Runs stage tasks: ``run(task, *args)`` one at a time, ``fan_out(calls)`` in parallel (results in order),
-    ``ui_artifacts(...)`` publishes the run's report to the UI (or nothing)."""
+    ``ui_artifacts(...)`` publishes the run's report to the UI and ``outputs(RunOutputs)`` the artifact saying where
+    its outputs are (or nothing, both)."""
 
     run: Callable[..., Any]
     fan_out: Callable[[Sequence[Call]], list]
     ui_artifacts: Callable[..., None] = field(default=lambda *a, **k: None)
+    outputs: Callable[[RunOutputs], None] = field(default=lambda o: None)
 
 
 def cache_options(config: RetrainConfig, out: Path) -> dict:
@@ -83,7 +85,7 @@ def prefect_stages(config: RetrainConfig, out: Path) -> Stages:
             ]
             return [f.result() for f in futures]
 
-    return Stages(run=run, fan_out=fan_out, ui_artifacts=publish_ui_artifacts)
+    return Stages(run=run, fan_out=fan_out, ui_artifacts=publish_ui_artifacts, outputs=publish_outputs)
 
 
 def direct_stages(workers: int | None = None) -> Stages:

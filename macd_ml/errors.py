@@ -46,3 +46,9 @@ class NothingToShip(Refused):
 class BundleError(ValueError):
     """A bundle that must not be used: tampered, incomplete, or with an unsafe path. The message names the member.
     The CLI exits 3 (refused)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an error: what the CLI prints for a failure (one line, docs/cli.md) and what a
+    failed deployment run's state says."""
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)

@@ -228,22 +228,16 @@ def _task_run_of(result: Any) -> Any:
 
 
 def publish_ui_artifacts(
-    metrics: Metrics | None = None,
-    report_md: str = "",
+    metrics: Metrics,
+    report_md: str,
     decision: Decision | None = None,
     images: dict[str, bytes] | None = None,
     *,
     made_by: Any = None,
-    outputs: RunOutputs | None = None,
 ) -> None:
     """Markdown report (plots embedded) + metrics, health and promotion tables in the Prefect UI, on the task run
     that returned ``made_by`` (the report stage's result; the flow run when none). ``images``: the report's
-    relative image paths -> PNG bytes. With ``outputs``: the run's outputs artifact instead
-    (:func:`publish_outputs`)."""
-    if outputs is not None:
-        publish_outputs(outputs)
-        return
-    assert metrics is not None
+    relative image paths -> PNG bytes. (The run's outputs artifact: :func:`publish_outputs`.)"""
     key = "macd-ml-" + metrics.target.lower()
     owner = _task_run_of(made_by)
 

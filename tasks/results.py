@@ -40,6 +40,7 @@ from prefect.serializers import Serializer
 from pydantic import BaseModel, Field
 
 from macd_ml.artifacts import signing, store
+from macd_ml.errors import one_line
 
 log = logging.getLogger("prefect.macd_ml.cache")
 
@@ -197,11 +198,7 @@ def check_record(content: bytes) -> None:
     try:
         verify_result(value)
     except (store.IntegrityError, OSError, ValueError) as exc:
-        raise StaleRecord(f"an artifact it refers to is damaged or gone ({_one_line(exc)})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise StaleRecord(f"an artifact it refers to is damaged or gone ({one_line(exc)})") from None
 
 
 # ----------------------------------------------------------------------------------------- storage

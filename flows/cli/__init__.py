@@ -31,9 +31,9 @@ import sys
 
 import macd_ml
 from macd_ml.artifacts.store import IntegrityError
-from macd_ml.errors import BundleError, ConfigError, DataError, Refused
+from macd_ml.errors import BundleError, ConfigError, DataError, Refused, one_line
 from macd_ml.flows.cli import backtest, config, data, many, run, serve, serving, stages
-from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, GROUPS, Parser, one_line
+from macd_ml.flows.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_GATE, GROUPS, Parser
 
 COMMANDS = (run, many, stages, serving, backtest, serve, config, data)
 

@@ -145,11 +145,6 @@ def iso_time(text: str) -> str:
     return text
 
 
-def one_line(exc: BaseException) -> str:
-    """The first non-empty line of an error: the CLI promises one line per failure."""
-    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-
-
 def command(
     sub: argparse._SubParsersAction, name: str, summary: str, description: str, func, group: str
 ) -> argparse.ArgumentParser:

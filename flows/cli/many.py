@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from macd_ml.errors import one_line
 from macd_ml.flows.cli.common import (
     EXIT_ERROR,
     SPAN_IS_SINCE_UNTIL,
@@ -15,7 +16,6 @@ from macd_ml.flows.cli.common import (
     command,
     config_from,
     iso_time,
-    one_line,
     positive_int,
     renamed,
     symbols,

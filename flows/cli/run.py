@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from macd_ml.artifacts import catalog
-from macd_ml.errors import ConfigError, DataError, Refused
+from macd_ml.errors import ConfigError, DataError, Refused, one_line
 from macd_ml.flows.cli.common import (
     EXIT_ERROR,
     EXIT_GATE,
@@ -18,7 +18,6 @@ from macd_ml.flows.cli.common import (
     add_out_arg,
     command,
     config_from,
-    one_line,
 )
 
 
